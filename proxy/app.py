@@ -1,0 +1,54 @@
+"""``create_app(config)``: routes, middlewares, and one client session for the guard
+and one per upstream, opened and closed with the app."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+from aiohttp import web
+
+from .config import Config, GuardConfig
+from .guard import ChatGuard, Guard
+from .middlewares import authenticate, envelope
+from .routes import add_routes
+from .state import RUNTIME, Runtime
+from .upstream import Upstream
+
+
+def create_app(config: Config) -> web.Application:
+    # The body limit is enforced while reading, to answer 413 in OpenAI's shape.
+    app = web.Application(middlewares=[envelope, authenticate], client_max_size=2**62)
+    add_routes(app)
+    app.cleanup_ctx.append(_clients(config))
+    return app
+
+
+def _session() -> aiohttp.ClientSession:
+    # No pool cap: concurrency is bounded by the clients, not by a queue in here.
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+    return aiohttp.ClientSession(connector=connector, auto_decompress=True)
+
+
+def make_guard(config: GuardConfig, session: aiohttp.ClientSession) -> Guard:
+    return ChatGuard(config=config, session=session)
+
+
+def _clients(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        guard_session = _session()
+        upstream_sessions = {name: _session() for name in config.server.upstreams}
+        sessions = [guard_session, *upstream_sessions.values()]
+        guard = make_guard(config.server.guard, guard_session)
+        upstreams = {
+            name: Upstream(config=upstream, session=upstream_sessions[name])
+            for name, upstream in config.server.upstreams.items()
+        }
+        app[RUNTIME] = Runtime(config=config, guard=guard, upstreams=upstreams)
+        try:
+            yield
+        finally:
+            for session in sessions:
+                await session.close()
+
+    return ctx

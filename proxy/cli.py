@@ -1,0 +1,122 @@
+"""``guardproxy``: serve, check, classify, hash-key."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from . import log
+from .app import create_app, make_guard
+from .config import Config, ConfigError, load
+from .conversation import Turn
+from .errors import GuardError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="guardproxy", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    serve = commands.add_parser("serve", help="run the proxy")
+    _config_arg(serve)
+    serve.add_argument("--host", help="listen address (default: the config's listen.host)")
+    serve.add_argument("--port", type=int, help="listen port (default: the config's listen.port)")
+    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
+    serve.set_defaults(func=_serve)
+    check = commands.add_parser("check", help="validate the config and every policy")
+    _config_arg(check)
+    check.set_defaults(func=_check)
+    classify = commands.add_parser("classify", help="ask the configured guard for a verdict")
+    _config_arg(classify)
+    classify.add_argument("--response", help="an assistant response to judge after the prompt")
+    classify.add_argument("prompt", help="the user prompt")
+    classify.set_defaults(func=_classify)
+    hash_key = commands.add_parser("hash-key", help="print a key's sha256: form for a policy")
+    hash_key.add_argument("key")
+    hash_key.set_defaults(func=_hash_key)
+    return parser
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", type=Path, default=None,
+                        help="server config (default: $GUARDPROXY_CONFIG or config/proxy.yaml)")
+
+
+def _load(args: argparse.Namespace) -> Config | None:
+    try:
+        return load(args.config)
+    except ConfigError as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        return None
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return 1
+    tenants = ", ".join(policy.tenant for policy in config.policies)
+    print(f"ok: {config.server.source}: {len(config.policies)} tenant(s) ({tenants}), "
+          f"{len(config.server.upstreams)} upstream(s), guard {config.server.guard.url}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return 1
+    if args.workers != 1:
+        print("--workers: only 1 worker is supported so far", file=sys.stderr)
+        return 2
+    log.configure(config.server.log_level)
+    host = args.host or config.server.host
+    port = args.port or config.server.port
+    log.logger.info("listening", host=host, port=port, tenants=len(config.policies))
+    web.run_app(create_app(config), host=host, port=port, access_log=None, print=None)
+    return 0
+
+
+def _classify(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return 1
+    turns = [Turn("user", args.prompt)]
+    if args.response is not None:
+        turns.append(Turn("assistant", args.response))
+    return asyncio.run(_ask(config, turns))
+
+
+async def _ask(config: Config, turns: list[Turn]) -> int:
+    async with aiohttp.ClientSession() as session:
+        guard = make_guard(config.server.guard, session)
+        started = time.perf_counter()
+        try:
+            verdict = await guard.classify(turns)
+        except GuardError as exc:
+            print(f"guard error ({exc.kind}): {exc.message}", file=sys.stderr)
+            return 1
+    print(orjson.dumps({
+        "check": "response" if turns[-1].role == "assistant" else "prompt",
+        "severity": verdict.severity, "categories": list(verdict.categories),
+        "refusal": verdict.refusal, "scores": dict(verdict.scores),
+        "guard_ms": round((time.perf_counter() - started) * 1000, 1),
+    }, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def _hash_key(args: argparse.Namespace) -> int:
+    print("sha256:" + hashlib.sha256(args.key.encode()).hexdigest())
+    return 0

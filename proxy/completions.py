@@ -1,0 +1,185 @@
+"""``POST /v1/chat/completions`` after authentication: the stages of
+``pipeline`` wired to the upstream and to the client's connection."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from .config import Action, Policy
+from .conversation import message_text
+from .errors import BodyTooLarge, ModelNotAllowed, UpstreamError
+from .log import RequestRecord
+from .moderation import StreamFault, StreamState
+from .pipeline import Checks
+from .policy import Outcome
+from .protocol import (
+    annotation,
+    blocked_choice,
+    blocked_completion,
+    error_body,
+    parse_chat_request,
+)
+from .sse import DONE, DONE_EVENT, SSEDecoder, SSEError, encode
+from .state import Runtime
+from .upstream import Upstream
+
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(f"request body exceeds {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def chat_completions(request: web.Request, runtime: Runtime, policy: Policy,
+                           record: RequestRecord) -> web.StreamResponse:
+    chat = parse_chat_request(await read_body(request, runtime.config.server.max_body_bytes))
+    record.model, record.stream = chat.model, chat.stream
+    if policy.models is not None and chat.model not in policy.models:
+        raise ModelNotAllowed(f"model {chat.model!r} is not available to this key", param="model")
+    checks = Checks(guard=runtime.guard, policy=policy, chat=chat, record=record)
+    prompt = await checks.check_prompt()
+    headers = {"x-request-id": record.request_id, "x-guard-action": prompt.action.value}
+    if prompt.action is Action.BLOCK:
+        return await blocked_prompt(request, checks, headers)
+    upstream = runtime.upstreams[policy.upstream]
+    if chat.stream:
+        return await relay_stream(request, upstream, checks, headers)
+    return await complete(upstream, checks, headers)
+
+
+def _moderation(checks: Checks, output: list[Outcome] | None = None) -> dict[str, Any]:
+    if output is None:
+        output = [Outcome.not_checked("the upstream was not called")]
+    return annotation(checks.guard.model, checks.record.input, output)
+
+
+async def blocked_prompt(request: web.Request, checks: Checks, headers: dict[str, str]
+                         ) -> web.StreamResponse:
+    block, chat = checks.policy.block, checks.chat
+    moderation = _moderation(checks)
+    if block.style == "error":
+        body = error_body(block.message, type="invalid_request_error", code="content_filter",
+                          param="messages", moderation=moderation)
+        return _json(body, status=400, headers=headers)
+    if not chat.stream:
+        return _json(orjson.dumps(blocked_completion(
+            model=chat.model, message=block.message, moderation=moderation)), headers=headers)
+    state = StreamState(model=chat.model)
+    response = await _start_stream(request, headers, checks.record)
+    await response.write(state.blocked_tail(block.message) + state.closing_chunk(moderation)
+                         + DONE_EVENT)
+    await response.write_eof()
+    return response
+
+
+async def complete(upstream: Upstream, checks: Checks, headers: dict[str, str]) -> web.Response:
+    started = time.perf_counter()
+    raw = await upstream.complete(checks.chat.body, checks.record.request_id)
+    checks.record.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
+    data = _completion(raw)
+    choices = data["choices"]
+    outputs = await checks.check_response([message_text(c.get("message")) for c in choices])
+    for position, outcome in enumerate(outputs):
+        if outcome.action is Action.BLOCK:
+            choices[position] = blocked_choice(choices[position].get("index", position),
+                                               checks.policy.block.message)
+    data["moderation"] = _moderation(checks, outputs)
+    checks.record.usage = data.get("usage")
+    return _json(orjson.dumps(data), headers=headers)
+
+
+def _completion(raw: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamError("upstream answered with invalid JSON") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise UpstreamError("upstream answer is not a chat completion")
+    if not all(isinstance(choice, dict) for choice in data["choices"]):
+        raise UpstreamError("upstream answer has a malformed choice")
+    return data
+
+
+def _json(body: bytes, *, status: int = 200, headers: dict[str, str]) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json",
+                        headers=headers)
+
+
+async def _start_stream(request: web.Request, headers: dict[str, str], record: RequestRecord
+                        ) -> web.StreamResponse:
+    response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+    await response.prepare(request)
+    record.mark_first_byte()
+    return response
+
+
+async def relay_stream(request: web.Request, upstream: Upstream, checks: Checks,
+                       headers: dict[str, str]) -> web.StreamResponse:
+    """Buffer mode: hold every upstream chunk until the whole response passed."""
+    state = StreamState(model=checks.chat.model)
+    started = time.perf_counter()
+    async with upstream.stream(checks.chat.body, checks.record.request_id) as upstream_resp:
+        response = await _start_stream(request, headers, checks.record)
+        try:
+            await _read_upstream(upstream_resp, state)
+        except (StreamFault, SSEError, aiohttp.ClientError, TimeoutError) as exc:
+            checks.record.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
+            await _end_with_error(response, state, checks, exc)
+            return response
+    checks.record.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
+    await _finish(response, state, checks)
+    return response
+
+
+async def _read_upstream(upstream_resp: aiohttp.ClientResponse, state: StreamState) -> None:
+    decoder = SSEDecoder()
+    async for data in upstream_resp.content.iter_any():
+        for event in decoder.feed(data):
+            if event.data == DONE:
+                return
+            state.feed(event.data)
+    for event in decoder.close():
+        if event.data != DONE:
+            state.feed(event.data)
+    if not any(choice.finish_reason for choice in state.choices.values()):
+        raise StreamFault("upstream stream ended before it finished")
+
+
+async def _finish(response: web.StreamResponse, state: StreamState, checks: Checks) -> None:
+    outputs = await checks.check_response(state.texts())
+    checks.record.usage = state.usage()
+    if any(outcome.action is Action.BLOCK for outcome in outputs):
+        body = state.blocked_tail(checks.policy.block.message)
+    else:
+        body = state.release_all()
+    body += state.closing_chunk(_moderation(checks, outputs)) + DONE_EVENT
+    await response.write(body)
+    await response.write_eof()
+
+
+async def _end_with_error(response: web.StreamResponse, state: StreamState, checks: Checks,
+                          exc: Exception) -> None:
+    """After the first byte the status is sent: the error goes in-band, then [DONE]."""
+    error = exc.error if isinstance(exc, StreamFault) and isinstance(exc.error, dict) else {
+        "message": getattr(exc, "message", None) or f"upstream stream failed: {exc!r}",
+        "type": "upstream_error", "param": None, "code": "upstream_stream_error",
+    }
+    checks.record.output = [Outcome.not_checked("the upstream stream failed")]
+    moderation = _moderation(checks, checks.record.output)
+    await response.write(encode(orjson.dumps({"error": error})) + state.closing_chunk(moderation)
+                         + DONE_EVENT)
+    await response.write_eof()
+

@@ -1,0 +1,797 @@
+"""Server config and tenant policies: typed, immutable objects.
+
+The loader (``load``) reads ``config/proxy.yaml`` and every ``*.yaml`` under its
+``policies`` folder, validates them strictly and raises ``ConfigError`` holding
+every problem found as a ``file:line: message`` string.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Literal, TypeVar
+from urllib.parse import urlsplit
+
+from proxy.yamlsrc import Entry, Map, Node, Scalar, Seq, parse
+
+#: Category names exactly as Qwen3Guard-Gen emits them.  ``Jailbreak`` is judged
+#: for prompts only.
+CATEGORIES: tuple[str, ...] = (
+    "Violent",
+    "Non-violent Illegal Acts",
+    "Sexual Content or Sexual Acts",
+    "PII",
+    "Suicide & Self-Harm",
+    "Unethical Acts",
+    "Politically Sensitive Topics",
+    "Copyright Violation",
+    "Jailbreak",
+)
+RESPONSE_CATEGORIES: tuple[str, ...] = CATEGORIES[:-1]
+
+
+class Action(enum.Enum):
+    """What a policy does with a verdict; the order is the strictness."""
+
+    PASS = "pass"
+    FLAG = "flag"
+    BLOCK = "block"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+
+_RANK = {Action.PASS: 0, Action.FLAG: 1, Action.BLOCK: 2}
+
+
+class Secret:
+    """A value read from the environment; its repr never shows it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CategoryOverride:
+    unsafe: Action | None = None
+    controversial: Action | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StagePolicy:
+    check: bool = True
+    unsafe: Action = Action.BLOCK
+    controversial: Action = Action.FLAG
+    categories: Mapping[str, CategoryOverride] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptPolicy(StagePolicy):
+    mode: Literal["sequential", "parallel"] = "sequential"
+    scope: Literal["last", "all"] = "last"
+
+
+StreamMode = Literal["buffer", "window", "async"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResponsePolicy(StagePolicy):
+    controversial: Action = Action.PASS
+    stream: StreamMode = "buffer"
+    window_chars: int = 160
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlockPolicy:
+    style: Literal["message", "error"] = "message"
+    message: str = "Sorry, this conversation was blocked by the content policy."
+
+
+@dataclass(frozen=True, kw_only=True)
+class Policy:
+    tenant: str
+    keys: tuple[str, ...]  # lowercase sha256 hex digests, without the "sha256:" prefix
+    upstream: str
+    models: frozenset[str] | None = None
+    prompt: PromptPolicy = field(default_factory=PromptPolicy)
+    response: ResponsePolicy = field(default_factory=ResponsePolicy)
+    on_guard_error: Literal["block", "pass"] = "block"
+    block: BlockPolicy = field(default_factory=BlockPolicy)
+    log_content: bool = False
+    source: Path = Path("<memory>")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuardConfig:
+    url: str  # server root, no trailing slash
+    model: str = "Qwen/Qwen3Guard-Gen-0.6B"
+    api: Literal["chat", "generate"] = "chat"
+    timeout_s: float = 5.0
+    api_key: Secret | None = None
+    max_tokens: int = 32
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpstreamConfig:
+    name: str
+    url: str  # OpenAI base URL, no trailing slash: chat goes to {url}/chat/completions
+    api_key: Secret | None = None
+    timeout_s: float = 600.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    policies_dir: Path
+    guard: GuardConfig
+    upstreams: Mapping[str, UpstreamConfig]
+    max_body_bytes: int = 4 * 1024 * 1024
+    log_level: str = "info"
+    source: Path = Path("<memory>")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    server: ServerConfig
+    policies: tuple[Policy, ...]
+
+    def tenants_by_key(self) -> dict[str, Policy]:
+        """Map each key digest (hex) to its tenant's policy."""
+        return {key: policy for policy in self.policies for key in policy.keys}
+
+
+class ConfigError(Exception):
+    """Every problem found while loading, each as ``file:line: message``."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def key_digest(key: str) -> str:
+    """The lowercase sha256 hex digest of a client API key (what ``Policy.keys`` holds)."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def hash_key(key: str) -> str:
+    """The ``sha256:<hex>`` form of a client API key, to paste into a policy."""
+    return f"sha256:{key_digest(key)}"
+
+
+# --------------------------------------------------------------------------- loading
+
+DEFAULT_CONFIG_PATH = Path("config/proxy.yaml")
+CONFIG_ENV_VAR = "GUARDPROXY_CONFIG"
+
+
+def load(path: Path | None = None, *, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the server config and every tenant policy.
+
+    ``path`` defaults to ``$GUARDPROXY_CONFIG``, then ``config/proxy.yaml``;
+    ``env`` (default ``os.environ``) supplies the ``*_env`` secrets.  Raises
+    ``ConfigError`` listing every problem found, each as ``file:line: message``.
+    """
+    env = os.environ if env is None else env
+    if path is None:
+        path = Path(env.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH)
+    errors = _Errors()
+    loaded = _load_server(_File(path, errors), env)
+    policies: tuple[Policy, ...] = ()
+    if loaded is not None and loaded.policy_files is not None:
+        policies = _load_policy_files(loaded.policy_files, loaded.upstream_names, errors)
+    if errors or loaded is None:
+        raise ConfigError(errors.lines())
+    return Config(server=loaded.server, policies=policies)
+
+
+def load_policies(server: ServerConfig) -> tuple[Policy, ...]:
+    """Re-read the policies folder of an already loaded server config (live reload).
+
+    Raises ``ConfigError`` if any policy is invalid: the set is accepted whole or not at all.
+    """
+    errors = _Errors()
+    files = _policy_files(_File(server.source, errors), 1, server.policies_dir)
+    policies = () if files is None else _load_policy_files(files, tuple(server.upstreams), errors)
+    if errors:
+        raise ConfigError(errors.lines())
+    return policies
+
+
+class _Errors:
+    """Problems of all files, reported by file (first seen first), then by line."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[str, int, str]] = []
+
+    def add(self, path: Path, line: int, message: str) -> None:
+        self._items.append((str(path), line, message))
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def lines(self) -> list[str]:
+        order: dict[str, int] = {}
+        for path, _, _ in self._items:
+            order.setdefault(path, len(order))
+        items = sorted(self._items, key=lambda item: (order[item[0]], item[1]))
+        return [f"{path}:{line}: {message}" for path, line, message in items]
+
+
+class _File:
+    """Reports the problems of one file."""
+
+    def __init__(self, path: Path, errors: _Errors) -> None:
+        self.path = path
+        self.errors = errors
+
+    def error(self, line: int, message: str) -> None:
+        self.errors.add(self.path, line, message)
+
+
+def _read(f: _File) -> Node | None:
+    """Parse a file; reports unreadable, empty and malformed files."""
+    try:
+        data = f.path.read_bytes()
+    except FileNotFoundError:
+        f.error(1, "file not found")
+        return None
+    except OSError as exc:
+        f.error(1, f"cannot read file: {exc.strerror}")
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        f.error(data[: exc.start].count(b"\n") + 1, "file is not valid UTF-8 text")
+        return None
+    root, problems = parse(text)
+    for problem in problems:
+        f.error(problem.line, problem.message)
+    if root is None and not problems:
+        f.error(1, "file is empty")
+    return root
+
+
+# --------------------------------------------------------------------------- typed fields
+
+_S = TypeVar("_S", bound=str)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_KEY_FORM = re.compile(r"sha256:([0-9a-fA-F]{64})")
+
+
+def _kind(node: Node) -> str:
+    """What a node is, never showing its value (it may be a secret)."""
+    if isinstance(node, Map):
+        return "a mapping"
+    if isinstance(node, Seq):
+        return "a list"
+    value = node.value
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "a string" if isinstance(value, str) else f"a YAML {type(value).__name__}"
+
+
+def _describe(node: Node) -> str:
+    """What a node is, showing a scalar's value."""
+    if not isinstance(node, Scalar) or node.value is None:
+        return _kind(node)
+    if isinstance(node.value, bool):
+        return f"{node.text} (a boolean)"
+    if isinstance(node.value, int | float):
+        return node.text
+    if isinstance(node.value, str):
+        return repr(node.value) if node.value else "an empty string"
+    return f"{node.text!r} ({_kind(node)})"
+
+
+def _is_number(value: object) -> bool:
+    """An int or a finite float, not a bool."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value)
+
+
+def _not_available_yet(path: str, value: str) -> str | None:
+    """Schema values this version cannot run yet.  Delete entries as the features land."""
+    later = {
+        "prompt.mode": ({"parallel"}, "sequential"),
+        "prompt.scope": ({"all"}, "last"),
+        "response.stream": ({"window", "async"}, "buffer"),
+    }
+    values, instead = later.get(path, (set(), ""))
+    if value in values:
+        return f"{path}: {value!r} is not available yet; use {instead}"
+    return None
+
+
+@dataclass
+class _Section:
+    """The validated keys of one mapping, with typed getters that report problems.
+
+    A getter returns the default when the key is absent or its value is invalid
+    (the problem is recorded, and the loader raises before anything is returned).
+    """
+
+    f: _File
+    where: str  # dotted path of the mapping; "" at top level
+    line: int  # line of the key that holds the mapping
+    fields: Mapping[str, Entry]
+
+    def path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def bad(self, key: str, expected: str, got: str | None = None) -> None:
+        entry = self.fields[key]
+        got = got or _describe(entry.value)
+        self.f.error(entry.key_line, f"{self.path(key)}: {expected}, got {got}")
+
+    def value(self, key: str) -> object:
+        """The scalar value at ``key``; None when absent or not a scalar."""
+        entry = self.fields.get(key)
+        return entry.value.value if entry is not None and isinstance(entry.value, Scalar) else None
+
+    def text(self, key: str, default: str = "") -> str:
+        value = self.value(key)
+        if key not in self.fields:
+            return default
+        if isinstance(value, str) and value.strip():
+            return value
+        hint = "; put it in quotes" if _is_number(value) or isinstance(value, bool) else ""
+        self.bad(key, "expected a non-empty string", _describe(self.fields[key].value) + hint)
+        return default
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self.value(key)
+        if isinstance(value, bool):
+            return value
+        if key in self.fields:
+            self.bad(key, "expected true or false")
+        return default
+
+    def integer(self, key: str, default: int, top: int | None = None) -> int:
+        value = self.value(key)
+        if isinstance(value, int) and _is_number(value) and 1 <= value <= (top or value):
+            return value
+        if key in self.fields:
+            expected = f"an integer from 1 to {top}" if top else "a positive integer"
+            self.bad(key, f"expected {expected}")
+        return default
+
+    def number(self, key: str, default: float) -> float:
+        value = self.value(key)
+        if isinstance(value, int | float) and _is_number(value) and value > 0:
+            return float(value)
+        if key in self.fields:
+            self.bad(key, "expected a positive number")
+        return default
+
+    def choice(self, key: str, choices: tuple[_S, ...], default: _S) -> _S:
+        entry = self.fields.get(key)
+        if entry is None:
+            return default
+        node, valid = entry.value, ", ".join(choices)
+        if not isinstance(node, Scalar) or node.value is None:
+            self.bad(key, f"expected one of {valid}")
+            return default
+        for choice in choices:
+            if node.value == choice:
+                problem = _not_available_yet(self.path(key), choice)
+                if problem is None:
+                    return choice
+                self.f.error(entry.key_line, problem)
+                return default
+        self.f.error(entry.key_line, f"{self.path(key)}: {node.text!r} is not one of {valid}")
+        return default
+
+    def url(self, key: str) -> str:
+        raw = self.text(key)
+        problem = _url_problem(raw) if raw else None
+        if problem is not None:
+            self.f.error(self.fields[key].key_line, f"{self.path(key)}: {problem}")
+            return ""
+        return raw.rstrip("/")
+
+    def secret(self, key: str, env: Mapping[str, str]) -> Secret | None:
+        name = self.text(key)
+        if not name:
+            return None
+        line = self.fields[key].key_line
+        if not _ENV_NAME.fullmatch(name):
+            self.f.error(line, f"{self.path(key)}: must be the name of an environment "
+                         "variable (letters, digits, _), not a value")
+        elif name not in env:
+            self.f.error(line, f"{self.path(key)}: environment variable {name} is not set")
+        elif not env[name]:
+            self.f.error(line, f"{self.path(key)}: environment variable {name} is empty")
+        else:
+            return Secret(env[name])
+        return None
+
+    def sub(self, key: str, valid: tuple[str, ...], required: tuple[str, ...] = ()) -> _Section:
+        entry = self.fields.get(key)
+        if entry is None:
+            return _Section(self.f, self.path(key), self.line, {})
+        return _section(self.f, entry.value, self.path(key), entry.key_line, valid, required)
+
+
+def _url_problem(raw: str) -> str | None:
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        parts = None
+    if parts is not None and (parts.username or parts.password):
+        return "must not contain credentials (user:password@); use an api_key_env field"
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{raw!r} is not an http:// or https:// URL"
+    if parts.query or parts.fragment:
+        return f"{raw!r}: a base URL cannot have a ?query or #fragment"
+    return None
+
+
+def _section(
+    f: _File,
+    node: Node,
+    where: str,
+    line: int,
+    valid: tuple[str, ...],
+    required: tuple[str, ...] = (),
+) -> _Section:
+    """Check that ``node`` is a mapping with only ``valid`` keys and all ``required`` ones."""
+    place = f"in {where}" if where else "at top level"
+    if not isinstance(node, Map):
+        prefix = f"{where}: expected a mapping" if where else "expected a mapping at top level"
+        f.error(line, f"{prefix}, got {_describe(node)}")
+        return _Section(f, where, line, {})
+    for name, entry in node.entries.items():
+        if name not in valid:
+            f.error(entry.key_line, f"unknown key {name!r} {place} (valid: {', '.join(valid)})")
+    for name in required:
+        if name not in node.entries:
+            f.error(line, f"missing required key {name!r} {place}")
+    return _Section(f, where, line, {k: e for k, e in node.entries.items() if k in valid})
+
+
+# --------------------------------------------------------------------------- server config
+
+_SERVER_KEYS = ("listen", "policies", "guard", "upstreams", "limits", "log")
+_GUARD_KEYS = ("url", "model", "api", "timeout_s", "api_key_env", "max_tokens")
+_UPSTREAM_KEYS = ("url", "api_key_env", "timeout_s")
+_APIS: tuple[Literal["chat", "generate"], ...] = ("chat", "generate")
+_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass
+class _LoadedServer:
+    server: ServerConfig
+    upstream_names: tuple[str, ...] | None  # None: upstreams invalid, skip the policy check
+    policy_files: list[Path] | None  # None: the policies folder is unusable
+
+
+def _load_server(f: _File, env: Mapping[str, str]) -> _LoadedServer | None:
+    root = _read(f)
+    if root is None:
+        return None
+    top = _section(f, root, "", 1, _SERVER_KEYS, ("policies", "guard", "upstreams"))
+    listen, limits = top.sub("listen", ("host", "port")), top.sub("limits", ("max_body_bytes",))
+    defaults = ServerConfig(policies_dir=Path(), guard=GuardConfig(url=""), upstreams={})
+    folder = _policies_folder(top)
+    upstreams = _upstreams(top, env)
+    server = ServerConfig(
+        host=listen.text("host", defaults.host),
+        port=listen.integer("port", defaults.port, 65535),
+        policies_dir=folder or Path(),
+        guard=_guard(top, env),
+        upstreams=MappingProxyType(upstreams or {}),
+        max_body_bytes=limits.integer("max_body_bytes", defaults.max_body_bytes),
+        log_level=top.sub("log", ("level",)).choice("level", _LEVELS, defaults.log_level),
+        source=f.path,
+    )
+    files = None if folder is None else _policy_files(f, top.fields["policies"].key_line, folder)
+    names = None if upstreams is None else tuple(upstreams)
+    return _LoadedServer(server, names, files)
+
+
+def _policies_folder(top: _Section) -> Path | None:
+    raw = top.text("policies")
+    if not raw:
+        return None
+    return Path(os.path.normpath(top.f.path.parent / Path(raw).expanduser()))
+
+
+def _policy_files(f: _File, line: int, folder: Path) -> list[Path] | None:
+    """Every ``*.yaml``/``*.yml`` file directly in ``folder`` (hidden files skipped), by name."""
+    if not folder.is_dir():
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        f.error(line, f"policies: folder {folder} {problem}")
+        return None
+    files = sorted(
+        p for p in folder.iterdir()
+        if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
+    )
+    if not files:
+        f.error(line, f"policies: folder {folder} has no *.yaml files")
+        return None
+    return files
+
+
+def _guard(top: _Section, env: Mapping[str, str]) -> GuardConfig:
+    sec = top.sub("guard", _GUARD_KEYS, ("url",))
+    defaults = GuardConfig(url="")
+    url = sec.url("url")
+    if url.endswith("/v1"):
+        sec.f.error(sec.fields["url"].key_line, "guard.url: give the server root without /v1 "
+                    "(the proxy adds /v1/chat/completions or /generate)")
+    return GuardConfig(
+        url=url,
+        model=sec.text("model", defaults.model),
+        api=sec.choice("api", _APIS, defaults.api),
+        timeout_s=sec.number("timeout_s", defaults.timeout_s),
+        api_key=sec.secret("api_key_env", env),
+        max_tokens=sec.integer("max_tokens", defaults.max_tokens),
+    )
+
+
+def _upstreams(top: _Section, env: Mapping[str, str]) -> dict[str, UpstreamConfig] | None:
+    entry = top.fields.get("upstreams")
+    if entry is None:
+        return None
+    if not isinstance(entry.value, Map) or not entry.value.entries:
+        top.bad("upstreams", "expected a mapping of upstream names to {url: ...}")
+        return None
+    return {
+        name: _upstream(top.f, name, item, env) for name, item in entry.value.entries.items()
+    }
+
+
+def _upstream(f: _File, name: str, item: Entry, env: Mapping[str, str]) -> UpstreamConfig:
+    sec = _section(f, item.value, f"upstreams.{name}", item.key_line, _UPSTREAM_KEYS, ("url",))
+    url = sec.url("url")
+    if url.endswith("/chat/completions"):
+        f.error(sec.fields["url"].key_line, f"upstreams.{name}.url: give the base URL "
+                "(like https://api.openai.com/v1); the proxy adds /chat/completions")
+    return UpstreamConfig(
+        name=name,
+        url=url,
+        api_key=sec.secret("api_key_env", env),
+        timeout_s=sec.number("timeout_s", UpstreamConfig(name="", url="").timeout_s),
+    )
+
+
+# --------------------------------------------------------------------------- policies
+
+_POLICY_KEYS = (
+    "tenant", "keys", "upstream", "models", "prompt", "response",
+    "on_guard_error", "block", "log_content",
+)
+_PROMPT_KEYS = ("check", "mode", "scope", "unsafe", "controversial", "categories")
+_RESPONSE_KEYS = ("check", "unsafe", "controversial", "categories", "stream", "window_chars")
+_ACTIONS = ("block", "flag", "pass")
+_MODES: tuple[Literal["sequential", "parallel"], ...] = ("sequential", "parallel")
+_SCOPES: tuple[Literal["last", "all"], ...] = ("last", "all")
+_STREAMS: tuple[StreamMode, ...] = ("buffer", "window", "async")
+_ON_GUARD_ERROR: tuple[Literal["block", "pass"], ...] = ("block", "pass")
+_BLOCK_STYLES: tuple[Literal["message", "error"], ...] = ("message", "error")
+
+
+@dataclass
+class _LoadedPolicy:
+    policy: Policy
+    tenant_line: int
+    key_lines: list[tuple[str, int]]  # (digest, line)
+
+
+def _load_policy_files(
+    files: Sequence[Path], upstreams: Sequence[str] | None, errors: _Errors
+) -> tuple[Policy, ...]:
+    loaded: list[_LoadedPolicy] = []
+    for path in files:
+        f = _File(path, errors)
+        root = _read(f)
+        if root is not None:
+            loaded.append(_policy(f, root, upstreams))
+    _check_unique(loaded, errors)
+    return tuple(item.policy for item in loaded)
+
+
+def _policy(f: _File, root: Node, upstreams: Sequence[str] | None) -> _LoadedPolicy:
+    top = _section(f, root, "", 1, _POLICY_KEYS, ("tenant", "keys", "upstream"))
+    tenant = top.text("tenant")
+    keys = _keys(top)
+    defaults = Policy(tenant="", keys=(), upstream="")
+    policy = Policy(
+        tenant=tenant,
+        keys=tuple(digest for digest, _ in keys),
+        upstream=_upstream_ref(top, upstreams),
+        models=_models(top),
+        prompt=_prompt(top),
+        response=_response(top),
+        on_guard_error=top.choice("on_guard_error", _ON_GUARD_ERROR, defaults.on_guard_error),
+        block=_block(top, tenant),
+        log_content=top.flag("log_content", defaults.log_content),
+        source=f.path,
+    )
+    tenant_line = top.fields["tenant"].key_line if "tenant" in top.fields else 1
+    return _LoadedPolicy(policy, tenant_line, keys)
+
+
+def _keys(top: _Section) -> list[tuple[str, int]]:
+    entry = top.fields.get("keys")
+    if entry is None:
+        return []
+    if not isinstance(entry.value, Seq) or not entry.value.items:
+        got = "an empty list" if isinstance(entry.value, Seq) else _kind(entry.value)
+        top.bad("keys", "expected a list of sha256:<hex> key digests", got)
+        return []
+    seen: dict[str, int] = {}
+    for item in entry.value.items:
+        digest = _digest(top.f, item)
+        if digest is not None and digest in seen:
+            top.f.error(item.line, f"keys: this key is listed twice (first at line {seen[digest]})")
+        elif digest is not None:
+            seen[digest] = item.line
+    return list(seen.items())
+
+
+def _digest(f: _File, item: Node) -> str | None:
+    """The lowercase hex digest of a ``sha256:<hex>`` entry; never echoes the entry."""
+    text = item.value if isinstance(item, Scalar) and isinstance(item.value, str) else None
+    match = _KEY_FORM.fullmatch(text) if text is not None else None
+    if match is not None:
+        return match.group(1).lower()
+    if text is None:
+        message = f"expected a sha256:<hex> string, got {_kind(item)}"
+    elif text.startswith("sha256:"):
+        message = "a sha256: digest must be exactly 64 hex digits"
+    else:
+        message = ("plaintext keys are not accepted; run 'guardproxy hash-key <key>' "
+                   "and list the sha256:<hex> it prints")
+    f.error(item.line, f"keys: {message}")
+    return None
+
+
+def _upstream_ref(top: _Section, upstreams: Sequence[str] | None) -> str:
+    name = top.text("upstream")
+    if name and upstreams is not None and name not in upstreams:
+        configured = ", ".join(upstreams) or "none"
+        top.f.error(top.fields["upstream"].key_line,
+                    f"upstream: {name!r} is not a configured upstream (configured: {configured})")
+    return name
+
+
+def _models(top: _Section) -> frozenset[str] | None:
+    entry = top.fields.get("models")
+    if entry is None:
+        return None
+    if not isinstance(entry.value, Seq) or not entry.value.items:
+        got = "an empty list" if isinstance(entry.value, Seq) else None
+        top.bad("models", "expected a list of model names (omit models to allow any)", got)
+        return None
+    names: set[str] = set()
+    for item in entry.value.items:
+        if isinstance(item, Scalar) and isinstance(item.value, str) and item.value.strip():
+            names.add(item.value)
+        else:
+            top.f.error(item.line, f"models: expected a model name, got {_describe(item)}")
+    return frozenset(names)
+
+
+def _actions(sec: _Section, defaults: StagePolicy) -> tuple[Action, Action]:
+    return (
+        Action(sec.choice("unsafe", _ACTIONS, defaults.unsafe.value)),
+        Action(sec.choice("controversial", _ACTIONS, defaults.controversial.value)),
+    )
+
+
+def _prompt(top: _Section) -> PromptPolicy:
+    sec = top.sub("prompt", _PROMPT_KEYS)
+    defaults = PromptPolicy()
+    unsafe, controversial = _actions(sec, defaults)
+    return PromptPolicy(
+        check=sec.flag("check", defaults.check),
+        mode=sec.choice("mode", _MODES, defaults.mode),
+        scope=sec.choice("scope", _SCOPES, defaults.scope),
+        unsafe=unsafe,
+        controversial=controversial,
+        categories=_categories(sec, CATEGORIES),
+    )
+
+
+def _response(top: _Section) -> ResponsePolicy:
+    sec = top.sub("response", _RESPONSE_KEYS)
+    defaults = ResponsePolicy()
+    unsafe, controversial = _actions(sec, defaults)
+    return ResponsePolicy(
+        check=sec.flag("check", defaults.check),
+        unsafe=unsafe,
+        controversial=controversial,
+        categories=_categories(sec, RESPONSE_CATEGORIES),
+        stream=sec.choice("stream", _STREAMS, defaults.stream),
+        window_chars=sec.integer("window_chars", defaults.window_chars),
+    )
+
+
+def _categories(stage: _Section, valid: tuple[str, ...]) -> Mapping[str, CategoryOverride]:
+    entry = stage.fields.get("categories")
+    if entry is None:
+        return MappingProxyType({})
+    sec = _section(stage.f, entry.value, stage.path("categories"), entry.key_line, valid)
+    if not isinstance(entry.value, Map):
+        return MappingProxyType({})
+    overrides: dict[str, CategoryOverride] = {}
+    for name, item in entry.value.entries.items():
+        if name in valid:
+            overrides[name] = _override(sec, name, item)
+    return MappingProxyType(overrides)
+
+
+def _override(categories: _Section, name: str, item: Entry) -> CategoryOverride:
+    where = categories.path(name)
+    sec = _section(categories.f, item.value, where, item.key_line, ("unsafe", "controversial"))
+    return CategoryOverride(
+        unsafe=Action(sec.choice("unsafe", _ACTIONS, "pass")) if "unsafe" in sec.fields else None,
+        controversial=(
+            Action(sec.choice("controversial", _ACTIONS, "pass"))
+            if "controversial" in sec.fields else None
+        ),
+    )
+
+
+def _block(top: _Section, tenant: str) -> BlockPolicy:
+    sec = top.sub("block", ("style", "message"))
+    defaults = BlockPolicy()
+    message = defaults.message
+    if tenant:
+        message = f"Sorry, this conversation was blocked by the {tenant} content policy."
+    return BlockPolicy(
+        style=sec.choice("style", _BLOCK_STYLES, defaults.style),
+        message=sec.text("message", message),
+    )
+
+
+def _check_unique(loaded: Sequence[_LoadedPolicy], errors: _Errors) -> None:
+    """Two tenants may not share a name or a key; the later file gets the error."""
+    tenants: dict[str, _LoadedPolicy] = {}
+    owners: dict[str, tuple[_LoadedPolicy, int]] = {}
+    for item in loaded:
+        f, tenant = _File(item.policy.source, errors), item.policy.tenant
+        first = tenants.setdefault(tenant, item) if tenant else item
+        if first is not item:
+            f.error(item.tenant_line, f"tenant: {tenant!r} is already defined in "
+                    f"{first.policy.source}:{first.tenant_line}")
+        for digest, line in item.key_lines:
+            owner, owner_line = owners.setdefault(digest, (item, line))
+            if owner is not item:
+                f.error(line, f"keys: this key is already used by tenant {owner.policy.tenant!r} "
+                        f"({owner.policy.source}:{owner_line})")

@@ -1,0 +1,84 @@
+"""The proxy's exception tree; each error knows its HTTP status and OpenAI shape.
+
+    ProxyError                      status, type, code, param
+    ├── BadRequest                  400 invalid_request_error
+    │   └── BodyTooLarge            413
+    ├── Unauthorized                401 invalid_api_key
+    ├── ModelNotAllowed             404 model_not_found
+    ├── UpstreamError               upstream trouble, translated once at the boundary
+    │   ├── UpstreamUnreachable     502
+    │   ├── UpstreamTimeout         504
+    │   └── UpstreamHTTPError       the upstream's own status and body, passed through
+    └── GuardError                  the guard could not give a verdict (never sent to clients
+                                    directly: the tenant's on_guard_error decides)
+"""
+
+from __future__ import annotations
+
+
+class ProxyError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class BadRequest(ProxyError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class BodyTooLarge(BadRequest):
+    status = 413
+    code = "request_too_large"
+
+
+class Unauthorized(ProxyError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class ModelNotAllowed(ProxyError):
+    status = 404
+    type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class UpstreamError(ProxyError):
+    status = 502
+    type = "upstream_error"
+
+
+class UpstreamUnreachable(UpstreamError):
+    status = 502
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamHTTPError(UpstreamError):
+    """The upstream answered with an error status: relayed as it came."""
+
+    def __init__(self, status: int, body: bytes, content_type: str) -> None:
+        super().__init__(f"upstream answered HTTP {status}")
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+
+
+class GuardError(Exception):
+    """The guard gave no usable verdict. ``kind`` names why, for logs and metrics."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message

@@ -1,0 +1,103 @@
+"""structlog configuration and the canonical ``request`` line.
+
+Configured once at start-up: JSON lines on stdout, stdlib (aiohttp) records routed
+through the same renderer.  Each request fills one ``RequestRecord`` as it goes;
+the envelope middleware emits it as exactly one ``request`` event at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+
+from .config import Action
+from .policy import Outcome, strictest
+
+logger = structlog.get_logger("guardproxy")
+
+
+def configure(level: str = "info") -> None:
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info,
+                    structlog.processors.JSONRenderer(serializer=orjson.dumps)],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.BytesLoggerFactory(sys.stdout.buffer),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.JSONRenderer()],
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """What one request did, filled in stage by stage."""
+
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    tenant: str | None = None
+    model: str | None = None
+    stream: bool = False
+    log_content: bool = False
+    input: list[Outcome] = field(default_factory=list)
+    output: list[Outcome] = field(default_factory=list)
+    guard_calls: int = 0
+    guard_ms: float = 0.0
+    upstream_ms: float | None = None
+    ttft_ms: float | None = None
+    usage: Any = None
+    client_gone: int = 0  # 499 once the client disconnected mid-answer
+    input_text: str | None = None
+    output_texts: list[str] = field(default_factory=list)
+
+    def elapsed_ms(self) -> float:
+        return round((time.perf_counter() - self.started) * 1000, 3)
+
+    def mark_first_byte(self) -> None:
+        if self.ttft_ms is None:
+            self.ttft_ms = self.elapsed_ms()
+
+    def action(self) -> Action:
+        return strictest([*self.input, *self.output])
+
+    def fields(self, status: int) -> dict[str, Any]:
+        line: dict[str, Any] = {
+            "request_id": self.request_id, "tenant": self.tenant, "model": self.model,
+            "stream": self.stream, "status": status, "action": self.action().value,
+            "input": stage_fields(self.input), "output": stage_fields(self.output),
+            "guard_calls": self.guard_calls, "guard_ms": round(self.guard_ms, 3),
+            "upstream_ms": self.upstream_ms, "ttft_ms": self.ttft_ms,
+            "total_ms": self.elapsed_ms(), "usage": self.usage,
+        }
+        if self.log_content:
+            line["input_text"] = self.input_text
+            line["output_text"] = self.output_texts or None
+        return line
+
+
+def stage_fields(outcomes: list[Outcome]) -> dict[str, Any] | None:
+    """The strictest outcome of a stage, as the log shows it."""
+    if not outcomes:
+        return None
+    worst = max(outcomes, key=lambda o: o.action.rank)
+    if worst.verdict is None:
+        return {"error": worst.error_code, "kind": worst.error_kind, "action": worst.action.value}
+    return {"severity": worst.verdict.severity, "categories": list(worst.verdict.categories),
+            "action": worst.action.value}

@@ -1,0 +1,93 @@
+"""Cross-cutting request work only: the request id and the log line, the OpenAI
+error envelope, and tenant authentication."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from .errors import ProxyError, Unauthorized, UpstreamHTTPError
+from .log import RequestRecord, logger
+from .protocol import error_body
+from .state import POLICY, RECORD, RUNTIME
+
+# A client's id is kept only if it is short and plain: it lands in headers and logs.
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
+
+
+@web.middleware
+async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Gives every request an id, every /v1 request one ``request`` log line, and
+    turns every error into OpenAI's error shape."""
+    request_id = _request_id(request)
+    record = request[RECORD] = RequestRecord(request_id=request_id)
+    status = 499  # unless an answer is made: the client went away first
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        try:
+            response = await _answer(request, handler)
+            status = record.client_gone or response.status
+        finally:
+            if request.path.startswith("/v1/"):
+                logger.info("request", **record.fields(status))
+    if not response.prepared:
+        response.headers["x-request-id"] = request_id
+    return response
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ProxyError as exc:
+        return _error_response(exc)
+    except web.HTTPException as exc:
+        return _http_error(exc)
+    except Exception:
+        logger.exception("unhandled_error", path=request.path)
+        body = error_body("internal error", type="server_error", code="internal_error")
+        return web.Response(status=500, content_type="application/json", body=body)
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get("x-request-id", "")
+    return given if _CLIENT_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def _error_response(exc: ProxyError) -> web.Response:
+    if isinstance(exc, UpstreamHTTPError):
+        return web.Response(status=exc.status, body=exc.body, content_type=exc.content_type)
+    body = error_body(exc.message, type=exc.type, code=exc.code, param=exc.param)
+    return web.Response(status=exc.status, body=body, content_type="application/json")
+
+
+def _http_error(exc: web.HTTPException) -> web.Response:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+    body = error_body(exc.reason, type="invalid_request_error", code=code)
+    return web.Response(status=exc.status, body=body, content_type="application/json")
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Finds the caller's tenant from ``Authorization: Bearer`` or ``api-key``."""
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    key = _client_key(request)
+    policy = request.app[RUNTIME].tenant_for(key) if key else None
+    if policy is None:
+        raise Unauthorized("missing API key" if not key else "invalid API key")
+    request[POLICY] = policy
+    record = request[RECORD]
+    record.tenant, record.log_content = policy.tenant, policy.log_content
+    with structlog.contextvars.bound_contextvars(tenant=policy.tenant):
+        return await handler(request)
+
+
+def _client_key(request: web.Request) -> str:
+    auth = request.headers.get("Authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("api-key", "").strip()

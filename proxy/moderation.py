@@ -1,0 +1,157 @@
+"""Stream moderation state: what the upstream sent, what the client got.  No I/O.
+
+``StreamState`` reads each upstream chunk once (orjson) for the text the guard
+needs, and keeps the chunk's bytes as they came for relaying: a chunk is never
+re-serialised, except the closing usage chunk that the ``moderation`` object joins.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .conversation import tool_call_texts
+from .protocol import StreamHead, delta_choice
+from .sse import encode
+
+
+class StreamFault(Exception):
+    """The upstream stream cannot be relayed: an error event or an unreadable chunk."""
+
+    def __init__(self, message: str, *, error: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error = error  # the upstream's own error object, when it sent one
+
+
+@dataclass(slots=True)
+class ToolCallState:
+    id: str | None = None
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+    def as_message(self) -> dict[str, Any]:
+        function = {"name": self.name, "arguments": "".join(self.arguments)}
+        return {"id": self.id, "type": "function", "function": function}
+
+
+@dataclass(slots=True)
+class ChoiceState:
+    parts: list[str] = field(default_factory=list)
+    tool_calls: dict[int, ToolCallState] = field(default_factory=dict)
+    finish_reason: str | None = None
+
+    def text(self) -> str:
+        """The judged text: content and refusal, then the tool calls."""
+        calls = [self.tool_calls[i].as_message() for i in sorted(self.tool_calls)]
+        return "\n\n".join(t for t in ["".join(self.parts), *tool_call_texts(calls)] if t)
+
+    def add(self, choice: dict[str, Any]) -> None:
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            for key in ("content", "refusal"):
+                if isinstance(delta.get(key), str):
+                    self.parts.append(delta[key])
+            if isinstance(delta.get("tool_calls"), list):
+                self._add_tool_calls(delta["tool_calls"])
+        if choice.get("finish_reason") is not None:
+            self.finish_reason = choice["finish_reason"]
+
+    def _add_tool_calls(self, calls: list[Any]) -> None:
+        for call in calls:
+            if not isinstance(call, dict):
+                continue
+            state = self.tool_calls.setdefault(call.get("index", 0), ToolCallState())
+            state.id = call.get("id") or state.id
+            function = call.get("function")
+            if isinstance(function, dict):
+                state.name += function.get("name") or ""
+                state.arguments.append(function.get("arguments") or "")
+
+
+@dataclass(slots=True)
+class StreamState:
+    model: str
+    head: StreamHead | None = None
+    choices: dict[int, ChoiceState] = field(default_factory=dict)
+    held: list[bytes] = field(default_factory=list)  # encoded events not yet released
+    closing: dict[str, Any] | None = None  # the upstream's usage chunk, if any
+    released_any: bool = False
+
+    def feed(self, data: bytes) -> None:
+        """Take one upstream ``data:`` payload (not ``[DONE]``)."""
+        chunk = _load_chunk(data)
+        if self.head is None:
+            self.head = _head(chunk, self.model)
+        choices = chunk.get("choices")
+        if not isinstance(choices, list):
+            raise StreamFault("upstream chunk has no 'choices' array")
+        if not choices and chunk.get("usage") is not None:
+            self.closing = chunk  # the moderation object joins it at the end
+            return
+        for choice in choices:
+            if isinstance(choice, dict):
+                self.choices.setdefault(choice.get("index", 0), ChoiceState()).add(choice)
+        self.held.append(encode(data))
+
+    def texts(self) -> list[str]:
+        return [self.choices[i].text() for i in self.indices()]
+
+    def indices(self) -> list[int]:
+        return sorted(self.choices) or [0]
+
+    def release_all(self) -> bytes:
+        out = b"".join(self.held)
+        self.held.clear()
+        self.released_any = self.released_any or bool(out)
+        return out
+
+    def usage(self) -> Any:
+        return self.closing.get("usage") if self.closing else None
+
+    def stream_head(self) -> StreamHead:
+        if self.head is None:
+            self.head = StreamHead.new(self.model)
+        return self.head
+
+    def closing_chunk(self, moderation: dict[str, Any]) -> bytes:
+        """The last chunk: ``choices: []``, the usage if the upstream sent it, moderation."""
+        if self.closing is not None:
+            return encode(orjson.dumps({**self.closing, "moderation": moderation}))
+        return encode(self.stream_head().chunk([], moderation=moderation))
+
+    def blocked_tail(self, message: str) -> bytes:
+        """What ends a blocked stream: the block message if nothing was released,
+        then each choice finishing with ``content_filter``."""
+        head = self.stream_head()
+        events = []
+        for index in self.indices():
+            if not self.released_any:
+                delta = {"role": "assistant", "content": message}
+                events.append(encode(head.chunk([delta_choice(index, delta)])))
+            events.append(encode(head.chunk([delta_choice(index, {}, "content_filter")])))
+        return b"".join(events)
+
+
+def _load_chunk(data: bytes) -> dict[str, Any]:
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise StreamFault("upstream sent an unreadable stream chunk") from exc
+    if not isinstance(chunk, dict):
+        raise StreamFault("upstream stream chunk is not an object")
+    if "error" in chunk:
+        raise StreamFault("upstream reported an error mid-stream", error=chunk["error"])
+    return chunk
+
+
+def _head(chunk: dict[str, Any], model: str) -> StreamHead:
+    fresh = StreamHead.new(model)
+    id_, created, name = chunk.get("id"), chunk.get("created"), chunk.get("model")
+    return StreamHead(
+        id=id_ if isinstance(id_, str) else fresh.id,
+        created=created if isinstance(created, int) else fresh.created,
+        model=name if isinstance(name, str) else fresh.model,
+    )

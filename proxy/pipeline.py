@@ -1,0 +1,83 @@
+"""One chat request's moderation stages, in order:
+
+1. **prompt received** — authenticated, body parsed, model allowed.
+2. **prompt checked** (``check_prompt``) — the guard judged the last user turn and the
+   tenant's policy turned the verdict into an action; a block ends the request here
+   and the upstream is never called.
+3. **upstream started** — the raw body goes to the tenant's upstream.
+4. **response checked** (``check_response``) — each choice's assembled text is judged
+   with the conversation as context.
+5. **done** — the answer, annotated, goes to the client; the record is logged.
+
+``Checks`` runs stages 2 and 4 and keeps the request's accounting; it does no HTTP
+of its own beyond calling the guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .config import Action, Policy, StagePolicy
+from .conversation import Turn, prompt_view, response_view
+from .errors import GuardError
+from .guard import Guard
+from .log import RequestRecord
+from .policy import Outcome
+from .protocol import ChatRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Checks:
+    guard: Guard
+    policy: Policy
+    chat: ChatRequest
+    record: RequestRecord
+
+    async def check_prompt(self) -> Outcome:
+        stage = self.policy.prompt
+        if not stage.check:
+            outcome = Outcome.not_checked("prompt check disabled by policy")
+        else:
+            view = prompt_view(self.chat.turns)
+            outcome = await self._judge(stage, view)
+            self._keep_text(outcome, view[-1].text, output=False)
+        self.record.input = [outcome]
+        return outcome
+
+    async def check_response(self, texts: Sequence[str]) -> list[Outcome]:
+        """Judge each choice's text; one outcome per choice, in order."""
+        stage = self.policy.response
+        if not stage.check:
+            outcomes = [Outcome.not_checked("response check disabled by policy")] * len(texts)
+        else:
+            outcomes = list(await asyncio.gather(*(self._judge_response(t) for t in texts)))
+        self.record.output = outcomes
+        return outcomes
+
+    async def _judge_response(self, text: str) -> Outcome:
+        outcome = await self._judge(self.policy.response, response_view(self.chat.turns, text))
+        self._keep_text(outcome, text, output=True)
+        return outcome
+
+    async def _judge(self, stage: StagePolicy, turns: Sequence[Turn]) -> Outcome:
+        started = time.perf_counter()
+        self.record.guard_calls += 1
+        try:
+            verdict = await self.guard.classify(turns)
+        except GuardError as exc:
+            return Outcome.guard_failed(self.policy, exc)
+        finally:
+            self.record.guard_ms += (time.perf_counter() - started) * 1000
+        return Outcome.judged(stage, verdict)
+
+    def _keep_text(self, outcome: Outcome, text: str, *, output: bool) -> None:
+        """Blocked or flagged text goes into the log line only if the tenant opted in."""
+        if not self.policy.log_content or outcome.action is Action.PASS:
+            return
+        if output:
+            self.record.output_texts.append(text)
+        else:
+            self.record.input_text = text

@@ -1,0 +1,55 @@
+"""Policy decisions: a verdict and a tenant's stage policy in, an action out.  No I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import Action, Policy, StagePolicy
+from .errors import GuardError
+from .verdict import Verdict
+
+
+def decide(stage: StagePolicy, verdict: Verdict) -> Action:
+    """The action for one verdict; with several categories the strictest wins."""
+    if verdict.severity == "safe":
+        return Action.PASS
+    base = stage.unsafe if verdict.severity == "unsafe" else stage.controversial
+    actions = [_category_action(stage, name, verdict, base) for name in verdict.categories]
+    return max(actions, key=lambda action: action.rank, default=base)
+
+
+def _category_action(stage: StagePolicy, name: str, verdict: Verdict, base: Action) -> Action:
+    override = stage.categories.get(name)
+    if override is None:
+        return base
+    chosen = override.unsafe if verdict.severity == "unsafe" else override.controversial
+    return chosen or base
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one check concluded: a verdict and its action, or why there is none."""
+
+    action: Action
+    verdict: Verdict | None = None
+    error_code: str | None = None  # "not_checked" | "guard_unavailable"
+    error: str | None = None
+    error_kind: str | None = None  # for guard errors: unreachable, timeout, ...
+
+    @classmethod
+    def judged(cls, stage: StagePolicy, verdict: Verdict) -> Outcome:
+        return cls(action=decide(stage, verdict), verdict=verdict)
+
+    @classmethod
+    def not_checked(cls, why: str) -> Outcome:
+        return cls(action=Action.PASS, error_code="not_checked", error=why)
+
+    @classmethod
+    def guard_failed(cls, policy: Policy, exc: GuardError) -> Outcome:
+        action = Action.BLOCK if policy.on_guard_error == "block" else Action.PASS
+        return cls(action=action, error_code="guard_unavailable", error=exc.message,
+                   error_kind=exc.kind)
+
+
+def strictest(outcomes: list[Outcome]) -> Action:
+    return max((o.action for o in outcomes), key=lambda action: action.rank, default=Action.PASS)

@@ -1,0 +1,183 @@
+"""OpenAI wire shapes: the chat request as far as we read it, errors, block
+responses, stream chunks and the ``moderation`` annotation.  No I/O.
+
+Requests are read leniently: the proxy looks at the fields it needs and forwards
+the body's bytes untouched, so fields it does not know pass through.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .config import CATEGORIES, RESPONSE_CATEGORIES
+from .conversation import Turn, turns_from_messages
+from .errors import BadRequest
+from .policy import Outcome
+from .verdict import Verdict
+
+_TEXT_ONLY = ["text"]
+_INPUT_TYPES = {name: _TEXT_ONLY for name in CATEGORIES}
+_OUTPUT_TYPES = {name: _TEXT_ONLY for name in RESPONSE_CATEGORIES}
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    body: bytes  # forwarded as received
+    model: str
+    stream: bool
+    include_usage: bool
+    turns: tuple[Turn, ...]
+
+
+def parse_chat_request(body: bytes) -> ChatRequest:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required and must be a non-empty string", param="model")
+    messages = data.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty array", param="messages")
+    return ChatRequest(
+        body=body,
+        model=model,
+        stream=_flag(data, "stream"),
+        include_usage=_include_usage(data.get("stream_options")),
+        turns=turns_from_messages(messages),
+    )
+
+
+def _flag(data: dict[str, Any], name: str) -> bool:
+    value = data.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise BadRequest(f"'{name}' must be a boolean", param=name)
+    return bool(value)
+
+
+def _include_usage(options: Any) -> bool:
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise BadRequest("'stream_options' must be an object", param="stream_options")
+    return _flag(options, "include_usage")
+
+
+# -- errors ------------------------------------------------------------------------
+
+
+def error_body(message: str, *, type: str, code: str | None, param: str | None = None,
+               **extra: Any) -> bytes:
+    error = {"message": message, "type": type, "param": param, "code": code}
+    return orjson.dumps({"error": error, **extra})
+
+
+# -- the moderation annotation -------------------------------------------------------
+
+
+def annotation(model: str, input: Sequence[Outcome], output: Sequence[Outcome]) -> dict[str, Any]:
+    return {
+        "input": stage_results(model, input, response=False),
+        "output": stage_results(model, output, response=True),
+    }
+
+
+def stage_results(model: str, outcomes: Sequence[Outcome], *, response: bool) -> dict[str, Any]:
+    failed = next((o for o in outcomes if o.error_code is not None), None)
+    if failed is not None or not outcomes:
+        code = failed.error_code if failed else "not_checked"
+        message = (failed.error if failed else None) or "no check ran"
+        return {"type": "error", "code": code, "message": message}
+    results = [_result(model, o, o.verdict, response) for o in outcomes if o.verdict]
+    return {"type": "moderation_results", "model": model, "results": results}
+
+
+def _result(model: str, outcome: Outcome, verdict: Verdict, response: bool) -> dict[str, Any]:
+    names = RESPONSE_CATEGORIES if response else CATEGORIES
+    named = set(verdict.categories)
+    result: dict[str, Any] = {
+        "type": "moderation_result",
+        "model": model,
+        "flagged": verdict.flagged,
+        "categories": {name: name in named for name in names},
+        "category_scores": {name: _score(verdict, name, named) for name in names},
+        "category_applied_input_types": _OUTPUT_TYPES if response else _INPUT_TYPES,
+        "severity": verdict.severity,
+        "action": outcome.action.value,
+    }
+    if response:
+        result["refusal"] = bool(verdict.refusal)
+    return result
+
+
+def _score(verdict: Verdict, name: str, named: set[str]) -> float:
+    score = verdict.scores.get(name)
+    if score is not None:
+        return score
+    return 1.0 if name in named else 0.0
+
+
+# -- completions and chunks made by the proxy ---------------------------------------
+
+
+def new_completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def blocked_completion(*, model: str, message: str, moderation: dict[str, Any]) -> dict[str, Any]:
+    """A whole ``chat.completion`` standing in for a blocked prompt."""
+    return {
+        "id": new_completion_id(),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [blocked_choice(0, message)],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "moderation": moderation,
+    }
+
+
+def blocked_choice(index: int, message: str) -> dict[str, Any]:
+    return {
+        "index": index,
+        "message": {"role": "assistant", "content": message, "refusal": None},
+        "logprobs": None,
+        "finish_reason": "content_filter",
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHead:
+    """The fields every chunk of one stream repeats."""
+
+    id: str
+    created: int
+    model: str
+
+    @classmethod
+    def new(cls, model: str) -> StreamHead:
+        return cls(id=new_completion_id(), created=int(time.time()), model=model)
+
+    def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return orjson.dumps({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
+        })
+
+
+def delta_choice(index: int, delta: dict[str, Any], finish_reason: str | None = None
+                 ) -> dict[str, Any]:
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}

@@ -1,0 +1,45 @@
+"""Thin handlers: each reads what the request carries and calls one function."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .completions import chat_completions
+from .state import POLICY, RECORD, RUNTIME
+
+
+async def post_chat_completions(request: web.Request) -> web.StreamResponse:
+    return await chat_completions(request, request.app[RUNTIME], request[POLICY], request[RECORD])
+
+
+async def get_models(request: web.Request) -> web.Response:
+    policy = request[POLICY]
+    listing = await request.app[RUNTIME].upstreams[policy.upstream].models()
+    if policy.models is not None and isinstance(listing, dict):
+        data = listing.get("data")
+        if isinstance(data, list):
+            allowed = policy.models
+            listing["data"] = [m for m in data if isinstance(m, dict) and m.get("id") in allowed]
+    return web.json_response(listing)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    if not runtime.config.policies:
+        return web.json_response({"status": "unavailable", "reason": "no policies loaded"},
+                                 status=503)
+    reason = await runtime.guard.health()
+    if reason is not None:
+        return web.json_response({"status": "unavailable", "reason": reason}, status=503)
+    return web.json_response({"status": "ready", "tenants": len(runtime.config.policies)})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", post_chat_completions)
+    app.router.add_get("/v1/models", get_models)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

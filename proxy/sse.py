@@ -1,0 +1,106 @@
+"""Server-sent events: an incremental, bounded decoder and the encoder. No I/O.
+
+The decoder follows the WHATWG event-stream grammar
+(https://html.spec.whatwg.org/multipage/server-sent-events.html#event-stream-interpretation):
+lines end in CR, LF or CRLF (a CRLF may be split across two reads), ``:`` starts a
+comment, a blank line dispatches the event.  Unlike a client library it bounds the
+size of one event, so a hostile upstream cannot make the proxy buffer without end.
+Event data stay ``bytes``: they are parsed with orjson and relayed as they came,
+never decoded to ``str`` and re-encoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DONE = b"[DONE]"
+DONE_EVENT = b"data: [DONE]\n\n"
+DEFAULT_MAX_EVENT_BYTES = 1 << 20
+
+
+class SSEError(Exception):
+    """The stream broke the grammar or the size bound."""
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    data: bytes
+    event: str | None = None
+
+
+class SSEDecoder:
+    """Feed it bytes as they arrive; it returns the events completed so far."""
+
+    def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        self._max = max_event_bytes
+        self._partial = b""  # an unterminated line
+        self._data: list[bytes] = []
+        self._size = 0  # bytes held for the event being assembled
+        self._event: str | None = None
+        self._skip_lf = False  # the last read ended in CR: a leading LF belongs to it
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if self._skip_lf and chunk[:1] == b"\n":
+            chunk = chunk[1:]
+        self._skip_lf = False
+        if not chunk:
+            return []
+        events: list[SSEEvent] = []
+        buf = self._partial + chunk if self._partial else chunk
+        self._partial = b""
+        for line in buf.splitlines(keepends=True):
+            last = line[-1:]
+            if last != b"\n" and last != b"\r":
+                self._partial = line
+                break
+            self._skip_lf = last == b"\r"
+            event = self._line(line.rstrip(b"\r\n"))
+            if event is not None:
+                events.append(event)
+        self._check_size()
+        return events
+
+    def close(self) -> list[SSEEvent]:
+        """End of stream: a final event without its blank line is still delivered."""
+        events = self.feed(b"\n") if self._partial else []
+        if self._data:
+            events.append(self._dispatch())
+        return events
+
+    def _line(self, line: bytes) -> SSEEvent | None:
+        if not line:
+            if self._data:
+                return self._dispatch()
+            self._reset()
+            return None
+        if line[:1] == b":":
+            return None
+        name, _, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+            self._size += len(value) + 1
+        elif name == b"event":
+            self._event = value.decode("utf-8", "replace")
+        return None
+
+    def _dispatch(self) -> SSEEvent:
+        data = self._data[0] if len(self._data) == 1 else b"\n".join(self._data)
+        event = SSEEvent(data=data, event=self._event)
+        self._reset()
+        return event
+
+    def _reset(self) -> None:
+        self._data = []
+        self._size = 0
+        self._event = None
+
+    def _check_size(self) -> None:
+        if self._size + len(self._partial) > self._max:
+            raise SSEError(f"an event exceeded the {self._max}-byte bound")
+
+
+def encode(data: bytes) -> bytes:
+    """One ``data:`` event.  ``data`` must not contain line breaks (JSON never does)."""
+    return b"data: " + data + b"\n\n"
