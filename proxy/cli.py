@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import sys
 import time
 from collections.abc import Sequence
@@ -16,7 +15,7 @@ from aiohttp import web
 
 from . import log
 from .app import create_app, make_guard
-from .config import Config, ConfigError, load
+from .config import Config, ConfigError, hash_key, load
 from .conversation import Turn
 from .errors import GuardError
 
@@ -118,5 +117,5 @@ async def _ask(config: Config, turns: list[Turn]) -> int:
 
 
 def _hash_key(args: argparse.Namespace) -> int:
-    print("sha256:" + hashlib.sha256(args.key.encode()).hexdigest())
+    print(hash_key(args.key))
     return 0

@@ -200,8 +200,7 @@ def load(path: Path | None = None, *, env: Mapping[str, str] | None = None) -> C
     ``ConfigError`` listing every problem found, each as ``file:line: message``.
     """
     env = os.environ if env is None else env
-    if path is None:
-        path = Path(env.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH)
+    path = Path(env.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH) if path is None else Path(path)
     errors = _Errors()
     loaded = _load_server(_File(path, errors), env)
     policies: tuple[Policy, ...] = ()
@@ -568,7 +567,8 @@ def _upstreams(top: _Section, env: Mapping[str, str]) -> dict[str, UpstreamConfi
     if entry is None:
         return None
     if not isinstance(entry.value, Map) or not entry.value.entries:
-        top.bad("upstreams", "expected a mapping of upstream names to {url: ...}")
+        got = "an empty mapping" if isinstance(entry.value, Map) else None
+        top.bad("upstreams", "expected a mapping of upstream names to {url: ...}", got)
         return None
     return {
         name: _upstream(top.f, name, item, env) for name, item in entry.value.entries.items()
@@ -746,19 +746,25 @@ def _categories(stage: _Section, valid: tuple[str, ...]) -> Mapping[str, Categor
     entry = stage.fields.get("categories")
     if entry is None:
         return MappingProxyType({})
-    sec = _section(stage.f, entry.value, stage.path("categories"), entry.key_line, valid)
     if not isinstance(entry.value, Map):
+        stage.bad("categories", "expected a mapping like {Violent: {unsafe: flag}}")
         return MappingProxyType({})
+    where = stage.path("categories")
     overrides: dict[str, CategoryOverride] = {}
     for name, item in entry.value.entries.items():
         if name in valid:
-            overrides[name] = _override(sec, name, item)
+            overrides[name] = _override(stage.f, f"{where}.{name}", item)
+        elif name in CATEGORIES:
+            stage.f.error(item.key_line, f"{where}: {name} is judged for prompts only "
+                          f"(valid here: {', '.join(valid)})")
+        else:
+            stage.f.error(item.key_line, f"{where}: unknown category {name!r} "
+                          f"(valid: {', '.join(valid)})")
     return MappingProxyType(overrides)
 
 
-def _override(categories: _Section, name: str, item: Entry) -> CategoryOverride:
-    where = categories.path(name)
-    sec = _section(categories.f, item.value, where, item.key_line, ("unsafe", "controversial"))
+def _override(f: _File, where: str, item: Entry) -> CategoryOverride:
+    sec = _section(f, item.value, where, item.key_line, ("unsafe", "controversial"))
     return CategoryOverride(
         unsafe=Action(sec.choice("unsafe", _ACTIONS, "pass")) if "unsafe" in sec.fields else None,
         controversial=(

@@ -69,12 +69,13 @@ def parse(text: str) -> tuple[Node | None, list[Problem]]:
 def _syntax_problem(exc: yaml.MarkedYAMLError) -> Problem:
     mark = exc.problem_mark or exc.context_mark
     line = mark.line + 1 if mark is not None else 1
-    problem = exc.problem or "syntax error"
-    if exc.context and exc.context_mark is not None:
-        problem = f"{exc.context} at line {exc.context_mark.line + 1}: {problem}"
-    elif exc.context:
-        problem = f"{exc.context}: {problem}"
-    return Problem(line, f"invalid YAML: {problem}")
+    message = exc.problem or exc.context or "syntax error"
+    if exc.problem and exc.context:
+        where = f" at line {exc.context_mark.line + 1}" if exc.context_mark else ""
+        message = f"{message} ({exc.context}{where})"
+    if "'\\t'" in message:
+        message += "; indent with spaces, not tabs"
+    return Problem(line, f"invalid YAML: {message}")
 
 
 def _line(node: yaml.Node) -> int:
@@ -111,9 +112,9 @@ class _Builder:
     def _scalar(self, node: yaml.Node) -> Scalar:
         try:
             value = self._constructor.construct_object(node, deep=True)
-        except ConstructorError as exc:
+        except ConstructorError as exc:  # reported; the raw text avoids a second error
             self.problems.append(Problem(_line(node), f"invalid YAML: {exc.problem}"))
-            value = None
+            value = str(node.value)
         return Scalar(value, str(node.value), _line(node))
 
     def _seq(self, node: yaml.SequenceNode, where: str) -> Seq:

@@ -1,0 +1,70 @@
+"""The SSE decoder: line endings split anywhere, comments, multi-line data, bounds."""
+
+from __future__ import annotations
+
+import pytest
+
+from proxy.sse import DONE_EVENT, SSEDecoder, SSEError, SSEEvent, encode
+
+STREAM = (
+    b": keep-alive\n\n"
+    b'data: {"a": "h\xc3\xa9llo"}\n\n'
+    b"event: ping\r\ndata: line one\r\ndata: line two\r\n\r\n"
+    b"data: x\rdata: y\r\r"
+    b"data: [DONE]\n\n"
+)
+EXPECTED = [
+    SSEEvent(data=b'{"a": "h\xc3\xa9llo"}'),
+    SSEEvent(data=b"line one\nline two", event="ping"),
+    SSEEvent(data=b"x\ny"),
+    SSEEvent(data=b"[DONE]"),
+]
+
+
+def _decode(pieces: list[bytes]) -> list[SSEEvent]:
+    decoder = SSEDecoder()
+    events = [event for piece in pieces for event in decoder.feed(piece)]
+    return events + decoder.close()
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 16, len(STREAM)])
+def test_any_fixed_chunking_decodes_the_same(size: int) -> None:
+    pieces = [STREAM[i : i + size] for i in range(0, len(STREAM), size)]
+    assert _decode(pieces) == EXPECTED
+
+
+@pytest.mark.parametrize(
+    ("pieces", "events"),
+    [
+        # CRLF split across two reads is one line ending, not two
+        ([b"data: a\r", b"\n\r\n"], [SSEEvent(data=b"a")]),
+        # a multi-byte UTF-8 character split across reads stays whole
+        ([b"data: \xe2\x82", b"\xac\n\n"], [SSEEvent(data="€".encode())]),
+        # "data:" without a space, and an empty data field
+        ([b"data:x\n\ndata:\n\n"], [SSEEvent(data=b"x"), SSEEvent(data=b"")]),
+        # unknown fields and comments are ignored; a blank line alone dispatches nothing
+        ([b"id: 7\nretry: 10\n: hi\n\n\n"], []),
+        # a last event with no blank line is delivered at close
+        ([b"data: tail"], [SSEEvent(data=b"tail")]),
+    ],
+)
+def test_edge_cases(pieces: list[bytes], events: list[SSEEvent]) -> None:
+    assert _decode(pieces) == events
+
+
+def test_event_size_is_bounded_even_without_a_line_end() -> None:
+    decoder = SSEDecoder(max_event_bytes=64)
+    with pytest.raises(SSEError):
+        decoder.feed(b"data: " + b"x" * 100)
+
+
+def test_event_size_is_bounded_across_data_lines() -> None:
+    decoder = SSEDecoder(max_event_bytes=64)
+    with pytest.raises(SSEError):
+        for _ in range(10):
+            decoder.feed(b"data: " + b"x" * 20 + b"\n")
+
+
+def test_encode_round_trips() -> None:
+    assert _decode([encode(b'{"k": 1}') + DONE_EVENT]) == [
+        SSEEvent(data=b'{"k": 1}'), SSEEvent(data=b"[DONE]")]
