@@ -1,4 +1,4 @@
-"""``guardproxy``: serve, check, classify, hash-key."""
+"""guardproxy: serve, check, classify, hash-key."""
 
 from __future__ import annotations
 

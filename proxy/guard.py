@@ -46,7 +46,7 @@ class ChatGuard:
     async def classify(self, turns: Sequence[Turn]) -> Verdict:
         payload = {
             "model": self.model,
-            "messages": [{"role": turn.role, "content": turn.text} for turn in turns],
+            "messages": chat_messages(turns),
             "temperature": 0,
             "max_tokens": self._config.max_tokens,
             "stream": False,
@@ -77,6 +77,21 @@ class ChatGuard:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise GuardError("bad_response", "guard answered with invalid JSON") from exc
+
+
+def chat_messages(turns: Sequence[Turn]) -> list[dict[str, str]]:
+    """The guard's chat request messages.
+
+    SGLang turns a trailing assistant message into a user message before applying
+    the template (unless asked to continue it), which would make Qwen3Guard judge
+    the response as a prompt.  An empty ``tool`` message after it keeps the
+    assistant turn last in what the template renders: the template drops tool
+    messages, and the render stays byte-identical to the template's own.
+    """
+    messages = [{"role": turn.role, "content": turn.text} for turn in turns]
+    if turns and turns[-1].role == "assistant":
+        messages.append({"role": "tool", "content": ""})
+    return messages
 
 
 def _chat_text(answer: Any) -> str:

@@ -1,0 +1,46 @@
+"""Shared fixtures: the guard and upstream emulators on loopback, one pair per test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from emulators.guard import GuardEmulator
+from emulators.upstream import UpstreamEmulator
+from harness import Proxy, start_proxy
+
+
+@pytest.fixture
+async def guard_emulator() -> AsyncIterator[GuardEmulator]:
+    """SGLang serving Qwen3Guard-Gen at ``guard_emulator.url`` (no ``/v1`` suffix)."""
+    emulator = GuardEmulator()
+    await emulator.start()
+    try:
+        yield emulator
+    finally:
+        await emulator.close()
+
+
+@pytest.fixture
+async def upstream_emulator() -> AsyncIterator[UpstreamEmulator]:
+    """An OpenAI-compatible LLM at ``upstream_emulator.url`` (the SDK's base is ``url + "/v1"``)."""
+    emulator = UpstreamEmulator()
+    await emulator.start()
+    try:
+        yield emulator
+    finally:
+        await emulator.close()
+
+
+@pytest.fixture
+async def proxy(
+    tmp_path: Path, guard_emulator: GuardEmulator, upstream_emulator: UpstreamEmulator
+) -> AsyncIterator[Proxy]:
+    """guardproxy in front of both emulators, with the tenants of ``harness``."""
+    server, running = await start_proxy(tmp_path, guard_emulator, upstream_emulator)
+    try:
+        yield running
+    finally:
+        await running.http.close()
+        await server.close()

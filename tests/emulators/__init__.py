@@ -1,0 +1,1 @@
+"""Loopback emulators: the guard (SGLang + Qwen3Guard-Gen) and an OpenAI-compatible upstream."""

@@ -1,0 +1,511 @@
+"""An OpenAI-compatible chat LLM, emulated on loopback, scriptable reply by reply.
+
+Shapes follow the OpenAI API (spec 2.3.0, ``../shared/spec/openai-chat-schemas.json``) and what
+api.openai.com sends:
+
+* non-stream: ``chat.completion`` with ``message{role, content, refusal, annotations}`` (plus
+  ``tool_calls`` when there are some), ``usage`` with token details, ``service_tier``,
+  ``system_fingerprint``;
+* stream: ``data: {json}\\n\\n`` events of ``chat.completion.chunk``: first ``delta{role:
+  "assistant", content: "", refusal: null}``, then content pieces (or ``tool_calls`` fragments:
+  the first of each call carries ``index``, ``id``, ``type``, ``function.name`` and empty
+  ``arguments``, the next ones ``index`` and pieces of ``arguments``), then an empty delta with
+  ``finish_reason``; with ``stream_options.include_usage`` every chunk has ``usage: null`` and a
+  last chunk has ``choices: []`` and the usage; each chunk has an ``obfuscation`` padding string
+  unless ``stream_options.include_obfuscation`` is false; then ``data: [DONE]\\n\\n``;
+* errors: ``{"error": {"message", "type", "param", "code"}}`` with the HTTP status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import random
+import re
+import secrets
+import string
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+from multidict import CIMultiDict
+
+Json = dict[str, Any]
+
+DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "o4-mini")
+SYSTEM_FINGERPRINT = "fp_0e5a2c1d9b"
+_ALPHABET = string.ascii_letters + string.digits
+_PIECE_RE = re.compile(r"\s*\S+|\s+$")
+_WORDS = [
+    "lorem",
+    "ipsum",
+    "dolor",
+    "sit",
+    "amet",
+    "consectetur",
+    "adipiscing",
+    "elit",
+    "sed",
+    "do",
+    "eiusmod",
+    "tempor",
+]
+
+
+@dataclass(kw_only=True)
+class ToolCall:
+    name: str
+    arguments: str = "{}"
+    id: str | None = None  # default: a fresh "call_..." id
+    argument_chunks: list[str] | None = None  # streamed pieces; default: about 8 characters each
+
+
+@dataclass(kw_only=True)
+class Reply:
+    """One scripted answer. With neither ``content`` nor ``tool_calls`` the default reply is used.
+
+    ``chunks`` are the streamed content pieces (their concatenation is the content); by default
+    the content is split before each whitespace run. ``raw_write_sizes`` cuts the SSE byte stream
+    into writes of those sizes (cycled) regardless of event boundaries; ``drop_after_events``
+    aborts the connection after that many events. ``status`` other than 200 answers
+    ``error_body`` (default: OpenAI's error for that status) with ``headers``.
+    """
+
+    content: str | None = None
+    chunks: list[str] | None = None
+    tool_calls: list[ToolCall] | None = None
+    finish_reason: str | None = None  # default "stop", or "tool_calls"
+    delay_s: float = 0.0  # between streamed events (non-stream: per event, summed)
+    first_token_delay_s: float = 0.0
+    status: int = 200
+    error_body: Json | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    raw_write_sizes: list[int] | None = None
+    drop_after_events: int | None = None
+
+
+@dataclass
+class RecordedRequest:
+    path: str
+    method: str
+    headers: CIMultiDict[str]  # case-insensitive
+    body: Any  # parsed JSON, or None
+    cancelled: bool = False  # the client went away before the reply was complete
+    completed: bool = False
+
+
+_ERRORS: dict[int, tuple[str, str, str | None]] = {
+    400: ("Invalid request.", "invalid_request_error", None),
+    401: ("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+    403: ("You are not allowed to sample from this model", "invalid_request_error", None),
+    404: (
+        "The model does not exist or you do not have access to it.",
+        "invalid_request_error",
+        "model_not_found",
+    ),
+    429: (
+        "Rate limit reached for requests. Please try again in 20ms.",
+        "requests",
+        "rate_limit_exceeded",
+    ),
+    500: (
+        "The server had an error while processing your request. Sorry about that!",
+        "server_error",
+        None,
+    ),
+    503: ("The engine is currently overloaded, please try again later", "server_error", None),
+}
+
+
+def openai_error(
+    status: int,
+    message: str | None = None,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    err_type: str | None = None,
+) -> Json:
+    default_message, default_type, default_code = _ERRORS.get(status, _ERRORS[500])
+    return {
+        "error": {
+            "message": message or default_message,
+            "type": err_type or default_type,
+            "param": param,
+            "code": code or default_code,
+        }
+    }
+
+
+def _random_id(prefix: str, length: int) -> str:
+    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(length))
+
+
+def count_tokens(text: str) -> int:
+    """A rough word-piece count, enough for plausible ``usage`` numbers."""
+    return len(re.findall(r"\w+|[^\w\s]", text))
+
+
+def message_text(message: Any) -> str:
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content if isinstance(content, str) else ""
+
+
+def split_content(content: str) -> list[str]:
+    return _PIECE_RE.findall(content) or ([content] if content else [])
+
+
+def _argument_pieces(call: ToolCall) -> list[str]:
+    if call.argument_chunks is not None:
+        return call.argument_chunks
+    return [call.arguments[i : i + 8] for i in range(0, len(call.arguments), 8)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Answer:
+    """A reply resolved against its request: ids, pieces, finish reason, usage."""
+
+    chunk_id: str
+    model: str
+    created: int
+    pieces: list[str]
+    calls: list[tuple[str, ToolCall]]  # (id, call)
+    finish_reason: str
+    prompt_tokens: int
+
+    @property
+    def content(self) -> str:
+        return "".join(self.pieces)
+
+    def usage(self) -> Json:
+        completion = len(self.pieces) + sum(len(_argument_pieces(c)) + 1 for _, c in self.calls)
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        }
+
+
+def completion_body(answer: _Answer) -> Json:
+    message: Json = {
+        "role": "assistant",
+        "content": answer.content if answer.pieces or not answer.calls else None,
+        "refusal": None,
+        "annotations": [],
+    }
+    if answer.calls:
+        message["tool_calls"] = [
+            {"id": cid, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for cid, c in answer.calls
+        ]
+    return {
+        "id": answer.chunk_id,
+        "object": "chat.completion",
+        "created": answer.created,
+        "model": answer.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": answer.finish_reason,
+            }
+        ],
+        "usage": answer.usage(),
+        "service_tier": "default",
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+
+
+class _ChunkMaker:
+    """Builds ``chat.completion.chunk`` events for one answer."""
+
+    def __init__(self, answer: _Answer, *, include_usage: bool, obfuscation: bool) -> None:
+        self.answer = answer
+        self.include_usage = include_usage
+        self.obfuscation = obfuscation
+
+    def event(self, choices: list[Json], usage: Json | None = None) -> bytes:
+        chunk: Json = {
+            "id": self.answer.chunk_id,
+            "object": "chat.completion.chunk",
+            "created": self.answer.created,
+            "model": self.answer.model,
+            "service_tier": "default",
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+            "choices": choices,
+        }
+        if self.include_usage:
+            chunk["usage"] = usage
+        if self.obfuscation:
+            chunk["obfuscation"] = "".join(random.choices(_ALPHABET, k=random.randint(1, 12)))
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    def delta(self, delta: Json, finish_reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return self.event([choice])
+
+    def events(self) -> Iterator[bytes]:
+        answer = self.answer
+        tools_first = bool(answer.calls) and not answer.pieces
+        if not tools_first:
+            yield self.delta({"role": "assistant", "content": "", "refusal": None})
+        for piece in answer.pieces:
+            yield self.delta({"content": piece})
+        yield from self._tool_events(with_role=tools_first)
+        yield self.delta({}, answer.finish_reason)
+        if self.include_usage:
+            yield self.event([], answer.usage())
+        yield b"data: [DONE]\n\n"
+
+    def _tool_events(self, *, with_role: bool) -> Iterator[bytes]:
+        for index, (cid, call) in enumerate(self.answer.calls):
+            head = {
+                "index": index,
+                "id": cid,
+                "type": "function",
+                "function": {"name": call.name, "arguments": ""},
+            }
+            delta: Json = {"tool_calls": [head]}
+            if with_role and index == 0:
+                delta = {"role": "assistant", "content": None, **delta, "refusal": None}
+            yield self.delta(delta)
+            for piece in _argument_pieces(call):
+                yield self.delta(
+                    {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+                )
+
+
+@dataclass(kw_only=True)
+class UpstreamEmulator:
+    """An OpenAI-compatible upstream. Tests append :class:`Reply` objects to ``replies``."""
+
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
+    replies: list[Reply] = field(default_factory=list)
+    requests: list[RecordedRequest] = field(default_factory=list)
+    api_key: str | None = None  # when set, requests must carry "Authorization: Bearer <key>"
+    default_chunks: int | None = None  # default reply: N synthetic words instead of an echo
+    default_delay_s: float = 0.0  # between the default reply's events
+    obfuscation: bool = True
+    url: str = ""
+    _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
+
+    def make_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._runner = web.AppRunner(
+            self.make_app(), handler_cancellation=True, access_log=None, shutdown_timeout=0.5
+        )
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port).start()
+        self.url = f"http://{host}:{self._runner.addresses[0][1]}"
+        return self.url
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- requests ------------------------------------------------------------------------------
+
+    async def _record(self, request: web.Request) -> RecordedRequest:
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = None
+        record = RecordedRequest(request.path, request.method, CIMultiDict(request.headers), body)
+        self.requests.append(record)
+        return record
+
+    def _auth_error(self, request: web.Request) -> web.Response | None:
+        if self.api_key is None:
+            return None
+        header = request.headers.get("Authorization", "")
+        if not header:
+            message = (
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+            )
+            return _json(openai_error(401, message, code=None), 401)
+        if header != f"Bearer {self.api_key}":
+            key = header.removeprefix("Bearer ")
+            message = f"Incorrect API key provided: {key[:3]}***{key[-4:]}."
+            return _json(openai_error(401, message), 401)
+        return None
+
+    def _body_error(self, body: Any) -> web.Response | None:
+        if not isinstance(body, dict):
+            message = (
+                "We could not parse the JSON body of your request. (HINT: This likely means "
+                "you aren't using your HTTP library correctly. The OpenAI API expects a JSON "
+                "payload, but what was sent was not valid JSON."
+            )
+            return _json(openai_error(400, message), 400)
+        if "model" not in body:
+            return _json(openai_error(400, "you must provide a model parameter"), 400)
+        if not isinstance(body.get("messages"), list):
+            message = "Missing required parameter: 'messages'."
+            return _json(
+                openai_error(400, message, param="messages", code="missing_required_parameter"), 400
+            )
+        return None
+
+    async def _models(self, request: web.Request) -> web.Response:
+        record = await self._record(request)
+        error = self._auth_error(request)
+        if error is not None:
+            return error
+        record.completed = True
+        data = [
+            {"id": m, "object": "model", "created": 1715367049, "owned_by": "system"}
+            for m in self.models
+        ]
+        return _json({"object": "list", "data": data})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        record = await self._record(request)
+        error = self._auth_error(request) or self._body_error(record.body)
+        if error is not None:
+            return error
+        reply = self.replies.pop(0) if self.replies else self._default_reply()
+        try:
+            response = await self._respond(request, record.body, reply)
+        except _Dropped:
+            raise asyncio.CancelledError from None
+        except (asyncio.CancelledError, ConnectionResetError):
+            record.cancelled = True
+            raise
+        record.completed = True
+        return response
+
+    def _default_reply(self) -> Reply:
+        if self.default_chunks is not None:
+            words = itertools.islice(itertools.cycle(_WORDS), self.default_chunks)
+            return Reply(chunks=[f" {w}" for w in words], delay_s=self.default_delay_s)
+        return Reply(delay_s=self.default_delay_s)
+
+    def _answer(self, body: Json, reply: Reply) -> _Answer:
+        if reply.chunks is not None:
+            pieces = reply.chunks
+        elif reply.content is not None or reply.tool_calls:
+            pieces = split_content(reply.content or "")
+        else:
+            users = [m for m in body["messages"] if isinstance(m, dict) and m.get("role") == "user"]
+            pieces = split_content(f"You said: {message_text(users[-1]) if users else ''}")
+        calls = [(c.id or _random_id("call_", 24), c) for c in reply.tool_calls or ()]
+        return _Answer(
+            chunk_id=_random_id("chatcmpl-", 29),
+            model=str(body["model"]),
+            created=int(time.time()),
+            pieces=pieces,
+            calls=calls,
+            finish_reason=reply.finish_reason or ("tool_calls" if calls else "stop"),
+            prompt_tokens=sum(count_tokens(message_text(m)) + 4 for m in body["messages"]),
+        )
+
+    async def _respond(self, request: web.Request, body: Json, reply: Reply) -> web.StreamResponse:
+        if reply.status != 200:
+            await asyncio.sleep(reply.first_token_delay_s)
+            error = reply.error_body or openai_error(reply.status)
+            return _json(error, reply.status, reply.headers)
+        answer = self._answer(body, reply)
+        if not body.get("stream"):
+            events = len(answer.pieces) + sum(len(_argument_pieces(c)) + 1 for _, c in answer.calls)
+            await asyncio.sleep(reply.first_token_delay_s + reply.delay_s * events)
+            return _json(completion_body(answer), headers=_headers(reply))
+        options = body.get("stream_options") or {}
+        maker = _ChunkMaker(
+            answer,
+            include_usage=bool(options.get("include_usage")),
+            obfuscation=self.obfuscation and options.get("include_obfuscation", True),
+        )
+        return await _stream(request, reply, list(maker.events()))
+
+
+class _Dropped(Exception):
+    """The scripted reply drops the connection (``Reply.drop_after_events``)."""
+
+
+def _headers(reply: Reply) -> dict[str, str]:
+    return {
+        "x-request-id": _random_id("req_", 32),
+        "openai-processing-ms": "1",
+        "openai-version": "2020-10-01",
+        **reply.headers,
+    }
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def _writes(reply: Reply, events: list[bytes]) -> list[bytes]:
+    if reply.raw_write_sizes is None:
+        return events
+    data, writes, sizes = b"".join(events), [], itertools.cycle(reply.raw_write_sizes)
+    offset = 0
+    while offset < len(data):
+        size = max(1, next(sizes))
+        writes.append(data[offset : offset + size])
+        offset += size
+    return writes
+
+
+async def _stream(request: web.Request, reply: Reply, events: list[bytes]) -> web.StreamResponse:
+    headers = {"Content-Type": "text/event-stream; charset=utf-8", **_headers(reply)}
+    response = web.StreamResponse(headers=headers)
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    await asyncio.sleep(reply.first_token_delay_s)
+    for count, data in enumerate(_writes(reply, events)):
+        if count and reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
+        if reply.drop_after_events is not None and count >= reply.drop_after_events:
+            if request.transport is not None:
+                request.transport.abort()
+            raise _Dropped
+        await response.write(data)
+    await response.write_eof()
+    return response
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--chunks", type=int, default=None, help="words in the default reply")
+    parser.add_argument("--token-delay-ms", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    emulator = UpstreamEmulator(
+        default_chunks=args.chunks, default_delay_s=args.token_delay_ms / 1000
+    )
+    web.run_app(
+        emulator.make_app(),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        handler_cancellation=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""The proxy under test, on loopback, in front of the two emulators.
+
+Tenants (keys are their plaintext):
+
+- ``strict`` (``sk-strict``): blocks unsafe and controversial, fails closed, block style message.
+- ``lenient`` (``sk-lenient``): flags controversial, ``Violent`` unsafe only flagged, fails open.
+- ``errors`` (``sk-errors``): block style error, allowlist of one model.
+- ``audited`` (``sk-audited``): like strict but ``log_content: true`` and no response check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp.test_utils import TestServer
+from emulators.guard import GuardEmulator
+from emulators.upstream import UpstreamEmulator
+from openai import AsyncOpenAI
+
+from proxy.app import create_app
+from proxy.config import load
+
+UPSTREAM_KEY = "sk-upstream-secret-0123456789"
+KEYS = {"strict": "sk-strict", "lenient": "sk-lenient", "errors": "sk-errors",
+        "audited": "sk-audited"}
+
+
+def _digest(key: str) -> str:
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+SERVER = """\
+listen: {{host: 127.0.0.1, port: 8080}}
+policies: policies
+guard: {{url: "{guard}", model: Qwen/Qwen3Guard-Gen-0.6B, api: chat, timeout_s: {timeout}}}
+upstreams:
+  local: {{url: "{upstream}/v1", api_key_env: UPSTREAM_KEY, timeout_s: 10}}
+limits: {{max_body_bytes: {max_body}}}
+"""
+
+POLICIES = {
+    "strict": """\
+tenant: strict
+keys: [{key}]
+upstream: local
+prompt: {{unsafe: block, controversial: block}}
+response: {{unsafe: block, controversial: block, stream: {stream}}}
+on_guard_error: block
+block: {{style: message, message: "Blocked by the strict policy."}}
+""",
+    "lenient": """\
+tenant: lenient
+keys: [{key}]
+upstream: local
+prompt:
+  unsafe: block
+  controversial: flag
+  categories: {{Violent: {{unsafe: flag}}}}
+response:
+  unsafe: block
+  controversial: flag
+  categories: {{Violent: {{unsafe: flag}}}}
+  stream: {stream}
+on_guard_error: pass
+""",
+    "errors": """\
+tenant: errors
+keys: [{key}]
+upstream: local
+models: [gpt-4.1-mini]
+response: {{stream: {stream}}}
+block: {{style: error, message: "Blocked (error style)."}}
+""",
+    "audited": """\
+tenant: audited
+keys: [{key}]
+upstream: local
+prompt: {{controversial: block}}
+response: {{check: false}}
+log_content: true
+""",
+}
+
+
+@dataclass
+class Proxy:
+    url: str
+    guard: GuardEmulator
+    upstream: UpstreamEmulator
+    http: aiohttp.ClientSession
+
+    def client(self, tenant: str = "strict", **kwargs: Any) -> AsyncOpenAI:
+        return AsyncOpenAI(base_url=self.url + "/v1", api_key=KEYS[tenant], max_retries=0,
+                           **kwargs)
+
+    async def post(self, body: bytes | Mapping[str, Any], *, tenant: str | None = "strict",
+                   headers: Mapping[str, str] | None = None,
+                   path: str = "/v1/chat/completions") -> tuple[int, Mapping[str, str], bytes]:
+        data = body if isinstance(body, bytes) else orjson.dumps(body)
+        sent = {"Content-Type": "application/json", **(headers or {})}
+        if tenant is not None:
+            sent.setdefault("Authorization", f"Bearer {KEYS[tenant]}")
+        async with self.http.post(self.url + path, data=data, headers=sent) as resp:
+            return resp.status, resp.headers, await resp.read()
+
+    def upstream_chats(self) -> list[Any]:
+        return [r for r in self.upstream.requests if r.path.endswith("/chat/completions")]
+
+
+def write_config(root: Path, *, guard: str, upstream: str, stream: str = "buffer",
+                 timeout: float = 2.0, max_body: int = 65536) -> Path:
+    (root / "policies").mkdir(exist_ok=True)
+    for name, text in POLICIES.items():
+        policy = text.format(key=_digest(KEYS[name]), stream=stream)
+        (root / "policies" / f"{name}.yaml").write_text(policy)
+    path = root / "proxy.yaml"
+    path.write_text(SERVER.format(guard=guard, upstream=upstream, timeout=timeout,
+                                  max_body=max_body))
+    return path
+
+
+async def start_proxy(root: Path, guard: GuardEmulator, upstream: UpstreamEmulator,
+                      **options: Any) -> tuple[TestServer, Proxy]:
+    upstream.api_key = UPSTREAM_KEY
+    config = load(write_config(root, guard=guard.url, upstream=upstream.url, **options),
+                  env={"UPSTREAM_KEY": UPSTREAM_KEY})
+    server = TestServer(create_app(config), host="127.0.0.1")
+    await server.start_server()
+    http = aiohttp.ClientSession()
+    return server, Proxy(url=str(server.make_url("")).rstrip("/"), guard=guard,
+                         upstream=upstream, http=http)
