@@ -60,16 +60,15 @@ async def chat_completions(request: web.Request, runtime: Runtime, policy: Polic
     return await complete(upstream, checks, headers)
 
 
-def _moderation(checks: Checks, output: list[Outcome] | None = None) -> dict[str, Any]:
-    if output is None:
-        output = [Outcome.not_checked("the upstream was not called")]
+def _moderation(checks: Checks, output: list[Outcome]) -> dict[str, Any]:
     return annotation(checks.guard.model, checks.record.input, output)
 
 
 async def blocked_prompt(request: web.Request, checks: Checks, headers: dict[str, str]
                          ) -> web.StreamResponse:
     block, chat = checks.policy.block, checks.chat
-    moderation = _moderation(checks)
+    checks.record.output = [Outcome.not_checked("the upstream was not called")]
+    moderation = _moderation(checks, checks.record.output)
     if block.style == "error":
         body = error_body(block.message, type="invalid_request_error", code="content_filter",
                           param="messages", moderation=moderation)

@@ -105,18 +105,19 @@ def _chat_text(answer: Any) -> str:
 
 
 async def probe_health(session: aiohttp.ClientSession, config: GuardConfig) -> str | None:
-    """Ask ``/health`` (SGLang), falling back to ``/v1/models`` for other servers."""
+    """Ask ``/health`` (SGLang); a server without it (404) is asked ``/v1/models``."""
     timeout = aiohttp.ClientTimeout(total=min(config.timeout_s, 2.0))
     headers = {}
     if config.api_key is not None:
         headers["Authorization"] = f"Bearer {config.api_key.get()}"
-    reason = "guard did not answer"
     for path in ("/health", "/v1/models"):
         try:
             async with session.get(config.url + path, headers=headers, timeout=timeout) as resp:
-                if resp.status == 200:
-                    return None
-                reason = f"guard {path} answered HTTP {resp.status}"
+                status = resp.status
         except (TimeoutError, aiohttp.ClientError) as exc:
             return f"guard unreachable: {type(exc).__name__}"
-    return reason
+        if status == 200:
+            return None
+        if status != 404:
+            break
+    return f"guard {path} answered HTTP {status}"
