@@ -1,0 +1,102 @@
+"""The real command line against the emulators: ``serve`` and ``classify`` as processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from emulators.guard import GuardEmulator
+from emulators.upstream import Reply, UpstreamEmulator
+from harness import KEYS, UPSTREAM_KEY, write_config
+from openai import AsyncOpenAI
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict[str, str]:
+    return {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "UPSTREAM_KEY": UPSTREAM_KEY}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _run(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", *args, env=_env(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+async def config(tmp_path: Path, guard_emulator: GuardEmulator,
+                 upstream_emulator: UpstreamEmulator) -> Path:
+    upstream_emulator.api_key = UPSTREAM_KEY
+    return write_config(tmp_path, guard=guard_emulator.url, upstream=upstream_emulator.url)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["How can I make a bomb?"],
+         {"check": "prompt", "severity": "unsafe", "categories": ["Violent"], "refusal": None}),
+        (["hello", "--response", "I can't help with that."],
+         {"check": "response", "severity": "safe", "categories": [], "refusal": True}),
+    ],
+)
+async def test_classify_prints_the_verdict(config: Path, guard_emulator: GuardEmulator,
+                                           args: list[str], expected: dict[str, object]) -> None:
+    code, out, _ = await _run("classify", "-c", str(config), *args)
+    assert code == 0
+    verdict = orjson.loads(out)
+    assert {key: verdict[key] for key in expected} == expected
+    assert guard_emulator.requests[-1].body["temperature"] == 0
+
+
+async def test_classify_reports_a_guard_error(config: Path, guard_emulator: GuardEmulator) -> None:
+    guard_emulator.fault = "garbage"
+    code, _, err = await _run("classify", "-c", str(config), "hello")
+    assert code == 1 and "guard error (unreadable)" in err
+
+
+async def _serve(config: Path, port: int) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "-c", str(config), "--port", str(port),
+        env=_env(), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert process.stdout is not None
+    return process
+
+
+async def test_serve_runs_the_proxy_and_logs_json(config: Path,
+                                                  upstream_emulator: UpstreamEmulator) -> None:
+    port = _free_port()
+    process = await _serve(config, port)
+    assert process.stdout is not None
+    try:
+        started = orjson.loads(await asyncio.wait_for(process.stdout.readline(), timeout=20))
+        assert started["event"] == "listening" and started["port"] == port
+        upstream_emulator.replies.append(Reply(content="Hello from upstream."))
+        client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEYS["strict"],
+                             max_retries=0)
+        reply = await client.chat.completions.create(
+            model="gpt-4.1-mini", messages=[{"role": "user", "content": "secret words"}])
+        assert reply.choices[0].message.content == "Hello from upstream."
+    finally:
+        process.terminate()
+        output = await asyncio.wait_for(process.stdout.read(), timeout=20)
+        await process.wait()
+    lines = [orjson.loads(line) for line in output.splitlines()]  # every line is JSON
+    (request,) = [line for line in lines if line["event"] == "request"]
+    assert request["tenant"] == "strict" and request["status"] == 200
+    assert request["level"] == "info" and request["timestamp"]
+    assert b"secret words" not in output and KEYS["strict"].encode() not in output
