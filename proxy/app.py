@@ -9,7 +9,7 @@ import aiohttp
 from aiohttp import web
 
 from .config import Config, GuardConfig
-from .guard import ChatGuard, Guard
+from .guard import ChatGuard, GenerateGuard, Guard
 from .middlewares import authenticate, envelope
 from .routes import add_routes
 from .state import RUNTIME, Runtime
@@ -31,7 +31,8 @@ def _session() -> aiohttp.ClientSession:
 
 
 def make_guard(config: GuardConfig, session: aiohttp.ClientSession) -> Guard:
-    return ChatGuard(config=config, session=session)
+    kind = GenerateGuard if config.api == "generate" else ChatGuard
+    return kind(config=config, session=session)
 
 
 def _clients(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:

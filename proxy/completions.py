@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
@@ -14,7 +13,7 @@ from .config import Action, Policy
 from .conversation import message_text
 from .errors import BodyTooLarge, ModelNotAllowed, UpstreamError
 from .log import RequestRecord
-from .moderation import StreamFault, StreamState
+from .moderation import StreamState
 from .pipeline import Checks
 from .policy import Outcome
 from .protocol import (
@@ -24,7 +23,8 @@ from .protocol import (
     error_body,
     parse_chat_request,
 )
-from .sse import DONE, DONE_EVENT, SSEDecoder, SSEError, encode
+from .relay import StreamRelay
+from .sse import DONE_EVENT
 from .state import Runtime
 from .upstream import Upstream
 
@@ -127,58 +127,16 @@ async def _start_stream(request: web.Request, headers: dict[str, str], record: R
 
 async def relay_stream(request: web.Request, upstream: Upstream, checks: Checks,
                        headers: dict[str, str]) -> web.StreamResponse:
-    """Buffer mode: hold every upstream chunk until the whole response passed."""
-    state = StreamState(model=checks.chat.model)
     started = time.perf_counter()
     async with upstream.stream(checks.chat.body, checks.record.request_id) as upstream_resp:
         response = await _start_stream(request, headers, checks.record)
+        mode = checks.policy.response.stream if checks.chat.n == 1 else "buffer"
+        relay = StreamRelay(response=response, checks=checks, mode=mode)
         try:
-            await _read_upstream(upstream_resp, state)
-        except (StreamFault, SSEError, aiohttp.ClientError, TimeoutError) as exc:
+            await relay.run(upstream_resp)
+            await response.write_eof()
+        except ConnectionResetError:
+            checks.record.client_gone = 499
+        finally:
             checks.record.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
-            await _end_with_error(response, state, checks, exc)
-            return response
-    checks.record.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
-    await _finish(response, state, checks)
     return response
-
-
-async def _read_upstream(upstream_resp: aiohttp.ClientResponse, state: StreamState) -> None:
-    decoder = SSEDecoder()
-    async for data in upstream_resp.content.iter_any():
-        for event in decoder.feed(data):
-            if event.data == DONE:
-                return
-            state.feed(event.data)
-    for event in decoder.close():
-        if event.data != DONE:
-            state.feed(event.data)
-    if not any(choice.finish_reason for choice in state.choices.values()):
-        raise StreamFault("upstream stream ended before it finished")
-
-
-async def _finish(response: web.StreamResponse, state: StreamState, checks: Checks) -> None:
-    outputs = await checks.check_response(state.texts())
-    checks.record.usage = state.usage()
-    if any(outcome.action is Action.BLOCK for outcome in outputs):
-        body = state.blocked_tail(checks.policy.block.message)
-    else:
-        body = state.release_all()
-    body += state.closing_chunk(_moderation(checks, outputs)) + DONE_EVENT
-    await response.write(body)
-    await response.write_eof()
-
-
-async def _end_with_error(response: web.StreamResponse, state: StreamState, checks: Checks,
-                          exc: Exception) -> None:
-    """After the first byte the status is sent: the error goes in-band, then [DONE]."""
-    error = exc.error if isinstance(exc, StreamFault) and isinstance(exc.error, dict) else {
-        "message": getattr(exc, "message", None) or f"upstream stream failed: {exc!r}",
-        "type": "upstream_error", "param": None, "code": "upstream_stream_error",
-    }
-    checks.record.output = [Outcome.not_checked("the upstream stream failed")]
-    moderation = _moderation(checks, checks.record.output)
-    await response.write(encode(orjson.dumps({"error": error})) + state.closing_chunk(moderation)
-                         + DONE_EVENT)
-    await response.write_eof()
-

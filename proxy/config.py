@@ -324,7 +324,6 @@ def _is_number(value: object) -> bool:
 def _not_available_yet(path: str, value: str) -> str | None:
     """Schema values this version cannot run yet.  Delete entries as the features land."""
     later = {
-        "guard.api": ({"generate"}, "chat"),
         "prompt.mode": ({"parallel"}, "sequential"),
         "prompt.scope": ({"all"}, "last"),
         "response.stream": ({"window", "async"}, "buffer"),

@@ -1,9 +1,12 @@
 """Guard clients: a conversation in, a ``Verdict`` out.  No policy here.
 
 ``ChatGuard`` speaks the portable OpenAI chat API that SGLang serves at
-``{url}/v1/chat/completions``; the server applies Qwen3Guard-Gen's chat template,
-which judges the last message.  Every transport or format problem is translated
-once, here, into a ``GuardError`` whose ``kind`` names it.
+``{url}/v1/chat/completions``: the server applies Qwen3Guard-Gen's chat template.
+``GenerateGuard`` renders the template here and calls SGLang's native
+``/generate``, constraining the output to the verdict shapes with a regex.  Both
+ask for the log-probabilities at the severity token, so category scores are real
+probabilities.  Every transport or format problem is translated once, here, into
+a ``GuardError`` whose ``kind`` names it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,18 @@ import orjson
 from .config import GuardConfig
 from .conversation import Turn
 from .errors import GuardError
-from .verdict import Verdict, parse_verdict
+from .template import render
+from .verdict import (
+    TokenStep,
+    Verdict,
+    parse_verdict,
+    severity_probabilities,
+    verdict_regex,
+    with_scores,
+)
+
+TOP_LOGPROBS = 5
+_REGEX = {False: verdict_regex(response=False), True: verdict_regex(response=True)}
 
 
 class Guard(Protocol):
@@ -32,35 +46,25 @@ class Guard(Protocol):
         ...
 
 
-class ChatGuard:
+class _HTTPGuard:
+    path = ""
+
     def __init__(self, *, config: GuardConfig, session: aiohttp.ClientSession) -> None:
         self.model = config.model
         self._config = config
         self._session = session
-        self._url = f"{config.url}/v1/chat/completions"
-        self._headers = {"Content-Type": "application/json"}
-        if config.api_key is not None:
-            self._headers["Authorization"] = f"Bearer {config.api_key.get()}"
+        self._url = config.url + self.path
+        self._headers = {"Content-Type": "application/json", **_auth(config)}
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
-
-    async def classify(self, turns: Sequence[Turn]) -> Verdict:
-        payload = {
-            "model": self.model,
-            "messages": chat_messages(turns),
-            "temperature": 0,
-            "max_tokens": self._config.max_tokens,
-            "stream": False,
-        }
-        answer = await self._post(orjson.dumps(payload))
-        return parse_verdict(_chat_text(answer), response=turns[-1].role == "assistant")
 
     async def health(self) -> str | None:
         return await probe_health(self._session, self._config)
 
-    async def _post(self, body: bytes) -> Any:
+    async def _post(self, payload: dict[str, Any]) -> Any:
         try:
             async with self._session.post(
-                self._url, data=body, headers=self._headers, timeout=self._timeout
+                self._url, data=orjson.dumps(payload), headers=self._headers,
+                timeout=self._timeout,
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
@@ -79,6 +83,47 @@ class ChatGuard:
             raise GuardError("bad_response", "guard answered with invalid JSON") from exc
 
 
+class ChatGuard(_HTTPGuard):
+    path = "/v1/chat/completions"
+
+    async def classify(self, turns: Sequence[Turn]) -> Verdict:
+        answer = await self._post({
+            "model": self.model,
+            "messages": chat_messages(turns),
+            "temperature": 0,
+            "max_tokens": self._config.max_tokens,
+            "logprobs": True,
+            "top_logprobs": TOP_LOGPROBS,
+            "stream": False,
+        })
+        choice = _first_choice(answer)
+        verdict = parse_verdict(_chat_text(choice), response=turns[-1].role == "assistant")
+        return with_scores(verdict, severity_probabilities(_chat_steps(choice)))
+
+
+class GenerateGuard(_HTTPGuard):
+    path = "/generate"
+
+    async def classify(self, turns: Sequence[Turn]) -> Verdict:
+        response = turns[-1].role == "assistant"
+        answer = await self._post({
+            "text": render(turns),
+            "sampling_params": {
+                "max_new_tokens": self._config.max_tokens,
+                "temperature": 0,
+                "regex": _REGEX[response],
+            },
+            "return_logprob": True,
+            "top_logprobs_num": TOP_LOGPROBS,
+            "logprob_start_len": -1,  # the output's log-probabilities only
+            "return_text_in_logprobs": True,
+        })
+        if not isinstance(answer, dict) or not isinstance(answer.get("text"), str):
+            raise GuardError("bad_response", "guard answer has no 'text'")
+        verdict = parse_verdict(answer["text"], response=response)
+        return with_scores(verdict, severity_probabilities(_generate_steps(answer)))
+
+
 def chat_messages(turns: Sequence[Turn]) -> list[dict[str, str]]:
     """The guard's chat request messages.
 
@@ -94,25 +139,66 @@ def chat_messages(turns: Sequence[Turn]) -> list[dict[str, str]]:
     return messages
 
 
-def _chat_text(answer: Any) -> str:
+def _first_choice(answer: Any) -> dict[str, Any]:
     try:
-        content = answer["choices"][0]["message"]["content"]
+        choice = answer["choices"][0]
     except (KeyError, IndexError, TypeError) as exc:
-        raise GuardError("bad_response", "guard answer has no choices[0].message") from exc
+        raise GuardError("bad_response", "guard answer has no choices[0]") from exc
+    if not isinstance(choice, dict):
+        raise GuardError("bad_response", "guard answer choice is not an object")
+    return choice
+
+
+def _chat_text(choice: dict[str, Any]) -> str:
+    message = choice.get("message")
+    content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str):
-        raise GuardError("bad_response", "guard answer content is not text")
+        raise GuardError("bad_response", "guard answer has no text content")
     return content
+
+
+def _chat_steps(choice: dict[str, Any]) -> list[TokenStep]:
+    """OpenAI-shaped ``logprobs.content``; empty when the server sent none."""
+    logprobs = choice.get("logprobs")
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
+    if not isinstance(content, list):
+        return []
+    try:
+        return [(item["token"], [(alt["token"], float(alt["logprob"]))
+                                 for alt in item.get("top_logprobs") or ()])
+                for item in content]
+    except (KeyError, TypeError, ValueError):
+        return []  # scores are a bonus: a malformed list costs them, not the verdict
+
+
+def _generate_steps(answer: dict[str, Any]) -> list[TokenStep]:
+    """``meta_info`` entries are ``[logprob, token_id, text]``."""
+    meta = answer.get("meta_info")
+    if not isinstance(meta, dict):
+        return []
+    tokens, tops = meta.get("output_token_logprobs"), meta.get("output_top_logprobs")
+    if not isinstance(tokens, list) or not isinstance(tops, list):
+        return []
+    try:
+        return [(str(token[2]), [(str(alt[2]), float(alt[0])) for alt in top or ()])
+                for token, top in zip(tokens, tops, strict=False)]
+    except (IndexError, TypeError, ValueError):
+        return []
+
+
+def _auth(config: GuardConfig) -> dict[str, str]:
+    if config.api_key is None:
+        return {}
+    return {"Authorization": f"Bearer {config.api_key.get()}"}
 
 
 async def probe_health(session: aiohttp.ClientSession, config: GuardConfig) -> str | None:
     """Ask ``/health`` (SGLang); a server without it (404) is asked ``/v1/models``."""
     timeout = aiohttp.ClientTimeout(total=min(config.timeout_s, 2.0))
-    headers = {}
-    if config.api_key is not None:
-        headers["Authorization"] = f"Bearer {config.api_key.get()}"
     for path in ("/health", "/v1/models"):
         try:
-            async with session.get(config.url + path, headers=headers, timeout=timeout) as resp:
+            async with session.get(config.url + path, headers=_auth(config),
+                                   timeout=timeout) as resp:
                 status = resp.status
         except (TimeoutError, aiohttp.ClientError) as exc:
             return f"guard unreachable: {type(exc).__name__}"

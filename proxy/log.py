@@ -63,6 +63,7 @@ class RequestRecord:
     upstream_ms: float | None = None
     ttft_ms: float | None = None
     usage: Any = None
+    leaked_chars: int | None = None  # async streams: characters sent past a failed window
     client_gone: int = 0  # 499 once the client disconnected mid-answer
     input_text: str | None = None
     output_texts: list[str] = field(default_factory=list)
@@ -86,6 +87,8 @@ class RequestRecord:
             "upstream_ms": self.upstream_ms, "ttft_ms": self.ttft_ms,
             "total_ms": self.elapsed_ms(), "usage": self.usage,
         }
+        if self.leaked_chars is not None:
+            line["leaked_chars"] = self.leaked_chars
         if self.log_content:
             line["input_text"] = self.input_text
             line["output_text"] = self.output_texts or None

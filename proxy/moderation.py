@@ -40,6 +40,7 @@ class ToolCallState:
 @dataclass(slots=True)
 class ChoiceState:
     parts: list[str] = field(default_factory=list)
+    length: int = 0  # characters of content and refusal so far
     tool_calls: dict[int, ToolCallState] = field(default_factory=dict)
     finish_reason: str | None = None
 
@@ -48,16 +49,22 @@ class ChoiceState:
         calls = [self.tool_calls[i].as_message() for i in sorted(self.tool_calls)]
         return "\n\n".join(t for t in ["".join(self.parts), *tool_call_texts(calls)] if t)
 
-    def add(self, choice: dict[str, Any]) -> None:
+    def add(self, choice: dict[str, Any]) -> bool:
+        """Take one chunk's choice; True when it must wait for the final check."""
         delta = choice.get("delta")
+        held = False
         if isinstance(delta, dict):
             for key in ("content", "refusal"):
                 if isinstance(delta.get(key), str):
                     self.parts.append(delta[key])
+                    self.length += len(delta[key])
             if isinstance(delta.get("tool_calls"), list):
                 self._add_tool_calls(delta["tool_calls"])
+                held = True
         if choice.get("finish_reason") is not None:
             self.finish_reason = choice["finish_reason"]
+            held = True
+        return held
 
     def _add_tool_calls(self, calls: list[Any]) -> None:
         for call in calls:
@@ -73,10 +80,20 @@ class ChoiceState:
 
 @dataclass(slots=True)
 class StreamState:
+    """The upstream's chunks, kept as received, and how many went to the client.
+
+    Text is released in event order up to a *barrier*: the first event that must
+    wait for the final check (a tool-call delta, a finish reason, or any choice but
+    the first, whose text the windows do not judge).
+    """
+
     model: str
     head: StreamHead | None = None
     choices: dict[int, ChoiceState] = field(default_factory=dict)
-    held: list[bytes] = field(default_factory=list)  # encoded events not yet released
+    events: list[bytes] = field(default_factory=list)  # encoded, in arrival order
+    ends: list[int] = field(default_factory=list)  # first choice's length after each event
+    sent: int = 0  # events released so far
+    barrier: int | None = None
     closing: dict[str, Any] | None = None  # the upstream's usage chunk, if any
     released_any: bool = False
 
@@ -91,10 +108,27 @@ class StreamState:
         if not choices and chunk.get("usage") is not None:
             self.closing = chunk  # the moderation object joins it at the end
             return
+        if self._add(choices) and self.barrier is None:
+            self.barrier = len(self.events)
+        self.events.append(encode(data))
+        self.ends.append(self.length())
+
+    def _add(self, choices: list[Any]) -> bool:
+        held = False
         for choice in choices:
             if isinstance(choice, dict):
-                self.choices.setdefault(choice.get("index", 0), ChoiceState()).add(choice)
-        self.held.append(encode(data))
+                index = choice.get("index", 0)
+                held |= self.choices.setdefault(index, ChoiceState()).add(choice) or index != 0
+        return held
+
+    def length(self) -> int:
+        """Characters of the first choice's text so far: what the windows count."""
+        first = self.choices.get(0)
+        return first.length if first is not None else 0
+
+    def text(self) -> str:
+        first = self.choices.get(0)
+        return first.text() if first is not None else ""
 
     def texts(self) -> list[str]:
         return [self.choices[i].text() for i in self.indices()]
@@ -102,10 +136,26 @@ class StreamState:
     def indices(self) -> list[int]:
         return sorted(self.choices) or [0]
 
+    def finished(self) -> bool:
+        return any(choice.finish_reason for choice in self.choices.values())
+
+    def release(self, upto: int) -> bytes:
+        """The events before ``upto`` not yet sent, stopping at the barrier."""
+        stop = upto if self.barrier is None else min(upto, self.barrier)
+        return self._take(stop)
+
     def release_all(self) -> bytes:
-        out = b"".join(self.held)
-        self.held.clear()
-        self.released_any = self.released_any or bool(out)
+        return self._take(len(self.events))
+
+    def released_chars(self) -> int:
+        return self.ends[self.sent - 1] if self.sent else 0
+
+    def _take(self, stop: int) -> bytes:
+        if stop <= self.sent:
+            return b""
+        out = b"".join(self.events[self.sent : stop])
+        self.sent = stop
+        self.released_any = True
         return out
 
     def usage(self) -> Any:
@@ -133,6 +183,39 @@ class StreamState:
                 events.append(encode(head.chunk([delta_choice(index, delta)])))
             events.append(encode(head.chunk([delta_choice(index, {}, "content_filter")])))
         return b"".join(events)
+
+
+@dataclass(slots=True)
+class WindowSchedule:
+    """When the next check of a streamed response is due.
+
+    The first window is ``first`` characters; each later one doubles, up to
+    ``cap``.  A check covers all the text received when it starts, so with a slow
+    guard the windows widen by themselves; the next one is due ``size`` characters
+    after the end of the last.  ``never()`` is the buffer mode: one final check.
+    """
+
+    first: int
+    cap: int
+    size: int = 0
+    due_at: float = 0
+
+    def __post_init__(self) -> None:
+        self.size = self.first
+        self.due_at = self.first
+
+    @classmethod
+    def never(cls) -> WindowSchedule:
+        schedule = cls(first=1, cap=1)
+        schedule.due_at = float("inf")
+        return schedule
+
+    def due(self, length: int) -> bool:
+        return length >= self.due_at
+
+    def checked(self, length: int) -> None:
+        self.size = min(self.size * 2, self.cap)
+        self.due_at = length + self.size
 
 
 def _load_chunk(data: bytes) -> dict[str, Any]:

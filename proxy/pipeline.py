@@ -53,11 +53,12 @@ class Checks:
         if not stage.check:
             outcomes = [Outcome.not_checked("response check disabled by policy")] * len(texts)
         else:
-            outcomes = list(await asyncio.gather(*(self._judge_response(t) for t in texts)))
+            outcomes = list(await asyncio.gather(*(self.judge_response(t) for t in texts)))
         self.record.output = outcomes
         return outcomes
 
-    async def _judge_response(self, text: str) -> Outcome:
+    async def judge_response(self, text: str) -> Outcome:
+        """Judge one answer's text (whole, or as far as it streamed) in context."""
         outcome = await self._judge(self.policy.response, response_view(self.chat.turns, text))
         self._keep_text(outcome, text, output=True)
         return outcome

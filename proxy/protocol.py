@@ -33,6 +33,7 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     turns: tuple[Turn, ...]
+    n: int = 1
 
 
 def parse_chat_request(body: bytes) -> ChatRequest:
@@ -54,7 +55,16 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         stream=_flag(data, "stream"),
         include_usage=_include_usage(data.get("stream_options")),
         turns=turns_from_messages(messages),
+        n=_choices(data.get("n")),
     )
+
+
+def _choices(n: Any) -> int:
+    if n is None:
+        return 1
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise BadRequest("'n' must be a positive integer", param="n")
+    return n
 
 
 def _flag(data: dict[str, Any], name: str) -> bool:

@@ -12,12 +12,13 @@ Anything else is unreadable and becomes a ``GuardError`` (the tenant's
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from .config import CATEGORIES
+from .config import CATEGORIES, RESPONSE_CATEGORIES
 from .errors import GuardError
 
 Severity = Literal["safe", "controversial", "unsafe"]
@@ -88,3 +89,52 @@ def _refusal(line: str, text: str) -> bool:
 def _unreadable(text: str, why: str) -> GuardError:
     # The output itself stays out of the message: it may echo user text into logs.
     return GuardError("unreadable", f"unreadable guard output ({why}, {len(text)} chars)")
+
+
+# -- constrained decoding and log-probabilities ---------------------------------------
+
+
+def verdict_regex(*, response: bool) -> str:
+    """The verdict shapes the model may emit, for SGLang's ``regex`` constraint."""
+    names = "|".join(RESPONSE_CATEGORIES if response else CATEGORIES)
+    categories = f"Categories: (None|({names})(, ({names}))*)"
+    regex = f"Safety: (Safe|Unsafe|Controversial)\n{categories}"
+    return regex + "\nRefusal: (Yes|No)" if response else regex
+
+
+#: One output token: its text and the alternatives the server returned, as
+#: ``(text, logprob)`` pairs.
+TokenStep = tuple[str, Sequence[tuple[str, float]]]
+
+
+def severity_probabilities(steps: Iterable[TokenStep]) -> dict[Severity, float] | None:
+    """P(Safe), P(Controversial), P(Unsafe) at the token after ``Safety:``.
+
+    The severity words are recognised from the token texts the server returned (a
+    word may be split, as " Cont" + "roversial" is in Qwen3's vocabulary): each
+    alternative counts for the one severity word it begins.
+    """
+    emitted = ""
+    for token, top in steps:
+        if emitted.strip() == "Safety:":
+            return _by_severity(top)
+        emitted += token
+    return None
+
+
+def _by_severity(top: Iterable[tuple[str, float]]) -> dict[Severity, float]:
+    probabilities: dict[Severity, float] = {"safe": 0.0, "controversial": 0.0, "unsafe": 0.0}
+    for text, logprob in top:
+        word = text.strip()
+        matches = [sev for name, sev in _SEVERITIES.items() if word and name.startswith(word)]
+        if len(matches) == 1:
+            probabilities[matches[0]] += math.exp(logprob)
+    return probabilities
+
+
+def with_scores(verdict: Verdict, probabilities: Mapping[Severity, float] | None) -> Verdict:
+    """Score each named category with the probability that the text is not safe."""
+    if probabilities is None:
+        return verdict
+    flagged = min(1.0, probabilities["unsafe"] + probabilities["controversial"])
+    return replace(verdict, scores={name: round(flagged, 6) for name in verdict.categories})

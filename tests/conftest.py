@@ -3,34 +3,40 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from emulators.guard import GuardEmulator
+from emulators.loopback import LoopbackServer
 from emulators.upstream import UpstreamEmulator
 from harness import Proxy, start_proxy
+
+Server = TypeVar("Server", bound=LoopbackServer)
+
+
+@asynccontextmanager
+async def _serving(emulator: Server) -> AsyncIterator[Server]:
+    await emulator.start()
+    try:
+        yield emulator
+    finally:
+        await emulator.close()
 
 
 @pytest.fixture
 async def guard_emulator() -> AsyncIterator[GuardEmulator]:
     """SGLang serving Qwen3Guard-Gen at ``guard_emulator.url`` (no ``/v1`` suffix)."""
-    emulator = GuardEmulator()
-    await emulator.start()
-    try:
+    async with _serving(GuardEmulator()) as emulator:
         yield emulator
-    finally:
-        await emulator.close()
 
 
 @pytest.fixture
 async def upstream_emulator() -> AsyncIterator[UpstreamEmulator]:
     """An OpenAI-compatible LLM at ``upstream_emulator.url`` (the SDK's base is ``url + "/v1"``)."""
-    emulator = UpstreamEmulator()
-    await emulator.start()
-    try:
+    async with _serving(UpstreamEmulator()) as emulator:
         yield emulator
-    finally:
-        await emulator.close()
 
 
 @pytest.fixture

@@ -47,6 +47,8 @@ from aiohttp import web
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from multidict import CIMultiDict
 
+from .loopback import LoopbackServer, read_json_body
+
 Severity = Literal["Safe", "Unsafe", "Controversial"]
 Mode = Literal["prompt", "response"]
 Fault = Literal["http_500", "garbage", "hang", "reset"]
@@ -777,7 +779,7 @@ class RecordedRequest:
 
 
 @dataclass(kw_only=True)
-class GuardEmulator:
+class GuardEmulator(LoopbackServer):
     """SGLang + Qwen3Guard-Gen on loopback. Tests change the fields between requests.
 
     ``fault`` applies to ``/v1/chat/completions`` and ``/generate``: ``"http_500"`` (SGLang's 500
@@ -863,28 +865,8 @@ class GuardEmulator:
         app.router.add_get("/get_model_info", self._model_info)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner = web.AppRunner(
-            self.make_app(), handler_cancellation=True, access_log=None, shutdown_timeout=0.5
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound_port = self._runner.addresses[0][1]
-        self.url = f"http://{host}:{bound_port}"
-        return self.url
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
     async def _record(self, request: web.Request) -> RecordedRequest:
-        raw = await request.read()
-        try:
-            body = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            body = None
+        _, body = await read_json_body(request)
         record = RecordedRequest(request.path, request.method, CIMultiDict(request.headers), body)
         self.requests.append(record)
         return record
@@ -1132,13 +1114,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-model-len", type=int, default=CONTEXT_LEN)
     args = parser.parse_args(argv)
     emulator = GuardEmulator(latency_s=args.latency_ms / 1000, max_model_len=args.max_model_len)
-    web.run_app(
-        emulator.make_app(),
-        host=args.host,
-        port=args.port,
-        access_log=None,
-        handler_cancellation=True,
-    )
+    emulator.run(args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from .loopback import LoopbackServer, read_json_body
+
 Json = dict[str, Any]
 
 DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "o4-mini")
@@ -289,7 +291,7 @@ class _ChunkMaker:
 
 
 @dataclass(kw_only=True)
-class UpstreamEmulator:
+class UpstreamEmulator(LoopbackServer):
     """An OpenAI-compatible upstream. Tests append :class:`Reply` objects to ``replies``."""
 
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
@@ -308,28 +310,10 @@ class UpstreamEmulator:
         app.router.add_get("/v1/models", self._models)
         return app
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner = web.AppRunner(
-            self.make_app(), handler_cancellation=True, access_log=None, shutdown_timeout=0.5
-        )
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port).start()
-        self.url = f"http://{host}:{self._runner.addresses[0][1]}"
-        return self.url
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
     # -- requests ------------------------------------------------------------------------------
 
     async def _record(self, request: web.Request) -> RecordedRequest:
-        raw = await request.read()
-        try:
-            body = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            body = None
+        _, body = await read_json_body(request)
         record = RecordedRequest(request.path, request.method, CIMultiDict(request.headers), body)
         self.requests.append(record)
         return record
@@ -498,13 +482,7 @@ def main(argv: list[str] | None = None) -> None:
     emulator = UpstreamEmulator(
         default_chunks=args.chunks, default_delay_s=args.token_delay_ms / 1000
     )
-    web.run_app(
-        emulator.make_app(),
-        host=args.host,
-        port=args.port,
-        access_log=None,
-        handler_cancellation=True,
-    )
+    emulator.run(args.host, args.port)
 
 
 if __name__ == "__main__":
