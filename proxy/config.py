@@ -101,7 +101,7 @@ StreamMode = Literal["buffer", "window", "async"]
 @dataclass(frozen=True, kw_only=True)
 class ResponsePolicy(StagePolicy):
     controversial: Action = Action.PASS
-    stream: StreamMode = "buffer"
+    stream: StreamMode = "window"
     window_chars: int = 160
 
 
@@ -326,7 +326,6 @@ def _not_available_yet(path: str, value: str) -> str | None:
     later = {
         "prompt.mode": ({"parallel"}, "sequential"),
         "prompt.scope": ({"all"}, "last"),
-        "response.stream": ({"window", "async"}, "buffer"),
     }
     values, instead = later.get(path, (set(), ""))
     if value in values:

@@ -123,8 +123,7 @@ class StreamRelay:
         """Act on a window's verdict; True when it ended the stream."""
         outcome, upto, covered = result
         if outcome.action is Action.BLOCK:
-            self.checks.record.leaked_chars = max(0, self.state.released_chars() - covered)
-            await self._finish([outcome])
+            await self._finish([outcome], covered)
             return True
         self._last = (outcome, covered)
         if self.mode == "window":
@@ -138,7 +137,7 @@ class StreamRelay:
                 raise failure
             await self._end_with_error(failure)
             return
-        await self._finish(await self._final_outcomes())
+        await self._finish(await self._final_outcomes(), self.state.length())
 
     async def _final_outcomes(self) -> list[Outcome]:
         """The check of the complete answer (a window check may already be it)."""
@@ -147,10 +146,14 @@ class StreamRelay:
             return [last[0]]
         return await self.checks.check_response(self.state.texts())
 
-    async def _finish(self, outcomes: list[Outcome]) -> None:
-        self.checks.record.output = outcomes
-        self.checks.record.usage = self.state.usage()
+    async def _finish(self, outcomes: list[Outcome], covered: int) -> None:
+        """End the stream after the check of the first ``covered`` characters."""
+        record = self.checks.record
+        record.output = outcomes
+        record.usage = self.state.usage()
         if strictest(outcomes) is Action.BLOCK:
+            if self.mode == "async":
+                record.leaked_chars = max(0, self.state.released_chars() - covered)
             body = self.state.blocked_tail(self.checks.policy.block.message)
         else:
             body = self.state.release_all()

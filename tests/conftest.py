@@ -41,10 +41,15 @@ async def upstream_emulator() -> AsyncIterator[UpstreamEmulator]:
 
 @pytest.fixture
 async def proxy(
-    tmp_path: Path, guard_emulator: GuardEmulator, upstream_emulator: UpstreamEmulator
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    guard_emulator: GuardEmulator,
+    upstream_emulator: UpstreamEmulator,
 ) -> AsyncIterator[Proxy]:
-    """guardproxy in front of both emulators, with the tenants of ``harness``."""
-    server, running = await start_proxy(tmp_path, guard_emulator, upstream_emulator)
+    """guardproxy in front of both emulators, with the tenants of ``harness``; parametrize
+    it indirectly with ``write_config`` options, e.g. ``{"stream": "window"}``."""
+    options = getattr(request, "param", {})
+    server, running = await start_proxy(tmp_path, guard_emulator, upstream_emulator, **options)
     try:
         yield running
     finally:

@@ -94,6 +94,7 @@ class Proxy:
     guard: GuardEmulator
     upstream: UpstreamEmulator
     http: aiohttp.ClientSession
+    stream: str = "buffer"  # the tenants' response.stream mode
 
     def client(self, tenant: str = "strict", **kwargs: Any) -> AsyncOpenAI:
         return AsyncOpenAI(base_url=self.url + "/v1", api_key=KEYS[tenant], max_retries=0,
@@ -134,4 +135,4 @@ async def start_proxy(root: Path, guard: GuardEmulator, upstream: UpstreamEmulat
     await server.start_server()
     http = aiohttp.ClientSession()
     return server, Proxy(url=str(server.make_url("")).rstrip("/"), guard=guard,
-                         upstream=upstream, http=http)
+                         upstream=upstream, http=http, stream=options.get("stream", "buffer"))

@@ -42,7 +42,7 @@ prompt:
   categories:
     Violence: {unsafe: flag}
 response:
-  stream: window
+  stream: trickle
 """
 BROKEN_B = f"""\
 tenant: shop
@@ -62,7 +62,7 @@ BROKEN_ERRORS = [
     "policies/a.yaml:7: prompt.categories: unknown category 'Violence' (valid: Violent, "
     "Non-violent Illegal Acts, Sexual Content or Sexual Acts, PII, Suicide & Self-Harm, "
     "Unethical Acts, Politically Sensitive Topics, Copyright Violation, Jailbreak)",
-    "policies/a.yaml:9: response.stream: 'window' is not available yet; use buffer",
+    "policies/a.yaml:9: response.stream: 'trickle' is not one of buffer, window, async",
     "policies/b.yaml:1: tenant: 'shop' is already defined in policies/a.yaml:1",
     "policies/b.yaml:3: upstream: 'openai' is not a configured upstream (configured: local)",
     "policies/b.yaml:5: response.controversial: 'maybe' is not one of block, flag, pass",
