@@ -7,6 +7,7 @@ cover; ``async`` may send what arrived while the failing check ran, and no more.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
@@ -69,10 +70,10 @@ STREAMS = {
     "unsafe at the start": (_words(UNSAFE + SAFE * 8), True),
     "unsafe in the middle": (_words(SAFE * 8 + UNSAFE + SAFE * 8), True),
     "unsafe at the end": (_words(SAFE * 12 + UNSAFE), True),
-    "unsafe split across chunks": (_words(SAFE * 5) + ["Then a bo", "mb, and more. "]
-                                   + _words(SAFE * 5), True),
-    "multi-byte text, unsafe": (_words("Grüße — café ✓ 日本語 " * 10) + ["a bomb. "]
-                                + _words(SAFE * 3), True),
+    "unsafe split across chunks": (
+        [*_words(SAFE * 5), "Then a bo", "mb, and more. ", *_words(SAFE * 5)], True),
+    "multi-byte text, unsafe": (
+        [*_words("Grüße — café ✓ 日本語 " * 10), "a bomb. ", *_words(SAFE * 3)], True),
     "multi-byte text, safe": (_words("Grüße — café ✓ 日本語 " * 20), False),
     "safe long answer": (_words(SAFE * 70), False),
 }
@@ -127,3 +128,115 @@ def _expected_checks(mode: str, chunks: list[str]) -> int:
             schedule.checked(length)
             windows, covered = windows + 1, length
     return windows + (covered != length)
+
+
+# -- prefix-stable guard requests ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("proxy", [{"stream": "window", "api": "chat"},
+                                   {"stream": "window", "api": "generate"}],
+                         indirect=True, ids=["chat", "generate"])
+async def test_each_check_extends_the_last_one(proxy: Proxy) -> None:
+    chunks = _words(SAFE * 40)
+    proxy.upstream.replies.append(Reply(content="".join(chunks), chunks=chunks, delay_s=0.002))
+    await proxy.post(_body("a question"))
+    prompts = _response_checks(proxy.guard)
+    assert len(prompts) >= 3
+    for earlier, later in itertools.pairwise(prompts):
+        # everything before the template's closing text is a prefix of the next check
+        assert later.startswith(earlier[: -len(RESPONSE_TAIL)])
+    bodies = [r.body for r in proxy.guard.requests if r.path != "/health"][1:]
+    if "messages" in bodies[0]:  # chat: the same messages, only the last one grows
+        assert all(b["messages"][:-2] == bodies[0]["messages"][:-2] for b in bodies)
+        assert all(b.keys() == bodies[0].keys() for b in bodies)
+
+
+# -- what the client sees, and when ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("proxy", [{"stream": "window"}], indirect=True)
+async def test_window_text_arrives_before_a_slow_upstream_finishes(proxy: Proxy) -> None:
+    chunks = _words(SAFE * 20)  # 900 characters, 180 tokens
+    proxy.upstream.replies.append(Reply(content="".join(chunks), chunks=chunks, delay_s=0.01))
+    headers = {"Authorization": "Bearer sk-strict"}
+    upstream_done_when_text_came: bool | None = None
+    received = b""
+    async with proxy.http.post(proxy.url + "/v1/chat/completions", json=_body(),
+                               headers=headers) as resp:
+        async for piece in resp.content.iter_any():
+            if upstream_done_when_text_came is None and b'"content":"The' in piece:
+                upstream_done_when_text_came = proxy.upstream.requests[-1].completed
+            received += piece
+    assert upstream_done_when_text_came is False
+    assert _parse(received)[0] == "".join(chunks)
+
+
+@pytest.mark.parametrize("proxy", [{"stream": "window"}, {"stream": "async"}], indirect=True,
+                         ids=["window", "async"])
+async def test_tool_calls_wait_for_the_final_check(proxy: Proxy) -> None:
+    call = ToolCall(name="lookup", arguments='{"q": "' + "x" * 300 + '"}')
+    proxy.upstream.replies.append(Reply(content=SAFE * 5, tool_calls=[call], delay_s=0.002))
+    headers = {"Authorization": "Bearer sk-strict"}
+    first_tool_byte_at, final_check_at = None, None
+    async with proxy.http.post(proxy.url + "/v1/chat/completions", json=_body(),
+                               headers=headers) as resp:
+        async for piece in resp.content.iter_any():
+            if first_tool_byte_at is None and b"tool_calls" in piece:
+                first_tool_byte_at = len(_response_checks(proxy.guard))
+    final_check_at = len(_response_checks(proxy.guard))
+    # no tool-call delta went out before the last (complete) response check was made
+    assert first_tool_byte_at == final_check_at
+    assert 'lookup({"q": "' in _judged(_response_checks(proxy.guard)[-1])
+
+
+@pytest.mark.parametrize("proxy", [{"stream": "window"}, {"stream": "async"}], indirect=True,
+                         ids=["window", "async"])
+async def test_unsafe_tool_call_never_goes_out(proxy: Proxy) -> None:
+    call = ToolCall(name="order", arguments='{"item": "a bomb kit"}')
+    proxy.upstream.replies.append(Reply(content=SAFE * 5, tool_calls=[call], delay_s=0.002))
+    _, _, raw = await proxy.post(_body())
+    text, finishes, _, _ = _parse(raw)
+    assert b"tool_calls" not in raw and b"bomb" not in raw
+    assert finishes == ["content_filter"]
+    assert text == BLOCKED or (SAFE * 5).startswith(text)
+    if proxy.stream == "async":
+        assert text == SAFE * 5  # the text went out at once; only the tool call was held
+
+
+@pytest.mark.parametrize("proxy", [{"stream": "async"}], indirect=True)
+async def test_async_leak_is_what_arrived_while_the_check_ran(proxy: Proxy) -> None:
+    # A guard that takes 300 ms against tokens every 100 ms: the failing check runs
+    # while about three more tokens arrive, and those are what leaks.
+    proxy.guard.latency_s = 0.3
+    chunks = ["aaaa " * 10, "bbbb " * 10, "cccc " * 10, "Now a bomb. "] + ["dddd "] * 20
+    proxy.upstream.replies.append(Reply(content="".join(chunks), chunks=chunks, delay_s=0.1))
+    started = time.perf_counter()
+    with capture_logs() as logs:
+        _, _, raw = await proxy.post(_body())
+    elapsed = time.perf_counter() - started
+    text, finishes, _, _ = _parse(raw)
+    (line,) = [entry for entry in logs if entry["event"] == "request"]
+    failing = _judged(_response_checks(proxy.guard)[-1])
+    assert "bomb" in failing and finishes == ["content_filter"]
+    assert line["leaked_chars"] == len(text) - len(failing) > 0
+    # what leaked is whole tokens that came after the failing window, never more than the
+    # stream still had to give
+    assert all(piece == "dddd " for piece in _words(text[len(failing):]))
+    assert elapsed < 0.1 * len(chunks)  # the stream was cut, not run to its end
+
+
+async def test_window_schedule_grows_to_its_cap() -> None:
+    schedule = WindowSchedule(first=100, cap=400)
+    starts = []
+    length = 0
+    while length < 3000:
+        length += 1
+        if schedule.due(length):
+            starts.append(length)
+            schedule.checked(length)
+    assert starts[:5] == [100, 300, 700, 1100, 1500]
+
+
+async def test_buffer_schedule_is_never_due() -> None:
+    assert not WindowSchedule.never().due(10**9)
+    await asyncio.sleep(0)
