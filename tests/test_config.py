@@ -750,7 +750,7 @@ def test_shipped_policies_differ_as_intended() -> None:
     policies = {p.tenant: p for p in load(ROOT / "config" / "proxy.yaml", env={}).policies}
     acme, studio = policies["acme"], policies["studio"]
     assert acme.upstream == studio.upstream == "local"
-    assert acme.response.stream == studio.response.stream == "buffer"
+    assert (acme.response.stream, studio.response.stream) == ("buffer", "window")
     # acme: strict, fail closed, HTTP 400 errors
     assert acme.prompt.controversial is Action.BLOCK
     assert acme.response.controversial is Action.BLOCK
