@@ -75,7 +75,7 @@ STREAMS = {
     "multi-byte text, unsafe": (
         [*_words("Grüße — café ✓ 日本語 " * 10), "a bomb. ", *_words(SAFE * 3)], True),
     "multi-byte text, safe": (_words("Grüße — café ✓ 日本語 " * 20), False),
-    "safe long answer": (_words(SAFE * 70), False),
+    "safe long answer": (_words(SAFE * 50), False),
 }
 
 
@@ -89,7 +89,7 @@ async def test_stream_table(proxy: Proxy, name: str) -> None:
     full = "".join(chunks)
     # pacing keeps each window check ahead of the next tokens, so counts are exact
     proxy.upstream.replies.append(Reply(content=full, chunks=chunks, delay_s=0.002,
-                                        raw_write_sizes=[7, 3, 50]))
+                                        raw_write_sizes=[7, 3, 400]))
     with capture_logs() as logs:
         _, _, raw = await proxy.post(_body())
     text, finishes, moderation, _ = _parse(raw)
