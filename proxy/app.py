@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
+from .cache import VerdictCache
 from .config import Config, GuardConfig
 from .guard import ChatGuard, GenerateGuard, Guard
 from .middlewares import authenticate, envelope
@@ -30,6 +31,13 @@ def _session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, auto_decompress=True)
 
 
+def make_cache(config: GuardConfig) -> VerdictCache | None:
+    if config.cache_size <= 0:
+        return None
+    return VerdictCache(size=config.cache_size, ttl_s=config.cache_ttl_s,
+                        namespace=f"{config.api}\0{config.model}\0")
+
+
 def make_guard(config: GuardConfig, session: aiohttp.ClientSession) -> Guard:
     kind = GenerateGuard if config.api == "generate" else ChatGuard
     return kind(config=config, session=session)
@@ -45,7 +53,8 @@ def _clients(config: Config) -> Callable[[web.Application], AsyncIterator[None]]
             name: Upstream(config=upstream, session=upstream_sessions[name])
             for name, upstream in config.server.upstreams.items()
         }
-        app[RUNTIME] = Runtime(config=config, guard=guard, upstreams=upstreams)
+        app[RUNTIME] = Runtime(config=config, guard=guard, upstreams=upstreams,
+                               cache=make_cache(config.server.guard))
         try:
             yield
         finally:

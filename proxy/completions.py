@@ -26,7 +26,7 @@ from .protocol import (
 from .relay import StreamRelay
 from .sse import DONE_EVENT
 from .state import Runtime
-from .upstream import Upstream
+from .upstream import UpstreamCall
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
@@ -49,15 +49,28 @@ async def chat_completions(request: web.Request, runtime: Runtime, policy: Polic
     record.model, record.stream = chat.model, chat.stream
     if policy.models is not None and chat.model not in policy.models:
         raise ModelNotAllowed(f"model {chat.model!r} is not available to this key", param="model")
-    checks = Checks(guard=runtime.guard, policy=policy, chat=chat, record=record)
+    checks = Checks(guard=runtime.guard, policy=policy, chat=chat, record=record,
+                    cache=runtime.cache)
+    call = UpstreamCall(runtime.upstreams[policy.upstream], chat.body, record.request_id,
+                        stream=chat.stream)
+    try:
+        return await _answer(request, checks, call)
+    finally:
+        await call.abandon()  # a no-op once the answer was read
+
+
+async def _answer(request: web.Request, checks: Checks, call: UpstreamCall
+                  ) -> web.StreamResponse:
+    if checks.policy.prompt.mode == "parallel" and checks.policy.prompt.check:
+        call.start()  # its answer stays unread until the prompt passed
     prompt = await checks.check_prompt()
-    headers = {"x-request-id": record.request_id, "x-guard-action": prompt.action.value}
+    headers = {"x-request-id": checks.record.request_id, "x-guard-action": prompt.action.value}
     if prompt.action is Action.BLOCK:
+        await call.abandon()
         return await blocked_prompt(request, checks, headers)
-    upstream = runtime.upstreams[policy.upstream]
-    if chat.stream:
-        return await relay_stream(request, upstream, checks, headers)
-    return await complete(upstream, checks, headers)
+    if checks.chat.stream:
+        return await relay_stream(request, call, checks, headers)
+    return await complete(call, checks, headers)
 
 
 def _moderation(checks: Checks, output: list[Outcome]) -> dict[str, Any]:
@@ -84,10 +97,10 @@ async def blocked_prompt(request: web.Request, checks: Checks, headers: dict[str
     return response
 
 
-async def complete(upstream: Upstream, checks: Checks, headers: dict[str, str]) -> web.Response:
-    started = time.perf_counter()
-    raw = await upstream.complete(checks.chat.body, checks.record.request_id)
-    checks.record.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
+async def complete(call: UpstreamCall, checks: Checks, headers: dict[str, str]
+                   ) -> web.Response:
+    raw = await call.whole()
+    checks.record.upstream_ms = round((time.perf_counter() - call.started) * 1000, 3)
     data = _completion(raw)
     choices = data["choices"]
     outputs = await checks.check_response([message_text(c.get("message")) for c in choices])
@@ -125,10 +138,10 @@ async def _start_stream(request: web.Request, headers: dict[str, str], record: R
     return response
 
 
-async def relay_stream(request: web.Request, upstream: Upstream, checks: Checks,
+async def relay_stream(request: web.Request, call: UpstreamCall, checks: Checks,
                        headers: dict[str, str]) -> web.StreamResponse:
-    started = time.perf_counter()
-    async with upstream.stream(checks.chat.body, checks.record.request_id) as upstream_resp:
+    upstream_resp = await call.opened()
+    try:
         response = await _start_stream(request, headers, checks.record)
         mode = checks.policy.response.stream if checks.chat.n == 1 else "buffer"
         relay = StreamRelay(response=response, checks=checks, mode=mode)
@@ -137,6 +150,7 @@ async def relay_stream(request: web.Request, upstream: Upstream, checks: Checks,
             await response.write_eof()
         except ConnectionResetError:
             checks.record.client_gone = 499
-        finally:
-            checks.record.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
+    finally:
+        upstream_resp.release()
+        checks.record.upstream_ms = round((time.perf_counter() - call.started) * 1000, 3)
     return response

@@ -133,6 +133,8 @@ class GuardConfig:
     timeout_s: float = 5.0
     api_key: Secret | None = None
     max_tokens: int = 32
+    cache_size: int = 10_000  # verdicts kept; 0 turns the cache off
+    cache_ttl_s: float = 600.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -324,7 +326,6 @@ def _is_number(value: object) -> bool:
 def _not_available_yet(path: str, value: str) -> str | None:
     """Schema values this version cannot run yet.  Delete entries as the features land."""
     later = {
-        "prompt.mode": ({"parallel"}, "sequential"),
         "prompt.scope": ({"all"}, "last"),
     }
     values, instead = later.get(path, (set(), ""))
@@ -377,12 +378,13 @@ class _Section:
             self.bad(key, "expected true or false")
         return default
 
-    def integer(self, key: str, default: int, top: int | None = None) -> int:
+    def integer(self, key: str, default: int, top: int | None = None, low: int = 1) -> int:
         value = self.value(key)
-        if isinstance(value, int) and _is_number(value) and 1 <= value <= (top or value):
+        if isinstance(value, int) and _is_number(value) and low <= value <= (top or value):
             return value
         if key in self.fields:
-            expected = f"an integer from 1 to {top}" if top else "a positive integer"
+            expected = (f"an integer from {low} to {top}" if top else
+                        "a positive integer" if low == 1 else f"an integer of at least {low}")
             self.bad(key, f"expected {expected}")
         return default
 
@@ -484,7 +486,8 @@ def _section(
 # --------------------------------------------------------------------------- server config
 
 _SERVER_KEYS = ("listen", "policies", "guard", "upstreams", "limits", "log")
-_GUARD_KEYS = ("url", "model", "api", "timeout_s", "api_key_env", "max_tokens")
+_GUARD_KEYS = ("url", "model", "api", "timeout_s", "api_key_env", "max_tokens", "cache_size",
+               "cache_ttl_s")
 _UPSTREAM_KEYS = ("url", "api_key_env", "timeout_s")
 _APIS: tuple[Literal["chat", "generate"], ...] = ("chat", "generate")
 _LEVELS = ("debug", "info", "warning", "error")
@@ -558,6 +561,8 @@ def _guard(top: _Section, env: Mapping[str, str]) -> GuardConfig:
         timeout_s=sec.number("timeout_s", defaults.timeout_s),
         api_key=sec.secret("api_key_env", env),
         max_tokens=sec.integer("max_tokens", defaults.max_tokens),
+        cache_size=sec.integer("cache_size", defaults.cache_size, low=0),
+        cache_ttl_s=sec.number("cache_ttl_s", defaults.cache_ttl_s),
     )
 
 

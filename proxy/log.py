@@ -59,6 +59,7 @@ class RequestRecord:
     input: list[Outcome] = field(default_factory=list)
     output: list[Outcome] = field(default_factory=list)
     guard_calls: int = 0
+    cache_hits: int = 0
     guard_ms: float = 0.0
     upstream_ms: float | None = None
     ttft_ms: float | None = None
@@ -83,7 +84,8 @@ class RequestRecord:
             "request_id": self.request_id, "tenant": self.tenant, "model": self.model,
             "stream": self.stream, "status": status, "action": self.action().value,
             "input": stage_fields(self.input), "output": stage_fields(self.output),
-            "guard_calls": self.guard_calls, "guard_ms": round(self.guard_ms, 3),
+            "guard_calls": self.guard_calls, "cache_hits": self.cache_hits,
+            "guard_ms": round(self.guard_ms, 3),
             "upstream_ms": self.upstream_ms, "ttft_ms": self.ttft_ms,
             "total_ms": self.elapsed_ms(), "usage": self.usage,
         }

@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .cache import VerdictCache
 from .config import Action, Policy, StagePolicy
 from .conversation import Turn, prompt_view, response_view
 from .errors import GuardError
@@ -27,6 +28,7 @@ from .guard import Guard
 from .log import RequestRecord
 from .policy import Outcome
 from .protocol import ChatRequest
+from .verdict import Verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +37,7 @@ class Checks:
     policy: Policy
     chat: ChatRequest
     record: RequestRecord
+    cache: VerdictCache | None = None
 
     async def check_prompt(self) -> Outcome:
         stage = self.policy.prompt
@@ -64,15 +67,32 @@ class Checks:
         return outcome
 
     async def _judge(self, stage: StagePolicy, turns: Sequence[Turn]) -> Outcome:
+        key = self.cache.key(turns) if self.cache is not None else None
+        verdict = self._cached(key)
+        if verdict is None:
+            try:
+                verdict = await self._ask(turns)
+            except GuardError as exc:
+                return Outcome.guard_failed(self.policy, exc)
+            if self.cache is not None and key is not None:
+                self.cache.put(key, verdict)
+        return Outcome.judged(stage, verdict)
+
+    def _cached(self, key: bytes | None) -> Verdict | None:
+        if self.cache is None or key is None:
+            return None
+        verdict = self.cache.get(key)
+        if verdict is not None:
+            self.record.cache_hits += 1
+        return verdict
+
+    async def _ask(self, turns: Sequence[Turn]) -> Verdict:
         started = time.perf_counter()
         self.record.guard_calls += 1
         try:
-            verdict = await self.guard.classify(turns)
-        except GuardError as exc:
-            return Outcome.guard_failed(self.policy, exc)
+            return await self.guard.classify(turns)
         finally:
             self.record.guard_ms += (time.perf_counter() - started) * 1000
-        return Outcome.judged(stage, verdict)
 
     def _keep_text(self, outcome: Outcome, text: str, *, output: bool) -> None:
         """Blocked or flagged text goes into the log line only if the tenant opted in."""

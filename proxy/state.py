@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from .cache import VerdictCache
 from .config import Config, Policy
 from .guard import Guard
 from .log import RequestRecord
@@ -21,6 +22,7 @@ class Runtime:
     config: Config
     guard: Guard
     upstreams: dict[str, Upstream] = field(default_factory=dict)
+    cache: VerdictCache | None = None
     _keys: tuple[tuple[bytes, Policy], ...] = ()
 
     def __post_init__(self) -> None:

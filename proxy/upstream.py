@@ -6,15 +6,18 @@ client's own headers never travel upstream: the upstream gets its configured key
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
 import orjson
 
 from .config import UpstreamConfig
-from .errors import UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
+from .errors import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
 
 
 class Upstream:
@@ -41,20 +44,20 @@ class Upstream:
                 await _raise_for_status(resp)
                 return await resp.read()
 
-    @asynccontextmanager
-    async def stream(self, body: bytes, request_id: str) -> AsyncIterator[aiohttp.ClientResponse]:
-        """POST a streaming chat request; yields the open 200 response, released on exit."""
+    async def open_stream(self, body: bytes, request_id: str) -> aiohttp.ClientResponse:
+        """POST a streaming chat request; returns the open 200 response (the caller
+        releases it), or raises with the upstream's error."""
         with self._translated():
             resp = await self._session.post(
                 self._chat_url, data=body, headers=self._with_id(request_id),
                 timeout=self._streamed,
             )
-        try:
-            with self._translated():
+            try:
                 await _raise_for_status(resp)
-            yield resp
-        finally:
-            resp.release()
+            except BaseException:
+                resp.release()
+                raise
+        return resp
 
     async def models(self) -> Any:
         with self._translated():
@@ -83,3 +86,47 @@ async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
     if resp.status >= 400:
         body = await resp.read()
         raise UpstreamHTTPError(resp.status, body, resp.content_type or "application/json")
+
+
+class UpstreamCall:
+    """One chat's upstream request: started after the prompt passed (``sequential``)
+    or at once, beside the prompt check (``parallel``), its answer unread until the
+    verdict, and abandoned — the connection dropped — when the prompt is blocked."""
+
+    def __init__(self, upstream: Upstream, body: bytes, request_id: str, *, stream: bool
+                 ) -> None:
+        self._upstream = upstream
+        self._args = (body, request_id)
+        self._stream = stream
+        self._task: asyncio.Task[Any] | None = None
+        self.started = 0.0
+
+    def start(self) -> None:
+        if self._task is not None:
+            return
+        self.started = time.perf_counter()
+        call = self._upstream.open_stream if self._stream else self._upstream.complete
+        self._task = asyncio.create_task(call(*self._args), name="guardproxy-upstream")
+
+    async def whole(self) -> bytes:
+        self.start()
+        assert self._task is not None and not self._stream
+        answer: bytes = await self._task
+        return answer
+
+    async def opened(self) -> aiohttp.ClientResponse:
+        self.start()
+        assert self._task is not None and self._stream
+        resp: aiohttp.ClientResponse = await self._task
+        return resp
+
+    async def abandon(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, UpstreamError):
+            result = await task
+            if isinstance(result, aiohttp.ClientResponse):
+                result.close()  # the upstream sees the client go away

@@ -6,12 +6,14 @@ Tenants (keys are their plaintext):
 - ``lenient`` (``sk-lenient``): flags controversial, ``Violent`` unsafe only flagged, fails open.
 - ``errors`` (``sk-errors``): block style error, allowlist of one model.
 - ``audited`` (``sk-audited``): like strict but ``log_content: true`` and no response check.
+- ``racer`` (``sk-racer``): like strict, with ``prompt.mode: parallel``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from proxy.config import load
 
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 KEYS = {"strict": "sk-strict", "lenient": "sk-lenient", "errors": "sk-errors",
-        "audited": "sk-audited"}
+        "audited": "sk-audited", "racer": "sk-racer"}
 
 
 def _digest(key: str) -> str:
@@ -77,6 +79,14 @@ models: [gpt-4.1-mini]
 response: {{stream: {stream}}}
 block: {{style: error, message: "Blocked (error style)."}}
 """,
+    "racer": """\
+tenant: racer
+keys: [{key}]
+upstream: local
+prompt: {{mode: parallel}}
+response: {{stream: {stream}}}
+block: {{style: message, message: "Blocked while racing."}}
+""",
     "audited": """\
 tenant: audited
 keys: [{key}]
@@ -112,6 +122,13 @@ class Proxy:
 
     def upstream_chats(self) -> list[Any]:
         return [r for r in self.upstream.requests if r.path.endswith("/chat/completions")]
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Wait (5 s at most) for a condition on the emulators' records, which have no events."""
+    async with asyncio.timeout(5):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
 
 
 def write_config(root: Path, *, guard: str, upstream: str, stream: str = "buffer",

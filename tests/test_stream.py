@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 from emulators.upstream import Reply, ToolCall
-from harness import Proxy
+from harness import Proxy, wait_until
 from openai_schema import validate
 
 MODEL = "gpt-4.1-mini"
@@ -174,8 +174,7 @@ async def test_guard_failure_on_the_response_fails_closed(proxy: Proxy) -> None:
     proxy.upstream.replies.append(Reply(content="A perfectly fine answer.",
                                         first_token_delay_s=0.3))
     task = asyncio.create_task(proxy.post(_body("hi")))
-    while not proxy.upstream_chats():  # noqa: ASYNC110 (the emulator has no event to wait on)
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: bool(proxy.upstream_chats()))
     proxy.guard.fault = "http_500"
     _, _, raw = await task
     chunks = _chunks(raw)

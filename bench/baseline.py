@@ -1,0 +1,105 @@
+"""A minimal aiohttp pass-through proxy with guard hops: the floor to compare guardproxy with.
+
+    python bench/baseline.py --port 9100 --guard http://127.0.0.1:9002 \
+        --upstream http://127.0.0.1:9001/v1 [--guards 1]
+
+Per ``POST /v1/chat/completions``: parse the body (orjson), one guard POST shaped like
+guardproxy's chat guard request (the conversation, ``temperature: 0``, ``max_tokens: 32``,
+``logprobs``), then the body goes upstream byte for byte.  A non-streamed answer is returned
+as the upstream sent it; a streamed one is relayed chunk by chunk as it arrives.  With
+``--guards 2`` a second guard POST (a response check: the conversation, the assistant's text
+and an empty ``tool`` message) follows the upstream's answer, before the client's response
+ends: for a stream, after the last byte was relayed, with a fixed assistant text (no SSE
+parsing here).  No moderation logic, no auth, no logging; one shared ``ClientSession``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+JSON = {"Content-Type": "application/json"}
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+STREAMED_TEXT = "tok " * 50
+
+
+def guard_payload(messages: list[dict[str, Any]], answer: str | None) -> bytes:
+    if answer is not None:
+        messages = [*messages, {"role": "assistant", "content": answer},
+                    {"role": "tool", "content": ""}]
+    return orjson.dumps({"model": "Qwen/Qwen3Guard-Gen-0.6B", "messages": messages,
+                         "temperature": 0, "max_tokens": 32, "logprobs": True,
+                         "top_logprobs": 5, "stream": False})
+
+
+def make_app(*, guard: str, upstream: str, guards: int) -> web.Application:
+    guard_url = guard.rstrip("/") + "/v1/chat/completions"
+    chat_url = upstream.rstrip("/") + "/chat/completions"
+
+    async def check(session: aiohttp.ClientSession, messages: list[dict[str, Any]],
+                    answer: str | None) -> None:
+        async with session.post(guard_url, data=guard_payload(messages, answer),
+                                headers=JSON) as resp:
+            verdict = orjson.loads(await resp.read())
+        if resp.status != 200 or "choices" not in verdict:
+            raise web.HTTPBadGateway(text="guard failed")
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        session = request.app[SESSION]
+        raw = await request.read()
+        body = orjson.loads(raw)
+        messages = body["messages"]
+        await check(session, messages, None)
+        async with session.post(chat_url, data=raw, headers=JSON) as upstream_resp:
+            if not body.get("stream"):
+                answer = await upstream_resp.read()
+                if guards > 1:
+                    text = orjson.loads(answer)["choices"][0]["message"]["content"]
+                    await check(session, messages, text)
+                return web.Response(body=answer, status=upstream_resp.status,
+                                    content_type="application/json")
+            resp = web.StreamResponse(status=upstream_resp.status,
+                                      headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
+            await resp.prepare(request)
+            async for data in upstream_resp.content.iter_any():
+                await resp.write(data)
+        if guards > 1:
+            await check(session, messages, STREAMED_TEXT)
+        await resp.write_eof()
+        return resp
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def session_ctx(app: web.Application) -> Any:
+        app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        yield
+        await app[SESSION].close()
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/healthz", healthz)
+    app.cleanup_ctx.append(session_ctx)
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--guard", required=True, help="guard server root")
+    parser.add_argument("--upstream", required=True, help="OpenAI base URL (…/v1)")
+    parser.add_argument("--guards", type=int, default=1, choices=(1, 2),
+                        help="guard POSTs per request: 1 (prompt) or 2 (prompt + response)")
+    args = parser.parse_args()
+    web.run_app(make_app(guard=args.guard, upstream=args.upstream, guards=args.guards),
+                host=args.host, port=args.port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+-- wrk script: POST an OpenAI chat request whose prompt is unique on every request.
+--   BENCH_STREAM=1  ask for a streamed answer (default: not streamed)
+--   BENCH_KEY=...   sent as "Authorization: Bearer ..." (default: none)
+-- The URL given to wrk carries the path, e.g. http://127.0.0.1:8080/v1/chat/completions
+
+local threads = 0
+
+function setup(thread)
+  threads = threads + 1
+  thread:set("tid", threads)
+end
+
+local stream = os.getenv("BENCH_STREAM")
+stream = (stream == "1" or stream == "true") and "true" or "false"
+local key = os.getenv("BENCH_KEY")
+local headers = { ["Content-Type"] = "application/json" }
+if key and key ~= "" then
+  headers["Authorization"] = "Bearer " .. key
+end
+
+local counter = 0
+local template = '{"model":"bench-model","stream":' .. stream .. ',"temperature":0.7,'
+  .. '"messages":[{"role":"system","content":"You are a helpful assistant."},'
+  .. '{"role":"user","content":"Request %d of thread %d: write two short sentences '
+  .. 'about the weather in a small coastal town in early spring."}]}'
+
+function request()
+  counter = counter + 1
+  return wrk.format("POST", nil, headers, string.format(template, counter, tid or 0))
+end

@@ -1,0 +1,287 @@
+"""Fast emulators for the benchmark: an OpenAI upstream and an SGLang guard.
+
+    python bench/fast_servers.py upstream --port 9001 [--chunks 50] [--ttft-ms 0] [--token-ms 0]
+    python bench/fast_servers.py guard --port 9002 [--guard-ms 0]
+
+Raw ``asyncio.Protocol`` HTTP/1.1 keep-alive servers, written to cost a few microseconds per
+request so that they are never what a benchmark measures.  Requests are framed by
+Content-Length only (no chunked request bodies).  JSON answers carry a Content-Length; SSE
+answers use ``Transfer-Encoding: chunked``, one HTTP chunk per event.  Answers on one
+connection go out in request order, also when they are delayed.
+
+Both count requests per path; ``GET /stats`` (not counted) returns the counters as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+#: An answer: (seconds to wait first, bytes to write) segments, written in order.
+Segments = list[tuple[float, bytes]]
+Handler = Callable[[str, str, bytes], Segments]
+
+_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 501: b"Not Implemented"}
+
+
+def http_response(status: int, body: bytes, content_type: bytes = b"application/json") -> bytes:
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n"
+            % (status, _REASONS.get(status, b"Error"), content_type, len(body))) + body
+
+
+def json_response(payload: Any, status: int = 200) -> Segments:
+    return [(0.0, http_response(status, orjson.dumps(payload)))]
+
+
+def chunk(data: bytes) -> bytes:
+    """One HTTP/1.1 chunk."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class HTTPProtocol(asyncio.Protocol):
+    """HTTP/1.1 with keep-alive and pipelining, Content-Length framing."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.pending: collections.deque[Segments] = collections.deque()
+        self.busy = False  # a delayed answer is being written
+        self.close_after = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer
+        buf += data
+        while True:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(buf[:end]).decode("latin-1")
+            lines = head.split("\r\n")
+            try:
+                method, target, _version = lines[0].split(" ", 2)
+            except ValueError:
+                self._fail(400)
+                return
+            length, chunked = 0, False
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                name = name.strip().lower()
+                if name == "content-length":
+                    length = int(value)
+                elif name == "transfer-encoding":
+                    chunked = True
+                elif name == "connection" and value.strip().lower() == "close":
+                    self.close_after = True
+            if chunked:
+                self._fail(501)
+                return
+            if len(buf) < end + 4 + length:
+                return
+            body = bytes(buf[end + 4:end + 4 + length])
+            del buf[:end + 4 + length]
+            self._answer(self.handler(method, target, body))
+
+    def _fail(self, status: int) -> None:
+        if self.transport is not None:
+            self.transport.write(http_response(status, b'{"error":"bad request"}'))
+            self.transport.close()
+
+    def _answer(self, segments: Segments) -> None:
+        if self.busy:
+            self.pending.append(segments)
+        elif all(delay == 0 for delay, _ in segments):
+            self._write(b"".join(data for _, data in segments))
+        else:
+            self.busy = True
+            asyncio.get_running_loop().create_task(self._delayed(segments))
+
+    async def _delayed(self, segments: Segments) -> None:
+        while True:
+            for delay, data in segments:
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                self._write(data)
+            if not self.pending:
+                break
+            segments = self.pending.popleft()
+        self.busy = False
+        if self.close_after and self.transport is not None:
+            self.transport.close()
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is None:
+            return
+        self.transport.write(data)
+        if self.close_after and not self.busy:
+            self.transport.close()
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.paths: collections.Counter[str] = collections.Counter()
+
+    def stats(self) -> Segments:
+        return json_response({"pid": os.getpid(), "requests": dict(self.paths)})
+
+
+# -- upstream --------------------------------------------------------------------------
+
+
+class Upstream(Counters):
+    def __init__(self, *, chunks: int, ttft_s: float, token_s: float) -> None:
+        super().__init__()
+        self.ttft_s, self.token_s = ttft_s, token_s
+        created = int(time.time())
+        self.model = "bench-model"
+        text = "tok " * chunks
+
+        def event(delta: dict[str, str], finish: str | None) -> bytes:
+            return chunk(b"data: " + orjson.dumps({
+                "id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": created,
+                "model": self.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }) + b"\n\n")
+
+        self.head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
+        self.role = event({"role": "assistant", "content": ""}, None)
+        self.tokens = [event({"content": "tok "}, None) for _ in range(chunks)]
+        self.tail = event({}, "stop") + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+        self.stream_whole = self.head + self.role + b"".join(self.tokens) + self.tail
+        self.whole = http_response(200, orjson.dumps({
+            "id": "chatcmpl-bench", "object": "chat.completion", "created": created,
+            "model": self.model,
+            "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
+                         "message": {"role": "assistant", "content": text.rstrip()}}],
+            "usage": {"prompt_tokens": 20, "completion_tokens": chunks,
+                      "total_tokens": 20 + chunks},
+        }))
+        self.models = json_response({"object": "list", "data": [
+            {"id": self.model, "object": "model", "created": created, "owned_by": "bench"}]})
+
+    def __call__(self, method: str, target: str, body: bytes) -> Segments:
+        if target == "/stats":
+            return self.stats()
+        self.paths[target] += 1
+        if method == "POST" and target.endswith("/chat/completions"):
+            try:
+                stream = orjson.loads(body).get("stream") is True
+            except (orjson.JSONDecodeError, AttributeError):
+                return json_response({"error": {"message": "bad JSON"}}, 400)
+            if not stream:
+                return [(self.ttft_s, self.whole)]
+            return self._stream()
+        if method == "GET" and target.endswith("/models"):
+            return self.models
+        return json_response({"error": {"message": "not found"}}, 404)
+
+    def _stream(self) -> Segments:
+        if self.ttft_s == 0 and self.token_s == 0:
+            return [(0.0, self.stream_whole)]
+        if self.token_s == 0:
+            return [(0.0, self.head), (self.ttft_s, self.stream_whole[len(self.head):])]
+        first, *rest = self.tokens or [b""]
+        segments: Segments = [(0.0, self.head), (self.ttft_s, self.role + first)]
+        segments += [(self.token_s, token) for token in rest]
+        segments.append((0.0, self.tail))
+        return segments
+
+
+# -- guard -----------------------------------------------------------------------------
+
+PROMPT_VERDICT = "Safety: Safe\nCategories: None"
+RESPONSE_VERDICT = PROMPT_VERDICT + "\nRefusal: No"
+
+
+class Guard(Counters):
+    def __init__(self, *, latency_s: float) -> None:
+        super().__init__()
+        self.latency_s = latency_s
+        created = int(time.time())
+
+        def chat(text: str) -> bytes:
+            return http_response(200, orjson.dumps({
+                "id": "guard-bench", "object": "chat.completion", "created": created,
+                "model": "Qwen/Qwen3Guard-Gen-0.6B",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "logprobs": None, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 100, "completion_tokens": 8, "total_tokens": 108},
+            }))
+
+        def generate(text: str) -> bytes:
+            return http_response(200, orjson.dumps({"text": text, "meta_info": {
+                "id": "guard-bench", "finish_reason": {"type": "stop", "matched": None},
+                "prompt_tokens": 100, "completion_tokens": 8, "cached_tokens": 0}}))
+
+        self.chat = {False: chat(PROMPT_VERDICT), True: chat(RESPONSE_VERDICT)}
+        self.generate = {False: generate(PROMPT_VERDICT), True: generate(RESPONSE_VERDICT)}
+
+    def __call__(self, method: str, target: str, body: bytes) -> Segments:
+        if target == "/stats":
+            return self.stats()
+        self.paths[target] += 1
+        if method == "POST" and target == "/v1/chat/completions":
+            try:
+                messages = orjson.loads(body)["messages"]
+                response = messages[-1]["role"] in ("tool", "assistant")
+            except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+                return json_response({"error": {"message": "bad request"}}, 400)
+            return [(self.latency_s, self.chat[response])]
+        if method == "POST" and target == "/generate":
+            return [(self.latency_s, self.generate[b"THE LAST ASSISTANT" in body])]
+        if method == "GET" and target in ("/health", "/v1/models"):
+            return [(0.0, http_response(200, b"{}"))]
+        return json_response({"error": {"message": "not found"}}, 404)
+
+
+async def serve(handler: Handler, host: str, port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: HTTPProtocol(handler), host, port, backlog=1024,
+                                      reuse_address=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    kinds = parser.add_subparsers(dest="kind", required=True)
+    upstream = kinds.add_parser("upstream", help="OpenAI chat completions")
+    upstream.add_argument("--chunks", type=int, default=50, help="content chunks per stream")
+    upstream.add_argument("--ttft-ms", type=float, default=0.0, help="time to first token")
+    upstream.add_argument("--token-ms", type=float, default=0.0, help="time between tokens")
+    guard = kinds.add_parser("guard", help="SGLang serving Qwen3Guard-Gen")
+    guard.add_argument("--guard-ms", type=float, default=0.0, help="latency per verdict")
+    for sub in (upstream, guard):
+        sub.add_argument("--host", default="127.0.0.1")
+        sub.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    handler: Handler
+    if args.kind == "upstream":
+        handler = Upstream(chunks=args.chunks, ttft_s=args.ttft_ms / 1000,
+                           token_s=args.token_ms / 1000)
+    else:
+        handler = Guard(latency_s=args.guard_ms / 1000)
+    asyncio.run(serve(handler, args.host, args.port))
+
+
+if __name__ == "__main__":
+    main()

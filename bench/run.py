@@ -1,0 +1,683 @@
+"""guardproxy throughput and latency benchmark, one command:
+
+    python bench/run.py [--duration 15] [--warmup 3] [--connections 32] [--quick]
+
+Starts the fast emulators (bench/fast_servers.py), then, for non-streamed and streamed
+requests, each system under test in a fresh process: the minimal pass-through baseline with
+one guard hop, with two guard hops, and guardproxy (prompt and response checked).  wrk drives
+each at ``--connections`` (throughput) and at one connection (unloaded latency).  The load
+generator and the emulators are pinned to one CPU, the system under test to another.
+
+Prints markdown tables and writes bench/results/latest.json.  Exits non-zero when a server
+does not start, a sanity request fails, or wrk sees errors or non-2xx responses.
+Standard library only: any Python >= 3.11 runs it; the servers run on ``--python``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+LUA = BENCH / "chat.lua"
+KEY = "sk-bench-0123456789"
+CHAT = "/v1/chat/completions"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+class BenchError(Exception):
+    """A failure that makes the run invalid."""
+
+
+# -- processes and pinning ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pinning:
+    load: str | None  # CPU list for wrk and the emulators (taskset -c), None: not pinned
+    sut: str | None  # CPU list for the system under test
+    note: str
+
+
+def plan_pinning() -> Pinning:
+    cpus = sorted(os.sched_getaffinity(0))
+    if shutil.which("taskset") is None:
+        return Pinning(None, None, "WARNING: taskset not found, nothing pinned")
+    if len(cpus) < 2:
+        return Pinning(None, None, f"WARNING: only CPU {cpus} available, nothing pinned")
+    load, sut = str(cpus[0]), str(cpus[1])
+    return Pinning(load, sut, f"wrk + emulators on CPU {load}, system under test on CPU {sut}")
+
+
+def pinned(cpu: str | None, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", cpu, *argv] if cpu is not None else argv
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def http_request(port: int, method: str, path: str, body: bytes | None = None,
+                 headers: Mapping[str, str] | None = None, timeout: float = 5.0
+                 ) -> tuple[int, Mapping[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=dict(headers or {}))
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise BenchError(f"{self.name} exited with code {self.proc.returncode}:\n"
+                             + self.tail())
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_server(name: str, argv: list[str], port: int, ready: str, logs: Path,
+                 *, stdout_null: bool = False, timeout: float = 20.0) -> Server:
+    log = logs / f"{name}.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL if stdout_null else err, stderr=err,
+                                cwd=ROOT)
+    server = Server(name, port, proc, log)
+    deadline = time.monotonic() + timeout
+    while True:
+        server.alive()
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            if http_request(port, "GET", ready, timeout=1.0)[0] == 200:
+                return server
+        if time.monotonic() > deadline:
+            server.stop()
+            raise BenchError(f"{name} did not answer GET {ready} within {timeout:.0f}s:\n"
+                             + server.tail())
+        time.sleep(0.05)
+
+
+# -- measurements ------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_times() -> dict[str, tuple[int, int]]:
+    """Per CPU (busy, total) jiffies from /proc/stat."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3:4].isdigit():
+            name, *values = line.split()
+            nums = [int(v) for v in values]
+            idle = nums[3] + nums[4]  # idle + iowait
+            out[name[3:]] = (sum(nums[:8]) - idle, sum(nums[:8]))
+    return out
+
+
+def busy_percent(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
+                 cpu: str | None) -> float | None:
+    if cpu is None or cpu not in before:
+        return None
+    busy = after[cpu][0] - before[cpu][0]
+    total = after[cpu][1] - before[cpu][1]
+    return 100.0 * busy / total if total else None
+
+
+def counters(port: int) -> dict[str, int]:
+    status, _, body = http_request(port, "GET", "/stats")
+    if status != 200:
+        raise BenchError(f"GET /stats on port {port} answered {status}")
+    requests: dict[str, int] = json.loads(body)["requests"]
+    return requests
+
+
+def calls(before: dict[str, int], after: dict[str, int], paths: tuple[str, ...]) -> int:
+    return sum(after.get(p, 0) - before.get(p, 0) for p in paths)
+
+
+@dataclass
+class Wrk:
+    requests: int = 0
+    seconds: float = 0.0
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p75_ms: float = 0.0
+    p90_ms: float = 0.0
+    p99_ms: float = 0.0
+    non_2xx: int = 0
+    socket_errors: dict[str, int] = field(default_factory=dict)
+    cpu_s: float = 0.0  # wrk's own CPU time
+    output: str = ""
+
+    @property
+    def errors(self) -> list[str]:
+        out = [f"{self.non_2xx} non-2xx/3xx responses"] if self.non_2xx else []
+        out += [f"{n} socket {kind} errors" for kind, n in self.socket_errors.items() if n]
+        if self.requests == 0:
+            out.append("no request completed")
+        return out
+
+
+_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if match is None:
+        raise BenchError(f"unreadable wrk time {text!r}")
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def parse_wrk(output: str) -> Wrk:
+    result = Wrk(output=output)
+    for pct in ("50", "75", "90", "99"):
+        match = re.search(rf"^\s+{pct}%\s+(\S+)\s*$", output, re.M)
+        if match is None:
+            raise BenchError(f"wrk printed no {pct}% latency:\n{output}")
+        setattr(result, f"p{pct}_ms", _ms(match.group(1)))
+    match = re.search(r"^\s+(\d+) requests in (\S+),", output, re.M)
+    if match is None:
+        raise BenchError(f"wrk printed no request count:\n{output}")
+    result.requests, result.seconds = int(match.group(1)), _ms(match.group(2)) / 1000
+    match = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.M)
+    result.rps = float(match.group(1)) if match else 0.0
+    match = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    result.non_2xx = int(match.group(1)) if match else 0
+    match = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                      output)
+    if match:
+        result.socket_errors = dict(zip(("connect", "read", "write", "timeout"),
+                                        map(int, match.groups()), strict=True))
+    return result
+
+
+def run_wrk(port: int, *, connections: int, seconds: float, stream: bool,
+            cpu: str | None) -> Wrk:
+    argv = pinned(cpu, ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
+                        "--latency", "--timeout", "10s", "-s", str(LUA),
+                        f"http://127.0.0.1:{port}{CHAT}"])
+    env = {**os.environ, "BENCH_STREAM": "1" if stream else "0", "BENCH_KEY": KEY}
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60,
+                          check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise BenchError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    result = parse_wrk(done.stdout)
+    result.cpu_s = (after.ru_utime + after.ru_stime) - (usage.ru_utime + usage.ru_stime)
+    return result
+
+
+# -- systems under test ------------------------------------------------------------------
+
+
+POLICY = """\
+tenant: bench
+keys: [{digest}]
+upstream: local
+prompt: {{check: true, unsafe: block, controversial: block}}
+response: {{check: true, unsafe: block, controversial: block, stream: window}}
+on_guard_error: block
+block: {{style: error, message: "blocked by the bench policy"}}
+log_content: false
+"""
+
+SERVER_CONFIG = """\
+listen: {{host: 127.0.0.1, port: {port}}}
+policies: policies
+guard: {{url: "http://127.0.0.1:{guard}", model: Qwen/Qwen3Guard-Gen-0.6B, api: {api}, \
+timeout_s: 10}}
+upstreams:
+  local: {{url: "http://127.0.0.1:{upstream}/v1", timeout_s: 60}}
+log: {{level: info}}
+"""
+
+
+def write_proxy_config(root: Path, *, port: int, guard: int, upstream: int, api: str) -> Path:
+    (root / "policies").mkdir(parents=True, exist_ok=True)
+    digest = "sha256:" + hashlib.sha256(KEY.encode()).hexdigest()
+    (root / "policies" / "bench.yaml").write_text(POLICY.format(digest=digest))
+    path = root / "proxy.yaml"
+    path.write_text(SERVER_CONFIG.format(port=port, guard=guard, upstream=upstream, api=api))
+    return path
+
+
+@dataclass(frozen=True)
+class System:
+    key: str  # baseline1 | baseline2 | proxy
+    label: str
+
+
+SYSTEMS = (System("baseline1", "baseline, 1 guard hop"),
+           System("baseline2", "baseline, 2 guard hops"),
+           System("proxy", "guardproxy, prompt + response checked"))
+
+
+@dataclass
+class Env:
+    args: argparse.Namespace
+    pinning: Pinning
+    logs: Path
+    upstream: Server
+    guard: Server
+    proxy_config: Path | None = None
+
+    def start(self, system: System) -> Server:
+        port = free_port()
+        python = self.args.python
+        if system.key == "proxy":
+            self.proxy_config = write_proxy_config(
+                self.logs / "proxy", port=port, guard=self.guard.port,
+                upstream=self.upstream.port, api=self.args.guard_api)
+            check = subprocess.run([python, "-m", "proxy", "check", "-c",
+                                    str(self.proxy_config)], cwd=ROOT, capture_output=True,
+                                   text=True, check=False)
+            if check.returncode != 0:
+                raise BenchError(f"guardproxy check rejected the bench config:\n"
+                                 f"{check.stdout}{check.stderr}")
+            argv = [python, "-m", "proxy", "serve", "-c", str(self.proxy_config)]
+            ready = "/healthz"
+        else:
+            guards = "2" if system.key == "baseline2" else "1"
+            argv = [python, str(BENCH / "baseline.py"), "--port", str(port),
+                    "--guard", f"http://127.0.0.1:{self.guard.port}",
+                    "--upstream", f"http://127.0.0.1:{self.upstream.port}/v1",
+                    "--guards", guards]
+            ready = "/healthz"
+        return start_server(system.key, pinned(self.pinning.sut, argv), port, ready, self.logs,
+                            stdout_null=system.key == "proxy")
+
+
+def sanity(server: Server, system: str, *, stream: bool) -> None:
+    """One request before the load: a complete, moderated (for the proxy) 200 answer."""
+    body = json.dumps({"model": "bench-model", "stream": stream, "messages": [
+        {"role": "user", "content": f"sanity check {time.time_ns()}"}]}).encode()
+    status, headers, raw = http_request(server.port, "POST", CHAT, body, {
+        "Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}, timeout=30)
+    what = f"{system} ({'stream' if stream else 'non-stream'}) sanity request"
+    if status != 200:
+        raise BenchError(f"{what}: HTTP {status}: {raw[:500]!r}")
+    text = raw.decode()
+    if stream:
+        if not text.rstrip().endswith("data: [DONE]") or text.count("tok ") < 1:
+            raise BenchError(f"{what}: incomplete stream: {text[-300:]!r}")
+        events = [json.loads(line[6:]) for line in text.splitlines()
+                  if line.startswith("data: {")]
+        moderation = next((e["moderation"] for e in events if "moderation" in e), None)
+    else:
+        moderation = json.loads(text).get("moderation")
+    if system != "proxy":
+        return
+    if headers.get("x-guard-action") != "pass" or not isinstance(moderation, dict):
+        raise BenchError(f"{what}: not moderated as expected: {text[-500:]!r}")
+    for stage in ("input", "output"):
+        if moderation.get(stage, {}).get("type") != "moderation_results":
+            raise BenchError(f"{what}: {stage} not checked: {moderation.get(stage)!r}")
+
+
+@dataclass
+class Row:
+    system: str
+    label: str
+    stream: bool
+    connections: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    guard_calls_per_request: float
+    upstream_calls_per_request: float
+    sut_cpu_percent: float  # of one core, during the measured run
+    sut_cpu_ms_per_request: float
+    load_cpu_percent: float | None  # CPU running wrk + emulators, whole-core busy
+    sut_core_percent: float | None  # CPU running the system under test, whole-core busy
+    wrk_cpu_percent: float
+    guard_cpu_percent: float
+    upstream_cpu_percent: float
+    peak_rss_mib: float | None = None
+    errors: list[str] = field(default_factory=list)
+    wrk: dict[str, float] = field(default_factory=dict)
+
+
+GUARD_PATHS = ("/v1/chat/completions", "/generate")
+UPSTREAM_PATHS = ("/v1/chat/completions",)
+
+
+def measure(env: Env, port: int, system: System, *, stream: bool, connections: int,
+            seconds: float, warmup: float, sut: Server | None) -> Row:
+    """Warm-up, then a measured wrk run, with counters and CPU times around it."""
+    if warmup > 0:
+        warm = run_wrk(port, connections=connections, seconds=warmup, stream=stream,
+                       cpu=env.pinning.load)
+        if warm.errors:
+            raise BenchError(f"{system.key} warm-up: {', '.join(warm.errors)}")
+    time.sleep(0.2)  # let stragglers of the warm-up finish before the counters are read
+    procs = {"guard": env.guard.pid, "upstream": env.upstream.pid}
+    if sut is not None:
+        procs["sut"] = sut.pid
+    g0, u0 = counters(env.guard.port), counters(env.upstream.port)
+    cpu0 = {name: cpu_seconds(pid) for name, pid in procs.items()}
+    stat0 = cpu_times()
+    result = run_wrk(port, connections=connections, seconds=seconds, stream=stream,
+                     cpu=env.pinning.load)
+    stat1 = cpu_times()
+    cpu1 = {name: cpu_seconds(pid) for name, pid in procs.items()}
+    time.sleep(0.2)
+    g1, u1 = counters(env.guard.port), counters(env.upstream.port)
+    if sut is not None:
+        sut.alive()
+    n = max(result.requests, 1)
+    wall = result.seconds or seconds
+
+    def pct(name: str) -> float:
+        return 100.0 * (cpu1[name] - cpu0[name]) / wall if name in cpu1 else 0.0
+
+    sut_cpu = cpu1["sut"] - cpu0["sut"] if "sut" in cpu1 else 0.0
+    return Row(
+        system=system.key, label=system.label, stream=stream, connections=connections,
+        rps=result.rps, p50_ms=result.p50_ms, p99_ms=result.p99_ms, requests=result.requests,
+        guard_calls_per_request=calls(g0, g1, GUARD_PATHS) / n,
+        upstream_calls_per_request=calls(u0, u1, UPSTREAM_PATHS) / n,
+        sut_cpu_percent=pct("sut"), sut_cpu_ms_per_request=1000 * sut_cpu / n,
+        load_cpu_percent=busy_percent(stat0, stat1, env.pinning.load),
+        sut_core_percent=busy_percent(stat0, stat1, env.pinning.sut),
+        wrk_cpu_percent=100.0 * result.cpu_s / wall,
+        guard_cpu_percent=pct("guard"), upstream_cpu_percent=pct("upstream"),
+        peak_rss_mib=peak_rss_kib(sut.pid) / 1024 if sut is not None else None,
+        errors=result.errors,
+        wrk={"p75_ms": result.p75_ms, "p90_ms": result.p90_ms, "seconds": result.seconds,
+             **{f"socket_{k}": v for k, v in result.socket_errors.items()},
+             "non_2xx": result.non_2xx},
+    )
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, spec: str = ".0f", suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def throughput_table(rows: list[Row], ratios: dict[str, dict[str, float]]) -> str:
+    out = ["| system | mode | rps | p50 | p99 | guard calls/req | upstream calls/req | "
+           "SUT CPU/req | SUT CPU | load CPU busy | peak RSS | proxy/base 1-hop | "
+           "proxy/base 2-hop |",
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+           "| ---: |"]
+    for r in rows:
+        mode = "stream" if r.stream else "non-stream"
+        ratio = ratios.get(mode, {}) if r.system == "proxy" else {}
+        out.append(
+            f"| {r.label} | {mode} | {r.rps:,.0f} | {r.p50_ms:.2f} ms | {r.p99_ms:.2f} ms | "
+            f"{r.guard_calls_per_request:.2f} | {r.upstream_calls_per_request:.2f} | "
+            f"{r.sut_cpu_ms_per_request:.3f} ms | {r.sut_cpu_percent:.0f} % | "
+            f"{fmt(r.load_cpu_percent, '.0f', ' %')} | {fmt(r.peak_rss_mib, '.1f', ' MiB')} | "
+            f"{fmt(ratio.get('baseline1'), '.2f')} | {fmt(ratio.get('baseline2'), '.2f')} |")
+    return "\n".join(out)
+
+
+def latency_table(latency: dict[str, Any]) -> str:
+    out = ["| mode | upstream direct p50 | guard direct p50 | guard calls/req | "
+           "baseline 1-hop p50 | baseline 2-hop p50 | guardproxy p50 | guardproxy p99 | "
+           "proxy added p50 |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for mode, m in latency.items():
+        out.append(
+            f"| {mode} | {m['upstream_p50_ms']:.3f} ms | {m['guard_p50_ms']:.3f} ms | "
+            f"{m['guard_calls_per_request']:.2f} | {fmt(m.get('baseline1_p50_ms'), '.3f', ' ms')}"
+            f" | {fmt(m.get('baseline2_p50_ms'), '.3f', ' ms')} | {m['proxy_p50_ms']:.3f} ms | "
+            f"{m['proxy_p99_ms']:.3f} ms | {m['added_p50_ms']:.3f} ms |")
+    return "\n".join(out)
+
+
+def git_state() -> dict[str, Any]:
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True,
+                              check=False)
+        return done.stdout.strip()
+
+    return {"commit": git("rev-parse", "HEAD"),
+            "dirty_paths": git("status", "--porcelain", "--", "proxy").splitlines()}
+
+
+# -- main --------------------------------------------------------------------------------
+
+
+def default_python() -> str:
+    venv = ROOT / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=15.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per run")
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 3 s measured, 1 s warm-up (overrides both)")
+    parser.add_argument("--chunks", type=int, default=50, help="content chunks per stream")
+    parser.add_argument("--ttft-ms", type=float, default=0.0, help="upstream time to 1st token")
+    parser.add_argument("--token-ms", type=float, default=0.0, help="upstream time per token")
+    parser.add_argument("--guard-ms", type=float, default=0.0, help="guard latency per verdict")
+    parser.add_argument("--guard-api", choices=("chat", "generate"), default="chat",
+                        help="guardproxy's guard.api (the baseline always uses chat)")
+    parser.add_argument("--no-latency", action="store_true", help="skip the c=1 runs")
+    parser.add_argument("--python", default=default_python(),
+                        help="interpreter for the servers (default: the repo's .venv)")
+    parser.add_argument("--output", type=Path, default=BENCH / "results" / "latest.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup = 3.0, 1.0
+    return args
+
+
+@contextlib.contextmanager
+def emulators(args: argparse.Namespace, pinning: Pinning, logs: Path) -> Iterator[Env]:
+    fast = [args.python, str(BENCH / "fast_servers.py")]
+    up_port, guard_port = free_port(), free_port()
+    upstream = start_server("upstream", pinned(pinning.load, [
+        *fast, "upstream", "--port", str(up_port), "--chunks", str(args.chunks),
+        "--ttft-ms", str(args.ttft_ms), "--token-ms", str(args.token_ms)]),
+        up_port, "/v1/models", logs)
+    try:
+        guard = start_server("guard", pinned(pinning.load, [
+            *fast, "guard", "--port", str(guard_port), "--guard-ms", str(args.guard_ms)]),
+            guard_port, "/health", logs)
+        try:
+            yield Env(args=args, pinning=pinning, logs=logs, upstream=upstream, guard=guard)
+        finally:
+            guard.stop()
+    finally:
+        upstream.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    if shutil.which("wrk") is None:
+        raise BenchError("wrk not found on PATH")
+    pinning = plan_pinning()
+    print(f"# pinning: {pinning.note}", file=sys.stderr)
+    started = time.time()
+    rows: list[Row] = []
+    c1: list[Row] = []
+    direct: dict[str, Row] = {}
+    with tempfile.TemporaryDirectory(prefix="guardproxy-bench-") as tmp, \
+            emulators(args, pinning, Path(tmp)) as env:
+        for stream in (False, True):
+            mode = "stream" if stream else "non-stream"
+            for system in SYSTEMS:
+                server = env.start(system)
+                try:
+                    sanity(server, system.key, stream=stream)
+                    print(f"# {system.key} {mode}: c={args.connections} …", file=sys.stderr)
+                    row = measure(env, server.port, system, stream=stream,
+                                  connections=args.connections, seconds=args.duration,
+                                  warmup=args.warmup, sut=server)
+                    rows.append(row)
+                    _progress(row)
+                    if not args.no_latency:
+                        row = measure(env, server.port, system, stream=stream, connections=1,
+                                      seconds=args.duration, warmup=min(args.warmup, 1.0),
+                                      sut=server)
+                        c1.append(row)
+                        _progress(row)
+                finally:
+                    server.stop()
+            if not args.no_latency:
+                for name, port in (("upstream", env.upstream.port), ("guard", env.guard.port)):
+                    if name == "guard" and stream:
+                        continue  # the guard's answer does not depend on the mode
+                    row = measure(env, port, System(name, f"{name} direct"), stream=stream,
+                                  connections=1, seconds=args.duration,
+                                  warmup=min(args.warmup, 1.0), sut=None)
+                    direct[f"{name}/{mode}"] = row
+                    _progress(row)
+    ratios = _ratios(rows)
+    latency = _latency(c1, direct)
+    errors = [f"{r.system} {'stream' if r.stream else 'non-stream'} c={r.connections}: {e}"
+              for r in [*rows, *c1, *direct.values()] for e in r.errors]
+    report = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "pinning": asdict(pinning),
+        "machine": {"cpus": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
+                    "platform": platform.platform(), "python": args.python,
+                    "wrk": _wrk_version()},
+        "git": git_state(),
+        "throughput": [asdict(r) for r in rows],
+        "ratios": ratios,
+        "latency_c1": latency,
+        "latency_c1_runs": [asdict(r) for r in [*c1, *direct.values()]],
+        "errors": errors,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\n{pinning.note}; wrk -t1 -c{args.connections}, {args.warmup:g} s warm-up, "
+          f"{args.duration:g} s measured; streams of {args.chunks} chunks "
+          f"(ttft {args.ttft_ms:g} ms, {args.token_ms:g} ms/token); guard {args.guard_ms:g} ms, "
+          f"guardproxy guard.api {args.guard_api}\n")
+    print(throughput_table(rows, ratios))
+    if latency:
+        print("\nUnloaded latency (wrk -t1 -c1); proxy added p50 = guardproxy p50 - "
+              "(guard calls/req * guard p50 + upstream p50)\n")
+        print(latency_table(latency))
+    print(f"\nJSON: {args.output}")
+    if errors:
+        print("\nFAILED:\n" + "\n".join(f"- {e}" for e in errors), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _progress(row: Row) -> None:
+    print(f"#   {row.system} {'stream' if row.stream else 'non-stream'} c={row.connections}: "
+          f"{row.rps:,.0f} rps, p50 {row.p50_ms:.2f} ms, p99 {row.p99_ms:.2f} ms"
+          + (f"  ERRORS: {', '.join(row.errors)}" if row.errors else ""), file=sys.stderr)
+
+
+def _ratios(rows: list[Row]) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for stream in (False, True):
+        by = {r.system: r.rps for r in rows if r.stream is stream}
+        if "proxy" in by:
+            out["stream" if stream else "non-stream"] = {
+                base: by["proxy"] / by[base] for base in ("baseline1", "baseline2")
+                if by.get(base)}
+    return out
+
+
+def _latency(c1: list[Row], direct: dict[str, Row]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    guard = direct.get("guard/non-stream")
+    for stream in (False, True):
+        mode = "stream" if stream else "non-stream"
+        by = {r.system: r for r in c1 if r.stream is stream}
+        upstream, proxy = direct.get(f"upstream/{mode}"), by.get("proxy")
+        if guard is None or upstream is None or proxy is None:
+            continue
+        hops = proxy.guard_calls_per_request
+        out[mode] = {
+            "upstream_p50_ms": upstream.p50_ms, "guard_p50_ms": guard.p50_ms,
+            "guard_calls_per_request": hops,
+            "baseline1_p50_ms": by["baseline1"].p50_ms if "baseline1" in by else None,
+            "baseline2_p50_ms": by["baseline2"].p50_ms if "baseline2" in by else None,
+            "proxy_p50_ms": proxy.p50_ms, "proxy_p99_ms": proxy.p99_ms,
+            "added_p50_ms": proxy.p50_ms - (hops * guard.p50_ms + upstream.p50_ms),
+            "added_p50_ms_2_hops": proxy.p50_ms - (2 * guard.p50_ms + upstream.p50_ms),
+        }
+    return out
+
+
+def _wrk_version() -> str:
+    done = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    return (done.stdout or done.stderr).splitlines()[0] if (done.stdout or done.stderr) else ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except BenchError as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The verdict cache: identical guard inputs get the verdict they got before.
+
+A retried or regenerated message, or a conversation re-sent with one more turn
+(whose earlier prompt checks are then identical), is answered without a guard call.
+Entries are keyed by a 128-bit BLAKE2b digest of the exact guard input (every
+turn's role and text, and which API and model judge it), so different inputs never
+share a verdict; the cache is a bounded LRU whose entries expire after a TTL.
+No I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import orjson
+
+from .conversation import Turn
+from .verdict import Verdict
+
+
+class VerdictCache:
+    def __init__(self, *, size: int, ttl_s: float, namespace: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._size = size
+        self._ttl = ttl_s
+        self._namespace = namespace.encode()
+        self._clock = clock
+        self._entries: OrderedDict[bytes, tuple[float, Verdict]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def key(self, turns: Sequence[Turn]) -> bytes:
+        digest = hashlib.blake2b(self._namespace, digest_size=16)
+        digest.update(orjson.dumps([(turn.role, turn.text) for turn in turns]))
+        return digest.digest()
+
+    def get(self, key: bytes) -> Verdict | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, verdict = entry
+        if expires <= self._clock():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return verdict
+
+    def put(self, key: bytes, verdict: Verdict) -> None:
+        if self._size <= 0:
+            return
+        self._entries[key] = (self._clock() + self._ttl, verdict)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._size:
+            self._entries.popitem(last=False)

@@ -1,0 +1,114 @@
+"""The verdict cache: bounded, expiring, never shared across different guard inputs."""
+
+from __future__ import annotations
+
+import pytest
+from emulators.upstream import Reply
+from harness import Proxy
+from structlog.testing import capture_logs
+
+from proxy.cache import VerdictCache
+from proxy.conversation import Turn
+from proxy.verdict import Verdict
+
+SAFE, UNSAFE = Verdict("safe"), Verdict("unsafe", ("Violent",))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _cache(size: int = 3, ttl: float = 10.0, clock: Clock | None = None) -> VerdictCache:
+    return VerdictCache(size=size, ttl_s=ttl, namespace="chat\0m\0", clock=clock or Clock())
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ([Turn("user", "hi")], [Turn("user", "hi ")]),
+        ([Turn("user", "hi")], [Turn("system", "hi")]),
+        ([Turn("user", "a"), Turn("user", "b")], [Turn("user", "a\n\nb")]),
+        ([Turn("user", "q"), Turn("assistant", "x")], [Turn("user", "q"), Turn("assistant", "y")]),
+        ([Turn("user", "ab")], [Turn("user", "a"), Turn("user", "b")]),
+    ],
+)
+def test_different_inputs_never_share_a_key(a: list[Turn], b: list[Turn]) -> None:
+    cache = _cache()
+    assert cache.key(a) != cache.key(b)
+    cache.put(cache.key(a), UNSAFE)
+    assert cache.get(cache.key(b)) is None
+
+
+def test_the_guard_model_and_api_are_part_of_the_key() -> None:
+    turns = [Turn("user", "hi")]
+    other = VerdictCache(size=3, ttl_s=1, namespace="generate\0m\0")
+    assert _cache().key(turns) != other.key(turns)
+
+
+def test_least_recently_used_goes_first() -> None:
+    cache = _cache(size=2)
+    keys = [cache.key([Turn("user", str(i))]) for i in range(3)]
+    cache.put(keys[0], SAFE)
+    cache.put(keys[1], SAFE)
+    assert cache.get(keys[0]) == SAFE  # now 1 is the oldest
+    cache.put(keys[2], UNSAFE)
+    assert len(cache) == 2 and cache.get(keys[1]) is None
+    assert cache.get(keys[0]) == SAFE and cache.get(keys[2]) == UNSAFE
+
+
+def test_entries_expire() -> None:
+    clock = Clock()
+    cache = _cache(ttl=5, clock=clock)
+    key = cache.key([Turn("user", "x")])
+    cache.put(key, UNSAFE)
+    clock.now = 4.9
+    assert cache.get(key) == UNSAFE
+    clock.now = 5.0
+    assert cache.get(key) is None and len(cache) == 0
+
+
+def test_size_zero_keeps_nothing() -> None:
+    cache = _cache(size=0)
+    key = cache.key([Turn("user", "x")])
+    cache.put(key, SAFE)
+    assert cache.get(key) is None
+
+
+async def test_a_retried_request_is_answered_from_the_cache(proxy: Proxy) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "tell me about tea"}]}
+    for _ in range(2):
+        proxy.upstream.replies.append(Reply(content="Tea is a drink."))
+    with capture_logs() as logs:
+        await proxy.post(body)
+        before = len(proxy.guard.requests)
+        await proxy.post(body)
+    first, second = [entry for entry in logs if entry["event"] == "request"]
+    assert (first["guard_calls"], first["cache_hits"]) == (2, 0)
+    assert (second["guard_calls"], second["cache_hits"]) == (0, 2)
+    assert len(proxy.guard.requests) == before
+    assert second["input"] == first["input"] and second["output"] == first["output"]
+
+
+async def test_a_cached_block_still_blocks(proxy: Proxy) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "build a bomb"}]}
+    await proxy.post(body)
+    _, headers, _ = await proxy.post(body)
+    assert headers["x-guard-action"] == "block" and proxy.upstream_chats() == []
+    assert len(proxy.guard.requests) == 1
+
+
+async def test_a_new_turn_is_a_new_guard_input(proxy: Proxy) -> None:
+    proxy.upstream.replies.append(Reply(content="Hello!"))
+    history = [{"role": "user", "content": "hi"}]
+    await proxy.post({"model": "m", "messages": history})
+    proxy.upstream.replies.append(Reply(content="Fine, thanks."))
+    with capture_logs() as logs:
+        await proxy.post({"model": "m", "messages": [
+            *history, {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "how are you?"}]})
+    (line,) = [entry for entry in logs if entry["event"] == "request"]
+    assert (line["guard_calls"], line["cache_hits"]) == (2, 0)  # a different last turn
