@@ -1,6 +1,8 @@
 -- wrk script: POST an OpenAI chat request whose prompt is unique on every request.
 --   BENCH_STREAM=1  ask for a streamed answer (default: not streamed)
 --   BENCH_KEY=...   sent as "Authorization: Bearer ..." (default: none)
+--   BENCH_RUN=...   a token unique to this wrk run, so that prompts never repeat across runs
+--                   against one proxy process (its verdict cache would answer them)
 -- The URL given to wrk carries the path, e.g. http://127.0.0.1:8080/v1/chat/completions
 
 local threads = 0
@@ -18,13 +20,14 @@ if key and key ~= "" then
   headers["Authorization"] = "Bearer " .. key
 end
 
+local run = os.getenv("BENCH_RUN") or tostring(os.time())
 local counter = 0
 local template = '{"model":"bench-model","stream":' .. stream .. ',"temperature":0.7,'
   .. '"messages":[{"role":"system","content":"You are a helpful assistant."},'
-  .. '{"role":"user","content":"Request %d of thread %d: write two short sentences '
-  .. 'about the weather in a small coastal town in early spring."}]}'
+  .. '{"role":"user","content":"Request %d of thread %d, run %s: write two short '
+  .. 'sentences about the weather in a coastal town in spring."}]}'
 
 function request()
   counter = counter + 1
-  return wrk.format("POST", nil, headers, string.format(template, counter, tid or 0))
+  return wrk.format("POST", nil, headers, string.format(template, counter, tid or 0, run))
 end

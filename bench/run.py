@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +43,8 @@ LUA = BENCH / "chat.lua"
 KEY = "sk-bench-0123456789"
 CHAT = "/v1/chat/completions"
 TICK = os.sysconf("SC_CLK_TCK")
+#: a pinned CPU busier than its bench processes by more than this (percent) is flagged
+OTHER_CPU_WARN = 15.0
 
 
 class BenchError(Exception):
@@ -181,6 +184,26 @@ def busy_percent(before: dict[str, tuple[int, int]], after: dict[str, tuple[int,
     return 100.0 * busy / total if total else None
 
 
+def wait_quiet(pinning: Pinning, *, limit_s: float, threshold: float = 10.0) -> float | None:
+    """Wait until the pinned CPUs are idle (other jobs on the machine skew every figure).
+
+    Returns the busiest pinned CPU's last sampled load (percent), None when not pinned."""
+    cpus = [c for c in (pinning.load, pinning.sut) if c is not None]
+    if not cpus:
+        return None
+    deadline = time.monotonic() + limit_s
+    while True:
+        before = cpu_times()
+        time.sleep(0.5)
+        after = cpu_times()
+        busiest = max(busy_percent(before, after, c) or 0.0 for c in cpus)
+        if busiest < threshold or time.monotonic() > deadline:
+            if busiest >= threshold:
+                print(f"# WARNING: pinned CPUs still {busiest:.0f} % busy before the run "
+                      "(another job on this machine?)", file=sys.stderr)
+            return busiest
+
+
 def counters(port: int) -> dict[str, int]:
     status, _, body = http_request(port, "GET", "/stats")
     if status != 200:
@@ -254,7 +277,8 @@ def run_wrk(port: int, *, connections: int, seconds: float, stream: bool,
     argv = pinned(cpu, ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
                         "--latency", "--timeout", "10s", "-s", str(LUA),
                         f"http://127.0.0.1:{port}{CHAT}"])
-    env = {**os.environ, "BENCH_STREAM": "1" if stream else "0", "BENCH_KEY": KEY}
+    env = {**os.environ, "BENCH_STREAM": "1" if stream else "0", "BENCH_KEY": KEY,
+           "BENCH_RUN": uuid.uuid4().hex[:8]}  # prompts unique across runs, not only within
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60,
                           check=False)
@@ -393,6 +417,11 @@ class Row:
     guard_cpu_percent: float
     upstream_cpu_percent: float
     peak_rss_mib: float | None = None
+    #: busy % of the pinned CPUs not explained by the processes of the bench: other jobs
+    #: on the machine (and softirq work not charged to a process); high values = skewed run
+    other_load_cpu_percent: float | None = None
+    other_sut_cpu_percent: float | None = None
+    idle_before_percent: float | None = None  # busiest pinned CPU just before the run
     errors: list[str] = field(default_factory=list)
     wrk: dict[str, float] = field(default_factory=dict)
 
@@ -404,6 +433,7 @@ UPSTREAM_PATHS = ("/v1/chat/completions",)
 def measure(env: Env, port: int, system: System, *, stream: bool, connections: int,
             seconds: float, warmup: float, sut: Server | None) -> Row:
     """Warm-up, then a measured wrk run, with counters and CPU times around it."""
+    idle_before = wait_quiet(env.pinning, limit_s=env.args.quiet_wait)
     if warmup > 0:
         warm = run_wrk(port, connections=connections, seconds=warmup, stream=stream,
                        cpu=env.pinning.load)
@@ -431,17 +461,22 @@ def measure(env: Env, port: int, system: System, *, stream: bool, connections: i
         return 100.0 * (cpu1[name] - cpu0[name]) / wall if name in cpu1 else 0.0
 
     sut_cpu = cpu1["sut"] - cpu0["sut"] if "sut" in cpu1 else 0.0
+    load_busy = busy_percent(stat0, stat1, env.pinning.load)
+    sut_busy = busy_percent(stat0, stat1, env.pinning.sut)
+    wrk_pct = 100.0 * result.cpu_s / wall
     return Row(
         system=system.key, label=system.label, stream=stream, connections=connections,
         rps=result.rps, p50_ms=result.p50_ms, p99_ms=result.p99_ms, requests=result.requests,
         guard_calls_per_request=calls(g0, g1, GUARD_PATHS) / n,
         upstream_calls_per_request=calls(u0, u1, UPSTREAM_PATHS) / n,
         sut_cpu_percent=pct("sut"), sut_cpu_ms_per_request=1000 * sut_cpu / n,
-        load_cpu_percent=busy_percent(stat0, stat1, env.pinning.load),
-        sut_core_percent=busy_percent(stat0, stat1, env.pinning.sut),
-        wrk_cpu_percent=100.0 * result.cpu_s / wall,
+        load_cpu_percent=load_busy, sut_core_percent=sut_busy, wrk_cpu_percent=wrk_pct,
         guard_cpu_percent=pct("guard"), upstream_cpu_percent=pct("upstream"),
         peak_rss_mib=peak_rss_kib(sut.pid) / 1024 if sut is not None else None,
+        other_load_cpu_percent=None if load_busy is None
+        else load_busy - wrk_pct - pct("guard") - pct("upstream"),
+        other_sut_cpu_percent=None if sut_busy is None else sut_busy - pct("sut"),
+        idle_before_percent=idle_before,
         errors=result.errors,
         wrk={"p75_ms": result.p75_ms, "p90_ms": result.p90_ms, "seconds": result.seconds,
              **{f"socket_{k}": v for k, v in result.socket_errors.items()},
@@ -519,6 +554,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--guard-ms", type=float, default=0.0, help="guard latency per verdict")
     parser.add_argument("--guard-api", choices=("chat", "generate"), default="chat",
                         help="guardproxy's guard.api (the baseline always uses chat)")
+    parser.add_argument("--quiet-wait", type=float, default=60.0,
+                        help="seconds to wait, before each run, for the pinned CPUs to idle")
     parser.add_argument("--no-latency", action="store_true", help="skip the c=1 runs")
     parser.add_argument("--python", default=default_python(),
                         help="interpreter for the servers (default: the repo's .venv)")
@@ -554,6 +591,8 @@ def run(args: argparse.Namespace) -> int:
         raise BenchError("wrk not found on PATH")
     pinning = plan_pinning()
     print(f"# pinning: {pinning.note}", file=sys.stderr)
+    if pinning.load is not None:
+        os.sched_setaffinity(0, {int(pinning.load)})  # this harness stays off the SUT's CPU
     started = time.time()
     rows: list[Row] = []
     c1: list[Row] = []
@@ -593,6 +632,13 @@ def run(args: argparse.Namespace) -> int:
     latency = _latency(c1, direct)
     errors = [f"{r.system} {'stream' if r.stream else 'non-stream'} c={r.connections}: {e}"
               for r in [*rows, *c1, *direct.values()] for e in r.errors]
+    warnings = [
+        f"{r.system} {'stream' if r.stream else 'non-stream'} c={r.connections}: "
+        f"{other:.0f} % of the {where} CPU went to processes outside the bench"
+        for r in [*rows, *c1, *direct.values()]
+        for where, other in (("load", r.other_load_cpu_percent),
+                             ("SUT", r.other_sut_cpu_percent))
+        if other is not None and other > OTHER_CPU_WARN]
     report = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "seconds": round(time.time() - started, 1),
@@ -607,6 +653,7 @@ def run(args: argparse.Namespace) -> int:
         "latency_c1": latency,
         "latency_c1_runs": [asdict(r) for r in [*c1, *direct.values()]],
         "errors": errors,
+        "warnings": warnings,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
@@ -619,6 +666,9 @@ def run(args: argparse.Namespace) -> int:
         print("\nUnloaded latency (wrk -t1 -c1); proxy added p50 = guardproxy p50 - "
               "(guard calls/req * guard p50 + upstream p50)\n")
         print(latency_table(latency))
+    if warnings:
+        print("\nWARNING, CPU contention (figures of these runs are skewed):\n"
+              + "\n".join(f"- {w}" for w in warnings))
     print(f"\nJSON: {args.output}")
     if errors:
         print("\nFAILED:\n" + "\n".join(f"- {e}" for e in errors), file=sys.stderr)
@@ -628,7 +678,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _progress(row: Row) -> None:
     print(f"#   {row.system} {'stream' if row.stream else 'non-stream'} c={row.connections}: "
-          f"{row.rps:,.0f} rps, p50 {row.p50_ms:.2f} ms, p99 {row.p99_ms:.2f} ms"
+          f"{row.rps:,.0f} rps, p50 {row.p50_ms:.2f} ms, p99 {row.p99_ms:.2f} ms, "
+          f"other CPU load/SUT {fmt(row.other_load_cpu_percent)}/"
+          f"{fmt(row.other_sut_cpu_percent)} %"
           + (f"  ERRORS: {', '.join(row.errors)}" if row.errors else ""), file=sys.stderr)
 
 

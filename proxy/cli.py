@@ -13,7 +13,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from . import log
+from . import log, workers
 from .app import create_app, make_guard
 from .config import Config, ConfigError, hash_key, load
 from .conversation import Turn
@@ -77,15 +77,29 @@ def _serve(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
         return 1
-    if args.workers != 1:
-        print("--workers: only 1 worker is supported so far", file=sys.stderr)
+    if args.workers < 1:
+        print("--workers must be at least 1", file=sys.stderr)
         return 2
-    log.configure(config.server.log_level)
     host = args.host or config.server.host
     port = args.port or config.server.port
+    if args.workers == 1:
+        _run(config, host, port, reuse_port=False)
+        return 0
+    log.configure(config.server.log_level)
+    return workers.supervise(args.workers, _worker, (args.config, host, port))
+
+
+def _worker(path: Path | None, host: str, port: int) -> None:
+    """One of ``--workers N`` processes: all listen on the same port (SO_REUSEPORT)."""
+    config = load(path)
+    _run(config, host, port, reuse_port=True)
+
+
+def _run(config: Config, host: str, port: int, *, reuse_port: bool) -> None:
+    log.configure(config.server.log_level)
     log.logger.info("listening", host=host, port=port, tenants=len(config.policies))
-    web.run_app(create_app(config), host=host, port=port, access_log=None, print=None)
-    return 0
+    web.run_app(create_app(config), host=host, port=port, reuse_port=reuse_port or None,
+                access_log=None, print=None)
 
 
 def _classify(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ the envelope middleware emits it as exactly one ``request`` event at the end.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,9 +24,17 @@ logger = structlog.get_logger("guardproxy")
 
 
 def configure(level: str = "info") -> None:
+    pid = os.getpid()  # configured in each worker, so every line says which one wrote it
+
+    def add_pid(logger: Any, name: str, event: structlog.typing.EventDict
+                ) -> structlog.typing.EventDict:
+        event["pid"] = pid
+        return event
+
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
+        add_pid,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     structlog.configure(

@@ -100,3 +100,37 @@ async def test_serve_runs_the_proxy_and_logs_json(config: Path,
     assert request["tenant"] == "strict" and request["status"] == 200
     assert request["level"] == "info" and request["timestamp"]
     assert b"secret words" not in output and KEYS["strict"].encode() not in output
+
+
+async def test_workers_share_one_port(config: Path, upstream_emulator: UpstreamEmulator) -> None:
+    port = _free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "-c", str(config), "--port", str(port),
+        "--workers", "2", env=_env(), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    assert process.stdout is not None
+    try:
+        listening = [orjson.loads(await asyncio.wait_for(process.stdout.readline(), timeout=30))
+                     for _ in range(2)]
+        pids = {line["pid"] for line in listening}
+        assert len(pids) == 2 and process.pid not in pids
+        await asyncio.sleep(0.3)  # both bound: a request to either must work
+        client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEYS["strict"],
+                             max_retries=0)
+        for n in range(20):
+            upstream_emulator.replies.append(Reply(content=f"answer {n}"))
+        answers = await asyncio.gather(*(client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": f"q{n}"}]) for n in range(20)))
+        assert sorted(a.choices[0].message.content or "" for a in answers) == sorted(
+            f"answer {n}" for n in range(20))
+    finally:
+        process.terminate()
+        output = await asyncio.wait_for(process.stdout.read(), timeout=30)
+        code = await process.wait()
+    assert code == 0
+    served = {orjson.loads(line)["pid"] for line in output.splitlines()
+              if orjson.loads(line)["event"] == "request"}
+    assert served <= pids and served
+    for pid in pids:  # the workers are gone with the parent
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
