@@ -97,9 +97,19 @@ def _worker(path: Path | None, host: str, port: int) -> None:
 
 def _run(config: Config, host: str, port: int, *, reuse_port: bool) -> None:
     log.configure(config.server.log_level)
+    _use_uvloop()
     log.logger.info("listening", host=host, port=port, tenants=len(config.policies))
     web.run_app(create_app(config), host=host, port=port, reuse_port=reuse_port or None,
                 access_log=None, print=None)
+
+
+def _use_uvloop() -> None:
+    """uvloop's event loop when it is installed (it is, on Linux): a cheaper hop."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def _classify(args: argparse.Namespace) -> int:

@@ -32,8 +32,10 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise BodyTooLarge(f"request body exceeds {limit} bytes")
+    if request.content_length is not None:
+        if request.content_length > limit:
+            raise BodyTooLarge(f"request body exceeds {limit} bytes")
+        return await request.read()  # framed by its length: no more can arrive
     chunks, size = [], 0
     async for chunk in request.content.iter_any():
         size += len(chunk)

@@ -11,11 +11,12 @@ a ``GuardError`` whose ``kind`` names it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import aiohttp
 import orjson
+import yarl
 
 from .config import GuardConfig
 from .conversation import Turn
@@ -53,7 +54,7 @@ class _HTTPGuard:
         self.model = config.model
         self._config = config
         self._session = session
-        self._url = config.url + self.path
+        self._url = yarl.URL(config.url + self.path)  # parsed once, not per call
         self._headers = {"Content-Type": "application/json", **_auth(config)}
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
 
@@ -157,33 +158,32 @@ def _chat_text(choice: dict[str, Any]) -> str:
     return content
 
 
-def _chat_steps(choice: dict[str, Any]) -> list[TokenStep]:
-    """OpenAI-shaped ``logprobs.content``; empty when the server sent none."""
+def _chat_steps(choice: dict[str, Any]) -> Iterator[TokenStep]:
+    """OpenAI-shaped ``logprobs.content``, read lazily: only the first few tokens, up to
+    the severity, are ever needed.  Nothing when the server sent none."""
     logprobs = choice.get("logprobs")
     content = logprobs.get("content") if isinstance(logprobs, dict) else None
-    if not isinstance(content, list):
-        return []
-    try:
-        return [(item["token"], [(alt["token"], float(alt["logprob"]))
-                                 for alt in item.get("top_logprobs") or ()])
-                for item in content]
-    except (KeyError, TypeError, ValueError):
-        return []  # scores are a bonus: a malformed list costs them, not the verdict
+    for item in content if isinstance(content, list) else ():
+        try:
+            top = [(alt["token"], float(alt["logprob"])) for alt in item.get("top_logprobs") or ()]
+            yield item["token"], top
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return  # scores are a bonus: a malformed entry costs them, not the verdict
 
 
-def _generate_steps(answer: dict[str, Any]) -> list[TokenStep]:
-    """``meta_info`` entries are ``[logprob, token_id, text]``."""
+def _generate_steps(answer: dict[str, Any]) -> Iterator[TokenStep]:
+    """``meta_info`` entries are ``[logprob, token_id, text]``; read lazily."""
     meta = answer.get("meta_info")
     if not isinstance(meta, dict):
-        return []
+        return
     tokens, tops = meta.get("output_token_logprobs"), meta.get("output_top_logprobs")
     if not isinstance(tokens, list) or not isinstance(tops, list):
-        return []
-    try:
-        return [(str(token[2]), [(str(alt[2]), float(alt[0])) for alt in top or ()])
-                for token, top in zip(tokens, tops, strict=False)]
-    except (IndexError, TypeError, ValueError):
-        return []
+        return
+    for token, top in zip(tokens, tops, strict=False):
+        try:
+            yield str(token[2]), [(str(alt[2]), float(alt[0])) for alt in top or ()]
+        except (IndexError, TypeError, ValueError):
+            return
 
 
 def _auth(config: GuardConfig) -> dict[str, str]:

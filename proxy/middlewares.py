@@ -26,13 +26,15 @@ async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse
     request_id = _request_id(request)
     record = request[RECORD] = RequestRecord(request_id=request_id)
     status = 499  # unless an answer is made: the client went away first
-    with structlog.contextvars.bound_contextvars(request_id=request_id):
-        try:
-            response = await _answer(request, handler)
-            status = record.client_gone or response.status
-        finally:
-            if request.path.startswith("/v1/"):
-                logger.info("request", **record.fields(status))
+    # Requests on one connection share a task: start each with a clean log context.
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    try:
+        response = await _answer(request, handler)
+        status = record.client_gone or response.status
+    finally:
+        if request.path.startswith("/v1/"):
+            logger.info("request", **record.fields(status))
     if not response.prepared:
         response.headers["x-request-id"] = request_id
     return response
@@ -81,8 +83,8 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     request[POLICY] = policy
     record = request[RECORD]
     record.tenant, record.log_content = policy.tenant, policy.log_content
-    with structlog.contextvars.bound_contextvars(tenant=policy.tenant):
-        return await handler(request)
+    structlog.contextvars.bind_contextvars(tenant=policy.tenant)
+    return await handler(request)
 
 
 def _client_key(request: web.Request) -> str:

@@ -24,6 +24,11 @@ from .verdict import Verdict
 _TEXT_ONLY = ["text"]
 _INPUT_TYPES = {name: _TEXT_ONLY for name in CATEGORIES}
 _OUTPUT_TYPES = {name: _TEXT_ONLY for name in RESPONSE_CATEGORIES}
+# A verdict naming no category has the same maps every time: built once, never mutated.
+_NONE_NAMED = {
+    response: ({name: False for name in names}, {name: 0.0 for name in names})
+    for response, names in ((False, CATEGORIES), (True, RESPONSE_CATEGORIES))
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,14 +117,13 @@ def stage_results(model: str, outcomes: Sequence[Outcome], *, response: bool) ->
 
 
 def _result(model: str, outcome: Outcome, verdict: Verdict, response: bool) -> dict[str, Any]:
-    names = RESPONSE_CATEGORIES if response else CATEGORIES
-    named = set(verdict.categories)
+    categories, scores = _category_maps(verdict, response)
     result: dict[str, Any] = {
         "type": "moderation_result",
         "model": model,
         "flagged": verdict.flagged,
-        "categories": {name: name in named for name in names},
-        "category_scores": {name: _score(verdict, name, named) for name in names},
+        "categories": categories,
+        "category_scores": scores,
         "category_applied_input_types": _OUTPUT_TYPES if response else _INPUT_TYPES,
         "severity": verdict.severity,
         "action": outcome.action.value,
@@ -127,6 +131,16 @@ def _result(model: str, outcome: Outcome, verdict: Verdict, response: bool) -> d
     if response:
         result["refusal"] = bool(verdict.refusal)
     return result
+
+
+def _category_maps(verdict: Verdict, response: bool
+                   ) -> tuple[dict[str, bool], dict[str, float]]:
+    if not verdict.categories:
+        return _NONE_NAMED[response]
+    names = RESPONSE_CATEGORIES if response else CATEGORIES
+    named = set(verdict.categories)
+    return ({name: name in named for name in names},
+            {name: _score(verdict, name, named) for name in names})
 
 
 def _score(verdict: Verdict, name: str, named: set[str]) -> float:

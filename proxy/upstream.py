@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import yarl
 
 from .config import UpstreamConfig
 from .errors import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
@@ -25,7 +26,7 @@ class Upstream:
         self.name = config.name
         self._config = config
         self._session = session
-        self._chat_url = f"{config.url}/chat/completions"
+        self._chat_url = yarl.URL(f"{config.url}/chat/completions")  # parsed once
         self._headers = {"Content-Type": "application/json"}
         if config.api_key is not None:
             self._headers["Authorization"] = f"Bearer {config.api_key.get()}"
