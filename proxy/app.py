@@ -59,6 +59,7 @@ def _clients(config: Config) -> Callable[[web.Application], AsyncIterator[None]]
         try:
             yield
         finally:
+            guard.close()
             for session in sessions:
                 await session.close()
 

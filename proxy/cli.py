@@ -131,6 +131,8 @@ async def _ask(config: Config, turns: list[Turn]) -> int:
         except GuardError as exc:
             print(f"guard error ({exc.kind}): {exc.message}", file=sys.stderr)
             return 1
+        finally:
+            guard.close()
     print(orjson.dumps({
         "check": "response" if turns[-1].role == "assistant" else "prompt",
         "severity": verdict.severity, "categories": list(verdict.categories),

@@ -11,6 +11,7 @@ a ``GuardError`` whose ``kind`` names it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -21,6 +22,7 @@ import yarl
 from .config import GuardConfig
 from .conversation import Turn
 from .errors import GuardError
+from .http1 import HTTPFormatError, Origin
 from .template import render
 from .verdict import (
     TokenStep,
@@ -46,6 +48,10 @@ class Guard(Protocol):
         """None when the guard answers, else why not."""
         ...
 
+    def close(self) -> None:
+        """Close idle connections."""
+        ...
+
 
 class _HTTPGuard:
     path = ""
@@ -53,28 +59,28 @@ class _HTTPGuard:
     def __init__(self, *, config: GuardConfig, session: aiohttp.ClientSession) -> None:
         self.model = config.model
         self._config = config
-        self._session = session
-        self._url = yarl.URL(config.url + self.path)  # parsed once, not per call
-        self._headers = {"Content-Type": "application/json", **_auth(config)}
-        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
+        self._session = session  # for health probes; verdicts go through ``_origin``
+        self._origin = Origin(config.url)
+        headers = {"Content-Type": "application/json", "Accept": "application/json",
+                   **_auth(config)}
+        self._head = self._origin.head(yarl.URL(config.url + self.path).raw_path, headers)
 
     async def health(self) -> str | None:
         return await probe_health(self._session, self._config)
 
+    def close(self) -> None:
+        self._origin.close()
+
     async def _post(self, payload: dict[str, Any]) -> Any:
+        limit = self._config.timeout_s
         try:
-            async with self._session.post(
-                self._url, data=orjson.dumps(payload), headers=self._headers,
-                timeout=self._timeout,
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
+            async with asyncio.timeout(limit):
+                status, raw = await self._origin.post(self._head, orjson.dumps(payload))
         except TimeoutError as exc:
-            limit = self._config.timeout_s
             raise GuardError("timeout", f"no guard answer within {limit}s") from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise GuardError("unreachable", f"guard unreachable: {exc.os_error}") from exc
-        except aiohttp.ClientError as exc:
+        except ConnectionRefusedError as exc:
+            raise GuardError("unreachable", f"guard unreachable: {exc}") from exc
+        except (OSError, HTTPFormatError) as exc:
             raise GuardError("connection", f"guard connection failed: {exc!r}") from exc
         if status != 200:
             raise GuardError("http_error", f"guard answered HTTP {status}")
