@@ -11,11 +11,14 @@ as the upstream sent it; a streamed one is relayed chunk by chunk as it arrives.
 and an empty ``tool`` message) follows the upstream's answer, before the client's response
 ends: for a stream, after the last byte was relayed, with a fixed assistant text (no SSE
 parsing here).  No moderation logic, no auth, no logging; one shared ``ClientSession``.
+``--loop auto`` (the default) runs on uvloop when it is installed, as guardproxy does.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import importlib.util
 from typing import Any
 
 import aiohttp
@@ -96,7 +99,13 @@ def main() -> None:
     parser.add_argument("--upstream", required=True, help="OpenAI base URL (…/v1)")
     parser.add_argument("--guards", type=int, default=1, choices=(1, 2),
                         help="guard POSTs per request: 1 (prompt) or 2 (prompt + response)")
+    parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",
+                        help="event loop: auto = uvloop when installed (as guardproxy)")
     args = parser.parse_args()
+    if args.loop == "uvloop" or (args.loop == "auto" and importlib.util.find_spec("uvloop")):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     web.run_app(make_app(guard=args.guard, upstream=args.upstream, guards=args.guards),
                 host=args.host, port=args.port, access_log=None, print=None)
 
