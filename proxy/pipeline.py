@@ -56,9 +56,14 @@ class Checks:
         if not stage.check:
             outcomes = [Outcome.not_checked("response check disabled by policy")] * len(texts)
         else:
-            outcomes = list(await asyncio.gather(*(self.judge_response(t) for t in texts)))
+            outcomes = await self._judge_all(texts)
         self.record.output = outcomes
         return outcomes
+
+    async def _judge_all(self, texts: Sequence[str]) -> list[Outcome]:
+        if len(texts) == 1:  # the usual case: no task needed to run one check
+            return [await self.judge_response(texts[0])]
+        return list(await asyncio.gather(*(self.judge_response(t) for t in texts)))
 
     async def judge_response(self, text: str) -> Outcome:
         """Judge one answer's text (whole, or as far as it streamed) in context."""

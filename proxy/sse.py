@@ -11,7 +11,7 @@ never decoded to ``str`` and re-encoded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 DONE = b"[DONE]"
 DONE_EVENT = b"data: [DONE]\n\n"
@@ -22,8 +22,7 @@ class SSEError(Exception):
     """The stream broke the grammar or the size bound."""
 
 
-@dataclass(frozen=True, slots=True)
-class SSEEvent:
+class SSEEvent(NamedTuple):
     data: bytes
     event: str | None = None
 
@@ -40,6 +39,24 @@ class SSEDecoder:
         self._skip_lf = False  # the last read ended in CR: a leading LF belongs to it
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        events = self._whole_data_events(chunk)
+        return events if events is not None else self._feed(chunk)
+
+    def _whole_data_events(self, chunk: bytes) -> list[SSEEvent] | None:
+        """The common case, cheaply: whole ``data:`` events with LF line ends and nothing
+        pending from before.  None when the chunk needs the general path."""
+        if self._partial or self._data or self._skip_lf or not chunk.endswith(b"\n\n"):
+            return None
+        if b"\r" in chunk or b"\n\n\n" in chunk:
+            return None
+        events = []
+        for block in chunk[:-2].split(b"\n\n"):
+            if block[:6] != b"data: " or b"\n" in block or len(block) > self._max:
+                return None
+            events.append(SSEEvent(block[6:]))
+        return events
+
+    def _feed(self, chunk: bytes) -> list[SSEEvent]:
         if self._skip_lf and chunk[:1] == b"\n":
             chunk = chunk[1:]
         self._skip_lf = False

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.sse import DONE_EVENT, SSEDecoder, SSEError, SSEEvent, encode
 
@@ -68,3 +70,24 @@ def test_event_size_is_bounded_across_data_lines() -> None:
 def test_encode_round_trips() -> None:
     assert _decode([encode(b'{"k": 1}') + DONE_EVENT]) == [
         SSEEvent(data=b'{"k": 1}'), SSEEvent(data=b"[DONE]")]
+
+
+OPENAI = b"".join(b'data: {"choices":[{"delta":{"content":"t%d \xc3\xa9"}}]}\n\n' % n
+                  for n in range(20)) + b"data: [DONE]\n\n"
+
+
+def test_whole_events_take_the_fast_path_with_the_same_result() -> None:
+    whole = SSEDecoder().feed(OPENAI)
+    one_by_one = _decode([OPENAI[i : i + 1] for i in range(len(OPENAI))])
+    assert whole == one_by_one and len(whole) == 21 and whole[-1].data == b"[DONE]"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([OPENAI, STREAM]), st.lists(st.integers(1, 64), max_size=40))
+def test_any_chunking_decodes_to_the_same_events(stream: bytes, sizes: list[int]) -> None:
+    pieces, at = [], 0
+    for size in sizes:
+        pieces.append(stream[at : at + size])
+        at += size
+    pieces.append(stream[at:])
+    assert _decode(pieces) == _decode([stream])
