@@ -4,9 +4,10 @@
 
 Starts the fast emulators (bench/fast_servers.py), then, for non-streamed and streamed
 requests, each system under test in a fresh process: the minimal pass-through baseline with
-one guard hop, with two guard hops, and guardproxy (prompt and response checked).  wrk drives
-each at ``--connections`` (throughput) and at one connection (unloaded latency).  The load
-generator and the emulators are pinned to one CPU, the system under test to another.
+one guard hop, with two guard hops, guardproxy (prompt and response checked), and guardproxy
+with ``--workers 2``.  wrk drives each at ``--connections`` (throughput) and at one connection
+(unloaded latency; not for the 2 workers).  The load generator and the emulators are pinned to
+one CPU, the system under test to another; the 2 workers need both, so they share the load's.
 
 Prints markdown tables and writes bench/results/latest.json.  Exits non-zero when a server
 does not start, a sanity request fails, or wrk sees errors or non-2xx responses.
@@ -60,6 +61,9 @@ class Pinning:
     load: str | None  # CPU list for wrk and the emulators (taskset -c), None: not pinned
     sut: str | None  # CPU list for the system under test
     note: str
+    #: both CPUs (load + SUT), for a multi-process system under test (proxy2): its workers
+    #: need both cores, so they share the load's CPU
+    both: str | None = None
 
 
 def plan_pinning() -> Pinning:
@@ -69,7 +73,8 @@ def plan_pinning() -> Pinning:
     if len(cpus) < 2:
         return Pinning(None, None, f"WARNING: only CPU {cpus} available, nothing pinned")
     load, sut = str(cpus[0]), str(cpus[1])
-    return Pinning(load, sut, f"wrk + emulators on CPU {load}, system under test on CPU {sut}")
+    return Pinning(load, sut, f"wrk + emulators on CPU {load}, system under test on CPU {sut} "
+                   f"(proxy2: its workers on CPUs {load},{sut})", both=f"{load},{sut}")
 
 
 def pinned(cpu: str | None, argv: list[str]) -> list[str]:
@@ -117,14 +122,22 @@ class Server:
         except OSError:
             return "(no log)"
 
+    def children(self) -> list[int]:
+        """Every process below this one (``serve --workers N``: the workers)."""
+        return descendants(self.pid)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            children = self.children()
+            self.proc.send_signal(signal.SIGTERM)  # guardproxy's supervisor stops its workers
             try:
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+            for pid in children:  # a worker left behind by a killed supervisor
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def start_server(name: str, argv: list[str], port: int, ready: str, logs: Path,
@@ -155,6 +168,33 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def descendants(pid: int) -> list[int]:
+    """The children of a process, their children, and so on (from /proc/*/stat)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        kids = [child for child, parent in parents.items() if parent == current]
+        out += kids
+        todo += kids
+    return sorted(out)
+
+
+def listening_sockets(port: int) -> int:
+    """How many TCP sockets listen on a port (SO_REUSEPORT: one per worker)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    count += 1
+    return count
 
 
 def peak_rss_kib(pid: int) -> int:
@@ -327,13 +367,21 @@ def write_proxy_config(root: Path, *, port: int, guard: int, upstream: int, api:
 
 @dataclass(frozen=True)
 class System:
-    key: str  # baseline1 | baseline2 | proxy
+    key: str  # baseline1 | baseline2 | proxy | proxy2
     label: str
+    #: guardproxy ``serve --workers N``; N > 1 runs on both CPUs (shared with the load)
+    workers: int = 1
+
+    @property
+    def guardproxy(self) -> bool:
+        return self.key.startswith("proxy")
 
 
 SYSTEMS = (System("baseline1", "baseline, 1 guard hop"),
            System("baseline2", "baseline, 2 guard hops"),
-           System("proxy", "guardproxy, prompt + response checked"))
+           System("proxy", "guardproxy, prompt + response checked"),
+           System("proxy2", "guardproxy, 2 workers (CPUs 0+1, shared with the load)",
+                  workers=2))
 
 
 @dataclass
@@ -348,7 +396,7 @@ class Env:
     def start(self, system: System) -> Server:
         port = free_port()
         python = self.args.python
-        if system.key == "proxy":
+        if system.guardproxy:
             self.proxy_config = write_proxy_config(
                 self.logs / "proxy", port=port, guard=self.guard.port,
                 upstream=self.upstream.port, api=self.args.guard_api)
@@ -359,6 +407,8 @@ class Env:
                 raise BenchError(f"guardproxy check rejected the bench config:\n"
                                  f"{check.stdout}{check.stderr}")
             argv = [python, "-m", "proxy", "serve", "-c", str(self.proxy_config)]
+            if system.workers > 1:
+                argv += ["--workers", str(system.workers)]
             ready = "/healthz"
         else:
             guards = "2" if system.key == "baseline2" else "1"
@@ -367,8 +417,22 @@ class Env:
                     "--upstream", f"http://127.0.0.1:{self.upstream.port}/v1",
                     "--guards", guards, "--loop", self.args.baseline_loop]
             ready = "/healthz"
-        return start_server(system.key, pinned(self.pinning.sut, argv), port, ready, self.logs,
-                            stdout_null=system.key == "proxy")
+        # the harness runs on the load CPU only, and children inherit that: a multi-process
+        # system is given both CPUs explicitly
+        cpus = self.pinning.sut if system.workers == 1 else self.pinning.both
+        server = start_server(system.key, pinned(cpus, argv), port, ready, self.logs,
+                              stdout_null=system.guardproxy)
+        if system.workers > 1:  # /healthz answered by one worker: wait for all of them
+            deadline = time.monotonic() + 20
+            while listening_sockets(port) < system.workers:
+                server.alive()
+                if time.monotonic() > deadline:
+                    server.stop()
+                    raise BenchError(f"{system.key}: {listening_sockets(port)} of "
+                                     f"{system.workers} workers listening after 20 s:\n"
+                                     + server.tail())
+                time.sleep(0.05)
+        return server
 
 
 def sanity(server: Server, system: str, *, stream: bool) -> None:
@@ -389,7 +453,7 @@ def sanity(server: Server, system: str, *, stream: bool) -> None:
         moderation = next((e["moderation"] for e in events if "moderation" in e), None)
     else:
         moderation = json.loads(text).get("moderation")
-    if system != "proxy":
+    if not system.startswith("proxy"):
         return
     if headers.get("x-guard-action") != "pass" or not isinstance(moderation, dict):
         raise BenchError(f"{what}: not moderated as expected: {text[-500:]!r}")
@@ -426,6 +490,11 @@ class Row:
     attempts: int = 1
     proxy_code: str = ""  # proxy_fingerprint() when the process under test started
     rps_runs: list[float] = field(default_factory=list)  # each round's rps (--repeat)
+    #: CPUs (taskset -c) of the system under test; for proxy2 both, so its
+    #: other_load_cpu_percent covers both CPUs and other_sut_cpu_percent is None
+    sut_cpus: str | None = None
+    #: proxy2: per process of the tree (supervisor, workers, ...): pid, cmd, CPU %, peak RSS
+    sut_processes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def disturbance(self) -> float:
@@ -473,15 +542,19 @@ def measured_run(env: Env, port: int, system: System, *, stream: bool, connectio
     idle_before = wait_quiet(env.pinning, limit_s=env.args.quiet_wait)
     time.sleep(0.2)  # let stragglers of the warm-up finish before the counters are read
     procs = {"guard": env.guard.pid, "upstream": env.upstream.pid}
+    tree: list[int] = []  # proxy2: the supervisor's children (workers), counted as the SUT
     if sut is not None:
         procs["sut"] = sut.pid
+        tree = sut.children() if system.workers > 1 else []
     g0, u0 = counters(env.guard.port), counters(env.upstream.port)
     cpu0 = {name: cpu_seconds(pid) for name, pid in procs.items()}
+    tree0 = {pid: cpu_seconds(pid) for pid in tree}
     stat0 = cpu_times()
     result = run_wrk(port, connections=connections, seconds=seconds, stream=stream,
                      cpu=env.pinning.load)
     stat1 = cpu_times()
     cpu1 = {name: cpu_seconds(pid) for name, pid in procs.items()}
+    tree1 = {pid: cpu_seconds(pid) for pid in tree}
     time.sleep(0.2)
     g1, u1 = counters(env.guard.port), counters(env.upstream.port)
     if sut is not None:
@@ -492,10 +565,32 @@ def measured_run(env: Env, port: int, system: System, *, stream: bool, connectio
     def pct(name: str) -> float:
         return 100.0 * (cpu1[name] - cpu0[name]) / wall if name in cpu1 else 0.0
 
+    if tree and sut is not None:  # the supervisor's own CPU (next to nothing) plus every worker's
+        tree0[sut.pid], tree1[sut.pid] = cpu0["sut"], cpu1["sut"]
+        cpu0["sut"], cpu1["sut"] = sum(tree0.values()), sum(tree1.values())
     sut_cpu = cpu1["sut"] - cpu0["sut"] if "sut" in cpu1 else 0.0
     load_busy = busy_percent(stat0, stat1, env.pinning.load)
     sut_busy = busy_percent(stat0, stat1, env.pinning.sut)
     wrk_pct = 100.0 * result.cpu_s / wall
+    bench_load = wrk_pct + pct("guard") + pct("upstream")
+    other_load = None if load_busy is None else load_busy - bench_load
+    other_sut = None if sut_busy is None else sut_busy - pct("sut")
+    processes: list[dict[str, Any]] = []
+    if tree and sut is not None:
+        # the workers share CPU 0 with the load: only both CPUs together can be accounted
+        other_load = None if load_busy is None or sut_busy is None \
+            else load_busy + sut_busy - bench_load - pct("sut")
+        other_sut = None
+        processes = [{"pid": pid, "role": "supervisor" if pid == sut.pid else "child",
+                      "cmd": _cmdline(pid),
+                      "cpu_percent": 100.0 * (tree1[pid] - tree0[pid]) / wall,
+                      "peak_rss_mib": peak_rss_kib(pid) / 1024} for pid in [sut.pid, *tree]]
+    peak_rss = None
+    if sut is not None:
+        # proxy2: the sum over the supervisor's children (the supervisor itself is in
+        # sut_processes)
+        peak_rss = sum(peak_rss_kib(pid) for pid in tree) / 1024 if tree \
+            else peak_rss_kib(sut.pid) / 1024
     return Row(
         system=system.key, label=system.label, stream=stream, connections=connections,
         rps=result.rps, p50_ms=result.p50_ms, p99_ms=result.p99_ms, requests=result.requests,
@@ -504,16 +599,22 @@ def measured_run(env: Env, port: int, system: System, *, stream: bool, connectio
         sut_cpu_percent=pct("sut"), sut_cpu_ms_per_request=1000 * sut_cpu / n,
         load_cpu_percent=load_busy, sut_core_percent=sut_busy, wrk_cpu_percent=wrk_pct,
         guard_cpu_percent=pct("guard"), upstream_cpu_percent=pct("upstream"),
-        peak_rss_mib=peak_rss_kib(sut.pid) / 1024 if sut is not None else None,
-        other_load_cpu_percent=None if load_busy is None
-        else load_busy - wrk_pct - pct("guard") - pct("upstream"),
-        other_sut_cpu_percent=None if sut_busy is None else sut_busy - pct("sut"),
+        peak_rss_mib=peak_rss, other_load_cpu_percent=other_load,
+        other_sut_cpu_percent=other_sut,
+        sut_cpus=(env.pinning.both if system.workers > 1 else env.pinning.sut)
+        if sut is not None else env.pinning.load, sut_processes=processes,
         idle_before_percent=idle_before,
         errors=result.errors,
         wrk={"p75_ms": result.p75_ms, "p90_ms": result.p90_ms, "seconds": result.seconds,
              **{f"socket_{k}": v for k, v in result.socket_errors.items()},
              "non_2xx": result.non_2xx},
     )
+
+
+def _cmdline(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    return "?"
 
 
 # -- report ------------------------------------------------------------------------------
@@ -526,18 +627,20 @@ def fmt(value: float | None, spec: str = ".0f", suffix: str = "") -> str:
 def throughput_table(rows: list[Row], ratios: dict[str, dict[str, float]]) -> str:
     out = ["| system | mode | rps | p50 | p99 | guard calls/req | upstream calls/req | "
            "SUT CPU/req | SUT CPU | load CPU busy | peak RSS | proxy/base 1-hop | "
-           "proxy/base 2-hop |",
+           "proxy/base 2-hop | 2 workers/1 |",
            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-           "| ---: |"]
+           "| ---: | ---: |"]
     for r in rows:
         mode = "stream" if r.stream else "non-stream"
         ratio = ratios.get(mode, {}) if r.system == "proxy" else {}
+        scaling = ratios.get(mode, {}).get("proxy2/proxy") if r.system == "proxy2" else None
         out.append(
             f"| {r.label} | {mode} | {_rps(r)} | {r.p50_ms:.2f} ms | {r.p99_ms:.2f} ms | "
             f"{r.guard_calls_per_request:.2f} | {r.upstream_calls_per_request:.2f} | "
             f"{r.sut_cpu_ms_per_request:.3f} ms | {r.sut_cpu_percent:.0f} % | "
             f"{fmt(r.load_cpu_percent, '.0f', ' %')} | {fmt(r.peak_rss_mib, '.1f', ' MiB')} | "
-            f"{fmt(ratio.get('baseline1'), '.2f')} | {fmt(ratio.get('baseline2'), '.2f')} |")
+            f"{fmt(ratio.get('baseline1'), '.2f')} | {fmt(ratio.get('baseline2'), '.2f')} | "
+            f"{fmt(scaling, '.2f')} |")
     return "\n".join(out)
 
 
@@ -609,8 +712,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "installed, as guardproxy does)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds over all runs; rows report medians (and the rps range)")
-    parser.add_argument("--systems", default="baseline1,baseline2,proxy",
-                        help="comma-separated subset of baseline1, baseline2, proxy")
+    parser.add_argument("--systems", default="baseline1,baseline2,proxy,proxy2",
+                        help="comma-separated subset of baseline1, baseline2, proxy, proxy2 "
+                        "(guardproxy serve --workers 2, on both CPUs)")
     parser.add_argument("--modes", default="non-stream,stream",
                         help="comma-separated subset of non-stream, stream")
     parser.add_argument("--no-latency", action="store_true", help="skip the c=1 runs")
@@ -618,6 +722,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="interpreter for the servers (default: the repo's .venv)")
     parser.add_argument("--output", type=Path, default=BENCH / "results" / "latest.json")
     args = parser.parse_args(argv)
+    unknown = set(args.systems.split(",")) - {s.key for s in SYSTEMS}
+    if unknown:
+        parser.error(f"unknown --systems {', '.join(sorted(unknown))}")
     if args.quick:
         args.duration, args.warmup = 3.0, 1.0
     return args
@@ -713,6 +820,12 @@ def run(args: argparse.Namespace) -> int:
           f"proxy/ at {git_before['commit'][:8]}"
           f"{' + uncommitted changes' if git_before['dirty_paths'] else ''}\n")
     print(throughput_table(rows, ratios))
+    scaling = {mode: r["proxy2/proxy"] for mode, r in ratios.items() if "proxy2/proxy" in r}
+    if scaling:
+        print(f"\nWorker scaling (proxy2 rps / proxy rps; proxy2's 2 workers run on CPUs "
+              f"{pinning.both or 'unpinned'}, sharing CPU {pinning.load or '-'} with wrk and the "
+              "emulators, so 2.0 is out of reach): "
+              + ", ".join(f"{mode} {value:.2f}" for mode, value in scaling.items()))
     if latency:
         print("\nUnloaded latency (wrk -t1 -c1); proxy added p50 = guardproxy p50 - "
               "(guard calls/req * guard p50 + upstream p50)\n")
@@ -744,7 +857,8 @@ def one_round(env: Env, stream: bool, rows: list[Row], c1: list[Row], direct: li
             row.proxy_code = code
             rows.append(row)
             _progress(row)
-            if not args.no_latency:
+            # proxy2 at c=1: one connection reaches one worker, as for proxy; skipped
+            if not args.no_latency and system.workers == 1:
                 row = measure(env, server.port, system, stream=stream, connections=1,
                               seconds=args.duration, warmup=min(args.warmup, 1.0), sut=server)
                 row.proxy_code = code
@@ -797,10 +911,12 @@ def _ratios(rows: list[Row]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for stream in (False, True):
         by = {r.system: r.rps for r in rows if r.stream is stream}
-        if "proxy" in by:
-            out["stream" if stream else "non-stream"] = {
+        if by.get("proxy"):
+            mode = out["stream" if stream else "non-stream"] = {
                 base: by["proxy"] / by[base] for base in ("baseline1", "baseline2")
                 if by.get(base)}
+            if "proxy2" in by:  # worker scaling: 2 processes on both CPUs / 1 on one
+                mode["proxy2/proxy"] = by["proxy2"] / by["proxy"]
     return out
 
 

@@ -24,9 +24,9 @@ from structlog.testing import capture_logs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from emulators.guard import GuardEmulator  # noqa: E402
-from emulators.upstream import Reply, UpstreamEmulator  # noqa: E402
-from harness import KEYS, UPSTREAM_KEY, start_proxy  # noqa: E402
+from emulators.guard import GuardEmulator
+from emulators.upstream import Reply, UpstreamEmulator
+from harness import KEYS, UPSTREAM_KEY, start_proxy
 
 WORD = "lorem "  # one token of 6 characters
 BODY = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "write"}]}
