@@ -60,6 +60,8 @@ def _clients(config: Config) -> Callable[[web.Application], AsyncIterator[None]]
             yield
         finally:
             guard.close()
+            for upstream in upstreams.values():
+                upstream.close()
             for session in sessions:
                 await session.close()
 

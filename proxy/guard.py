@@ -75,7 +75,7 @@ class _HTTPGuard:
         limit = self._config.timeout_s
         try:
             async with asyncio.timeout(limit):
-                status, raw = await self._origin.post(self._head, orjson.dumps(payload))
+                status, raw, _, _ = await self._origin.post(self._head, orjson.dumps(payload))
         except TimeoutError as exc:
             raise GuardError("timeout", f"no guard answer within {limit}s") from exc
         except ConnectionRefusedError as exc:

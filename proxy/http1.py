@@ -1,8 +1,8 @@
-"""A small HTTP/1.1 client for the guard: the hop the proxy makes most often.
+"""A small HTTP/1.1 client for the hops of every request: two guard calls and a
+whole (non-streamed) upstream answer.
 
-Every moderated request makes two guard calls, so their cost is most of what the
-proxy adds.  The guard is one trusted origin answering small JSON bodies, which
-needs far less than a general client: keep-alive connections, one request at a
+Those three hops are most of what the proxy costs, and they need far less than a
+general client: keep-alive connections, one request at a
 time on each, a response framed by ``Content-Length`` or chunked encoding (or by
 the connection closing), and a bound on its size.  Failures surface as
 ``OSError`` (refused, reset, closed early), ``TimeoutError`` and ``HTTPFormatError``;
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Mapping
-from typing import cast
+from typing import NamedTuple, cast
 
 import yarl
 
@@ -30,7 +30,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._buffer = bytearray()
-        self._waiter: asyncio.Future[tuple[int, bytes, bool]] | None = None
+        self._waiter: asyncio.Future[Answer] | None = None
+        self.limit = MAX_RESPONSE_BYTES
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one
@@ -41,7 +42,7 @@ class _Connection(asyncio.Protocol):
         if self._waiter is None or self._waiter.done():
             return
         try:
-            answer = _parse(self._buffer, eof=False)
+            answer = _parse(self._buffer, eof=False, limit=self.limit)
         except HTTPFormatError as exc:
             self._waiter.set_exception(exc)
             return
@@ -54,7 +55,7 @@ class _Connection(asyncio.Protocol):
         if self._waiter is None or self._waiter.done():
             return
         try:
-            answer = _parse(self._buffer, eof=True) if self._buffer else None
+            answer = _parse(self._buffer, eof=True, limit=self.limit) if self._buffer else None
         except HTTPFormatError as error:
             self._waiter.set_exception(error)
             return
@@ -63,7 +64,7 @@ class _Connection(asyncio.Protocol):
         else:
             self._waiter.set_result(answer)
 
-    def send(self, request: bytes) -> asyncio.Future[tuple[int, bytes, bool]]:
+    def send(self, request: bytes) -> asyncio.Future[Answer]:
         assert self.transport is not None
         self._waiter = asyncio.get_running_loop().create_future()
         self._buffer.clear()
@@ -76,8 +77,15 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
-def _parse(buffer: bytearray, *, eof: bool) -> tuple[int, bytes, bool] | None:
-    """(status, body, keep-alive) once ``buffer`` holds a whole response, else None."""
+class Answer(NamedTuple):
+    status: int
+    body: bytes
+    keep_alive: bool
+    content_type: str
+
+
+def _parse(buffer: bytearray, *, eof: bool, limit: int = MAX_RESPONSE_BYTES) -> Answer | None:
+    """The answer once ``buffer`` holds a whole response, else None."""
     end = buffer.find(b"\r\n\r\n")
     if end < 0:
         if len(buffer) > 65536:
@@ -90,8 +98,10 @@ def _parse(buffer: bytearray, *, eof: bool) -> tuple[int, bytes, bool] | None:
         name, _, value = line.partition(b":")
         headers[name.strip().lower()] = value.strip().lower()
     keep = headers.get(b"connection") != b"close" and lines[0].startswith(b"HTTP/1.1")
-    body = _body(buffer, end + 4, headers, eof)
-    return None if body is None else (status, body, keep)
+    body = _body(buffer, end + 4, headers, eof, limit)
+    if body is None:
+        return None
+    return Answer(status, body, keep, headers.get(b"content-type", b"").decode("latin-1"))
 
 
 def _status(line: bytes) -> int:
@@ -101,22 +111,22 @@ def _status(line: bytes) -> int:
     return int(parts[1])
 
 
-def _body(buffer: bytearray, start: int, headers: Mapping[bytes, bytes], eof: bool
-          ) -> bytes | None:
+def _body(buffer: bytearray, start: int, headers: Mapping[bytes, bytes], eof: bool,
+          limit: int) -> bytes | None:
     if b"chunked" in headers.get(b"transfer-encoding", b""):
-        return _chunked(buffer, start)
+        return _chunked(buffer, start, limit)
     length = headers.get(b"content-length")
     if length is not None:
-        if not length.isdigit() or int(length) > MAX_RESPONSE_BYTES:
+        if not length.isdigit() or int(length) > limit:
             raise HTTPFormatError("bad or too large Content-Length")
         size = int(length)
         return bytes(buffer[start : start + size]) if len(buffer) - start >= size else None
-    if len(buffer) - start > MAX_RESPONSE_BYTES:
+    if len(buffer) - start > limit:
         raise HTTPFormatError("response too large")
     return bytes(buffer[start:]) if eof else None  # framed by the connection closing
 
 
-def _chunked(buffer: bytearray, start: int) -> bytes | None:
+def _chunked(buffer: bytearray, start: int, limit: int) -> bytes | None:
     body, at = bytearray(), start
     while True:
         line_end = buffer.find(b"\r\n", at)
@@ -129,7 +139,7 @@ def _chunked(buffer: bytearray, start: int) -> bytes | None:
             raise HTTPFormatError("bad chunk size") from None
         if size == 0:
             return bytes(body) if buffer.find(b"\r\n\r\n", line_end) >= 0 else None
-        if len(body) + size > MAX_RESPONSE_BYTES:
+        if len(body) + size > limit:
             raise HTTPFormatError("response too large")
         if len(buffer) < line_end + 2 + size + 2:
             return None
@@ -141,7 +151,8 @@ class Origin:
     """Keep-alive connections to one ``http(s)://host:port``; ``post`` is safe to call
     concurrently (each call has a connection of its own)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, limit: int = MAX_RESPONSE_BYTES) -> None:
+        self._limit = limit
         parsed = yarl.URL(url)
         if parsed.host is None or parsed.scheme not in ("http", "https"):
             raise ValueError(f"not an http(s) URL: {url}")
@@ -156,11 +167,13 @@ class Origin:
         return (f"POST {path} HTTP/1.1\r\n".encode() + self._host_header
                 + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items()))
 
-    async def post(self, head: bytes, body: bytes) -> tuple[int, bytes]:
-        """(status, body) of a POST; the caller bounds it with ``asyncio.timeout``."""
-        return await self._exchange(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    async def post(self, head: bytes, body: bytes, extra: bytes = b"") -> Answer:
+        """A POST's answer; ``extra`` are more header lines.  The caller bounds it with
+        ``asyncio.timeout``; cancelling it closes the connection."""
+        length = b"Content-Length: %d\r\n\r\n" % len(body)
+        return await self._exchange(head + extra + length + body)
 
-    async def _exchange(self, request: bytes) -> tuple[int, bytes]:
+    async def _exchange(self, request: bytes) -> Answer:
         while self._idle:
             connection = self._idle.pop()
             if connection.closed:
@@ -171,23 +184,24 @@ class Origin:
                 continue  # a kept-alive connection the server had closed: try another
         return await self._use(await self._connect(), request)
 
-    async def _use(self, connection: _Connection, request: bytes) -> tuple[int, bytes]:
+    async def _use(self, connection: _Connection, request: bytes) -> Answer:
         try:
-            status, body, keep = await connection.send(request)
+            answer = await connection.send(request)
         except BaseException:
             connection.close()
             raise
-        if keep and not connection.closed:
+        if answer.keep_alive and not connection.closed:
             self._idle.append(connection)
         else:
             connection.close()
-        return status, body
+        return answer
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         _, connection = await loop.create_connection(
             _Connection, self._host, self._port, ssl=self._ssl,
             server_hostname=self._host if self._ssl else None)
+        connection.limit = self._limit
         return connection
 
     def close(self) -> None:

@@ -19,6 +19,9 @@ import yarl
 
 from .config import UpstreamConfig
 from .errors import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
+from .http1 import HTTPFormatError, Origin
+
+MAX_ANSWER_BYTES = 64 << 20  # a whole chat answer larger than this is an upstream error
 
 
 class Upstream:
@@ -30,6 +33,10 @@ class Upstream:
         self._headers = {"Content-Type": "application/json"}
         if config.api_key is not None:
             self._headers["Authorization"] = f"Bearer {config.api_key.get()}"
+        # Whole answers take the lean client; streams keep aiohttp's.
+        self._origin = Origin(config.url, limit=MAX_ANSWER_BYTES)
+        self._head = self._origin.head(self._chat_url.raw_path, {
+            "Accept": "application/json", **self._headers})
         self._whole = aiohttp.ClientTimeout(total=config.timeout_s)
         # A stream may run long; what must not stall is the first byte and each read.
         self._streamed = aiohttp.ClientTimeout(
@@ -38,12 +45,18 @@ class Upstream:
 
     async def complete(self, body: bytes, request_id: str) -> bytes:
         """POST a chat request and return the body of a 200 answer."""
-        with self._translated():
-            async with self._session.post(
-                self._chat_url, data=body, headers=self._with_id(request_id), timeout=self._whole
-            ) as resp:
-                await _raise_for_status(resp)
-                return await resp.read()
+        try:
+            async with asyncio.timeout(self._config.timeout_s):
+                answer = await self._origin.post(
+                    self._head, body, b"X-Request-Id: %s\r\n" % request_id.encode())
+        except TimeoutError as exc:
+            raise self._timeout() from exc
+        except (OSError, HTTPFormatError) as exc:
+            raise UpstreamUnreachable(f"upstream {self.name!r} unreachable: {exc!r}") from exc
+        if answer.status >= 400:
+            content_type = answer.content_type or "application/json"
+            raise UpstreamHTTPError(answer.status, answer.body, content_type.split(";")[0])
+        return answer.body
 
     async def open_stream(self, body: bytes, request_id: str) -> aiohttp.ClientResponse:
         """POST a streaming chat request; returns the open 200 response (the caller
@@ -68,6 +81,13 @@ class Upstream:
                 await _raise_for_status(resp)
                 return orjson.loads(await resp.read())
 
+    def _timeout(self) -> UpstreamTimeout:
+        limit = self._config.timeout_s
+        return UpstreamTimeout(f"upstream {self.name!r} did not answer within {limit}s")
+
+    def close(self) -> None:
+        self._origin.close()
+
     def _with_id(self, request_id: str) -> dict[str, str]:
         return {**self._headers, "X-Request-Id": request_id}
 
@@ -76,9 +96,7 @@ class Upstream:
         try:
             yield
         except TimeoutError as exc:
-            raise UpstreamTimeout(
-                f"upstream {self.name!r} did not answer within {self._config.timeout_s}s"
-            ) from exc
+            raise self._timeout() from exc
         except aiohttp.ClientError as exc:
             raise UpstreamUnreachable(f"upstream {self.name!r} unreachable: {exc!r}") from exc
 

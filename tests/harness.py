@@ -42,7 +42,7 @@ listen: {{host: 127.0.0.1, port: 8080}}
 policies: policies
 guard: {{url: "{guard}", model: Qwen/Qwen3Guard-Gen-0.6B, api: {api}, timeout_s: {timeout}}}
 upstreams:
-  local: {{url: "{upstream}/v1", api_key_env: UPSTREAM_KEY, timeout_s: 10}}
+  local: {{url: "{upstream}/v1", api_key_env: UPSTREAM_KEY, timeout_s: {upstream_timeout}}}
 limits: {{max_body_bytes: {max_body}}}
 """
 
@@ -132,14 +132,16 @@ async def wait_until(condition: Callable[[], bool]) -> None:
 
 
 def write_config(root: Path, *, guard: str, upstream: str, stream: str = "buffer",
-                 timeout: float = 2.0, max_body: int = 65536, api: str = "chat") -> Path:
+                 timeout: float = 2.0, max_body: int = 65536, api: str = "chat",
+                 upstream_timeout: float = 10.0) -> Path:
     (root / "policies").mkdir(exist_ok=True)
     for name, text in POLICIES.items():
         policy = text.format(key=_digest(KEYS[name]), stream=stream)
         (root / "policies" / f"{name}.yaml").write_text(policy)
     path = root / "proxy.yaml"
     path.write_text(SERVER.format(guard=guard, upstream=upstream, timeout=timeout,
-                                  max_body=max_body, api=api))
+                                  max_body=max_body, api=api,
+                                  upstream_timeout=upstream_timeout))
     return path
 
 

@@ -155,3 +155,25 @@ async def test_guard_down_fails_closed(proxy: Proxy) -> None:
     _, body = await _create(proxy, "hello", "strict")
     assert body["choices"][0]["finish_reason"] == "content_filter"
     assert "unreachable" in body["moderation"]["input"]["message"]
+
+
+async def test_upstream_http_error_passes_through_with_its_body(proxy: Proxy) -> None:
+    proxy.upstream.replies.append(Reply(status=429))
+    status, _, raw = await proxy.post({"model": MODEL, "messages": _user("hi")})
+    assert status == 429
+    assert orjson.loads(raw)["error"]["code"] == "rate_limit_exceeded"
+
+
+async def test_upstream_down_is_502(proxy: Proxy) -> None:
+    await proxy.upstream.close()
+    status, _, raw = await proxy.post({"model": MODEL, "messages": _user("hi")})
+    assert status == 502
+    assert orjson.loads(raw)["error"]["code"] == "upstream_unreachable"
+
+
+@pytest.mark.parametrize("proxy", [{"upstream_timeout": 0.5}], indirect=True)
+async def test_upstream_timeout_is_504(proxy: Proxy) -> None:
+    proxy.upstream.replies.append(Reply(content="late", first_token_delay_s=3))
+    status, _, raw = await proxy.post({"model": MODEL, "messages": _user("hi")})
+    assert status == 504
+    assert orjson.loads(raw)["error"]["code"] == "upstream_timeout"
