@@ -3,8 +3,8 @@ error envelope, and tenant authentication."""
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 import structlog
 from aiohttp import web
@@ -55,7 +55,7 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def _request_id(request: web.Request) -> str:
     given = request.headers.get("x-request-id", "")
-    return given if _CLIENT_ID.fullmatch(given) else uuid.uuid4().hex
+    return given if _CLIENT_ID.fullmatch(given) else os.urandom(16).hex()
 
 
 def _error_response(exc: ProxyError) -> web.Response:

@@ -118,7 +118,10 @@ class StreamState:
         for choice in choices:
             if isinstance(choice, dict):
                 index = choice.get("index", 0)
-                held |= self.choices.setdefault(index, ChoiceState()).add(choice) or index != 0
+                state = self.choices.get(index)
+                if state is None:  # not setdefault: that would build a state per chunk
+                    state = self.choices[index] = ChoiceState()
+                held |= state.add(choice) or index != 0
         return held
 
     def length(self) -> int:
