@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import NamedTuple, cast
 
 import yarl
@@ -23,6 +23,10 @@ MAX_RESPONSE_BYTES = 4 << 20
 
 class HTTPFormatError(Exception):
     """The server's answer is not HTTP/1.1 we can read."""
+
+
+class StreamCut(HTTPFormatError):
+    """A streamed answer's connection closed before its body was complete."""
 
 
 class _Connection(asyncio.Protocol):
@@ -161,6 +165,7 @@ class Origin:
         authority = parsed.host if parsed.is_default_port() else f"{parsed.host}:{self._port}"
         self._host_header = f"Host: {authority}\r\n".encode()
         self._idle: list[_Connection] = []
+        self._idle_streams: list[StreamedAnswer] = []
 
     def head(self, path: str, headers: Mapping[str, str]) -> bytes:
         """The fixed part of a POST's request head, built once by the caller."""
@@ -204,6 +209,255 @@ class Origin:
         connection.limit = self._limit
         return connection
 
+    async def stream(self, head: bytes, body: bytes, extra: bytes = b"") -> StreamedAnswer:
+        """Send a POST and return once the response head arrived; the caller reads the
+        body and must ``release`` (or ``close``) the answer."""
+        request = head + extra + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        while self._idle_streams:
+            answer = self._idle_streams.pop()
+            if answer.closed:
+                continue
+            answer.reset()
+            try:
+                await answer.start(request)
+            except ConnectionResetError:
+                answer.close()  # a kept-alive connection the server had closed
+                continue
+            except BaseException:
+                answer.close()
+                raise
+            return answer
+        loop = asyncio.get_running_loop()
+        _, answer = await loop.create_connection(
+            lambda: StreamedAnswer(self), self._host, self._port, ssl=self._ssl,
+            server_hostname=self._host if self._ssl else None)
+        try:
+            await answer.start(request)
+        except BaseException:
+            answer.close()
+            raise
+        return answer
+
+    def keep_stream(self, answer: StreamedAnswer) -> None:
+        self._idle_streams.append(answer)
+
     def close(self) -> None:
         while self._idle:
             self._idle.pop().close()
+        while self._idle_streams:
+            self._idle_streams.pop().close()
+
+
+# -- streamed answers ---------------------------------------------------------------------
+
+PAUSE_AT = 1 << 20  # undelivered body bytes at which reading from the socket pauses
+
+
+class _Chunked:
+    """Incremental ``Transfer-Encoding: chunked`` decoding."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._left = -1  # bytes of the current chunk still to come; -1: a size line is next
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        self._buffer += data
+        out = bytearray()
+        while not self.done:
+            if self._left < 0 and not self._size_line():
+                break
+            if self._left == 0:  # the last chunk: skip trailers up to the blank line
+                self.done = self._buffer.find(b"\r\n") == 0 or b"\r\n\r\n" in self._buffer
+                break
+            if not self._buffer:
+                break
+            take = min(self._left, len(self._buffer))
+            out += self._buffer[:take]
+            del self._buffer[:take]
+            self._left -= take
+            if self._left == 0:
+                if len(self._buffer) < 2:
+                    self._left = -2  # the chunk's CRLF is still to come
+                    break
+                del self._buffer[:2]
+                self._left = -1
+        return bytes(out)
+
+    def _size_line(self) -> bool:
+        if self._left == -2:
+            if len(self._buffer) < 2:
+                return False
+            del self._buffer[:2]
+            self._left = -1
+        end = self._buffer.find(b"\r\n")
+        if end < 0:
+            if len(self._buffer) > 4096:
+                raise HTTPFormatError("chunk size line too long")
+            return False
+        try:
+            self._left = int(bytes(self._buffer[:end]).split(b";")[0].strip(), 16)
+        except ValueError:
+            raise HTTPFormatError("bad chunk size") from None
+        del self._buffer[: end + 2]
+        return True
+
+
+class StreamedAnswer(asyncio.Protocol):
+    """A response read as it arrives, on a connection of its own: ``start`` sends the
+    request and waits for the head; ``iter_any`` yields the body; ``release`` returns a
+    cleanly finished keep-alive connection to its origin, or closes it."""
+
+    def __init__(self, origin: Origin) -> None:
+        self.status = 0
+        self.content_type = ""
+        self.read_timeout: float | None = None
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.done = False
+        self._origin = origin
+        self._head = bytearray()
+        self._head_waiter: asyncio.Future[None] | None = None
+        self._chunked: _Chunked | None = None
+        self._left: int | None = None  # Content-Length still to come; None: chunked or EOF
+        self._keep = False
+        self._pieces: list[bytes] = []
+        self._size = 0
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    async def start(self, request: bytes) -> None:
+        assert self.transport is not None
+        self._head_waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        await self._head_waiter
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_waiter is not None and not self._head_waiter.done():
+            self._head += data
+            try:
+                rest = self._read_head()
+            except HTTPFormatError as exc:
+                self._head_waiter.set_exception(exc)
+                return
+            if rest is None:
+                return
+            self._head_waiter.set_result(None)
+            data = rest
+        if data:
+            self._body(data)
+
+    def _read_head(self) -> bytes | None:
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head) > 65536:
+                raise HTTPFormatError("response headers too long")
+            return None
+        lines = bytes(self._head[:end]).split(b"\r\n")
+        self.status = _status(lines[0])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        self.content_type = headers.get(b"content-type", b"").decode("latin-1")
+        self._keep = headers.get(b"connection", b"").lower() != b"close"
+        if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+            self._chunked = _Chunked()
+        elif headers.get(b"content-length", b"").isdigit():
+            self._left = int(headers[b"content-length"])
+        else:
+            self._keep = False  # framed by the connection closing
+        rest = bytes(self._head[end + 4 :])
+        self._head.clear()
+        if self._left == 0:
+            self._finish()
+        return rest
+
+    def _body(self, data: bytes) -> None:
+        try:
+            piece = self._chunked.feed(data) if self._chunked is not None else data
+        except HTTPFormatError as exc:
+            self._error = exc
+            self._wake()
+            return
+        if self._left is not None:
+            piece = piece[: self._left]
+            self._left -= len(piece)
+        if piece:
+            self._pieces.append(piece)
+            self._size += len(piece)
+            if self._size > PAUSE_AT and self.transport is not None:
+                self.transport.pause_reading()  # backpressure: the reader is behind
+        if self._left == 0 or (self._chunked is not None and self._chunked.done):
+            self._finish()
+        self._wake()
+
+    def _finish(self) -> None:
+        self.done = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._head_waiter is not None and not self._head_waiter.done():
+            self._head_waiter.set_exception(ConnectionResetError("connection closed early"))
+        if not self.done:
+            if self._left is None and self._chunked is None:
+                self.done = True  # the body was framed by the close
+            else:
+                self._error = StreamCut("the upstream closed the connection mid-answer")
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def read(self) -> bytes:
+        """The body bytes that arrived since the last read; b"" at the end."""
+        while not self._pieces and not self.done and self._error is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+            async with asyncio.timeout(self.read_timeout):
+                await self._waiter
+        if self._pieces:
+            data = b"".join(self._pieces) if len(self._pieces) > 1 else self._pieces[0]
+            self._pieces.clear()
+            if self._size > PAUSE_AT and self.transport is not None:
+                self.transport.resume_reading()
+            self._size = 0
+            return data
+        if self._error is not None:
+            raise self._error
+        return b""
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        while data := await self.read():
+            yield data
+
+    async def read_all(self, limit: int) -> bytes:
+        parts, size = [], 0
+        while data := await self.read():
+            size += len(data)
+            if size > limit:
+                raise HTTPFormatError("response too large")
+            parts.append(data)
+        return b"".join(parts)
+
+    def release(self) -> None:
+        if self.done and self._keep and not self.closed and self._error is None:
+            self._origin.keep_stream(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def reset(self) -> None:
+        """Ready for the next request on the same connection."""
+        self.status, self.content_type, self.done = 0, "", False
+        self._chunked, self._left, self._keep = None, None, False
+        self._pieces.clear()
+        self._size = 0
+        self._error = None

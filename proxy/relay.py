@@ -26,11 +26,11 @@ import asyncio
 import contextlib
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
 from .config import Action, StreamMode
+from .http1 import HTTPFormatError, StreamedAnswer
 from .moderation import StreamFault, StreamState, WindowSchedule
 from .pipeline import Checks
 from .policy import Outcome, strictest
@@ -39,7 +39,7 @@ from .sse import DONE, DONE_EVENT, SSEDecoder, SSEError, encode
 
 #: The largest window, in characters: long answers keep flowing at least this often.
 MAX_WINDOW_CHARS = 4096
-_UPSTREAM_ERRORS = (StreamFault, SSEError, aiohttp.ClientError, TimeoutError)
+_UPSTREAM_ERRORS = (StreamFault, SSEError, HTTPFormatError, TimeoutError)
 
 
 class StreamRelay:
@@ -59,7 +59,7 @@ class StreamRelay:
         self._check: asyncio.Task[tuple[Outcome, int, int]] | None = None
         self._last: tuple[Outcome, int] | None = None  # the last passed window, its length
 
-    async def run(self, upstream: aiohttp.ClientResponse) -> None:
+    async def run(self, upstream: StreamedAnswer) -> None:
         reader = asyncio.create_task(self._read(upstream), name="guardproxy-upstream-reader")
         reader.add_done_callback(lambda _: self._wake.set())
         try:
@@ -73,9 +73,9 @@ class StreamRelay:
 
     # -- the reader --------------------------------------------------------------------
 
-    async def _read(self, upstream: aiohttp.ClientResponse) -> None:
+    async def _read(self, upstream: StreamedAnswer) -> None:
         decoder = SSEDecoder()
-        async for data in upstream.content.iter_any():
+        async for data in upstream.iter_any():
             if self._feed(decoder.feed(data)):
                 return
             if self.mode == "async":

@@ -19,9 +19,10 @@ import yarl
 
 from .config import UpstreamConfig
 from .errors import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
-from .http1 import HTTPFormatError, Origin
+from .http1 import HTTPFormatError, Origin, StreamedAnswer
 
 MAX_ANSWER_BYTES = 64 << 20  # a whole chat answer larger than this is an upstream error
+MAX_ERROR_BYTES = 1 << 20
 
 
 class Upstream:
@@ -37,6 +38,8 @@ class Upstream:
         self._origin = Origin(config.url, limit=MAX_ANSWER_BYTES)
         self._head = self._origin.head(self._chat_url.raw_path, {
             "Accept": "application/json", **self._headers})
+        self._stream_head = self._origin.head(self._chat_url.raw_path, {
+            "Accept": "text/event-stream", **self._headers})
         self._whole = aiohttp.ClientTimeout(total=config.timeout_s)
         # A stream may run long; what must not stall is the first byte and each read.
         self._streamed = aiohttp.ClientTimeout(
@@ -58,20 +61,24 @@ class Upstream:
             raise UpstreamHTTPError(answer.status, answer.body, content_type.split(";")[0])
         return answer.body
 
-    async def open_stream(self, body: bytes, request_id: str) -> aiohttp.ClientResponse:
-        """POST a streaming chat request; returns the open 200 response (the caller
-        releases it), or raises with the upstream's error."""
-        with self._translated():
-            resp = await self._session.post(
-                self._chat_url, data=body, headers=self._with_id(request_id),
-                timeout=self._streamed,
-            )
-            try:
-                await _raise_for_status(resp)
-            except BaseException:
-                resp.release()
-                raise
-        return resp
+    async def open_stream(self, body: bytes, request_id: str) -> StreamedAnswer:
+        """POST a streaming chat request; returns the 200 answer with its head read (the
+        caller reads the body and releases it), or raises with the upstream's error."""
+        extra = b"X-Request-Id: %s\r\n" % request_id.encode()
+        try:
+            async with asyncio.timeout(self._config.timeout_s):
+                answer = await self._origin.stream(self._stream_head, body, extra)
+                try:
+                    await _raise_for_answer(answer)
+                except BaseException:
+                    answer.close()
+                    raise
+        except TimeoutError as exc:
+            raise self._timeout() from exc
+        except (OSError, HTTPFormatError) as exc:
+            raise UpstreamUnreachable(f"upstream {self.name!r} unreachable: {exc!r}") from exc
+        answer.read_timeout = self._config.timeout_s  # between reads, as for the first byte
+        return answer
 
     async def models(self) -> Any:
         with self._translated():
@@ -99,6 +106,14 @@ class Upstream:
             raise self._timeout() from exc
         except aiohttp.ClientError as exc:
             raise UpstreamUnreachable(f"upstream {self.name!r} unreachable: {exc!r}") from exc
+
+
+async def _raise_for_answer(answer: StreamedAnswer) -> None:
+    if answer.status >= 400:
+        body = await answer.read_all(MAX_ERROR_BYTES)
+        answer.release()
+        content_type = answer.content_type or "application/json"
+        raise UpstreamHTTPError(answer.status, body, content_type.split(";")[0])
 
 
 async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
@@ -133,10 +148,10 @@ class UpstreamCall:
         answer: bytes = await self._task
         return answer
 
-    async def opened(self) -> aiohttp.ClientResponse:
+    async def opened(self) -> StreamedAnswer:
         self.start()
         assert self._task is not None and self._stream
-        resp: aiohttp.ClientResponse = await self._task
+        resp: StreamedAnswer = await self._task
         return resp
 
     async def abandon(self) -> None:
@@ -147,5 +162,5 @@ class UpstreamCall:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError, UpstreamError):
             result = await task
-            if isinstance(result, aiohttp.ClientResponse):
+            if isinstance(result, StreamedAnswer):
                 result.close()  # the upstream sees the client go away

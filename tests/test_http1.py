@@ -6,8 +6,10 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from proxy.http1 import MAX_RESPONSE_BYTES, HTTPFormatError, Origin, _parse
+from proxy.http1 import MAX_RESPONSE_BYTES, HTTPFormatError, Origin, StreamCut, _Chunked, _parse
 
 OK = b"HTTP/1.1 200 OK\r\n"
 
@@ -56,6 +58,7 @@ def test_content_type_is_reported() -> None:
 
 
 Answer = Callable[[bytes], bytes | None]
+HANG_UP = b"<hang up>"  # an answer ending in this closes the connection after it
 
 
 @pytest.fixture
@@ -71,7 +74,8 @@ async def server() -> AsyncIterator[tuple[list[Answer], list[int]]]:
             head = await reader.readuntil(b"\r\n\r\n")
             length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
             reply = answers.pop(0)(await reader.readexactly(length))
-            if reply is None:
+            if reply is None or reply.endswith(HANG_UP):
+                writer.write((reply or b"").removesuffix(HANG_UP))
                 writer.close()
                 return
             writer.write(reply)
@@ -117,3 +121,47 @@ async def test_refused_is_an_os_error() -> None:
     origin = Origin("http://127.0.0.1:1")
     with pytest.raises(ConnectionRefusedError):
         await origin.post(origin.head("/", {}), b"")
+
+
+CHUNKED = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in [b"hello", b" world", b"x" * 300]
+                   ) + b"0\r\nX-Trailer: 1\r\n\r\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 40), max_size=60))
+def test_chunked_decoding_is_the_same_for_any_split(sizes: list[int]) -> None:
+    decoder, out, at = _Chunked(), b"", 0
+    for size in [*sizes, len(CHUNKED)]:
+        out += decoder.feed(CHUNKED[at : at + size])
+        at += size
+    assert out == b"hello world" + b"x" * 300 and decoder.done
+
+
+async def test_a_streamed_answer_arrives_piece_by_piece_and_keeps_its_connection(
+        server: tuple[list[Answer], list[int]]) -> None:
+    answers, connections = server
+    port = answers.pop(0)(b"").decode()
+    origin = Origin(f"http://127.0.0.1:{port}")
+    head = origin.head("/s", {})
+    chunked = OK + b"Transfer-Encoding: chunked\r\n\r\n" + CHUNKED
+    answers.extend([lambda _: chunked, lambda _: chunked])
+    for _ in range(2):
+        answer = await origin.stream(head, b"go")
+        assert answer.status == 200
+        assert b"".join([piece async for piece in answer.iter_any()]) == (
+            b"hello world" + b"x" * 300)
+        answer.release()
+    assert len(connections) == 1
+    origin.close()
+
+
+async def test_a_cut_stream_raises_stream_cut(server: tuple[list[Answer], list[int]]) -> None:
+    answers, _ = server
+    port = answers.pop(0)(b"").decode()
+    origin = Origin(f"http://127.0.0.1:{port}")
+    answers.append(lambda _: OK + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhel" + HANG_UP)
+    answer = await origin.stream(origin.head("/s", {}), b"go")
+    answer.read_timeout = 5
+    with pytest.raises(StreamCut):
+        await answer.read_all(1000)
+    origin.close()
