@@ -19,7 +19,8 @@ class LoopbackServer:
     _runner: web.AppRunner | None
 
     def make_app(self) -> web.Application:
-        raise NotImplementedError
+        """Each emulator builds its own app."""
+        raise TypeError(f"{type(self).__name__} must define make_app()")
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         self._runner = web.AppRunner(
