@@ -41,10 +41,6 @@ class Upstream:
         self._stream_head = self._origin.head(self._chat_url.raw_path, {
             "Accept": "text/event-stream", **self._headers})
         self._whole = aiohttp.ClientTimeout(total=config.timeout_s)
-        # A stream may run long; what must not stall is the first byte and each read.
-        self._streamed = aiohttp.ClientTimeout(
-            total=None, sock_connect=min(config.timeout_s, 30.0), sock_read=config.timeout_s
-        )
 
     async def complete(self, body: bytes, request_id: str) -> bytes:
         """POST a chat request and return the body of a 200 answer."""
@@ -94,9 +90,6 @@ class Upstream:
 
     def close(self) -> None:
         self._origin.close()
-
-    def _with_id(self, request_id: str) -> dict[str, str]:
-        return {**self._headers, "X-Request-Id": request_id}
 
     @contextmanager
     def _translated(self) -> Iterator[None]:
