@@ -88,24 +88,41 @@ class Answer(NamedTuple):
     content_type: str
 
 
-def _parse(buffer: bytearray, *, eof: bool, limit: int = MAX_RESPONSE_BYTES) -> Answer | None:
-    """The answer once ``buffer`` holds a whole response, else None."""
+class _Head(NamedTuple):
+    status: int
+    headers: dict[bytes, bytes]  # names lowercased, values as sent
+    keep_alive: bool
+    content_type: str
+    size: int  # bytes of the head, blank line included
+
+
+def _split_head(buffer: bytearray) -> _Head | None:
+    """The response head once ``buffer`` holds all of it, else None."""
     end = buffer.find(b"\r\n\r\n")
     if end < 0:
         if len(buffer) > 65536:
             raise HTTPFormatError("response headers too long")
         return None
     lines = bytes(buffer[:end]).split(b"\r\n")
-    status = _status(lines[0])
     headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip().lower()
-    keep = headers.get(b"connection") != b"close" and lines[0].startswith(b"HTTP/1.1")
-    body = _body(buffer, end + 4, headers, eof, limit)
+        headers[name.strip().lower()] = value.strip()
+    keep = (headers.get(b"connection", b"").lower() != b"close"
+            and lines[0].startswith(b"HTTP/1.1"))
+    content_type = headers.get(b"content-type", b"").decode("latin-1")
+    return _Head(_status(lines[0]), headers, keep, content_type, end + 4)
+
+
+def _parse(buffer: bytearray, *, eof: bool, limit: int = MAX_RESPONSE_BYTES) -> Answer | None:
+    """The answer once ``buffer`` holds a whole response, else None."""
+    head = _split_head(buffer)
+    if head is None:
+        return None
+    body = _body(buffer, head.size, head.headers, eof, limit)
     if body is None:
         return None
-    return Answer(status, body, keep, headers.get(b"content-type", b"").decode("latin-1"))
+    return Answer(head.status, body, head.keep_alive, head.content_type)
 
 
 def _status(line: bytes) -> int:
@@ -117,8 +134,12 @@ def _status(line: bytes) -> int:
 
 def _body(buffer: bytearray, start: int, headers: Mapping[bytes, bytes], eof: bool,
           limit: int) -> bytes | None:
-    if b"chunked" in headers.get(b"transfer-encoding", b""):
-        return _chunked(buffer, start, limit)
+    if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+        decoder = _Chunked()
+        body = decoder.feed(bytes(buffer[start:]))
+        if len(body) > limit:
+            raise HTTPFormatError("response too large")
+        return body if decoder.done else None
     length = headers.get(b"content-length")
     if length is not None:
         if not length.isdigit() or int(length) > limit:
@@ -128,27 +149,6 @@ def _body(buffer: bytearray, start: int, headers: Mapping[bytes, bytes], eof: bo
     if len(buffer) - start > limit:
         raise HTTPFormatError("response too large")
     return bytes(buffer[start:]) if eof else None  # framed by the connection closing
-
-
-def _chunked(buffer: bytearray, start: int, limit: int) -> bytes | None:
-    body, at = bytearray(), start
-    while True:
-        line_end = buffer.find(b"\r\n", at)
-        if line_end < 0:
-            return None
-        size_text = bytes(buffer[at:line_end]).split(b";")[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise HTTPFormatError("bad chunk size") from None
-        if size == 0:
-            return bytes(body) if buffer.find(b"\r\n\r\n", line_end) >= 0 else None
-        if len(body) + size > limit:
-            raise HTTPFormatError("response too large")
-        if len(buffer) < line_end + 2 + size + 2:
-            return None
-        body += buffer[line_end + 2 : line_end + 2 + size]
-        at = line_end + 2 + size + 2
 
 
 class Origin:
@@ -351,26 +351,18 @@ class StreamedAnswer(asyncio.Protocol):
             self._body(data)
 
     def _read_head(self) -> bytes | None:
-        end = self._head.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._head) > 65536:
-                raise HTTPFormatError("response headers too long")
+        head = _split_head(self._head)
+        if head is None:
             return None
-        lines = bytes(self._head[:end]).split(b"\r\n")
-        self.status = _status(lines[0])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
-        self.content_type = headers.get(b"content-type", b"").decode("latin-1")
-        self._keep = headers.get(b"connection", b"").lower() != b"close"
-        if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+        self.status, self.content_type, self._keep = head.status, head.content_type, head.keep_alive
+        length = head.headers.get(b"content-length", b"")
+        if b"chunked" in head.headers.get(b"transfer-encoding", b"").lower():
             self._chunked = _Chunked()
-        elif headers.get(b"content-length", b"").isdigit():
-            self._left = int(headers[b"content-length"])
+        elif length.isdigit():
+            self._left = int(length)
         else:
             self._keep = False  # framed by the connection closing
-        rest = bytes(self._head[end + 4 :])
+        rest = bytes(self._head[head.size :])
         self._head.clear()
         if self._left == 0:
             self._finish()

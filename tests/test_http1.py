@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import NamedTuple
 
 import pytest
 from hypothesis import given, settings
@@ -58,11 +59,17 @@ def test_content_type_is_reported() -> None:
 
 
 Answer = Callable[[bytes], bytes | None]
+
+
+class Server(NamedTuple):
+    answers: list[Answer]  # scripted, one per request
+    connections: list[int]  # one entry per accepted connection
+    origin: Origin  # a client of it
 HANG_UP = b"<hang up>"  # an answer ending in this closes the connection after it
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[tuple[list[Answer], list[int]]]:
+async def server() -> AsyncIterator[Server]:
     """A raw server: each request gets the next scripted answer (None: close instead);
     ``connections`` counts the connections it accepted."""
     answers: list[Answer] = []
@@ -82,8 +89,9 @@ async def server() -> AsyncIterator[tuple[list[Answer], list[int]]]:
 
     listener = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = listener.sockets[0].getsockname()[1]
-    answers.append(lambda _: str(port).encode())  # a way for the test to learn the port
-    yield answers, connections
+    origin = Origin(f"http://127.0.0.1:{port}")
+    yield Server(answers, connections, origin)
+    origin.close()
     listener.close()
 
 
@@ -91,30 +99,24 @@ def _echo(body: bytes) -> bytes:
     return OK + b"Content-Length: %d\r\n\r\n" % len(body) + body
 
 
-async def test_keep_alive_reuses_one_connection(server: tuple[list[Answer], list[int]]) -> None:
-    answers, connections = server
-    port = answers.pop(0)(b"").decode()
-    origin = Origin(f"http://127.0.0.1:{port}")
+async def test_keep_alive_reuses_one_connection(server: Server) -> None:
+    answers, connections, origin = server
     head = origin.head("/x", {"Content-Type": "application/json"})
     answers.extend([_echo, _echo, _echo])
     for n in range(3):
         assert (await origin.post(head, b"body %d" % n))[:2] == (200, b"body %d" % n)
     assert len(connections) == 1
-    origin.close()
 
 
 async def test_a_connection_the_server_closed_is_replaced(
-        server: tuple[list[Answer], list[int]]) -> None:
-    answers, connections = server
-    port = answers.pop(0)(b"").decode()
-    origin = Origin(f"http://127.0.0.1:{port}")
+        server: Server) -> None:
+    answers, connections, origin = server
     head = origin.head("/x", {})
     answers.extend([_echo, lambda _: None, _echo])
     assert (await origin.post(head, b"one"))[:2] == (200, b"one")
     # the kept-alive connection is closed by the server on the next request: retried anew
     assert (await origin.post(head, b"two"))[:2] == (200, b"two")
     assert len(connections) == 2
-    origin.close()
 
 
 async def test_refused_is_an_os_error() -> None:
@@ -138,10 +140,8 @@ def test_chunked_decoding_is_the_same_for_any_split(sizes: list[int]) -> None:
 
 
 async def test_a_streamed_answer_arrives_piece_by_piece_and_keeps_its_connection(
-        server: tuple[list[Answer], list[int]]) -> None:
-    answers, connections = server
-    port = answers.pop(0)(b"").decode()
-    origin = Origin(f"http://127.0.0.1:{port}")
+        server: Server) -> None:
+    answers, connections, origin = server
     head = origin.head("/s", {})
     chunked = OK + b"Transfer-Encoding: chunked\r\n\r\n" + CHUNKED
     answers.extend([lambda _: chunked, lambda _: chunked])
@@ -152,16 +152,12 @@ async def test_a_streamed_answer_arrives_piece_by_piece_and_keeps_its_connection
             b"hello world" + b"x" * 300)
         answer.release()
     assert len(connections) == 1
-    origin.close()
 
 
-async def test_a_cut_stream_raises_stream_cut(server: tuple[list[Answer], list[int]]) -> None:
-    answers, _ = server
-    port = answers.pop(0)(b"").decode()
-    origin = Origin(f"http://127.0.0.1:{port}")
+async def test_a_cut_stream_raises_stream_cut(server: Server) -> None:
+    answers, _, origin = server
     answers.append(lambda _: OK + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhel" + HANG_UP)
     answer = await origin.stream(origin.head("/s", {}), b"go")
     answer.read_timeout = 5
     with pytest.raises(StreamCut):
         await answer.read_all(1000)
-    origin.close()

@@ -896,6 +896,7 @@ class GuardEmulator(LoopbackServer):
         _require_json(request)
         body = validate_chat_request(_parsed(record))
         if body.get("stream"):
+            # SGLang's own error type for a streamed guard request (the proxy never sends one)
             raise openai_error(
                 "OpenAIServingChat does not support streaming requests", "NotImplementedError", 501
             )
