@@ -254,53 +254,70 @@ PAUSE_AT = 1 << 20  # undelivered body bytes at which reading from the socket pa
 
 
 class _Chunked:
-    """Incremental ``Transfer-Encoding: chunked`` decoding."""
+    """Incremental ``Transfer-Encoding: chunked`` decoding.
+
+    Each ``feed`` scans the bytes it holds by index and returns the chunk data that
+    completed, joined once; only an unfinished size line or chunk tail is kept."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self._rest = b""  # bytes not yet decoded: a partial size line, CRLF or trailer
         self._left = -1  # bytes of the current chunk still to come; -1: a size line is next
         self.done = False
 
     def feed(self, data: bytes) -> bytes:
-        self._buffer += data
-        out = bytearray()
-        while not self.done:
-            if self._left < 0 and not self._size_line():
-                break
-            if self._left == 0:  # the last chunk: skip trailers up to the blank line
-                self.done = self._buffer.find(b"\r\n") == 0 or b"\r\n\r\n" in self._buffer
-                break
-            if not self._buffer:
-                break
-            take = min(self._left, len(self._buffer))
-            out += self._buffer[:take]
-            del self._buffer[:take]
-            self._left -= take
-            if self._left == 0:
-                if len(self._buffer) < 2:
-                    self._left = -2  # the chunk's CRLF is still to come
+        buf = self._rest + data if self._rest else data
+        out: list[bytes] = []
+        pos, end, left = 0, len(buf), self._left
+        while pos < end and not self.done:
+            if left == -2:  # the CRLF after a chunk's data
+                if end - pos < 2:
                     break
-                del self._buffer[:2]
-                self._left = -1
-        return bytes(out)
+                _crlf(buf, pos)
+                pos, left = pos + 2, -1
+            if left == -1:  # a size line
+                eol = buf.find(b"\r\n", pos)
+                if eol < 0:
+                    if end - pos > 4096:
+                        raise HTTPFormatError("chunk size line too long")
+                    break
+                left, pos = _chunk_size(buf[pos:eol]), eol + 2
+            if left == 0:  # the last chunk: trailers up to a blank line
+                self.done = buf.startswith(b"\r\n", pos) or buf.find(b"\r\n\r\n", pos) >= 0
+                break
+            stop = pos + left
+            if stop + 2 <= end:  # the whole chunk and its CRLF: the common case
+                if buf[stop] != 13 or buf[stop + 1] != 10:
+                    raise HTTPFormatError("chunk data not followed by CRLF")
+                out.append(buf[pos:stop])
+                pos, left = stop + 2, -1
+            else:
+                take = min(left, end - pos)
+                out.append(buf[pos : pos + take])
+                pos, left = pos + take, left - take
+                if left == 0:
+                    left = -2
+        self._left = left
+        self._rest = buf[pos:] if pos < end and not self.done else b""
+        if len(self._rest) > 65536:
+            raise HTTPFormatError("chunked trailers too long")
+        return out[0] if len(out) == 1 else b"".join(out)
 
-    def _size_line(self) -> bool:
-        if self._left == -2:
-            if len(self._buffer) < 2:
-                return False
-            del self._buffer[:2]
-            self._left = -1
-        end = self._buffer.find(b"\r\n")
-        if end < 0:
-            if len(self._buffer) > 4096:
-                raise HTTPFormatError("chunk size line too long")
-            return False
-        try:
-            self._left = int(bytes(self._buffer[:end]).split(b";")[0].strip(), 16)
-        except ValueError:
-            raise HTTPFormatError("bad chunk size") from None
-        del self._buffer[: end + 2]
-        return True
+
+def _crlf(buf: bytes, at: int) -> None:
+    if not buf.startswith(b"\r\n", at):
+        raise HTTPFormatError("chunk data not followed by CRLF")
+
+
+_HEX = b"0123456789abcdefABCDEF"
+
+
+def _chunk_size(line: bytes) -> int:
+    if 0 < len(line) <= 8 and not line.strip(_HEX):  # the common case: bare hex digits
+        return int(line, 16)
+    digits = line.split(b";", 1)[0].strip()
+    if not digits or digits.strip(_HEX) or len(digits) > 16:
+        raise HTTPFormatError("bad chunk size")
+    return int(digits, 16)
 
 
 class StreamedAnswer(asyncio.Protocol):
@@ -325,6 +342,7 @@ class StreamedAnswer(asyncio.Protocol):
         self._size = 0
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._interrupted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -405,12 +423,28 @@ class StreamedAnswer(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    def interrupt(self) -> None:
+        """Make a pending (or the next) ``read_some`` return None: the reader has
+        something else to attend to."""
+        self._interrupted = True
+        self._wake()
+
     async def read(self) -> bytes:
         """The body bytes that arrived since the last read; b"" at the end."""
+        while (data := await self.read_some()) is None:
+            pass
+        return data
+
+    async def read_some(self) -> bytes | None:
+        """As ``read``, or None once ``interrupt`` was called and no bytes are waiting."""
         while not self._pieces and not self.done and self._error is None:
+            if self._interrupted:
+                self._interrupted = False
+                return None
             self._waiter = asyncio.get_running_loop().create_future()
             async with asyncio.timeout(self.read_timeout):
                 await self._waiter
+        self._interrupted = False
         if self._pieces:
             data = b"".join(self._pieces) if len(self._pieces) > 1 else self._pieces[0]
             self._pieces.clear()
@@ -453,3 +487,4 @@ class StreamedAnswer(asyncio.Protocol):
         self._pieces.clear()
         self._size = 0
         self._error = None
+        self._interrupted = False

@@ -53,16 +53,22 @@ class ChoiceState:
         """Take one chunk's choice; True when it must wait for the final check."""
         delta = choice.get("delta")
         held = False
-        if isinstance(delta, dict):
-            for key in ("content", "refusal"):
-                if isinstance(delta.get(key), str):
-                    self.parts.append(delta[key])
-                    self.length += len(delta[key])
-            if isinstance(delta.get("tool_calls"), list):
-                self._add_tool_calls(delta["tool_calls"])
+        if type(delta) is dict:
+            content = delta.get("content")
+            if type(content) is str:
+                self.parts.append(content)
+                self.length += len(content)
+            refusal = delta.get("refusal")
+            if type(refusal) is str:
+                self.parts.append(refusal)
+                self.length += len(refusal)
+            calls = delta.get("tool_calls")
+            if type(calls) is list:
+                self._add_tool_calls(calls)
                 held = True
-        if choice.get("finish_reason") is not None:
-            self.finish_reason = choice["finish_reason"]
+        reason = choice.get("finish_reason")
+        if reason is not None:
+            self.finish_reason = reason
             held = True
         return held
 
@@ -90,7 +96,7 @@ class StreamState:
     model: str
     head: StreamHead | None = None
     choices: dict[int, ChoiceState] = field(default_factory=dict)
-    events: list[bytes] = field(default_factory=list)  # encoded, in arrival order
+    events: list[bytes] = field(default_factory=list)  # data payloads, in arrival order
     ends: list[int] = field(default_factory=list)  # first choice's length after each event
     sent: int = 0  # events released so far
     barrier: int | None = None
@@ -103,20 +109,21 @@ class StreamState:
         if self.head is None:
             self.head = _head(chunk, self.model)
         choices = chunk.get("choices")
-        if not isinstance(choices, list):
+        if type(choices) is not list:
             raise StreamFault("upstream chunk has no 'choices' array")
         if not choices and chunk.get("usage") is not None:
             self.closing = chunk  # the moderation object joins it at the end
             return
         if self._add(choices) and self.barrier is None:
             self.barrier = len(self.events)
-        self.events.append(encode(data))
-        self.ends.append(self.length())
+        self.events.append(data)
+        first = self.choices.get(0)
+        self.ends.append(first.length if first is not None else 0)
 
     def _add(self, choices: list[Any]) -> bool:
         held = False
         for choice in choices:
-            if isinstance(choice, dict):
+            if type(choice) is dict:
                 index = choice.get("index", 0)
                 state = self.choices.get(index)
                 if state is None:  # not setdefault: that would build a state per chunk
@@ -156,7 +163,7 @@ class StreamState:
     def _take(self, stop: int) -> bytes:
         if stop <= self.sent:
             return b""
-        out = b"".join(self.events[self.sent : stop])
+        out = b"data: " + b"\n\ndata: ".join(self.events[self.sent : stop]) + b"\n\n"
         self.sent = stop
         self.released_any = True
         return out
@@ -226,7 +233,7 @@ def _load_chunk(data: bytes) -> dict[str, Any]:
         chunk = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise StreamFault("upstream sent an unreadable stream chunk") from exc
-    if not isinstance(chunk, dict):
+    if type(chunk) is not dict:
         raise StreamFault("upstream stream chunk is not an object")
     if "error" in chunk:
         raise StreamFault("upstream reported an error mid-stream", error=chunk["error"])

@@ -1,12 +1,12 @@
 """Streams a moderated answer from the upstream to the client.
 
-Two tasks share one ``StreamState``: the *reader* decodes the upstream's SSE into
-it (and, in ``async`` mode, writes what it may at once); the *moderator* (``run``)
-starts the checks the ``WindowSchedule`` calls for, one at a time, releases text
-each passed check covers (``window`` mode), and ends the stream: the rest of the
-answer once the final check over the whole text passed, or a ``content_filter``
-ending as soon as a check fails.  Nothing the reader holds back is ever written
-before a check covering it passed.
+One task reads the upstream's SSE into a ``StreamState`` and, between reads, starts
+the checks the ``WindowSchedule`` calls for, one at a time, in a task of their own
+whose end interrupts the wait for the upstream.  Each passed check releases the
+text it covers (``window`` mode); ``async`` mode writes text as it arrives.  The
+stream ends with the rest of the answer once the final check over the whole text
+passed, or with a ``content_filter`` ending as soon as a check fails.  Nothing
+held back is ever written before a check covering it passed.
 
 =========  ===========================================  =========================
 mode       the client sees                              checks
@@ -55,66 +55,78 @@ class StreamRelay:
         self.schedule = (WindowSchedule(first=stage.window_chars,
                                         cap=max(stage.window_chars, MAX_WINDOW_CHARS))
                          if windowed else WindowSchedule.never())
-        self._wake = asyncio.Event()
+        self._upstream: StreamedAnswer | None = None
         self._check: asyncio.Task[tuple[Outcome, int, int]] | None = None
         self._last: tuple[Outcome, int] | None = None  # the last passed window, its length
 
     async def run(self, upstream: StreamedAnswer) -> None:
-        reader = asyncio.create_task(self._read(upstream), name="guardproxy-upstream-reader")
-        reader.add_done_callback(lambda _: self._wake.set())
         try:
-            await self._moderate(reader)
-        finally:
-            for task in (reader, self._check):
-                if task is not None and not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, *_UPSTREAM_ERRORS):
-                        await task
-
-    # -- the reader --------------------------------------------------------------------
-
-    async def _read(self, upstream: StreamedAnswer) -> None:
-        decoder = SSEDecoder()
-        async for data in upstream.iter_any():
-            if self._feed(decoder.feed(data)):
+            try:
+                ended = await self._relay(upstream)
+            except _UPSTREAM_ERRORS as exc:
+                await self._end_with_error(exc)
                 return
+            if not ended:
+                await self._finish(await self._final_outcomes(), self.state.length())
+        finally:
+            if self._check is not None and not self._check.done():
+                self._check.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._check
+
+    async def _relay(self, upstream: StreamedAnswer) -> bool:
+        """Read the whole answer, checking windows on the way; True once a check
+        ended the stream."""
+        self._upstream = upstream
+        decoder = SSEDecoder()
+        while True:
+            data = await upstream.read_some()
+            if await self._check_ended():
+                return True
+            if data is None:
+                continue
+            events = decoder.feed_data(data) if data else [e.data for e in decoder.close()]
+            if self._feed(events):
+                break
+            if not data:
+                if not self.state.finished():
+                    raise StreamFault("upstream stream ended before it finished")
+                break
             if self.mode == "async":
                 await self._write(self.state.release(len(self.state.events)))
-            if self.schedule.due(self.state.length()):
-                self._wake.set()
-        self._feed(decoder.close())
-        if not self.state.finished():
-            raise StreamFault("upstream stream ended before it finished")
-
-    def _feed(self, events: list[Any]) -> bool:
-        """Feed decoded events; True once ``[DONE]`` arrived."""
-        for event in events:
-            if event.data == DONE:
-                return True
-            self.state.feed(event.data)
-        return False
-
-    # -- the moderator -------------------------------------------------------------------
-
-    async def _moderate(self, reader: asyncio.Task[None]) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if self._check is not None and self._check.done():
-                if await self._window_checked(self._check.result()):
-                    return
-                self._check = None
-            if reader.done() and self._check is None:
-                await self._end(reader)
-                return
             if self._check is None and self.schedule.due(self.state.length()):
                 self._start_window_check()
+        if self._check is not None:  # the last window, before the final check
+            await asyncio.wait([self._check])
+            return await self._check_ended()
+        return False
+
+    def _feed(self, events: list[bytes]) -> bool:
+        """Feed decoded events' data; True once ``[DONE]`` arrived."""
+        feed = self.state.feed
+        for data in events:
+            if data == DONE:
+                return True
+            feed(data)
+        return False
+
+    async def _check_ended(self) -> bool:
+        """Act on a finished window check; True when it ended the stream."""
+        check = self._check
+        if check is None or not check.done():
+            return False
+        self._check = None
+        return await self._window_checked(check.result())
 
     def _start_window_check(self) -> None:
         upto, text = len(self.state.events), self.state.text()
         self.schedule.checked(len(text))
         self._check = asyncio.create_task(self._judge(upto, text), name="guardproxy-window")
-        self._check.add_done_callback(lambda _: self._wake.set())
+        self._check.add_done_callback(self._interrupt)
+
+    def _interrupt(self, _: object) -> None:
+        if self._upstream is not None:
+            self._upstream.interrupt()
 
     async def _judge(self, upto: int, text: str) -> tuple[Outcome, int, int]:
         return await self.checks.judge_response(text), upto, len(text)
@@ -129,15 +141,6 @@ class StreamRelay:
         if self.mode == "window":
             await self._write(self.state.release(upto))
         return False
-
-    async def _end(self, reader: asyncio.Task[None]) -> None:
-        failure = reader.exception()
-        if failure is not None:
-            if isinstance(failure, ConnectionResetError):
-                raise failure
-            await self._end_with_error(failure)
-            return
-        await self._finish(await self._final_outcomes(), self.state.length())
 
     async def _final_outcomes(self) -> list[Outcome]:
         """The check of the complete answer (a window check may already be it)."""

@@ -39,22 +39,37 @@ class SSEDecoder:
         self._skip_lf = False  # the last read ended in CR: a leading LF belongs to it
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        events = self._whole_data_events(chunk)
-        return events if events is not None else self._feed(chunk)
+        blocks = self._whole_data_blocks(chunk)
+        if blocks is None:
+            return self._feed(chunk)
+        return [SSEEvent(block[6:]) for block in blocks]
 
-    def _whole_data_events(self, chunk: bytes) -> list[SSEEvent] | None:
-        """The common case, cheaply: whole ``data:`` events with LF line ends and nothing
-        pending from before.  None when the chunk needs the general path."""
+    def feed_data(self, chunk: bytes) -> list[bytes]:
+        """Like ``feed``, but only the events' data: what a relay of OpenAI's chunks
+        needs (event names are not part of that protocol)."""
+        blocks = self._whole_data_blocks(chunk)
+        if blocks is None:
+            return [event.data for event in self._feed(chunk)]
+        return [block[6:] for block in blocks]
+
+    def _whole_data_blocks(self, chunk: bytes) -> list[bytes] | None:
+        """The common case, cheaply: whole ``data: ...`` events, one line each, LF line
+        ends, nothing pending from before.  None when the chunk needs the general path.
+
+        Each such event holds exactly two LFs and starts with ``data: ``: counting both
+        in C checks every event without a Python loop."""
         if self._partial or self._data or self._skip_lf or not chunk.endswith(b"\n\n"):
             return None
-        if b"\r" in chunk or b"\n\n\n" in chunk:
+        if b"\r" in chunk:
             return None
-        events = []
-        for block in chunk[:-2].split(b"\n\n"):
-            if block[:6] != b"data: " or b"\n" in block or len(block) > self._max:
-                return None
-            events.append(SSEEvent(block[6:]))
-        return events
+        blocks = chunk[:-2].split(b"\n\n")
+        if chunk.count(b"\n") != 2 * len(blocks) or not chunk.startswith(b"data: "):
+            return None
+        if chunk.count(b"\n\ndata: ") != len(blocks) - 1:
+            return None
+        if len(chunk) > self._max and max(map(len, blocks)) > self._max:
+            return None
+        return blocks
 
     def _feed(self, chunk: bytes) -> list[SSEEvent]:
         if self._skip_lf and chunk[:1] == b"\n":
@@ -98,6 +113,8 @@ class SSEDecoder:
         if name == b"data":
             self._data.append(value)
             self._size += len(value) + 1
+            if self._size > self._max:  # a whole event that arrived in one read, too
+                raise SSEError(f"an event exceeded the {self._max}-byte bound")
         elif name == b"event":
             self._event = value.decode("utf-8", "replace")
         return None

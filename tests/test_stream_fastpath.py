@@ -1,0 +1,108 @@
+"""The relay's fast paths agree with the general decoders on every input.
+
+``SSEDecoder.feed_data`` takes whole ``data:`` events in C-level passes; the chunked
+decoder takes whole chunks in one step.  Both must give exactly what the general,
+line-by-line paths give, for any stream and any split of it."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.http1 import HTTPFormatError, _Chunked
+from proxy.sse import SSEDecoder, SSEError
+
+# one event's lines: mostly the fast path's shape, sometimes what only the general path reads
+_LINE = st.one_of(
+    st.binary(max_size=40).filter(lambda b: b"\n" not in b and b"\r" not in b)
+    .map(lambda b: b"data: " + b),
+    st.sampled_from([b"data:x", b"data", b": comment", b"event: ping", b"data: [DONE]",
+                     b"id: 7", b"data: a\rdata: b"]),
+)
+_EVENT = st.tuples(st.lists(_LINE, min_size=1, max_size=3),
+                   st.sampled_from([b"\n", b"\r\n", b"\r"]))
+
+
+def _stream(events: list[tuple[list[bytes], bytes]]) -> bytes:
+    return b"".join(end.join(lines) + end + end for lines, end in events)
+
+
+def _split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({min(c, len(data)) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+def _general(pieces: list[bytes]) -> list[bytes]:
+    decoder = SSEDecoder()
+    # one byte at a time never takes the fast path
+    events = [e.data for piece in pieces for b in range(len(piece))
+              for e in decoder.feed(piece[b : b + 1])]
+    return events + [e.data for e in decoder.close()]
+
+
+def _fast(pieces: list[bytes]) -> list[bytes]:
+    decoder = SSEDecoder()
+    events = [data for piece in pieces for data in decoder.feed_data(piece)]
+    return events + [e.data for e in decoder.close()]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_EVENT, max_size=8), st.lists(st.integers(0, 400), max_size=4))
+def test_feed_data_equals_the_general_decoder(events: list[tuple[list[bytes], bytes]],
+                                              cuts: list[int]) -> None:
+    data = _stream(events)
+    pieces = _split(data, cuts)
+    assert _fast(pieces) == _general(pieces)
+
+
+def test_the_fast_path_keeps_the_event_bound() -> None:
+    decoder = SSEDecoder(max_event_bytes=64)
+    with pytest.raises(SSEError):
+        decoder.feed_data(b"data: small\n\ndata: " + b"x" * 100 + b"\n\n")
+
+
+@pytest.mark.parametrize("chunk", [
+    b"data: a\n\n\n\n",  # an empty line between events: not one of the fast path's shapes
+    b"data: a\n\nevent: x\ndata: b\n\n",
+    b"data: a\n\n: c\n\n",
+])
+def test_shapes_the_fast_path_declines_still_decode(chunk: bytes) -> None:
+    assert _fast([chunk]) == _general([chunk])
+
+
+def _chunked(payloads: list[bytes]) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in payloads) + b"0\r\n\r\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=300), max_size=12),
+       st.lists(st.integers(0, 4000), max_size=6))
+def test_chunked_decoding_of_whole_and_split_chunks(payloads: list[bytes],
+                                                    cuts: list[int]) -> None:
+    data = _chunked(payloads)
+    decoder, out = _Chunked(), b""
+    for piece in _split(data, cuts):
+        out += decoder.feed(piece)
+    assert out == b"".join(payloads) and decoder.done
+
+
+@pytest.mark.parametrize("body", [
+    b"0x5\r\nhello\r\n0\r\n\r\n",  # a prefix int() would take
+    b"-5\r\nhello\r\n0\r\n\r\n",
+    b"5\r\nhelloXX0\r\n\r\n",  # chunk data not followed by CRLF
+    b"1_0\r\n" + b"x" * 16 + b"\r\n0\r\n\r\n",
+    b"\r\nhello\r\n",
+])
+def test_malformed_chunking_is_an_error(body: bytes) -> None:
+    with pytest.raises(HTTPFormatError):
+        _Chunked().feed(body)
+
+
+def test_chunk_extensions_and_trailers_are_read() -> None:
+    decoder = _Chunked()
+    assert decoder.feed(b"5;name=v\r\nhello\r\n0\r\nX-T: 1\r\n") == b"hello"
+    assert not decoder.done
+    assert decoder.feed(b"\r\n") == b"" and decoder.done
