@@ -343,6 +343,9 @@ class StreamedAnswer(asyncio.Protocol):
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._interrupted = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiting_since = 0.0
+        self._timed_out = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -423,6 +426,20 @@ class StreamedAnswer(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
+    def _check_idle(self) -> None:
+        """The read timeout's one timer: it fires at most once per timeout period and
+        re-arms itself while reads keep arriving, instead of a timer per wait."""
+        self._timer = None
+        if self._waiter is None or self._waiter.done() or self.read_timeout is None:
+            return  # not waiting now: the next wait arms it again
+        loop = asyncio.get_running_loop()
+        deadline = self._waiting_since + self.read_timeout
+        if loop.time() >= deadline:
+            self._timed_out = True
+            self._waiter.set_result(None)
+        else:
+            self._timer = loop.call_at(deadline, self._check_idle)
+
     def interrupt(self) -> None:
         """Make a pending (or the next) ``read_some`` return None: the reader has
         something else to attend to."""
@@ -441,9 +458,19 @@ class StreamedAnswer(asyncio.Protocol):
             if self._interrupted:
                 self._interrupted = False
                 return None
-            self._waiter = asyncio.get_running_loop().create_future()
-            async with asyncio.timeout(self.read_timeout):
+            loop = asyncio.get_running_loop()
+            self._waiter = loop.create_future()
+            if self.read_timeout is not None:
+                self._waiting_since = loop.time()
+                if self._timer is None:
+                    self._timer = loop.call_at(self._waiting_since + self.read_timeout,
+                                               self._check_idle)
+            try:
                 await self._waiter
+            finally:
+                self._waiter = None
+            if self._timed_out:
+                raise TimeoutError(f"no upstream bytes for {self.read_timeout}s")
         self._interrupted = False
         if self._pieces:
             data = b"".join(self._pieces) if len(self._pieces) > 1 else self._pieces[0]
@@ -470,6 +497,7 @@ class StreamedAnswer(asyncio.Protocol):
         return b"".join(parts)
 
     def release(self) -> None:
+        self._stop_timer()
         if self.done and self._keep and not self.closed and self._error is None:
             self._origin.keep_stream(self)
         else:
@@ -477,8 +505,14 @@ class StreamedAnswer(asyncio.Protocol):
 
     def close(self) -> None:
         self.closed = True
+        self._stop_timer()
         if self.transport is not None:
             self.transport.close()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def reset(self) -> None:
         """Ready for the next request on the same connection."""
@@ -488,3 +522,4 @@ class StreamedAnswer(asyncio.Protocol):
         self._size = 0
         self._error = None
         self._interrupted = False
+        self._timed_out = False

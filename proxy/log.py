@@ -70,6 +70,8 @@ class RequestRecord:
     guard_calls: int = 0
     cache_hits: int = 0
     guard_ms: float = 0.0
+    guard_timings: list[tuple[str, float]] = field(default_factory=list)  # (check, seconds)
+    prompt_chars: int = 0  # the messages' text, counted when the prompt is blocked
     upstream_ms: float | None = None
     ttft_ms: float | None = None
     usage: Any = None

@@ -111,13 +111,19 @@ class StreamState:
         choices = chunk.get("choices")
         if type(choices) is not list:
             raise StreamFault("upstream chunk has no 'choices' array")
-        if not choices and chunk.get("usage") is not None:
+        first: ChoiceState | None
+        if len(choices) == 1 and type(choices[0]) is dict and choices[0].get("index", 0) == 0:
+            first = self.choices.get(0) or self.choices.setdefault(0, ChoiceState())
+            held = first.add(choices[0])  # the common case: one choice, the first
+        elif not choices and chunk.get("usage") is not None:
             self.closing = chunk  # the moderation object joins it at the end
             return
-        if self._add(choices) and self.barrier is None:
+        else:
+            held = self._add(choices)
+            first = self.choices.get(0)
+        if held and self.barrier is None:
             self.barrier = len(self.events)
         self.events.append(data)
-        first = self.choices.get(0)
         self.ends.append(first.length if first is not None else 0)
 
     def _add(self, choices: list[Any]) -> bool:

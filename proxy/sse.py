@@ -84,6 +84,7 @@ class SSEDecoder:
             last = line[-1:]
             if last != b"\n" and last != b"\r":
                 self._partial = line
+                self._skip_lf = False  # bytes followed the CR: an LF next ends this line
                 break
             self._skip_lf = last == b"\r"
             event = self._line(line.rstrip(b"\r\n"))

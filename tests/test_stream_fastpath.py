@@ -106,3 +106,10 @@ def test_chunk_extensions_and_trailers_are_read() -> None:
     assert decoder.feed(b"5;name=v\r\nhello\r\n0\r\nX-T: 1\r\n") == b"hello"
     assert not decoder.done
     assert decoder.feed(b"\r\n") == b"" and decoder.done
+
+
+def test_a_cr_ended_line_then_a_partial_line_keeps_the_next_lf() -> None:
+    """The LF after ``data: b`` ends that line: it is not the second half of the CRLF
+    the earlier CR-ended line might have begun."""
+    pieces = [b"data: a\rdata: b", b"\ndata: c\n\n"]
+    assert _fast(pieces) == _general(pieces) == [b"a\nb\nc"]

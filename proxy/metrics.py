@@ -1,0 +1,171 @@
+"""Prometheus metrics.
+
+Almost everything is read, once, from a request's finished ``RequestRecord`` (the
+same record the ``request`` log line is made of), so the metrics and the log always
+agree.  Only what changes while requests run (streams open now) and what is not a
+request (policy reloads) is updated where it happens.
+
+Labels are bounded: tenants come from the policy files (a request that matched no
+tenant counts as ``-``), stages, checks, actions, error kinds and status classes
+from small fixed sets; nothing is taken from request data.
+
+With ``serve --workers N`` each worker writes its values to files in a directory
+shared by all of them (prometheus-client's multiprocess mode, ``PROMETHEUS_MULTIPROC_DIR``),
+and ``/metrics`` from any worker reports the sum over all of them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from .config import Action
+from .log import RequestRecord
+from .policy import Outcome
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+NO_TENANT = "-"
+#: seconds; guard checks take milliseconds to a second, answers up to minutes
+GUARD_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
+UPSTREAM_BUCKETS = (.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+class Metrics:
+    """The proxy's metrics, in a registry of their own (one per app)."""
+
+    def __init__(self, tenants: Iterable[str] = ()) -> None:
+        self.registry = CollectorRegistry()
+        self._tenants = frozenset(tenants)
+        r = self.registry
+        self.requests = Counter(
+            "guardproxy_requests", "Chat requests by tenant, stage and the stage's action "
+            "(pass, flag, block, or not_checked / guard_error when there was no verdict).",
+            ["tenant", "stage", "action"], registry=r)
+        self.responses = Counter(
+            "guardproxy_http_responses", "HTTP answers by tenant and status class.",
+            ["tenant", "status"], registry=r)
+        self.guard_calls = Counter(
+            "guardproxy_guard_calls", "Guard calls by check and guard API.",
+            ["check", "api"], registry=r)
+        self.guard_latency = Histogram(
+            "guardproxy_guard_latency_seconds", "Guard call latency by check and guard API.",
+            ["check", "api"], buckets=GUARD_BUCKETS, registry=r)
+        self.guard_errors = Counter(
+            "guardproxy_guard_errors", "Checks without a verdict by check and error kind.",
+            ["check", "kind"], registry=r)
+        self.cache_hits = Counter(
+            "guardproxy_verdict_cache_hits", "Guard inputs answered from the verdict cache.",
+            registry=r)
+        self.upstream_latency = Histogram(
+            "guardproxy_upstream_latency_seconds",
+            "Upstream time: the whole answer, or the whole stream.",
+            ["tenant", "stream"], buckets=UPSTREAM_BUCKETS, registry=r)
+        self.ttft = Histogram(
+            "guardproxy_time_to_first_token_seconds",
+            "Time from the request to the first byte of a streamed answer.",
+            ["tenant"], buckets=UPSTREAM_BUCKETS, registry=r)
+        self.active_streams = Gauge(
+            "guardproxy_active_streams", "Streamed answers being relayed now.",
+            registry=r, multiprocess_mode="livesum")
+        self.reloads = Counter(
+            "guardproxy_policy_reloads", "Policy reloads by outcome (ok, rejected).",
+            ["outcome"], registry=r)
+        self.blocked = Counter(
+            "guardproxy_blocked_requests", "Requests blocked, by tenant and stage.",
+            ["tenant", "stage"], registry=r)
+        self.blocked_tokens = Counter(
+            "guardproxy_blocked_upstream_tokens",
+            "Upstream tokens of blocked requests: 'cost' = tokens the upstream reported for "
+            "an answer that was blocked; 'saved' = prompt tokens never sent upstream "
+            "(estimated as the messages' characters / 4).",
+            ["tenant", "kind"], registry=r)
+
+    def set_tenants(self, tenants: Iterable[str]) -> None:
+        """After a policy reload: the tenants that may appear as labels."""
+        self._tenants = frozenset(tenants)
+
+    def tenant(self, name: str | None) -> str:
+        return name if name is not None and name in self._tenants else NO_TENANT
+
+    def observe(self, record: RequestRecord, status: int, api: str) -> None:
+        """Count one finished request from its record."""
+        tenant = self.tenant(record.tenant)
+        self.responses.labels(tenant, f"{status // 100}xx").inc()
+        if record.tenant is None:
+            return
+        for stage, outcomes in (("prompt", record.input), ("response", record.output)):
+            if outcomes:
+                self._stage(tenant, stage, outcomes)
+        for check, seconds in record.guard_timings:
+            self.guard_calls.labels(check, api).inc()
+            self.guard_latency.labels(check, api).observe(seconds)
+        if record.cache_hits:
+            self.cache_hits.inc(record.cache_hits)
+        if record.upstream_ms is not None:
+            self.upstream_latency.labels(tenant, str(record.stream).lower()).observe(
+                record.upstream_ms / 1000)
+        if record.stream and record.ttft_ms is not None:
+            self.ttft.labels(tenant).observe(record.ttft_ms / 1000)
+        self._tokens(tenant, record)
+
+    def _stage(self, tenant: str, stage: str, outcomes: list[Outcome]) -> None:
+        worst = max(outcomes, key=lambda o: o.action.rank)
+        self.requests.labels(tenant, stage, _action_label(worst)).inc()
+        for outcome in outcomes:
+            if outcome.error_kind is not None:
+                self.guard_errors.labels(stage, outcome.error_kind).inc()
+        if worst.action is Action.BLOCK:
+            self.blocked.labels(tenant, stage).inc()
+
+    def _tokens(self, tenant: str, record: RequestRecord) -> None:
+        if any(o.action is Action.BLOCK for o in record.input):
+            self.blocked_tokens.labels(tenant, "saved").inc(record.prompt_chars // 4)
+        elif any(o.action is Action.BLOCK for o in record.output):
+            self.blocked_tokens.labels(tenant, "cost").inc(_total_tokens(record.usage))
+
+    def render(self) -> bytes:
+        """The exposition text: this process's registry, or all workers' files."""
+        folder = multiprocess_dir()
+        if folder is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=folder)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+
+def _action_label(outcome: Outcome) -> str:
+    if outcome.verdict is not None or outcome.error_code is None:
+        return outcome.action.value
+    if outcome.error_code == "guard_unavailable":
+        return "guard_error_" + outcome.action.value
+    return "not_checked"
+
+
+def _total_tokens(usage: Any) -> int:
+    if isinstance(usage, dict):
+        total = usage.get("total_tokens")
+        if isinstance(total, int) and total >= 0:
+            return total
+    return 0
+
+
+def worker_exited(pid: int) -> None:
+    """Drop a finished worker's live gauges (its counters stay in the sums)."""
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
