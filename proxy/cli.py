@@ -1,4 +1,4 @@
-"""guardproxy: serve, check, classify, hash-key."""
+"""guardproxy: serve, check, classify, hash-key, guard."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from . import log, workers
+from . import guardserver, log, workers
 from .app import create_app, make_guard
 from .config import Config, ConfigError, hash_key, load
 from .conversation import Turn
@@ -46,6 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     hash_key = commands.add_parser("hash-key", help="print a key's sha256: form for a policy")
     hash_key.add_argument("key")
     hash_key.set_defaults(func=_hash_key)
+    guard = commands.add_parser("guard", help="start SGLang serving Qwen3Guard-Gen for the proxy")
+    _config_arg(guard)
+    guardserver.add_arguments(guard)
+    guard.set_defaults(func=_guard)
     return parser
 
 
@@ -99,8 +103,10 @@ def _run(config: Config, host: str, port: int, *, reuse_port: bool) -> None:
     log.configure(config.server.log_level)
     _use_uvloop()
     log.logger.info("listening", host=host, port=port, tenants=len(config.policies))
+    # handler_cancellation: a client that hangs up cancels its request's task, and with it
+    # the upstream call and any pending guard check
     web.run_app(create_app(config), host=host, port=port, reuse_port=reuse_port or None,
-                access_log=None, print=None)
+                access_log=None, print=None, handler_cancellation=True)
 
 
 def _use_uvloop() -> None:
@@ -145,3 +151,13 @@ async def _ask(config: Config, turns: list[Turn]) -> int:
 def _hash_key(args: argparse.Namespace) -> int:
     print(hash_key(args.key))
     return 0
+
+
+def _guard(args: argparse.Namespace) -> int:
+    config = None
+    if args.config is not None or guardserver.config_present():
+        config = _load(args)
+        if config is None:
+            return 1
+    base = guardserver.defaults_from(None if config is None else config.server.guard)
+    return guardserver.run(guardserver.options_from(args, base), dry_run=args.dry_run)
