@@ -1,8 +1,10 @@
 """``create_app(config)``: routes, middlewares, and one client session for the guard
-and one per upstream, opened and closed with the app."""
+and one per upstream, opened and closed with the app.  At start-up the guard is asked
+for its context window (``/v1/models``), unless the config names it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -56,9 +58,13 @@ def _clients(config: Config) -> Callable[[web.Application], AsyncIterator[None]]
         }
         app[RUNTIME] = Runtime(config=config, guard=guard, upstreams=upstreams,
                                cache=make_cache(config.server.guard))
+        # Asked beside start-up, not before it: the socket opens at once, and a check that
+        # arrives first waits for the answer.  A guard that is down is asked again later.
+        window = asyncio.create_task(guard.input_budget(), name="guardproxy-guard-window")
         try:
             yield
         finally:
+            window.cancel()
             guard.close()
             for upstream in upstreams.values():
                 upstream.close()

@@ -6,6 +6,11 @@ Entries are keyed by a 128-bit BLAKE2b digest of the exact guard input (every
 turn's role and text, and which API and model judge it), so different inputs never
 share a verdict; the cache is a bounded LRU whose entries expire after a TTL.
 No I/O.
+
+The key is taken of the input as it is sent, after ``longinput.fit``: a piece of an
+over-long message, or a conversation with its oldest turns trimmed, is cached as
+such.  A user turn judged as the last one of a request is the same input when a
+later request (``prompt.scope: all``) judges it again as history, so it hits.
 """
 
 from __future__ import annotations

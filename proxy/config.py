@@ -135,6 +135,7 @@ class GuardConfig:
     max_tokens: int = 32
     cache_size: int = 10_000  # verdicts kept; 0 turns the cache off
     cache_ttl_s: float = 600.0
+    max_model_len: int | None = None  # tokens; None: ask the guard's /v1/models
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -323,17 +324,6 @@ def _is_number(value: object) -> bool:
     return math.isfinite(value)
 
 
-def _not_available_yet(path: str, value: str) -> str | None:
-    """Schema values this version cannot run yet.  Delete entries as the features land."""
-    later = {
-        "prompt.scope": ({"all"}, "last"),
-    }
-    values, instead = later.get(path, (set(), ""))
-    if value in values:
-        return f"{path}: {value!r} is not available yet; use {instead}"
-    return None
-
-
 @dataclass
 class _Section:
     """The validated keys of one mapping, with typed getters that report problems.
@@ -406,11 +396,7 @@ class _Section:
             return default
         for choice in choices:
             if node.value == choice:
-                problem = _not_available_yet(self.path(key), choice)
-                if problem is None:
-                    return choice
-                self.f.error(entry.key_line, problem)
-                return default
+                return choice
         self.f.error(entry.key_line, f"{self.path(key)}: {node.text!r} is not one of {valid}")
         return default
 
@@ -487,7 +473,7 @@ def _section(
 
 _SERVER_KEYS = ("listen", "policies", "guard", "upstreams", "limits", "log")
 _GUARD_KEYS = ("url", "model", "api", "timeout_s", "api_key_env", "max_tokens", "cache_size",
-               "cache_ttl_s")
+               "cache_ttl_s", "max_model_len")
 _UPSTREAM_KEYS = ("url", "api_key_env", "timeout_s")
 _APIS: tuple[Literal["chat", "generate"], ...] = ("chat", "generate")
 _LEVELS = ("debug", "info", "warning", "error")
@@ -563,6 +549,7 @@ def _guard(top: _Section, env: Mapping[str, str]) -> GuardConfig:
         max_tokens=sec.integer("max_tokens", defaults.max_tokens),
         cache_size=sec.integer("cache_size", defaults.cache_size, low=0),
         cache_ttl_s=sec.number("cache_ttl_s", defaults.cache_ttl_s),
+        max_model_len=sec.integer("max_model_len", 0) or None,
     )
 
 

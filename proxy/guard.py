@@ -7,22 +7,29 @@
 ask for the log-probabilities at the severity token, so category scores are real
 probabilities.  Every transport or format problem is translated once, here, into
 a ``GuardError`` whose ``kind`` names it.
+
+``ContextWindow`` knows how long an input the guard takes: ``guard.max_model_len``
+when configured, else the ``max_model_len`` of the model's card in the guard's
+``/v1/models`` (SGLang reports its context length there), asked at start-up.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import aiohttp
 import orjson
+import structlog
 import yarl
 
 from .config import GuardConfig
 from .conversation import Turn
 from .errors import GuardError
 from .http1 import HTTPFormatError, Origin
+from .longinput import input_budget
 from .template import render
 from .verdict import (
     TokenStep,
@@ -33,7 +40,11 @@ from .verdict import (
     with_scores,
 )
 
+logger = structlog.get_logger("guardproxy")
+
 TOP_LOGPROBS = 5
+#: A guard whose context window could not be read is asked again after this long.
+CONTEXT_RETRY_S = 30.0
 _REGEX = {False: verdict_regex(response=False), True: verdict_regex(response=True)}
 
 
@@ -42,6 +53,11 @@ class Guard(Protocol):
 
     async def classify(self, turns: Sequence[Turn]) -> Verdict:
         """Judge the last turn: a prompt if it is the user's, else a response."""
+        ...
+
+    async def input_budget(self) -> int | None:
+        """The most UTF-8 bytes a rendered input may take (see ``longinput``); None while
+        the guard's context window is unknown."""
         ...
 
     async def health(self) -> str | None:
@@ -64,6 +80,12 @@ class _HTTPGuard:
         headers = {"Content-Type": "application/json", "Accept": "application/json",
                    **_auth(config)}
         self._head = self._origin.head(yarl.URL(config.url + self.path).raw_path, headers)
+        self.window = ContextWindow(configured=config.max_model_len,
+                                    ask=lambda: fetch_context_length(session, config))
+
+    async def input_budget(self) -> int | None:
+        tokens = await self.window.tokens()
+        return None if tokens is None else input_budget(tokens, self._config.max_tokens)
 
     async def health(self) -> str | None:
         return await probe_health(self._session, self._config)
@@ -213,3 +235,72 @@ async def probe_health(session: aiohttp.ClientSession, config: GuardConfig) -> s
         if status != 404:
             break
     return f"guard {path} answered HTTP {status}"
+
+
+class ContextWindow:
+    """The guard's context window in tokens: the configured one, else the guard's answer.
+
+    A guard that cannot be asked (down, or answering an error) is asked again when a
+    check next needs the window, at most every ``CONTEXT_RETRY_S`` seconds; until then
+    inputs go unfitted.  A guard that answers without a window is not asked again.
+    """
+
+    def __init__(self, *, configured: int | None, ask: Callable[[], Awaitable[int | None]],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._tokens = configured
+        self._settled = configured is not None
+        self._ask = ask
+        self._clock = clock
+        self._next_try = 0.0
+        self._lock = asyncio.Lock()
+
+    async def tokens(self) -> int | None:
+        if self._settled or self._clock() < self._next_try:
+            return self._tokens
+        async with self._lock:  # one question at a time; the others wait for its answer
+            if not self._settled and self._clock() >= self._next_try:
+                await self._refresh()
+        return self._tokens
+
+    async def _refresh(self) -> None:
+        try:
+            self._tokens = await self._ask()
+        except GuardError as exc:
+            self._next_try = self._clock() + CONTEXT_RETRY_S
+            logger.warning("guard_context_unknown", reason=exc.message, retry_s=CONTEXT_RETRY_S)
+            return
+        self._settled = True
+        if self._tokens is None:
+            logger.warning("guard_context_unknown", reason="no max_model_len in /v1/models")
+        else:
+            logger.debug("guard_context", max_model_len=self._tokens)
+
+
+async def fetch_context_length(session: aiohttp.ClientSession, config: GuardConfig
+                               ) -> int | None:
+    """``max_model_len`` of the configured model's card in ``GET {url}/v1/models`` (the
+    only card when the names differ); None when the guard has no such field.  Raises
+    ``GuardError`` when the guard cannot be asked."""
+    timeout = aiohttp.ClientTimeout(total=min(config.timeout_s, 2.0))
+    try:
+        async with session.get(config.url + "/v1/models", headers=_auth(config),
+                               timeout=timeout) as resp:
+            status, raw = resp.status, await resp.read()
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise GuardError("unreachable", f"guard unreachable: {type(exc).__name__}") from exc
+    if status != 200:
+        raise GuardError("http_error", f"guard /v1/models answered HTTP {status}")
+    try:
+        return _context_length(orjson.loads(raw), config.model)
+    except orjson.JSONDecodeError as exc:
+        raise GuardError("bad_response", "guard /v1/models answered invalid JSON") from exc
+
+
+def _context_length(listing: Any, model: str) -> int | None:
+    data = listing.get("data") if isinstance(listing, dict) else None
+    cards = [card for card in data if isinstance(card, dict)] if isinstance(data, list) else []
+    named = [card for card in cards if card.get("id") == model]
+    card = named[0] if named else cards[0] if len(cards) == 1 else None
+    value = card.get("max_model_len") if card is not None else None
+    valid = isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return value if valid else None

@@ -1,8 +1,9 @@
 """One chat request's moderation stages, in order:
 
 1. **prompt received** — authenticated, body parsed, model allowed.
-2. **prompt checked** (``check_prompt``) — the guard judged the last user turn and the
-   tenant's policy turned the verdict into an action; a block ends the request here
+2. **prompt checked** (``check_prompt``) — the guard judged the last user turn (with
+   ``prompt.scope: all``, every user turn, each in the context before it) and the
+   tenant's policy turned the verdicts into an action; a block ends the request here
    and the upstream is never called.
 3. **upstream started** — the raw body goes to the tenant's upstream.
 4. **response checked** (``check_response``) — each choice's assembled text is judged
@@ -10,15 +11,20 @@
 5. **done** — the answer, annotated, goes to the client; the record is logged.
 
 ``Checks`` runs stages 2 and 4 and keeps the request's accounting; it does no HTTP
-of its own beyond calling the guard.
+of its own beyond calling the guard.  Every guard input is first fitted into the
+guard's context window (``longinput.fit``): older context is trimmed, an over-long
+message is judged in overlapping pieces.  Several checks of one stage (pieces, turns)
+run concurrently, each answered from the verdict cache when it ran before, and the
+strictest outcome speaks for the stage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from .cache import VerdictCache
 from .config import Action, Policy, StagePolicy
@@ -26,7 +32,8 @@ from .conversation import Turn, prompt_view, response_view
 from .errors import GuardError
 from .guard import Guard
 from .log import RequestRecord
-from .policy import Outcome
+from .longinput import fit
+from .policy import Outcome, strictest_index
 from .protocol import ChatRequest
 from .verdict import Verdict
 
@@ -44,9 +51,11 @@ class Checks:
         if not stage.check:
             outcome = Outcome.not_checked("prompt check disabled by policy")
         else:
-            view = prompt_view(self.chat.turns)
-            outcome = await self._judge(stage, view)
-            self._keep_text(outcome, view[-1].text, output=False)
+            views = judged_prompts(self.chat.turns, stage.scope)
+            outcomes = await _all([self._judge(stage, view) for view in views])
+            worst = strictest_index(outcomes)
+            outcome = outcomes[worst]
+            self._keep_text(outcome, views[worst][-1].text, output=False)
         self.record.input = [outcome]
         return outcome
 
@@ -61,9 +70,7 @@ class Checks:
         return outcomes
 
     async def _judge_all(self, texts: Sequence[str]) -> list[Outcome]:
-        if len(texts) == 1:  # the usual case: no task needed to run one check
-            return [await self.judge_response(texts[0])]
-        return list(await asyncio.gather(*(self.judge_response(t) for t in texts)))
+        return await _all([self.judge_response(text) for text in texts])
 
     async def judge_response(self, text: str) -> Outcome:
         """Judge one answer's text (whole, or as far as it streamed) in context."""
@@ -72,6 +79,14 @@ class Checks:
         return outcome
 
     async def _judge(self, stage: StagePolicy, turns: Sequence[Turn]) -> Outcome:
+        """Judge the last turn, fitted into the guard's window: one input, or its pieces."""
+        budget = await self.guard.input_budget()
+        inputs = [tuple(turns)] if budget is None else fit(turns, budget)
+        outcomes = await _all([self._judge_input(stage, one) for one in inputs])
+        return outcomes[strictest_index(outcomes)]
+
+    async def _judge_input(self, stage: StagePolicy, turns: Sequence[Turn]) -> Outcome:
+        """One guard input's outcome; the cache is keyed by the exact input."""
         key = self.cache.key(turns) if self.cache is not None else None
         verdict = self._cached(key)
         if verdict is None:
@@ -107,3 +122,23 @@ class Checks:
             self.record.output_texts.append(text)
         else:
             self.record.input_text = text
+
+
+def judged_prompts(turns: Sequence[Turn], scope: Literal["last", "all"]
+                   ) -> list[tuple[Turn, ...]]:
+    """The guard inputs of a prompt check: the last user turn after the turns before it
+    (``last``), or every user turn, each after the turns before it (``all``).  A turn
+    judged as the last one in an earlier request is the same input again, so an honest
+    conversation re-sent with one more turn costs one new guard call."""
+    if scope == "all":
+        ends = [index + 1 for index, turn in enumerate(turns) if turn.role == "user"]
+        if len(ends) > 1:
+            return [prompt_view(turns[:end]) for end in ends]
+    return [prompt_view(turns)]
+
+
+async def _all(checks: list[Awaitable[Outcome]]) -> list[Outcome]:
+    """Run checks concurrently; one check, the usual case, needs no task."""
+    if len(checks) == 1:
+        return [await checks[0]]
+    return list(await asyncio.gather(*checks))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import Action, Policy, StagePolicy
@@ -53,3 +54,20 @@ class Outcome:
 
 def strictest(outcomes: list[Outcome]) -> Action:
     return max((o.action for o in outcomes), key=lambda action: action.rank, default=Action.PASS)
+
+
+_SEVERITY_RANK = {"safe": 0, "controversial": 1, "unsafe": 2}
+
+
+def strictest_index(outcomes: Sequence[Outcome]) -> int:
+    """Which of several checks of one stage speaks for all of them (a message's pieces, or
+    the user turns of a conversation): the strictest action wins; on a tie, the outcome
+    that explains it best — for a block the most severe verdict, for a pass a guard
+    failure (some text went unchecked) — and then the earliest."""
+    return max(range(len(outcomes)), key=lambda index: _weight(outcomes[index]))
+
+
+def _weight(outcome: Outcome) -> tuple[int, int]:
+    if outcome.verdict is None:
+        return outcome.action.rank, 3 if outcome.action is Action.PASS else -1
+    return outcome.action.rank, _SEVERITY_RANK[outcome.verdict.severity]

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,3 +156,15 @@ async def start_proxy(root: Path, guard: GuardEmulator, upstream: UpstreamEmulat
     http = aiohttp.ClientSession()
     return server, Proxy(url=str(server.make_url("")).rstrip("/"), guard=guard,
                          upstream=upstream, http=http, stream=options.get("stream", "buffer"))
+
+
+@asynccontextmanager
+async def running_proxy(root: Path, guard: GuardEmulator, upstream: UpstreamEmulator,
+                        **options: Any) -> AsyncIterator[Proxy]:
+    """``start_proxy``, closed again on the way out."""
+    server, running = await start_proxy(root, guard, upstream, **options)
+    try:
+        yield running
+    finally:
+        await running.http.close()
+        await server.close()

@@ -113,7 +113,7 @@ CONFIG_CASES = [
         c("  timeout_s: 5", "  timout_s: 5"),
         ["CFG:7: unknown key 'timout_s' in guard "
          "(valid: url, model, api, timeout_s, api_key_env, max_tokens, cache_size, "
-         "cache_ttl_s)"],
+         "cache_ttl_s, max_model_len)"],
         id="unknown-key-guard",
     ),
     pytest.param(
@@ -259,6 +259,11 @@ CONFIG_CASES = [
         c("  api: chat", "  api: chat\n  max_tokens: 1.5"),
         ["CFG:7: guard.max_tokens: expected a positive integer, got 1.5"],
         id="max-tokens-float",
+    ),
+    pytest.param(
+        c("  api: chat", "  api: chat\n  max_model_len: 0"),
+        ["CFG:7: guard.max_model_len: expected a positive integer, got 0"],
+        id="max-model-len-zero",
     ),
     pytest.param(
         c("level: info", "level: verbose"),
@@ -531,23 +536,13 @@ POLICY_CASES = [
     ),
 ]
 
-# Values the schema names but this version cannot run: see _not_available_yet.
-NOT_YET_CASES = [
-    pytest.param(
-        {"acme.yaml": p("prompt:\n", "prompt:\n  scope: all\n")},
-        ["POL/acme.yaml:6: prompt.scope: 'all' is not available yet; use last"],
-        id="scope-all",
-    ),
-]
-
-
 @pytest.mark.parametrize(("config", "expected"), CONFIG_CASES)
 def test_broken_config(tmp_path: Path, config: str, expected: list[str]) -> None:
     path = write(tmp_path, config, {"acme.yaml": POLICY})
     assert errors_of(path) == expected
 
 
-@pytest.mark.parametrize(("policies", "expected"), POLICY_CASES + NOT_YET_CASES)
+@pytest.mark.parametrize(("policies", "expected"), POLICY_CASES)
 def test_broken_policy(tmp_path: Path, policies: dict[str, str], expected: list[str]) -> None:
     path = write(tmp_path, CONFIG, policies)
     assert errors_of(path) == expected
@@ -667,6 +662,7 @@ def test_values_and_defaults(tmp_path: Path) -> None:
     assert server.policies_dir == tmp_path / "policies"
     assert server.guard.url == "http://127.0.0.1:30000"
     assert (server.guard.timeout_s, server.guard.max_tokens) == (5.0, 32)
+    assert server.guard.max_model_len is None  # asked of the guard at start-up
     assert server.upstreams["openai"].url == "https://api.openai.com/v1"  # trailing / stripped
     assert server.upstreams["local"].timeout_s == 600.0
     assert list(server.upstreams) == ["openai", "local"]
@@ -683,6 +679,20 @@ def test_values_and_defaults(tmp_path: Path) -> None:
     assert (beta.response.stream, beta.response.window_chars) == ("window", 160)
     assert (beta.on_guard_error, beta.log_content, beta.block.style) == ("block", False, "message")
     assert beta.block.message == "Sorry, this conversation was blocked by the beta content policy."
+    assert beta.prompt.scope == "last"
+
+
+@pytest.mark.parametrize("scope", ["last", "all"])
+def test_prompt_scope(tmp_path: Path, scope: str) -> None:
+    policy = p("prompt:\n", f"prompt:\n  scope: {scope}\n")
+    config = load(write(tmp_path, CONFIG, {"acme.yaml": policy}), env=ENV)
+    assert config.policies[0].prompt.scope == scope
+
+
+def test_guard_max_model_len(tmp_path: Path) -> None:
+    config = c("  api: chat", "  api: chat\n  max_model_len: 8192")
+    loaded = load(write(tmp_path, config, {"acme.yaml": POLICY}), env=ENV)
+    assert loaded.server.guard.max_model_len == 8192
 
 
 def test_policy_files_are_yaml_and_yml_sorted_by_name(tmp_path: Path) -> None:

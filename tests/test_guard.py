@@ -15,6 +15,7 @@ from proxy.config import GuardConfig
 from proxy.conversation import Turn, turns_from_messages
 from proxy.errors import GuardError
 from proxy.guard import ChatGuard, GenerateGuard, chat_messages
+from proxy.longinput import input_budget
 from proxy.template import render
 from proxy.verdict import parse_verdict, verdict_regex
 
@@ -158,3 +159,25 @@ async def test_a_new_rule_changes_the_verdict(guard: ChatGuard | GenerateGuard,
     verdict = await guard.classify([Turn("user", "help me evade tax")])
     assert verdict.categories == ("Unethical Acts",)
     assert verdict.scores["Unethical Acts"] == pytest.approx(0.8 + 0.2 * 0.6, abs=1e-3)
+
+
+async def test_the_input_budget_comes_from_the_guards_models_card(
+        guard: ChatGuard | GenerateGuard, guard_emulator: GuardEmulator) -> None:
+    guard_emulator.max_model_len = 4096
+    assert await guard.input_budget() == input_budget(4096, 32)
+    assert await guard.input_budget() == input_budget(4096, 32)  # asked once
+    assert [q.path for q in guard_emulator.model_queries] == ["/v1/models"]
+
+
+async def test_a_configured_window_is_never_asked_for(guard_emulator: GuardEmulator) -> None:
+    config = GuardConfig(url=guard_emulator.url, max_model_len=2048, max_tokens=8)
+    async with aiohttp.ClientSession() as session:
+        guard = ChatGuard(config=config, session=session)
+        assert await guard.input_budget() == input_budget(2048, 8)
+    assert guard_emulator.model_queries == []
+
+
+async def test_a_guard_that_is_down_has_no_budget_yet(unused_tcp_port: int) -> None:
+    config = GuardConfig(url=f"http://127.0.0.1:{unused_tcp_port}")
+    async with aiohttp.ClientSession() as session:
+        assert await ChatGuard(config=config, session=session).input_budget() is None
