@@ -2,11 +2,15 @@
 responses, stream chunks and the ``moderation`` annotation.  No I/O.
 
 Requests are read leniently: the proxy looks at the fields it needs and forwards
-the body's bytes untouched, so fields it does not know pass through.
+the body's bytes untouched, so fields it does not know pass through.  A body that
+repeats a key in one object is refused: JSON parsers disagree on which copy wins, so
+the upstream could act on a ``model`` or ``messages`` the proxy never checked.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -48,6 +52,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         raise BadRequest(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
+    _refuse_repeated_keys(body, data)
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' is required and must be a non-empty string", param="model")
@@ -62,6 +67,44 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         turns=turns_from_messages(messages),
         n=_choices(data.get("n")),
     )
+
+
+# Matches after every key (and inside strings that hold a quote and a colon): at least as
+# many matches as keys in the text.  As many as the parsed objects hold: no key repeats.
+_KEY_END = re.compile(rb'"\s*:')
+
+
+def _refuse_repeated_keys(body: bytes, data: dict[str, Any]) -> None:
+    if len(_KEY_END.findall(body)) <= _key_count(data):
+        return  # the common case, decided without a second parse
+    try:
+        json.loads(body, object_pairs_hook=_unique_keys)
+    except RecursionError as exc:
+        raise BadRequest("request body is nested too deeply") from exc
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) == len(pairs):
+        return found
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise BadRequest(f"request body repeats the key {key!r} in one object", param=key)
+        seen.add(key)
+    return found
+
+
+def _key_count(data: Any) -> int:
+    count, pending = 0, [data]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            count += len(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return count
 
 
 def _choices(n: Any) -> int:

@@ -91,3 +91,22 @@ def test_any_chunking_decodes_to_the_same_events(stream: bytes, sizes: list[int]
         at += size
     pieces.append(stream[at:])
     assert _decode(pieces) == _decode([stream])
+
+
+_lines = st.lists(st.binary(max_size=12).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+                  min_size=1, max_size=3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_lines, max_size=6), st.sampled_from([b"\n", b"\r", b"\r\n"]),
+       st.lists(st.integers(1, 16), max_size=60))
+def test_random_events_survive_any_line_ending_and_chunking(
+        events: list[list[bytes]], eol: bytes, sizes: list[int]) -> None:
+    stream = b"".join(b"".join(b"data: " + line + eol for line in lines) + eol
+                      for lines in events)
+    pieces, at = [], 0
+    for size in sizes:
+        pieces.append(stream[at : at + size])
+        at += size
+    pieces.append(stream[at:])
+    assert _decode(pieces) == [SSEEvent(data=b"\n".join(lines)) for lines in events]
