@@ -44,6 +44,7 @@ import jinja2
 import jinja2.ext
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from multidict import CIMultiDict
 
@@ -772,10 +773,30 @@ class RecordedRequest:
     headers: CIMultiDict[str]  # case-insensitive
     body: Any  # parsed JSON, or None when the body was not JSON
     prompts: list[str] = field(default_factory=list)  # rendered (chat) or given (/generate) text
+    # The client closed the connection while this request was still unanswered, and when.
+    dropped: bool = False
+    dropped_at: float | None = None  # time.monotonic()
 
     @property
     def prompt(self) -> str | None:
         return self.prompts[0] if self.prompts else None
+
+
+_RECORD = web.RequestKey("guard_record", RecordedRequest)
+
+
+@web.middleware
+async def _note_drops(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Marks a request ``dropped`` when its handler is cancelled because the client went away
+    (aiohttp cancels it; a fault that drops the connection itself is not the client's doing)."""
+    try:
+        return await handler(request)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        record = request.get(_RECORD)
+        if record is not None and task is not None and task.cancelling():
+            record.dropped, record.dropped_at = True, time.monotonic()
+        raise
 
 
 @dataclass(kw_only=True)
@@ -785,6 +806,10 @@ class GuardEmulator(LoopbackServer):
     ``fault`` applies to ``/v1/chat/completions`` and ``/generate``: ``"http_500"`` (SGLang's 500
     shapes), ``"garbage"`` (200 with unreadable output), ``"hang"`` (never answers), ``"reset"``
     (headers and half the body, then the connection is dropped). ``latency_s`` delays those routes.
+
+    ``requests`` records the model's work (verdicts, tokenizing, health probes);
+    ``model_queries`` the model-card look-ups (``/v1/models``), which a client makes once at
+    start-up to learn ``max_model_len``, kept apart so that tests count the guard's work.
     """
 
     model: str = MODEL_PATH
@@ -801,6 +826,7 @@ class GuardEmulator(LoopbackServer):
     fault: Fault | None = None
     healthy: bool = True
     requests: list[RecordedRequest] = field(default_factory=list)
+    model_queries: list[RecordedRequest] = field(default_factory=list)
     url: str = ""
     seed: int = 0
     _rng: random.Random = field(init=False, repr=False)
@@ -851,7 +877,7 @@ class GuardEmulator(LoopbackServer):
     # -- HTTP ----------------------------------------------------------------------------------
 
     def make_app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[_note_drops])
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/generate", self._generate)
         for path in ("/tokenize", "/v1/tokenize"):
@@ -865,10 +891,13 @@ class GuardEmulator(LoopbackServer):
         app.router.add_get("/get_model_info", self._model_info)
         return app
 
-    async def _record(self, request: web.Request) -> RecordedRequest:
+    async def _record(
+        self, request: web.Request, into: list[RecordedRequest] | None = None
+    ) -> RecordedRequest:
         _, body = await read_json_body(request)
         record = RecordedRequest(request.path, request.method, CIMultiDict(request.headers), body)
-        self.requests.append(record)
+        (self.requests if into is None else into).append(record)
+        request[_RECORD] = record
         return record
 
     async def _before_answer(self) -> None:
@@ -1033,11 +1062,11 @@ class GuardEmulator(LoopbackServer):
         }
 
     async def _models(self, request: web.Request) -> web.Response:
-        await self._record(request)
+        await self._record(request, self.model_queries)
         return _json_response({"object": "list", "data": [self._card()]})
 
     async def _model(self, request: web.Request) -> web.Response:
-        await self._record(request)
+        await self._record(request, self.model_queries)
         name = request.match_info["model"]
         if name != self.model:
             error = {

@@ -75,6 +75,10 @@ class Reply:
     into writes of those sizes (cycled) regardless of event boundaries; ``drop_after_events``
     aborts the connection after that many events. ``status`` other than 200 answers
     ``error_body`` (default: OpenAI's error for that status) with ``headers``.
+    ``head_delay_s`` waits before anything is sent, the status line included (a server slow to
+    its first byte); ``gate``, when set, holds the reply until the test sets the event;
+    ``cut_body`` sends a non-streamed answer's head and half its body, then
+    aborts the connection.
     """
 
     content: str | None = None
@@ -88,6 +92,9 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     raw_write_sizes: list[int] | None = None
     drop_after_events: int | None = None
+    head_delay_s: float = 0.0
+    cut_body: bool = False
+    gate: asyncio.Event | None = None
 
 
 @dataclass
@@ -98,6 +105,8 @@ class RecordedRequest:
     body: Any  # parsed JSON, or None
     cancelled: bool = False  # the client went away before the reply was complete
     completed: bool = False
+    cancelled_at: float | None = None  # time.monotonic() when it was seen going away
+    bytes_sent: int = 0  # streamed body bytes the client's connection has taken so far
 
 
 _ERRORS: dict[int, tuple[str, str, str | None]] = {
@@ -370,11 +379,11 @@ class UpstreamEmulator(LoopbackServer):
             return error
         reply = self.replies.pop(0) if self.replies else self._default_reply()
         try:
-            response = await self._respond(request, record.body, reply)
+            response = await self._respond(request, record, reply)
         except _Dropped:
             raise asyncio.CancelledError from None
         except (asyncio.CancelledError, ConnectionResetError):
-            record.cancelled = True
+            record.cancelled, record.cancelled_at = True, time.monotonic()
             raise
         record.completed = True
         return response
@@ -404,7 +413,13 @@ class UpstreamEmulator(LoopbackServer):
             prompt_tokens=sum(count_tokens(message_text(m)) + 4 for m in body["messages"]),
         )
 
-    async def _respond(self, request: web.Request, body: Json, reply: Reply) -> web.StreamResponse:
+    async def _respond(
+        self, request: web.Request, record: RecordedRequest, reply: Reply
+    ) -> web.StreamResponse:
+        body: Json = record.body
+        if reply.gate is not None:
+            await reply.gate.wait()
+        await asyncio.sleep(reply.head_delay_s)
         if reply.status != 200:
             await asyncio.sleep(reply.first_token_delay_s)
             error = reply.error_body or openai_error(reply.status)
@@ -413,6 +428,8 @@ class UpstreamEmulator(LoopbackServer):
         if not body.get("stream"):
             events = len(answer.pieces) + sum(len(_argument_pieces(c)) + 1 for _, c in answer.calls)
             await asyncio.sleep(reply.first_token_delay_s + reply.delay_s * events)
+            if reply.cut_body:
+                await _cut(request, orjson.dumps(completion_body(answer)))
             return _json(completion_body(answer), headers=_headers(reply))
         options = body.get("stream_options") or {}
         maker = _ChunkMaker(
@@ -420,7 +437,7 @@ class UpstreamEmulator(LoopbackServer):
             include_usage=bool(options.get("include_usage")),
             obfuscation=self.obfuscation and options.get("include_obfuscation", True),
         )
-        return await _stream(request, reply, list(maker.events()))
+        return await _stream(request, reply, list(maker.events()), record)
 
 
 class _Dropped(Exception):
@@ -454,7 +471,20 @@ def _writes(reply: Reply, events: list[bytes]) -> list[bytes]:
     return writes
 
 
-async def _stream(request: web.Request, reply: Reply, events: list[bytes]) -> web.StreamResponse:
+async def _cut(request: web.Request, payload: bytes) -> None:
+    """The head and half of ``payload``, then the connection is aborted."""
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.content_length = len(payload)
+    await response.prepare(request)
+    await response.write(payload[: len(payload) // 2])
+    if request.transport is not None:
+        request.transport.abort()
+    raise _Dropped
+
+
+async def _stream(
+    request: web.Request, reply: Reply, events: list[bytes], record: RecordedRequest
+) -> web.StreamResponse:
     headers = {"Content-Type": "text/event-stream; charset=utf-8", **_headers(reply)}
     response = web.StreamResponse(headers=headers)
     response.enable_chunked_encoding()
@@ -467,7 +497,8 @@ async def _stream(request: web.Request, reply: Reply, events: list[bytes]) -> we
             if request.transport is not None:
                 request.transport.abort()
             raise _Dropped
-        await response.write(data)
+        await response.write(data)  # waits while the client's connection is full
+        record.bytes_sent += len(data)
     await response.write_eof()
     return response
 
