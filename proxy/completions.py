@@ -92,10 +92,14 @@ async def blocked_prompt(request: web.Request, checks: Checks, headers: dict[str
         return _json(orjson.dumps(blocked_completion(
             model=chat.model, message=block.message, moderation=moderation)), headers=headers)
     state = StreamState(model=chat.model)
-    response = await _start_stream(request, headers, checks.record)
-    await response.write(state.blocked_tail(block.message) + state.closing_chunk(moderation)
-                         + DONE_EVENT)
-    await response.write_eof()
+    response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+    try:
+        await _prepare(request, response, checks.record)
+        await response.write(state.blocked_tail(block.message) + state.closing_chunk(moderation)
+                             + DONE_EVENT)
+        await response.write_eof()
+    except ConnectionResetError:
+        checks.record.client_gone = 499
     return response
 
 
@@ -132,26 +136,24 @@ def _json(body: bytes, *, status: int = 200, headers: dict[str, str]) -> web.Res
                         headers=headers)
 
 
-async def _start_stream(request: web.Request, headers: dict[str, str], record: RequestRecord
-                        ) -> web.StreamResponse:
-    response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+async def _prepare(request: web.Request, response: web.StreamResponse, record: RequestRecord
+                   ) -> None:
     await response.prepare(request)
     record.mark_first_byte()
-    return response
 
 
 async def relay_stream(request: web.Request, call: UpstreamCall, checks: Checks,
                        headers: dict[str, str]) -> web.StreamResponse:
     upstream_resp = await call.opened()
+    response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
     try:
-        response = await _start_stream(request, headers, checks.record)
+        await _prepare(request, response, checks.record)
         mode = checks.policy.response.stream if checks.chat.n == 1 else "buffer"
         relay = StreamRelay(response=response, checks=checks, mode=mode)
-        try:
-            await relay.run(upstream_resp)
-            await response.write_eof()
-        except ConnectionResetError:
-            checks.record.client_gone = 499
+        await relay.run(upstream_resp)
+        await response.write_eof()
+    except ConnectionResetError:
+        checks.record.client_gone = 499  # the client hung up: nobody left to answer
     finally:
         upstream_resp.release()
         checks.record.upstream_ms = round((time.perf_counter() - call.started) * 1000, 3)

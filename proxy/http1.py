@@ -29,6 +29,13 @@ class StreamCut(HTTPFormatError):
     """A streamed answer's connection closed before its body was complete."""
 
 
+class StaleConnection(ConnectionResetError):
+    """The connection closed before any byte of the answer arrived.  On a kept-alive
+    connection that is the server having closed it while idle: the request is sent once
+    more, on a new connection.  Anything else (a cut answer, a second failure) is not
+    retried."""
+
+
 class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -63,8 +70,10 @@ class _Connection(asyncio.Protocol):
         except HTTPFormatError as error:
             self._waiter.set_exception(error)
             return
-        if answer is None:
-            self._waiter.set_exception(ConnectionResetError("the guard closed the connection"))
+        if not self._buffer:
+            self._waiter.set_exception(StaleConnection("closed before the answer began"))
+        elif answer is None:
+            self._waiter.set_exception(ConnectionResetError("closed in the middle of the answer"))
         else:
             self._waiter.set_result(answer)
 
@@ -179,15 +188,20 @@ class Origin:
         return await self._exchange(head + extra + length + body)
 
     async def _exchange(self, request: bytes) -> Answer:
-        while self._idle:
-            connection = self._idle.pop()
-            if connection.closed:
-                continue
+        connection = self._idle_connection()
+        if connection is not None:
             try:
                 return await self._use(connection, request)
-            except ConnectionResetError:
-                continue  # a kept-alive connection the server had closed: try another
+            except StaleConnection:
+                pass  # closed by the server while idle: once more, on a new connection
         return await self._use(await self._connect(), request)
+
+    def _idle_connection(self) -> _Connection | None:
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.closed:
+                return connection
+        return None
 
     async def _use(self, connection: _Connection, request: bytes) -> Answer:
         try:
@@ -213,30 +227,35 @@ class Origin:
         """Send a POST and return once the response head arrived; the caller reads the
         body and must ``release`` (or ``close``) the answer."""
         request = head + extra + b"Content-Length: %d\r\n\r\n" % len(body) + body
-        while self._idle_streams:
-            answer = self._idle_streams.pop()
-            if answer.closed:
-                continue
-            answer.reset()
+        answer = self._idle_stream()
+        if answer is not None:
             try:
-                await answer.start(request)
-            except ConnectionResetError:
-                answer.close()  # a kept-alive connection the server had closed
-                continue
-            except BaseException:
-                answer.close()
-                raise
-            return answer
+                await self._start(answer, request)
+                return answer
+            except StaleConnection:
+                pass  # closed by the server while idle: once more, on a new connection
         loop = asyncio.get_running_loop()
         _, answer = await loop.create_connection(
             lambda: StreamedAnswer(self), self._host, self._port, ssl=self._ssl,
             server_hostname=self._host if self._ssl else None)
+        await self._start(answer, request)
+        return answer
+
+    def _idle_stream(self) -> StreamedAnswer | None:
+        while self._idle_streams:
+            answer = self._idle_streams.pop()
+            if not answer.closed:
+                answer.reset()
+                return answer
+        return None
+
+    @staticmethod
+    async def _start(answer: StreamedAnswer, request: bytes) -> None:
         try:
             await answer.start(request)
         except BaseException:
             answer.close()
             raise
-        return answer
 
     def keep_stream(self, answer: StreamedAnswer) -> None:
         self._idle_streams.append(answer)
@@ -414,7 +433,9 @@ class StreamedAnswer(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self._head_waiter is not None and not self._head_waiter.done():
-            self._head_waiter.set_exception(ConnectionResetError("connection closed early"))
+            self._head_waiter.set_exception(
+                ConnectionResetError("closed in the middle of the answer's head") if self._head
+                else StaleConnection("closed before the answer began"))
         if not self.done:
             if self._left is None and self._chunked is None:
                 self.done = True  # the body was framed by the close

@@ -102,6 +102,7 @@ class StreamState:
     barrier: int | None = None
     closing: dict[str, Any] | None = None  # the upstream's usage chunk, if any
     released_any: bool = False
+    held: int = 0  # bytes of the events not released yet
 
     def feed(self, data: bytes) -> None:
         """Take one upstream ``data:`` payload (not ``[DONE]``)."""
@@ -125,6 +126,7 @@ class StreamState:
             self.barrier = len(self.events)
         self.events.append(data)
         self.ends.append(first.length if first is not None else 0)
+        self.held += len(data)
 
     def _add(self, choices: list[Any]) -> bool:
         held = False
@@ -169,7 +171,9 @@ class StreamState:
     def _take(self, stop: int) -> bytes:
         if stop <= self.sent:
             return b""
+        count = stop - self.sent
         out = b"data: " + b"\n\ndata: ".join(self.events[self.sent : stop]) + b"\n\n"
+        self.held -= len(out) - 8 * count
         self.sent = stop
         self.released_any = True
         return out

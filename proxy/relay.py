@@ -39,6 +39,9 @@ from .sse import DONE, DONE_EVENT, SSEDecoder, SSEError, encode
 
 #: The largest window, in characters: long answers keep flowing at least this often.
 MAX_WINDOW_CHARS = 4096
+#: At most this much of a streamed answer is held back waiting for a check (the whole
+#: answer in buffer mode): past it, the stream ends with an in-band error.
+MAX_HELD_BYTES = 16 * 1024 * 1024
 _UPSTREAM_ERRORS = (StreamFault, SSEError, HTTPFormatError, TimeoutError)
 
 
@@ -86,7 +89,11 @@ class StreamRelay:
             if data is None:
                 continue
             events = decoder.feed_data(data) if data else [e.data for e in decoder.close()]
-            if self._feed(events):
+            done = self._feed(events)
+            if self.state.held > MAX_HELD_BYTES:
+                raise StreamFault(f"the answer held back for moderation exceeds "
+                                  f"{MAX_HELD_BYTES} bytes")
+            if done:
                 break
             if not data:
                 if not self.state.finished():

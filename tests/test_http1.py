@@ -10,7 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.http1 import MAX_RESPONSE_BYTES, HTTPFormatError, Origin, StreamCut, _Chunked, _parse
+from proxy.http1 import (
+    MAX_RESPONSE_BYTES,
+    HTTPFormatError,
+    Origin,
+    StaleConnection,
+    StreamCut,
+    _Chunked,
+    _parse,
+)
 
 OK = b"HTTP/1.1 200 OK\r\n"
 
@@ -117,6 +125,47 @@ async def test_a_connection_the_server_closed_is_replaced(
     # the kept-alive connection is closed by the server on the next request: retried anew
     assert (await origin.post(head, b"two"))[:2] == (200, b"two")
     assert len(connections) == 2
+
+
+def _half(body: bytes) -> bytes:
+    return (OK + b"Content-Length: 100\r\n\r\npartial") + HANG_UP
+
+
+async def test_an_answer_cut_midway_is_never_sent_again(server: Server) -> None:
+    """Only a connection that closed before any byte of the answer is retried: a cut
+    answer may have been acted on, and an idle pool must not turn one request into many."""
+    answers, connections, origin = server
+    head = origin.head("/x", {})
+    answers.extend([_echo, _echo, _echo, _half])
+    # three kept-alive connections in the pool
+    await asyncio.gather(*(origin.post(head, b"%d" % n) for n in range(3)))
+    assert len(connections) == 3
+    with pytest.raises(ConnectionResetError) as caught:
+        await origin.post(head, b"once")
+    assert not isinstance(caught.value, StaleConnection)
+    assert answers == [] and len(connections) == 3  # one request, not one per connection
+
+
+async def test_a_stale_connection_is_retried_once_on_a_new_one(server: Server) -> None:
+    answers, connections, origin = server
+    head = origin.head("/x", {})
+    answers.extend([_echo, _echo, lambda _: None, lambda _: None])
+    await asyncio.gather(*(origin.post(head, b"%d" % n) for n in range(2)))
+    # both pooled connections are stale now; the retry goes to a new connection, which
+    # fails too: that failure is not retried again
+    with pytest.raises(StaleConnection):
+        await origin.post(head, b"twice at most")
+    assert answers == [] and len(connections) == 3
+
+
+async def test_a_cut_stream_head_is_not_retried(server: Server) -> None:
+    answers, connections, origin = server
+    head = origin.head("/x", {})
+    answers.extend([lambda _: OK + b"Transfer-Enc" + HANG_UP, _echo])
+    with pytest.raises(ConnectionResetError) as caught:
+        await origin.stream(head, b"x")
+    assert not isinstance(caught.value, StaleConnection)
+    assert len(answers) == 1 and len(connections) == 1
 
 
 async def test_refused_is_an_os_error() -> None:

@@ -11,6 +11,8 @@ from emulators.upstream import Reply, ToolCall
 from harness import Proxy, wait_until
 from openai_schema import validate
 
+from proxy import relay
+
 MODEL = "gpt-4.1-mini"
 
 
@@ -181,3 +183,19 @@ async def test_guard_failure_on_the_response_fails_closed(proxy: Proxy) -> None:
     assert b"perfectly" not in raw and _finish(chunks) == ["content_filter"]
     assert chunks[-1]["moderation"]["input"]["results"][0]["action"] == "pass"
     assert chunks[-1]["moderation"]["output"]["code"] == "guard_unavailable"
+
+
+async def test_an_answer_too_large_to_hold_ends_in_band(proxy: Proxy,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Buffer mode holds the whole answer: past the bound the stream ends with an error
+    event instead of growing without end, and none of the held text is sent."""
+    monkeypatch.setattr(relay, "MAX_HELD_BYTES", 4000)
+    proxy.upstream.replies.append(Reply(chunks=["word "] * 400, delay_s=0.005))
+    status, _, raw = await proxy.post(_body("write a lot"))
+    events = _events(raw)
+    errors = [e["error"] for e in events if "error" in e]
+    assert status == 200 and len(errors) == 1
+    assert errors[0]["code"] == "upstream_stream_error" and "4000 bytes" in errors[0]["message"]
+    assert _text([e for e in events if "choices" in e]) == "" and b"word" not in raw
+    (request,) = proxy.upstream_chats()
+    await wait_until(lambda: request.cancelled)  # the proxy hung up on the upstream
