@@ -96,8 +96,8 @@ class _HTTPGuard:
     async def _post(self, payload: dict[str, Any]) -> Any:
         limit = self._config.timeout_s
         try:
-            async with asyncio.timeout(limit):
-                status, raw, _, _ = await self._origin.post(self._head, orjson.dumps(payload))
+            status, raw, _, _ = await self._origin.post(self._head, orjson.dumps(payload),
+                                                        within_s=limit)
         except TimeoutError as exc:
             raise GuardError("timeout", f"no guard answer within {limit}s") from exc
         except ConnectionRefusedError as exc:

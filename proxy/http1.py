@@ -90,6 +90,11 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+def _expire(waiter: asyncio.Future[Answer]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 class Answer(NamedTuple):
     status: int
     body: bytes
@@ -181,20 +186,24 @@ class Origin:
         return (f"POST {path} HTTP/1.1\r\n".encode() + self._host_header
                 + b"".join(f"{k}: {v}\r\n".encode() for k, v in headers.items()))
 
-    async def post(self, head: bytes, body: bytes, extra: bytes = b"") -> Answer:
-        """A POST's answer; ``extra`` are more header lines.  The caller bounds it with
-        ``asyncio.timeout``; cancelling it closes the connection."""
+    async def post(self, head: bytes, body: bytes, extra: bytes = b"", *,
+                   within_s: float | None = None) -> Answer:
+        """A POST's answer; ``extra`` are more header lines.  ``within_s`` bounds the
+        whole exchange (``TimeoutError``); cancelling it closes the connection."""
         length = b"Content-Length: %d\r\n\r\n" % len(body)
-        return await self._exchange(head + extra + length + body)
+        deadline = None if within_s is None else asyncio.get_running_loop().time() + within_s
+        return await self._exchange(head + extra + length + body, deadline)
 
-    async def _exchange(self, request: bytes) -> Answer:
+    async def _exchange(self, request: bytes, deadline: float | None) -> Answer:
         connection = self._idle_connection()
         if connection is not None:
             try:
-                return await self._use(connection, request)
+                return await self._use(connection, request, deadline)
             except StaleConnection:
                 pass  # closed by the server while idle: once more, on a new connection
-        return await self._use(await self._connect(), request)
+        async with asyncio.timeout_at(deadline):
+            connection = await self._connect()
+        return await self._use(connection, request, deadline)
 
     def _idle_connection(self) -> _Connection | None:
         while self._idle:
@@ -203,12 +212,20 @@ class Origin:
                 return connection
         return None
 
-    async def _use(self, connection: _Connection, request: bytes) -> Answer:
+    async def _use(self, connection: _Connection, request: bytes, deadline: float | None
+                   ) -> Answer:
+        waiter = connection.send(request)
+        # one timer, not an asyncio.timeout context: this is every guard call's path
+        timer = (None if deadline is None
+                 else asyncio.get_running_loop().call_at(deadline, _expire, waiter))
         try:
-            answer = await connection.send(request)
+            answer = await waiter
         except BaseException:
             connection.close()
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         if answer.keep_alive and not connection.closed:
             self._idle.append(connection)
         else:

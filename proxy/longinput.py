@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from .conversation import Turn
-from .template import render
+from .template import PROMPT_HEAD, PROMPT_TAIL, RESPONSE_HEAD, RESPONSE_TAIL, render
 
 #: Tokens kept free beyond the verdict's ``max_tokens``, for anything the server adds.
 MARGIN_TOKENS = 16
@@ -58,12 +58,26 @@ def fit(turns: Sequence[Turn], budget: int, measure: Measure = rendered_size
     error then follows the tenant's ``on_guard_error``).
     """
     whole = tuple(turns)
-    if not whole or measure(whole) <= budget:
+    if not whole or _surely_fits(whole, budget) or measure(whole) <= budget:
         return [whole]
     judged = whole[-1]
     if measure(_anchored((judged,))) <= budget:
         return [_trimmed(whole[:-1], judged, budget, measure)]
     return _pieces(judged, budget, measure) or [whole]
+
+
+#: More UTF-8 bytes than the template adds around any conversation: its longer head and
+#: tail, and the most a turn's label and separator take ("\n\nASSISTANT: ").
+_TEMPLATE_BYTES = max(len((PROMPT_HEAD + PROMPT_TAIL).encode()),
+                      len((RESPONSE_HEAD + RESPONSE_TAIL).encode()))
+_TURN_BYTES = len(b"\n\nASSISTANT: ")
+
+
+def _surely_fits(turns: GuardInput, budget: int) -> bool:
+    """A bound without rendering: no character takes more than 4 bytes in UTF-8.  It
+    settles the common case (short inputs, a large window) at the cost of a sum."""
+    chars = sum(len(turn.text) for turn in turns)
+    return _TEMPLATE_BYTES + _TURN_BYTES * len(turns) + 4 * chars <= budget
 
 
 def split(text: str, size: int, overlap: int) -> list[str]:

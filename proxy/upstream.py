@@ -45,9 +45,9 @@ class Upstream:
     async def complete(self, body: bytes, request_id: str) -> bytes:
         """POST a chat request and return the body of a 200 answer."""
         try:
-            async with asyncio.timeout(self._config.timeout_s):
-                answer = await self._origin.post(
-                    self._head, body, b"X-Request-Id: %s\r\n" % request_id.encode())
+            answer = await self._origin.post(
+                self._head, body, b"X-Request-Id: %s\r\n" % request_id.encode(),
+                within_s=self._config.timeout_s)
         except TimeoutError as exc:
             raise self._timeout() from exc
         except (OSError, HTTPFormatError) as exc:

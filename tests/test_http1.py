@@ -210,3 +210,24 @@ async def test_a_cut_stream_raises_stream_cut(server: Server) -> None:
     answer.read_timeout = 5
     with pytest.raises(StreamCut):
         await answer.read_all(1000)
+
+
+async def test_within_s_bounds_a_silent_server_and_closes_the_connection(
+        server: Server) -> None:
+    answers, connections, origin = server
+    head = origin.head("/x", {})
+    answers.append(_echo)
+    assert (await origin.post(head, b"one", within_s=5))[:2] == (200, b"one")
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await never
+
+    listener = await asyncio.start_server(silent, "127.0.0.1", 0)
+    quiet = Origin(f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}")
+    with pytest.raises(TimeoutError):
+        await quiet.post(head, b"two", within_s=0.05)
+    assert quiet._idle == []  # the timed-out connection was closed, not pooled
+    quiet.close()
+    listener.close()
+    never.cancel()

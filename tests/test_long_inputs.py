@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai_schema import validate
 
+from proxy import longinput
 from proxy.app import create_app
 from proxy.config import load
 from proxy.conversation import Turn, prompt_view, response_view
@@ -359,3 +360,14 @@ async def test_the_configured_window_wins(tmp_path: Path, guard_emulator: GuardE
         await server.close()
     assert guard_emulator.model_queries == []
     assert len(_checks(guard_emulator, "prompt")) > 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]),
+                          st.text(max_size=60)), min_size=1, max_size=5),
+       st.integers(0, 4000))
+def test_the_bound_without_rendering_never_says_fits_wrongly(
+        turns: list[tuple[str, str]], budget: int) -> None:
+    guard_input = tuple(Turn(role, text) for role, text in turns)  # type: ignore[arg-type]
+    if longinput._surely_fits(guard_input, budget):
+        assert longinput.rendered_size(guard_input) <= budget
