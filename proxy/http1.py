@@ -287,6 +287,8 @@ class Origin:
 # -- streamed answers ---------------------------------------------------------------------
 
 PAUSE_AT = 1 << 20  # undelivered body bytes at which reading from the socket pauses
+DRAIN_S = 1.0  # how long a released answer waits for its body's end, to keep the connection
+DRAIN_BYTES = 4096  # body bytes a released answer reads (and drops) while it waits
 
 
 class _Chunked:
@@ -382,6 +384,7 @@ class StreamedAnswer(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._waiting_since = 0.0
         self._timed_out = False
+        self._draining: asyncio.TimerHandle | None = None  # released, its end still to come
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -435,7 +438,11 @@ class StreamedAnswer(asyncio.Protocol):
         if self._left is not None:
             piece = piece[: self._left]
             self._left -= len(piece)
-        if piece:
+        if piece and self._draining is not None:
+            if len(piece) > DRAIN_BYTES:  # more than a body's end: not worth waiting for
+                self.close()
+                return
+        elif piece:
             self._pieces.append(piece)
             self._size += len(piece)
             if self._size > PAUSE_AT and self.transport is not None:
@@ -446,6 +453,10 @@ class StreamedAnswer(asyncio.Protocol):
 
     def _finish(self) -> None:
         self.done = True
+        if self._draining is not None:  # released before its end arrived: now it can be kept
+            self._draining.cancel()
+            self._draining = None
+            self._keep_or_close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -535,7 +546,19 @@ class StreamedAnswer(asyncio.Protocol):
         return b"".join(parts)
 
     def release(self) -> None:
+        """Done with the answer: keep the connection for the next request if the body
+        ended cleanly.  A reader that stopped at the last event (``[DONE]``) usually
+        leaves the body's last few bytes in flight: the connection waits up to
+        ``DRAIN_S`` for them, still unused, instead of being closed."""
         self._stop_timer()
+        if not self.done and self._keep and not self.closed and self._error is None:
+            self._pieces.clear()
+            self._size = 0
+            self._draining = asyncio.get_running_loop().call_later(DRAIN_S, self.close)
+            return
+        self._keep_or_close()
+
+    def _keep_or_close(self) -> None:
         if self.done and self._keep and not self.closed and self._error is None:
             self._origin.keep_stream(self)
         else:
@@ -544,6 +567,9 @@ class StreamedAnswer(asyncio.Protocol):
     def close(self) -> None:
         self.closed = True
         self._stop_timer()
+        if self._draining is not None:
+            self._draining.cancel()
+            self._draining = None
         if self.transport is not None:
             self.transport.close()
 

@@ -7,9 +7,11 @@ from collections.abc import AsyncIterator, Callable
 from typing import NamedTuple
 
 import pytest
+from harness import wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy import http1
 from proxy.http1 import (
     MAX_RESPONSE_BYTES,
     HTTPFormatError,
@@ -214,7 +216,7 @@ async def test_a_cut_stream_raises_stream_cut(server: Server) -> None:
 
 async def test_within_s_bounds_a_silent_server_and_closes_the_connection(
         server: Server) -> None:
-    answers, connections, origin = server
+    answers, _, origin = server
     head = origin.head("/x", {})
     answers.append(_echo)
     assert (await origin.post(head, b"one", within_s=5))[:2] == (200, b"one")
@@ -231,3 +233,57 @@ async def test_within_s_bounds_a_silent_server_and_closes_the_connection(
     quiet.close()
     listener.close()
     never.cancel()
+
+
+async def _end_later(served: list[int], gate: asyncio.Event) -> tuple[asyncio.Server, Origin]:
+    """A server whose streamed answers send their data at once and the body's last
+    chunk only once ``gate`` is set; ``served`` counts connections."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served.append(1)
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            writer.write(OK + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            await gate.wait()
+            writer.write(b"0\r\n\r\n")
+            gate.clear()
+
+    listener = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return listener, Origin(f"http://127.0.0.1:{listener.sockets[0].getsockname()[1]}")
+
+
+async def test_an_answer_released_before_its_end_keeps_its_connection() -> None:
+    """A relay stops reading at ``[DONE]``; the body's last chunk often comes a moment
+    later.  The released connection waits for it and then serves the next request."""
+    served: list[int] = []
+    gate = asyncio.Event()
+    listener, origin = await _end_later(served, gate)
+    try:
+        for _ in range(2):
+            answer = await origin.stream(origin.head("/s", {}), b"go")
+            assert await answer.read() == b"hello" and not answer.done
+            answer.release()  # before the end arrived
+            gate.set()
+            await wait_until(lambda a=answer: a.done)  # type: ignore[misc]
+        assert len(served) == 1 and not answer.closed
+    finally:
+        origin.close()
+        listener.close()
+
+
+async def test_an_answer_whose_end_never_comes_is_closed(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    monkeypatch.setattr(http1, "DRAIN_S", 0.01)
+    served: list[int] = []
+    listener, origin = await _end_later(served, asyncio.Event())  # the gate never opens
+    try:
+        answer = await origin.stream(origin.head("/s", {}), b"go")
+        assert await answer.read() == b"hello"
+        answer.release()
+        await wait_until(lambda: answer.closed)
+        assert origin._idle_streams == []
+    finally:
+        origin.close()
+        listener.close()
