@@ -146,15 +146,15 @@ async def relay_stream(request: web.Request, call: UpstreamCall, checks: Checks,
                        headers: dict[str, str]) -> web.StreamResponse:
     upstream_resp = await call.opened()
     response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+    mode = checks.policy.response.stream if checks.chat.n == 1 else "buffer"
+    relay = StreamRelay(response=response, checks=checks, mode=mode)
     try:
         await _prepare(request, response, checks.record)
-        mode = checks.policy.response.stream if checks.chat.n == 1 else "buffer"
-        relay = StreamRelay(response=response, checks=checks, mode=mode)
         await relay.run(upstream_resp)
         await response.write_eof()
     except ConnectionResetError:
         checks.record.client_gone = 499  # the client hung up: nobody left to answer
     finally:
-        upstream_resp.release()
+        upstream_resp.release(ending=relay.read_to_end)
         checks.record.upstream_ms = round((time.perf_counter() - call.started) * 1000, 3)
     return response

@@ -545,13 +545,13 @@ class StreamedAnswer(asyncio.Protocol):
             parts.append(data)
         return b"".join(parts)
 
-    def release(self) -> None:
+    def release(self, *, ending: bool = False) -> None:
         """Done with the answer: keep the connection for the next request if the body
-        ended cleanly.  A reader that stopped at the last event (``[DONE]``) usually
-        leaves the body's last few bytes in flight: the connection waits up to
-        ``DRAIN_S`` for them, still unused, instead of being closed."""
+        ended cleanly, else close it.  ``ending``: the reader stopped at the answer's
+        last event (``[DONE]``), whose body's last few bytes are usually still in
+        flight: the connection waits up to ``DRAIN_S`` for them instead of closing."""
         self._stop_timer()
-        if not self.done and self._keep and not self.closed and self._error is None:
+        if ending and not self.done and self._keep and not self.closed and self._error is None:
             self._pieces.clear()
             self._size = 0
             self._draining = asyncio.get_running_loop().call_later(DRAIN_S, self.close)

@@ -59,6 +59,7 @@ class StreamRelay:
                                         cap=max(stage.window_chars, MAX_WINDOW_CHARS))
                          if windowed else WindowSchedule.never())
         self._upstream: StreamedAnswer | None = None
+        self.read_to_end = False  # the upstream's [DONE] arrived
         self._check: asyncio.Task[tuple[Outcome, int, int]] | None = None
         self._last: tuple[Outcome, int] | None = None  # the last passed window, its length
 
@@ -89,11 +90,11 @@ class StreamRelay:
             if data is None:
                 continue
             events = decoder.feed_data(data) if data else [e.data for e in decoder.close()]
-            done = self._feed(events)
+            self.read_to_end = self._feed(events)
             if self.state.held > MAX_HELD_BYTES:
                 raise StreamFault(f"the answer held back for moderation exceeds "
                                   f"{MAX_HELD_BYTES} bytes")
-            if done:
+            if self.read_to_end:
                 break
             if not data:
                 if not self.state.finished():

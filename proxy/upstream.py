@@ -139,15 +139,18 @@ class UpstreamCall:
         self.start()
         assert self._task is not None and not self._stream
         answer: bytes = await self._task
+        self._task = None
         return answer
 
     async def opened(self) -> StreamedAnswer:
         self.start()
         assert self._task is not None and self._stream
         resp: StreamedAnswer = await self._task
+        self._task = None  # the caller owns the answer now, and releases it
         return resp
 
     async def abandon(self) -> None:
+        """Drop an answer nobody took: cancel the call, close its connection."""
         task, self._task = self._task, None
         if task is None:
             return

@@ -256,7 +256,8 @@ async def _end_later(served: list[int], gate: asyncio.Event) -> tuple[asyncio.Se
 
 async def test_an_answer_released_before_its_end_keeps_its_connection() -> None:
     """A relay stops reading at ``[DONE]``; the body's last chunk often comes a moment
-    later.  The released connection waits for it and then serves the next request."""
+    later.  The released connection waits for it and then serves the next request; an
+    answer released anywhere else is closed at once (the upstream sees the hang-up)."""
     served: list[int] = []
     gate = asyncio.Event()
     listener, origin = await _end_later(served, gate)
@@ -264,10 +265,14 @@ async def test_an_answer_released_before_its_end_keeps_its_connection() -> None:
         for _ in range(2):
             answer = await origin.stream(origin.head("/s", {}), b"go")
             assert await answer.read() == b"hello" and not answer.done
-            answer.release()  # before the end arrived
+            answer.release(ending=True)  # before the end arrived
             gate.set()
             await wait_until(lambda a=answer: a.done)  # type: ignore[misc]
         assert len(served) == 1 and not answer.closed
+        answer = await origin.stream(origin.head("/s", {}), b"go")
+        assert await answer.read() == b"hello"
+        answer.release()  # not at its end: closed, not kept
+        assert answer.closed and origin._idle_streams == []
     finally:
         origin.close()
         listener.close()
@@ -281,7 +286,7 @@ async def test_an_answer_whose_end_never_comes_is_closed(monkeypatch: pytest.Mon
     try:
         answer = await origin.stream(origin.head("/s", {}), b"go")
         assert await answer.read() == b"hello"
-        answer.release()
+        answer.release(ending=True)
         await wait_until(lambda: answer.closed)
         assert origin._idle_streams == []
     finally:
