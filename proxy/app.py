@@ -1,6 +1,7 @@
 """``create_app(config)``: routes, middlewares, and one client session for the guard
-and one per upstream, opened and closed with the app.  At start-up the guard is asked
-for its context window (``/v1/models``), unless the config names it."""
+and one per upstream, opened and closed with the app, with its metrics and its live
+policy reload.  At start-up the guard is asked for its context window
+(``/v1/models``), unless the config names it."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import aiohttp
 from aiohttp import web
 
 from .cache import VerdictCache
-from .config import Config, GuardConfig
+from .config import Config, GuardConfig, ServerConfig
 from .guard import ChatGuard, GenerateGuard, Guard
+from .metrics import Metrics
 from .middlewares import authenticate, envelope
+from .reload import PolicyReloader
 from .routes import add_routes
 from .state import RUNTIME, Runtime
 from .upstream import Upstream
@@ -41,6 +44,16 @@ def make_cache(config: GuardConfig) -> VerdictCache | None:
                         namespace=f"{config.api}\0{config.model}\0")
 
 
+def make_reloader(server: ServerConfig, runtime: Runtime) -> PolicyReloader:
+    """Live policy reload into ``runtime``, counted in its metrics."""
+    def counted(outcome: str) -> None:
+        if runtime.metrics is not None:
+            runtime.metrics.reloads.labels(outcome).inc()
+
+    interval = server.watch_interval_s if server.watch_policies else 0.0
+    return PolicyReloader(server, runtime.set_policies, on_outcome=counted, interval_s=interval)
+
+
 def make_guard(config: GuardConfig, session: aiohttp.ClientSession) -> Guard:
     kind = GenerateGuard if config.api == "generate" else ChatGuard
     return kind(config=config, session=session)
@@ -56,14 +69,19 @@ def _clients(config: Config) -> Callable[[web.Application], AsyncIterator[None]]
             name: Upstream(config=upstream, session=upstream_sessions[name])
             for name, upstream in config.server.upstreams.items()
         }
-        app[RUNTIME] = Runtime(config=config, guard=guard, upstreams=upstreams,
-                               cache=make_cache(config.server.guard))
+        metrics = Metrics()
+        runtime = app[RUNTIME] = Runtime(config=config, guard=guard, upstreams=upstreams,
+                                         cache=make_cache(config.server.guard),
+                                         metrics=metrics)
+        reloader = make_reloader(config.server, runtime)
+        reloader.start()
         # Asked beside start-up, not before it: the socket opens at once, and a check that
         # arrives first waits for the answer.  A guard that is down is asked again later.
         window = asyncio.create_task(guard.input_budget(), name="guardproxy-guard-window")
         try:
             yield
         finally:
+            await reloader.stop()
             window.cancel()
             guard.close()
             for upstream in upstreams.values():

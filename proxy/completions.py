@@ -13,6 +13,7 @@ from .config import Action, Policy
 from .conversation import message_text
 from .errors import BodyTooLarge, ModelNotAllowed, UpstreamError
 from .log import RequestRecord
+from .metrics import Metrics
 from .moderation import StreamState
 from .pipeline import Checks
 from .policy import Outcome
@@ -25,7 +26,7 @@ from .protocol import (
 )
 from .relay import StreamRelay
 from .sse import DONE_EVENT
-from .state import Runtime
+from .state import RUNTIME, Runtime
 from .upstream import UpstreamCall
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
@@ -75,6 +76,10 @@ async def _answer(request: web.Request, checks: Checks, call: UpstreamCall
     return await complete(call, checks, headers)
 
 
+def runtime_metrics(request: web.Request) -> Metrics | None:
+    return request.app[RUNTIME].metrics
+
+
 def _moderation(checks: Checks, output: list[Outcome]) -> dict[str, Any]:
     return annotation(checks.guard.model, checks.record.input, output)
 
@@ -83,6 +88,7 @@ async def blocked_prompt(request: web.Request, checks: Checks, headers: dict[str
                          ) -> web.StreamResponse:
     block, chat = checks.policy.block, checks.chat
     checks.record.output = [Outcome.not_checked("the upstream was not called")]
+    checks.record.prompt_chars = sum(len(turn.text) for turn in chat.turns)
     moderation = _moderation(checks, checks.record.output)
     if block.style == "error":
         body = error_body(block.message, type="invalid_request_error", code="content_filter",
@@ -148,6 +154,9 @@ async def relay_stream(request: web.Request, call: UpstreamCall, checks: Checks,
     response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
     mode = checks.policy.response.stream if checks.chat.n == 1 else "buffer"
     relay = StreamRelay(response=response, checks=checks, mode=mode)
+    streams = runtime_metrics(request)
+    if streams is not None:
+        streams.active_streams.inc()
     try:
         await _prepare(request, response, checks.record)
         await relay.run(upstream_resp)
@@ -155,6 +164,8 @@ async def relay_stream(request: web.Request, call: UpstreamCall, checks: Checks,
     except ConnectionResetError:
         checks.record.client_gone = 499  # the client hung up: nobody left to answer
     finally:
+        if streams is not None:
+            streams.active_streams.dec()
         upstream_resp.release(ending=relay.read_to_end)
         checks.record.upstream_ms = round((time.perf_counter() - call.started) * 1000, 3)
     return response

@@ -155,6 +155,8 @@ class ServerConfig:
     upstreams: Mapping[str, UpstreamConfig]
     max_body_bytes: int = 4 * 1024 * 1024
     log_level: str = "info"
+    watch_policies: bool = True  # reload when a file under policies_dir changes
+    watch_interval_s: float = 1.0
     source: Path = Path("<memory>")
 
 
@@ -471,7 +473,7 @@ def _section(
 
 # --------------------------------------------------------------------------- server config
 
-_SERVER_KEYS = ("listen", "policies", "guard", "upstreams", "limits", "log")
+_SERVER_KEYS = ("listen", "policies", "guard", "upstreams", "limits", "log", "reload")
 _GUARD_KEYS = ("url", "model", "api", "timeout_s", "api_key_env", "max_tokens", "cache_size",
                "cache_ttl_s", "max_model_len")
 _UPSTREAM_KEYS = ("url", "api_key_env", "timeout_s")
@@ -492,6 +494,7 @@ def _load_server(f: _File, env: Mapping[str, str]) -> _LoadedServer | None:
         return None
     top = _section(f, root, "", 1, _SERVER_KEYS, ("policies", "guard", "upstreams"))
     listen, limits = top.sub("listen", ("host", "port")), top.sub("limits", ("max_body_bytes",))
+    reload = top.sub("reload", ("watch", "poll_s"))
     defaults = ServerConfig(policies_dir=Path(), guard=GuardConfig(url=""), upstreams={})
     folder = _policies_folder(top)
     upstreams = _upstreams(top, env)
@@ -503,6 +506,8 @@ def _load_server(f: _File, env: Mapping[str, str]) -> _LoadedServer | None:
         upstreams=MappingProxyType(upstreams or {}),
         max_body_bytes=limits.integer("max_body_bytes", defaults.max_body_bytes),
         log_level=top.sub("log", ("level",)).choice("level", _LEVELS, defaults.log_level),
+        watch_policies=reload.flag("watch", defaults.watch_policies),
+        watch_interval_s=reload.number("poll_s", defaults.watch_interval_s),
         source=f.path,
     )
     files = None if folder is None else _policy_files(f, top.fields["policies"].key_line, folder)

@@ -35,6 +35,9 @@ async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse
     finally:
         if request.path.startswith("/v1/"):
             logger.info("request", **record.fields(status))
+            runtime = request.app[RUNTIME]
+            if runtime.metrics is not None:
+                runtime.metrics.observe(record, status, runtime.config.server.guard.api)
     if not response.prepared:
         response.headers["x-request-id"] = request_id
     return response

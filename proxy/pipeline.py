@@ -112,7 +112,11 @@ class Checks:
         try:
             return await self.guard.classify(turns)
         finally:
-            self.record.guard_ms += (time.perf_counter() - started) * 1000
+            seconds = time.perf_counter() - started
+            self.record.guard_ms += seconds * 1000
+            # a prompt check judges a user turn, a response check an assistant turn
+            check = "prompt" if turns and turns[-1].role == "user" else "response"
+            self.record.guard_timings.append((check, seconds))
 
     def _keep_text(self, outcome: Outcome, text: str, *, output: bool) -> None:
         """Blocked or flagged text goes into the log line only if the tenant opted in."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .completions import chat_completions
+from .metrics import CONTENT_TYPE
 from .state import POLICY, RECORD, RUNTIME
 
 
@@ -29,13 +30,20 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    if not runtime.config.policies:
+    if not runtime.policies:
         return web.json_response({"status": "unavailable", "reason": "no policies loaded"},
                                  status=503)
     reason = await runtime.guard.health()
     if reason is not None:
         return web.json_response({"status": "unavailable", "reason": reason}, status=503)
-    return web.json_response({"status": "ready", "tenants": len(runtime.config.policies)})
+    return web.json_response({"status": "ready", "tenants": len(runtime.policies)})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    assert runtime.metrics is not None
+    return web.Response(body=runtime.metrics.render(),
+                        headers={"Content-Type": CONTENT_TYPE})
 
 
 def add_routes(app: web.Application) -> None:
@@ -43,3 +51,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", get_models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)

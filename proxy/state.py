@@ -12,24 +12,35 @@ from .cache import VerdictCache
 from .config import Config, Policy
 from .guard import Guard
 from .log import RequestRecord
+from .metrics import Metrics
 from .upstream import Upstream
 
 
 @dataclass(slots=True)
 class Runtime:
-    """The loaded configuration and the clients built from it."""
+    """The loaded configuration, the clients built from it, and the policies in force
+    (replaced whole by a live reload)."""
 
     config: Config
     guard: Guard
     upstreams: dict[str, Upstream] = field(default_factory=dict)
     cache: VerdictCache | None = None
+    metrics: Metrics | None = None
+    policies: tuple[Policy, ...] = ()
     _keys: tuple[tuple[bytes, Policy], ...] = ()
 
     def __post_init__(self) -> None:
+        self.set_policies(self.policies or self.config.policies)
+
+    def set_policies(self, policies: tuple[Policy, ...]) -> None:
+        """Put a new set in force.  A request that already found its policy keeps it;
+        the next one looks up the new set."""
         self._keys = tuple(
-            (bytes.fromhex(digest), policy)
-            for policy in self.config.policies for digest in policy.keys
+            (bytes.fromhex(digest), policy) for policy in policies for digest in policy.keys
         )
+        self.policies = policies
+        if self.metrics is not None:
+            self.metrics.set_tenants(policy.tenant for policy in policies)
 
     def tenant_for(self, key: str) -> Policy | None:
         """The policy whose key this is.  Every stored digest is compared, in constant

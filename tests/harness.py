@@ -45,6 +45,7 @@ guard: {{url: "{guard}", model: Qwen/Qwen3Guard-Gen-0.6B, api: {api}, timeout_s:
 upstreams:
   local: {{url: "{upstream}/v1", api_key_env: UPSTREAM_KEY, timeout_s: {upstream_timeout}}}
 limits: {{max_body_bytes: {max_body}}}
+reload: {{poll_s: {poll}}}
 """
 
 POLICIES = {
@@ -134,7 +135,7 @@ async def wait_until(condition: Callable[[], bool]) -> None:
 
 def write_config(root: Path, *, guard: str, upstream: str, stream: str = "buffer",
                  timeout: float = 2.0, max_body: int = 65536, api: str = "chat",
-                 upstream_timeout: float = 10.0) -> Path:
+                 upstream_timeout: float = 10.0, poll: float = 1.0) -> Path:
     (root / "policies").mkdir(exist_ok=True)
     for name, text in POLICIES.items():
         policy = text.format(key=_digest(KEYS[name]), stream=stream)
@@ -142,7 +143,7 @@ def write_config(root: Path, *, guard: str, upstream: str, stream: str = "buffer
     path = root / "proxy.yaml"
     path.write_text(SERVER.format(guard=guard, upstream=upstream, timeout=timeout,
                                   max_body=max_body, api=api,
-                                  upstream_timeout=upstream_timeout))
+                                  upstream_timeout=upstream_timeout, poll=poll))
     return path
 
 

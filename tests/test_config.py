@@ -119,7 +119,7 @@ CONFIG_CASES = [
     pytest.param(
         CONFIG + "listne: {port: 1}\n",
         ["CFG:14: unknown key 'listne' at top level "
-         "(valid: listen, policies, guard, upstreams, limits, log)"],
+         "(valid: listen, policies, guard, upstreams, limits, log, reload)"],
         id="unknown-key-top",
     ),
     pytest.param(
@@ -338,7 +338,7 @@ CONFIG_CASES = [
     pytest.param(
         "base: &b {port: 1}\nlisten:\n  <<: *b\n" + CONFIG.split("\n", 1)[1],
         ["CFG:1: unknown key 'base' at top level "
-         "(valid: listen, policies, guard, upstreams, limits, log)",
+         "(valid: listen, policies, guard, upstreams, limits, log, reload)",
          "CFG:3: YAML merge keys (<<) are not supported"],
         id="yaml-merge-key",
     ),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
 import pytest
+from emulators.upstream import Reply
+from harness import Proxy, wait_until
 from structlog.testing import capture_logs
 
 from proxy.config import Policy, load
@@ -115,3 +118,60 @@ def test_sighup_reason_is_logged(folder: Path) -> None:
         assert applied.reloader(folder).reload("sighup") is True
     (event,) = [e for e in logs if e["event"] == "policy_reload"]
     assert event["reason"] == "sighup" and event["tenants"] == ["acme"]
+
+
+# -- under a running proxy ---------------------------------------------------------------
+
+
+def _ask(text: str) -> dict[str, object]:
+    return {"model": "gpt-4.1-mini", "messages": [{"role": "user", "content": text}]}
+
+
+async def _action(proxy: Proxy, text: str) -> str:
+    proxy.upstream.replies.append(Reply(content="An answer."))
+    status, headers, _ = await proxy.post(_ask(text))
+    assert status == 200
+    return headers["x-guard-action"]
+
+
+@pytest.mark.parametrize("proxy", [{"poll": 0.02}], indirect=True)
+async def test_an_edited_policy_decides_the_next_request(proxy: Proxy, tmp_path: Path) -> None:
+    """``strict`` blocks a controversial prompt; edited to flag it, the next request is
+    flagged; broken, the edited policy stays in force."""
+    assert await _action(proxy, "the election results") == "block"
+    policy = tmp_path / "policies" / "strict.yaml"
+    text = policy.read_text()
+    with capture_logs() as logs:
+        _touch_later(policy, text.replace("controversial: block", "controversial: flag", 1))
+        await wait_until(lambda: any(e["event"] == "policy_reload" for e in logs))
+    assert await _action(proxy, "the election results") == "flag"
+    with capture_logs() as logs:
+        _touch_later(policy, text.replace("controversial: block", "controversial: sometimes", 1))
+        await wait_until(lambda: any(e["event"] == "policy_reload" for e in logs))
+    (event,) = [e for e in logs if e["event"] == "policy_reload"]
+    assert event["outcome"] == "rejected" and f"{policy}:" in event["errors"][0]
+    assert await _action(proxy, "the election results") == "flag"  # the last good set
+    async with proxy.http.get(proxy.url + "/metrics") as resp:
+        metrics = await resp.text()
+    assert 'guardproxy_policy_reloads_total{outcome="ok"} 1.0' in metrics
+    assert 'guardproxy_policy_reloads_total{outcome="rejected"} 1.0' in metrics
+
+
+@pytest.mark.parametrize("proxy", [{"poll": 0.02, "stream": "window"}], indirect=True)
+async def test_a_request_in_flight_finishes_under_its_policy(proxy: Proxy,
+                                                             tmp_path: Path) -> None:
+    """A stream that started under ``strict`` is still judged by it after a reload that
+    would have let its answer through."""
+    proxy.upstream.replies.append(Reply(chunks=["The ", "election ", "was ", "close."],
+                                        delay_s=0.1))
+    body = {**_ask("tell me the news"), "stream": True}
+    answer = asyncio.create_task(proxy.post(body))
+    await wait_until(lambda: bool(proxy.upstream_chats()))
+    policy = tmp_path / "policies" / "strict.yaml"
+    with capture_logs() as logs:
+        _touch_later(policy, policy.read_text().replace("controversial: block",
+                                                        "controversial: pass"))
+        await wait_until(lambda: any(e["event"] == "policy_reload" for e in logs))
+    status, _, raw = await answer
+    assert status == 200 and b'"finish_reason":"content_filter"' in raw
+    assert await _action(proxy, "the election results") == "pass"  # the next one: new set

@@ -1,0 +1,202 @@
+"""``/metrics``: what each request adds, bounded labels, and the sum over workers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+from emulators.guard import GuardEmulator
+from emulators.upstream import Reply, UpstreamEmulator
+from harness import KEYS, UPSTREAM_KEY, Proxy, write_config
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[1]
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def _samples(text: str) -> Samples:
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def _value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def _scrape(url: str) -> Samples:
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
+        assert resp.status == 200 and resp.content_type == "text/plain"
+        return _samples(await resp.text())
+
+
+def _chat(text: str, *, stream: bool = False) -> dict[str, object]:
+    return {"model": "gpt-4.1-mini", "stream": stream,
+            "messages": [{"role": "user", "content": text}]}
+
+
+async def test_each_request_is_counted_by_tenant_stage_and_action(proxy: Proxy) -> None:
+    proxy.upstream.replies.extend([Reply(content="Fine."), Reply(content="Also fine."),
+                                   Reply(content="Streamed."), Reply(content="Once more.")])
+    assert (await proxy.post(_chat("hello")))[0] == 200
+    assert (await proxy.post(_chat("how do I build a bomb?")))[0] == 200  # blocked (message)
+    assert (await proxy.post(_chat("the election", stream=False), tenant="lenient"))[0] == 200
+    assert (await proxy.post(_chat("stream it", stream=True)))[0] == 200
+    assert (await proxy.post(_chat("hello")))[0] == 200  # the same prompt: from the cache
+    assert (await proxy.post(_chat("hello"), tenant=None))[0] == 401
+    m = await _scrape(proxy.url)
+    total = "guardproxy_requests_total"
+    assert _value(m, total, tenant="strict", stage="prompt", action="pass") == 3
+    assert _value(m, total, tenant="strict", stage="prompt", action="block") == 1
+    assert _value(m, total, tenant="strict", stage="response", action="pass") == 3
+    assert _value(m, total, tenant="strict", stage="response", action="not_checked") == 1
+    assert _value(m, total, tenant="lenient", stage="prompt", action="flag") == 1
+    assert _value(m, "guardproxy_http_responses_total", tenant="-", status="4xx") == 1
+    assert _value(m, "guardproxy_blocked_requests_total", tenant="strict", stage="prompt") == 1
+    # "how do I build a bomb?": 22 characters, about 5 tokens never sent upstream
+    assert _value(m, "guardproxy_blocked_upstream_tokens_total",
+                  tenant="strict", kind="saved") == 22 // 4
+    assert _value(m, "guardproxy_verdict_cache_hits_total") == 1
+    guard_calls = len(proxy.guard.requests)
+    assert sum(_value(m, "guardproxy_guard_calls_total", check=check, api="chat")
+               for check in ("prompt", "response")) == guard_calls
+    assert _value(m, "guardproxy_guard_latency_seconds_count", check="prompt", api="chat") \
+        == _value(m, "guardproxy_guard_calls_total", check="prompt", api="chat") == 4
+    assert _value(m, "guardproxy_time_to_first_token_seconds_count", tenant="strict") == 1
+    assert _value(m, "guardproxy_upstream_latency_seconds_count",
+                  tenant="strict", stream="false") == 2
+    assert _value(m, "guardproxy_active_streams") == 0
+
+
+async def test_a_blocked_answer_counts_the_tokens_it_cost(proxy: Proxy) -> None:
+    proxy.upstream.replies.extend([Reply(content="Here is how to build a bomb."),
+                                   Reply(content="A quiet story.")])
+    status, _, raw = await proxy.post(_chat("tell me a story"))
+    usage = orjson.loads(raw)["usage"]  # the upstream's, relayed with the blocked answer
+    assert status == 200 and usage["total_tokens"] > 0
+    assert (await proxy.post(_chat("and another")))[0] == 200  # passed: no cost counted
+    m = await _scrape(proxy.url)
+    assert _value(m, "guardproxy_blocked_upstream_tokens_total",
+                  tenant="strict", kind="cost") == usage["total_tokens"]
+    assert _value(m, "guardproxy_blocked_requests_total", tenant="strict", stage="response") == 1
+
+
+@pytest.mark.parametrize("proxy", [{"timeout": 0.3}], indirect=True)
+async def test_guard_errors_are_counted_by_kind(proxy: Proxy) -> None:
+    proxy.guard.fault = "garbage"
+    assert (await proxy.post(_chat("hello")))[0] == 200  # strict fails closed
+    proxy.guard.fault = "hang"
+    assert (await proxy.post(_chat("hello again"), tenant="lenient"))[0] == 200  # fails open
+    m = await _scrape(proxy.url)
+    assert _value(m, "guardproxy_guard_errors_total", check="prompt", kind="unreadable") == 1
+    assert _value(m, "guardproxy_guard_errors_total", check="prompt", kind="timeout") == 1
+    assert _value(m, "guardproxy_requests_total",
+                  tenant="strict", stage="prompt", action="guard_error_block") == 1
+    assert _value(m, "guardproxy_requests_total",
+                  tenant="lenient", stage="prompt", action="guard_error_pass") == 1
+
+
+async def test_labels_never_come_from_request_data(proxy: Proxy) -> None:
+    proxy.upstream.replies.append(Reply(content="ok"))
+    await proxy.post(_chat("hello"), headers={"x-request-id": "tenant-evil"})
+    await proxy.post(_chat("hi"), headers={"Authorization": "Bearer sk-made-up-tenant"},
+                     tenant=None)
+    await proxy.post(b"{not json", path="/v1/chat/completions")
+    m = await _scrape(proxy.url)
+    tenants = {value for (_, labels) in m for name, value in labels if name == "tenant"}
+    assert tenants <= {"strict", "lenient", "errors", "audited", "racer", "-"}
+    models = {value for (_, labels) in m for name, value in labels if name == "model"}
+    assert models == set()
+
+
+def _env() -> dict[str, str]:
+    return {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "UPSTREAM_KEY": UPSTREAM_KEY}
+
+
+async def _workers(config: Path, port: int, count: int) -> tuple[asyncio.subprocess.Process,
+                                                                  set[int]]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "serve", "-c", str(config), "--port", str(port),
+        "--workers", str(count), env=_env(), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT)
+    assert process.stdout is not None
+    pids: set[int] = set()
+    while len(pids) < count:
+        line = orjson.loads(await asyncio.wait_for(process.stdout.readline(), timeout=30))
+        if line["event"] == "listening":
+            pids.add(line["pid"])
+    await asyncio.sleep(0.3)  # both bound
+    return process, pids
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _stop(process: asyncio.subprocess.Process) -> list[dict[str, object]]:
+    assert process.stdout is not None
+    process.terminate()
+    output = await asyncio.wait_for(process.stdout.read(), timeout=30)
+    await process.wait()
+    return [orjson.loads(line) for line in output.splitlines()]
+
+
+async def test_metrics_cover_all_workers(tmp_path: Path, guard_emulator: GuardEmulator,
+                                         upstream_emulator: UpstreamEmulator) -> None:
+    upstream_emulator.api_key = UPSTREAM_KEY
+    config = write_config(tmp_path, guard=guard_emulator.url, upstream=upstream_emulator.url)
+    port = _port()
+    process, pids = await _workers(config, port, 2)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        upstream_emulator.replies.extend(Reply(content=f"answer {n}") for n in range(20))
+
+        async def one(n: int) -> int:
+            # a connection each, so that both workers take some
+            async with aiohttp.ClientSession() as own, own.post(
+                    url + "/v1/chat/completions", json=_chat(f"q{n}"),
+                    headers={"Authorization": f"Bearer {KEYS['strict']}"}) as resp:
+                return resp.status
+
+        assert await asyncio.gather(*(one(n) for n in range(20))) == [200] * 20
+        for _ in range(4):  # whichever worker answers the scrape reports the same sums
+            m = await _scrape(url)
+            assert _value(m, "guardproxy_requests_total",
+                          tenant="strict", stage="prompt", action="pass") == 20
+            assert _value(m, "guardproxy_guard_calls_total", check="prompt", api="chat") == 20
+    finally:
+        lines = await _stop(process)
+    served = {line["pid"] for line in lines if line["event"] == "request"}
+    assert served == pids  # the sums above spanned both workers
+
+
+async def test_sighup_reloads_every_worker(tmp_path: Path, guard_emulator: GuardEmulator,
+                                          upstream_emulator: UpstreamEmulator) -> None:
+    upstream_emulator.api_key = UPSTREAM_KEY
+    config = write_config(tmp_path, guard=guard_emulator.url, upstream=upstream_emulator.url)
+    config.write_text(config.read_text().replace("reload: {poll_s: 1.0}", "reload: {watch: false}"))
+    assert "watch: false" in config.read_text()  # only SIGHUP reloads
+    port = _port()
+    process, pids = await _workers(config, port, 2)
+    try:
+        policy = tmp_path / "policies" / "strict.yaml"
+        policy.write_text(policy.read_text().replace("controversial: block",
+                                                     "controversial: flag", 1))
+        process.send_signal(signal.SIGHUP)
+        await asyncio.sleep(1.0)
+        m = await _scrape(f"http://127.0.0.1:{port}")
+        assert _value(m, "guardproxy_policy_reloads_total", outcome="ok") == 2
+    finally:
+        lines = await _stop(process)
+    reloads = [line for line in lines if line["event"] == "policy_reload"]
+    assert {line["pid"] for line in reloads} == pids
+    assert all(line["outcome"] == "ok" and line["reason"] == "sighup" for line in reloads)
