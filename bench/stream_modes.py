@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import sys
 import tempfile
@@ -29,14 +30,20 @@ from emulators.upstream import Reply, UpstreamEmulator
 from harness import KEYS, UPSTREAM_KEY, start_proxy
 
 WORD = "lorem "  # one token of 6 characters
-BODY = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "write"}]}
+_sent = itertools.count()
+
+
+def body() -> dict[str, Any]:
+    """A request no earlier one repeats: the verdict cache must not answer its checks."""
+    return {"model": "m", "stream": True,
+            "messages": [{"role": "user", "content": f"write #{next(_sent)}"}]}
 
 
 async def first_text_ms(http: aiohttp.ClientSession, url: str, headers: dict[str, str]
                         ) -> float:
     """Milliseconds until the first content delta, reading the stream to its end."""
     started, first = time.perf_counter(), None
-    async with http.post(url, json=BODY, headers=headers) as resp:
+    async with http.post(url, json=body(), headers=headers) as resp:
         async for piece in resp.content.iter_any():
             if first is None and b'"content":"lorem' in piece:
                 first = time.perf_counter()
@@ -89,7 +96,7 @@ async def leak(proxy: Any, upstream: UpstreamEmulator, args: argparse.Namespace)
     upstream.replies.append(Reply(content="".join(words), chunks=words,
                                   delay_s=args.token_ms / 1000))
     with capture_logs() as logs:
-        await proxy.post(BODY)
+        await proxy.post(body())
     (line,) = [entry for entry in logs if entry["event"] == "request"]
     return int(line.get("leaked_chars") or 0)
 
