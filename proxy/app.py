@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
+from . import httperrors
 from .cache import VerdictCache
 from .config import Config, GuardConfig, ServerConfig
 from .guard import ChatGuard, GenerateGuard, Guard
@@ -23,6 +24,7 @@ from .upstream import Upstream
 
 
 def create_app(config: Config) -> web.Application:
+    httperrors.install()  # aiohttp's own 4xx answers in OpenAI's shape too
     # The body limit is enforced while reading, to answer 413 in OpenAI's shape.
     app = web.Application(middlewares=[envelope, authenticate], client_max_size=2**62)
     add_routes(app)

@@ -170,10 +170,12 @@ LENGTH = b"Content-Length: %d\r\n" % len(BODY)
     ],
 )
 async def test_broken_framing_is_400_and_goes_nowhere(proxy: Proxy, header: bytes) -> None:
-    # The HTTP parser refuses these before the app runs, so its plain-text 400 answers.
-    status, head, _ = await _raw(proxy, header + LENGTH, BODY)
+    # The HTTP parser refuses these before the app runs; the answer is still OpenAI's shape.
+    status, head, body = await _raw(proxy, header + LENGTH, BODY)
     assert status == 400
     assert b"injected" not in head.lower()
+    assert b"content-type: application/json" in head.lower()
+    assert _error(body)["code"] == "bad_http_request"
     assert _nothing_sent(proxy)
 
 
