@@ -179,19 +179,25 @@ async def test_metrics_cover_all_workers(tmp_path: Path, guard_emulator: GuardEm
     assert served == pids  # the sums above spanned both workers
 
 
-async def test_sighup_reloads_every_worker(tmp_path: Path, guard_emulator: GuardEmulator,
-                                          upstream_emulator: UpstreamEmulator) -> None:
+@pytest.mark.parametrize("trigger", ["sighup", "changed"])
+async def test_every_worker_reloads(tmp_path: Path, guard_emulator: GuardEmulator,
+                                    upstream_emulator: UpstreamEmulator, trigger: str) -> None:
+    """SIGHUP to the parent reaches each worker; a file edit is seen by each worker's poll."""
     upstream_emulator.api_key = UPSTREAM_KEY
     config = write_config(tmp_path, guard=guard_emulator.url, upstream=upstream_emulator.url)
-    config.write_text(config.read_text().replace("reload: {poll_s: 1.0}", "reload: {watch: false}"))
-    assert "watch: false" in config.read_text()  # only SIGHUP reloads
+    reload = "reload: {watch: false}" if trigger == "sighup" else "reload: {poll_s: 0.05}"
+    config.write_text(config.read_text().replace("reload: {poll_s: 1.0}", reload))
+    assert reload in config.read_text()
     port = _port()
     process, pids = await _workers(config, port, 2)
     try:
         policy = tmp_path / "policies" / "strict.yaml"
-        policy.write_text(policy.read_text().replace("controversial: block",
+        edited = tmp_path / "strict.yaml.new"  # written whole, then swapped in: no poll sees
+        edited.write_text(policy.read_text().replace("controversial: block",  # half a file
                                                      "controversial: flag", 1))
-        process.send_signal(signal.SIGHUP)
+        os.replace(edited, policy)
+        if trigger == "sighup":
+            process.send_signal(signal.SIGHUP)
         await asyncio.sleep(1.0)
         m = await _scrape(f"http://127.0.0.1:{port}")
         assert _value(m, "guardproxy_policy_reloads_total", outcome="ok") == 2
@@ -199,4 +205,4 @@ async def test_sighup_reloads_every_worker(tmp_path: Path, guard_emulator: Guard
         lines = await _stop(process)
     reloads = [line for line in lines if line["event"] == "policy_reload"]
     assert {line["pid"] for line in reloads} == pids
-    assert all(line["outcome"] == "ok" and line["reason"] == "sighup" for line in reloads)
+    assert all(line["outcome"] == "ok" and line["reason"] == trigger for line in reloads)
