@@ -13,7 +13,6 @@ from .config import Action, Policy
 from .conversation import message_text
 from .errors import BodyTooLarge, ModelNotAllowed, UpstreamError
 from .log import RequestRecord
-from .metrics import Metrics
 from .moderation import StreamState
 from .pipeline import Checks
 from .policy import Outcome
@@ -74,10 +73,6 @@ async def _answer(request: web.Request, checks: Checks, call: UpstreamCall
     if checks.chat.stream:
         return await relay_stream(request, call, checks, headers)
     return await complete(call, checks, headers)
-
-
-def runtime_metrics(request: web.Request) -> Metrics | None:
-    return request.app[RUNTIME].metrics
 
 
 def _moderation(checks: Checks, output: list[Outcome]) -> dict[str, Any]:
@@ -154,7 +149,7 @@ async def relay_stream(request: web.Request, call: UpstreamCall, checks: Checks,
     response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
     mode = checks.policy.response.stream if checks.chat.n == 1 else "buffer"
     relay = StreamRelay(response=response, checks=checks, mode=mode)
-    streams = runtime_metrics(request)
+    streams = request.app[RUNTIME].metrics
     if streams is not None:
         streams.active_streams.inc()
     try:

@@ -18,7 +18,7 @@ import orjson
 import structlog
 
 from .config import Action
-from .policy import Outcome, strictest
+from .policy import Outcome, strictest, worst
 
 logger = structlog.get_logger("guardproxy")
 
@@ -112,8 +112,8 @@ def stage_fields(outcomes: list[Outcome]) -> dict[str, Any] | None:
     """The strictest outcome of a stage, as the log shows it."""
     if not outcomes:
         return None
-    worst = max(outcomes, key=lambda o: o.action.rank)
-    if worst.verdict is None:
-        return {"error": worst.error_code, "kind": worst.error_kind, "action": worst.action.value}
-    return {"severity": worst.verdict.severity, "categories": list(worst.verdict.categories),
-            "action": worst.action.value}
+    shown = worst(outcomes)
+    if shown.verdict is None:
+        return {"error": shown.error_code, "kind": shown.error_kind, "action": shown.action.value}
+    return {"severity": shown.verdict.severity, "categories": list(shown.verdict.categories),
+            "action": shown.action.value}

@@ -32,7 +32,7 @@ from prometheus_client import (
 
 from .config import Action
 from .log import RequestRecord
-from .policy import Outcome
+from .policy import Outcome, worst
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 NO_TENANT = "-"
@@ -125,12 +125,12 @@ class Metrics:
         self._tokens(tenant, record)
 
     def _stage(self, tenant: str, stage: str, outcomes: list[Outcome]) -> None:
-        worst = max(outcomes, key=lambda o: o.action.rank)
-        self.requests.labels(tenant, stage, _action_label(worst)).inc()
+        shown = worst(outcomes)
+        self.requests.labels(tenant, stage, _action_label(shown)).inc()
         for outcome in outcomes:
             if outcome.error_kind is not None:
                 self.guard_errors.labels(stage, outcome.error_kind).inc()
-        if worst.action is Action.BLOCK:
+        if shown.action is Action.BLOCK:
             self.blocked.labels(tenant, stage).inc()
 
     def _tokens(self, tenant: str, record: RequestRecord) -> None:

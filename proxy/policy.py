@@ -52,6 +52,11 @@ class Outcome:
                    error_kind=exc.kind)
 
 
+def worst(outcomes: Sequence[Outcome]) -> Outcome:
+    """The first of the outcomes with the strictest action (``outcomes`` not empty)."""
+    return max(outcomes, key=lambda o: o.action.rank)
+
+
 def strictest(outcomes: list[Outcome]) -> Action:
     return max((o.action for o in outcomes), key=lambda action: action.rank, default=Action.PASS)
 
