@@ -9,21 +9,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .answer import read_completion
 from .config import Action, Policy
-from .conversation import message_text
 from .errors import BodyTooLarge, ModelNotAllowed, UpstreamError
 from .log import RequestRecord
 from .moderation import StreamState
 from .pipeline import Checks
 from .policy import Outcome
-from .protocol import (
-    annotation,
-    blocked_choice,
-    blocked_completion,
-    error_body,
-    parse_chat_request,
-)
+from .protocol import blocked_choice, blocked_completion, error_body
 from .relay import StreamRelay
+from .request import parse_chat_request
 from .sse import DONE_EVENT
 from .state import RUNTIME, Runtime
 from .upstream import UpstreamCall
@@ -47,8 +42,11 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 async def chat_completions(request: web.Request, runtime: Runtime, policy: Policy,
                            record: RequestRecord) -> web.StreamResponse:
-    chat = parse_chat_request(await read_body(request, runtime.config.server.max_body_bytes))
+    body = await read_body(request, runtime.config.server.max_body_bytes)
+    chat = parse_chat_request(body, non_text=policy.prompt.non_text,
+                              allowed=policy.prompt.allow_fields)
     record.model, record.stream = chat.model, chat.stream
+    record.unchecked_parts = len(chat.conversation.unchecked)
     if policy.models is not None and chat.model not in policy.models:
         raise ModelNotAllowed(f"model {chat.model!r} is not available to this key", param="model")
     checks = Checks(guard=runtime.guard, policy=policy, chat=chat, record=record,
@@ -75,16 +73,12 @@ async def _answer(request: web.Request, checks: Checks, call: UpstreamCall
     return await complete(call, checks, headers)
 
 
-def _moderation(checks: Checks, output: list[Outcome]) -> dict[str, Any]:
-    return annotation(checks.guard.model, checks.record.input, output)
-
-
 async def blocked_prompt(request: web.Request, checks: Checks, headers: dict[str, str]
                          ) -> web.StreamResponse:
     block, chat = checks.policy.block, checks.chat
     checks.record.output = [Outcome.not_checked("the upstream was not called")]
-    checks.record.prompt_chars = sum(len(turn.text) for turn in chat.turns)
-    moderation = _moderation(checks, checks.record.output)
+    checks.record.prompt_chars = chat.conversation.prompt_chars() + len(chat.extras)
+    moderation = checks.annotation()
     if block.style == "error":
         body = error_body(block.message, type="invalid_request_error", code="content_filter",
                           param="messages", moderation=moderation)
@@ -92,7 +86,7 @@ async def blocked_prompt(request: web.Request, checks: Checks, headers: dict[str
     if not chat.stream:
         return _json(orjson.dumps(blocked_completion(
             model=chat.model, message=block.message, moderation=moderation)), headers=headers)
-    state = StreamState(model=chat.model)
+    state = StreamState(model=chat.model, choices_allowed=chat.n)
     response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
     try:
         await _prepare(request, response, checks.record)
@@ -108,16 +102,17 @@ async def complete(call: UpstreamCall, checks: Checks, headers: dict[str, str]
                    ) -> web.Response:
     raw = await call.whole()
     checks.record.upstream_ms = round((time.perf_counter() - call.started) * 1000, 3)
-    data = _completion(raw)
-    choices = data["choices"]
-    outputs = await checks.check_response([message_text(c.get("message")) for c in choices])
+    answer = read_completion(_completion(raw), prefill=checks.chat.conversation.prefill)
+    checks.record.removed_fields = answer.removed
+    choices = answer.body["choices"]
+    outputs = await checks.check_response(answer.texts)
     for position, outcome in enumerate(outputs):
         if outcome.action is Action.BLOCK:
-            choices[position] = blocked_choice(choices[position].get("index", position),
+            choices[position] = blocked_choice(choices[position]["index"],
                                                checks.policy.block.message)
-    data["moderation"] = _moderation(checks, outputs)
-    checks.record.usage = data.get("usage")
-    return _json(orjson.dumps(data), headers=headers)
+    answer.body["moderation"] = checks.annotation(outputs)
+    checks.record.usage = answer.body.get("usage")
+    return _json(orjson.dumps(answer.body), headers=headers)
 
 
 def _completion(raw: bytes) -> dict[str, Any]:
@@ -148,7 +143,7 @@ async def relay_stream(request: web.Request, call: UpstreamCall, checks: Checks,
     upstream_resp = await call.opened()
     response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
     mode = checks.policy.response.stream if checks.chat.n == 1 else "buffer"
-    relay = StreamRelay(response=response, checks=checks, mode=mode)
+    relay = StreamRelay(response=response, checks=checks, mode=mode, secrets=call.secrets)
     streams = request.app[RUNTIME].metrics
     if streams is not None:
         streams.active_streams.inc()

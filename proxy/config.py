@@ -93,6 +93,8 @@ class StagePolicy:
 class PromptPolicy(StagePolicy):
     mode: Literal["sequential", "parallel"] = "sequential"
     scope: Literal["last", "all"] = "last"
+    non_text: Literal["block", "pass"] = "block"  # image, audio and file parts
+    allow_fields: frozenset[str] = frozenset()  # request fields forwarded unjudged
 
 
 StreamMode = Literal["buffer", "window", "async"]
@@ -591,11 +593,13 @@ _POLICY_KEYS = (
     "tenant", "keys", "upstream", "models", "prompt", "response",
     "on_guard_error", "block", "log_content",
 )
-_PROMPT_KEYS = ("check", "mode", "scope", "unsafe", "controversial", "categories")
+_PROMPT_KEYS = ("check", "mode", "scope", "unsafe", "controversial", "categories", "non_text",
+                "allow_fields")
 _RESPONSE_KEYS = ("check", "unsafe", "controversial", "categories", "stream", "window_chars")
 _ACTIONS = ("block", "flag", "pass")
 _MODES: tuple[Literal["sequential", "parallel"], ...] = ("sequential", "parallel")
 _SCOPES: tuple[Literal["last", "all"], ...] = ("last", "all")
+_NON_TEXT: tuple[Literal["block", "pass"], ...] = ("block", "pass")
 _STREAMS: tuple[StreamMode, ...] = ("buffer", "window", "async")
 _ON_GUARD_ERROR: tuple[Literal["block", "pass"], ...] = ("block", "pass")
 _BLOCK_STYLES: tuple[Literal["message", "error"], ...] = ("message", "error")
@@ -718,10 +722,34 @@ def _prompt(top: _Section) -> PromptPolicy:
         check=sec.flag("check", defaults.check),
         mode=sec.choice("mode", _MODES, defaults.mode),
         scope=sec.choice("scope", _SCOPES, defaults.scope),
+        non_text=sec.choice("non_text", _NON_TEXT, defaults.non_text),
+        allow_fields=_allow_fields(sec),
         unsafe=unsafe,
         controversial=controversial,
         categories=_categories(sec, CATEGORIES),
     )
+
+
+_FIELD_NAME = re.compile(r"(?:messages\.)?[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _allow_fields(sec: _Section) -> frozenset[str]:
+    """Request fields a tenant forwards unjudged: top-level names, or ``messages.<key>``."""
+    entry = sec.fields.get("allow_fields")
+    if entry is None:
+        return frozenset()
+    if not isinstance(entry.value, Seq):
+        sec.bad("allow_fields", "expected a list of request field names")
+        return frozenset()
+    names: set[str] = set()
+    for item in entry.value.items:
+        if (isinstance(item, Scalar) and isinstance(item.value, str)
+                and _FIELD_NAME.fullmatch(item.value)):
+            names.add(item.value)
+        else:
+            sec.f.error(item.line, f"{sec.path('allow_fields')}: expected a field name like "
+                        f"chat_template_kwargs or messages.cache_control, got {_describe(item)}")
+    return frozenset(names)
 
 
 def _response(top: _Section) -> ResponsePolicy:

@@ -1,10 +1,27 @@
-"""What the guard sees of a chat: OpenAI messages flattened into text turns.  No I/O.
+"""What the guard sees of a chat: every text an OpenAI message list can show the
+upstream's model, flattened into Qwen3Guard's USER / ASSISTANT turns.  No I/O.
 
 Qwen3Guard-Gen's chat template takes string contents only, renders a system
 message only when it comes first, ignores ``tool`` messages and drops a first
-message that is neither system nor user.  ``turns_from_messages`` shapes any
-valid OpenAI message list so that the template can neither fail nor silently
-lose the text it must judge; the two views pick what each check judges.
+message that is neither system nor user.  An upstream's model reads all of them,
+so ``read_messages`` renders them all:
+
+- every message that is not the assistant's (``system``, ``developer``, ``user``,
+  ``tool``, ``function``) joins the USER turn of its run of such messages, blank
+  line between; a system message followed by a user message renders exactly as
+  the template renders them (``USER: system\\n\\nuser``);
+- an assistant message is an ASSISTANT turn: its reasoning, content, refusal,
+  tool calls and legacy function call;
+- a ``name`` travels with its message's text (``name: text``), since templates
+  show it to the model;
+- trailing assistant messages are a *prefill*: the upstream continues them, so
+  they are judged with the user's turn (the prompt check) and with the answer
+  that continues them (the response check);
+- text parts of every type the upstream renders as text (``text``,
+  ``input_text``, ``output_text``, ``refusal``, ``thinking``) are read; parts the
+  guard cannot read (images, audio, files) are refused, or let through and listed
+  as unchecked when the tenant's ``prompt.non_text`` is ``pass``; unknown part
+  types and unknown message keys are refused.
 
 The template has no escaping: text that spells one of its control strings could
 end the conversation early, open a fake turn or forge a verdict.  Every ``Turn``
@@ -15,15 +32,14 @@ sends it on (see ``guard_text``).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import BadRequest
+from .errors import BadRequest, UnsupportedContent, UnsupportedParameter
 
 Role = Literal["system", "user", "assistant"]
-_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-
+NonText = Literal["block", "pass"]
 
 ZWSP = "\u200b"  # ZERO WIDTH SPACE: invisible, and part of no token or marker
 _BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits on
@@ -77,56 +93,184 @@ class Turn:
         object.__setattr__(self, "text", guard_text(self.text))
 
 
-def turns_from_messages(messages: Sequence[Any]) -> tuple[Turn, ...]:
-    """Validate ``messages`` and flatten them; raises ``BadRequest`` naming the field."""
-    turns: list[Turn] = []
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """A message list as the guard judges it.
+
+    ``turns`` alternate USER and ASSISTANT (a trailing prefill is not among them);
+    ``instructions`` are the system and developer messages' texts with the index of
+    the turn that holds each; ``unchecked`` names the non-text parts let through
+    unjudged (``prompt.non_text: pass``)."""
+
+    turns: tuple[Turn, ...]
+    prefill: str = ""
+    instructions: tuple[tuple[int, str], ...] = ()
+    unchecked: tuple[str, ...] = ()
+
+    def prompt_chars(self) -> int:
+        return sum(len(turn.text) for turn in self.turns) + len(self.prefill)
+
+
+# -- what each message may hold -------------------------------------------------------
+
+_USER_SIDE = frozenset({"system", "developer", "user", "tool", "function"})
+_ROLES = frozenset({*_USER_SIDE, "assistant"})
+_INSTRUCTIONS = frozenset({"system", "developer"})
+#: Keys each role may carry.  Structural ones (ids, audio references) are not text.
+_KEYS: dict[str, frozenset[str]] = {
+    "system": frozenset({"role", "content", "name"}),
+    "developer": frozenset({"role", "content", "name"}),
+    "user": frozenset({"role", "content", "name"}),
+    "tool": frozenset({"role", "content", "name", "tool_call_id"}),
+    "function": frozenset({"role", "content", "name"}),
+    "assistant": frozenset({"role", "content", "name", "refusal", "tool_calls", "function_call",
+                            "audio", "reasoning_content", "reasoning"}),
+}
+#: Content part types rendered to the model as text, and the key holding the text.
+TEXT_PARTS: dict[str, tuple[str, ...]] = {
+    "text": ("text",), "input_text": ("text",), "output_text": ("text",),
+    "refusal": ("refusal",), "thinking": ("thinking", "text"), "reasoning": ("thinking", "text"),
+    "tool_reference": ("name",),  # vLLM writes the tool's name into the prompt
+}
+#: Content part types the guard cannot read (``prompt.non_text`` decides).
+NON_TEXT_PARTS = frozenset({
+    "image_url", "input_image", "image_embeds", "image_pil", "input_audio", "audio_url",
+    "video_url", "file", "input_file",
+})
+
+
+@dataclass(slots=True)
+class _Reader:
+    """Walks a message list once, building the conversation."""
+
+    non_text: NonText
+    allowed: Collection[str]
+    turns: list[Turn] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # the current run of user-side texts
+    pending_role: Role | None = None
+    instructions: list[tuple[int, str]] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
+
+    def message(self, message: Any, where: str) -> None:
+        role = _role(message, where)
+        self._keys(message, role, where)
+        text = (self._assistant_text(message, where) if role == "assistant"
+                else self._user_side_text(message, role, where))
+        side: Role = "assistant" if role == "assistant" else "user"
+        if side != self.pending_role:
+            self._close()
+            self.pending_role = side
+        if role in _INSTRUCTIONS and text:
+            self.instructions.append((len(self.turns), text))
+        if text:
+            self.pending.append(text)
+
+    def _keys(self, message: dict[str, Any], role: str, where: str) -> None:
+        for key in message:
+            if key not in _KEYS[role] and f"messages.{key}" not in self.allowed:
+                raise UnsupportedParameter(
+                    f"{where}.{key} is not supported for role {role!r} (the proxy relays "
+                    "only fields it judges or knows to be structural)", param=f"{where}.{key}")
+
+    def _user_side_text(self, message: dict[str, Any], role: str, where: str) -> str:
+        content = message.get("content")
+        if content is None and role in ("system", "developer", "user"):
+            raise BadRequest(f"{where}.content is required for role {role!r}", param=where)
+        text = self.content(content, f"{where}.content") or ""
+        return _named(message, text, where)
+
+    def content(self, content: Any, where: str) -> str | None:
+        if content is None or isinstance(content, str):
+            return content
+        if isinstance(content, list):
+            return "\n".join(self._parts(content, where))
+        raise BadRequest(f"{where} must be a string or a list of content parts", param=where)
+
+    def _parts(self, parts: Iterable[Any], where: str) -> Iterable[str]:
+        for index, part in enumerate(parts):
+            here = f"{where}[{index}]"
+            if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                raise BadRequest(f"{here} must be a content part object", param=here)
+            kind = part["type"]
+            keys = TEXT_PARTS.get(kind)
+            if keys is not None:
+                yield _part_text(part, keys, here)
+            elif kind not in NON_TEXT_PARTS:
+                raise UnsupportedContent(f"{here}: unknown content part type {kind!r}",
+                                         param=here)
+            elif self.non_text == "block":
+                raise UnsupportedContent(
+                    f"{here}: {kind} parts cannot be checked by the guard; this tenant "
+                    "accepts text only (prompt.non_text: block)", param=here)
+            else:
+                self.unchecked.append(here)
+
+    def _close(self) -> None:
+        if self.pending and self.pending_role is not None:
+            self.turns.append(Turn(self.pending_role, "\n\n".join(self.pending)))
+        self.pending = []
+
+    def _assistant_text(self, message: dict[str, Any], where: str) -> str:
+        texts = [_string(message, key, where) for key in ("reasoning_content", "reasoning")]
+        texts.append(self.content(message.get("content"), f"{where}.content") or "")
+        texts.append(_string(message, "refusal", where))
+        texts.extend(_call_text(call, f"{where}.tool_calls[{index}]")
+                     for index, call in enumerate(_list(message, "tool_calls", where)))
+        if message.get("function_call") is not None:
+            texts.append(_call_text({"function": message["function_call"]},
+                                    f"{where}.function_call"))
+        _audio_reference(message.get("audio"), f"{where}.audio")
+        return _named(message, "\n\n".join(t for t in texts if t), where)
+
+    def finish(self) -> Conversation:
+        prefill = ""
+        if self.pending_role == "assistant":
+            prefill, self.pending = "\n\n".join(self.pending), []  # the upstream continues it
+        self._close()
+        instructions = tuple(self.instructions)
+        if self.turns and self.turns[0].role == "assistant":
+            # the template drops a leading assistant turn: an empty USER turn anchors it
+            self.turns.insert(0, Turn("user", ""))
+            instructions = tuple((index + 1, text) for index, text in instructions)
+        return Conversation(turns=tuple(self.turns), prefill=Turn("assistant", prefill).text,
+                            instructions=instructions, unchecked=tuple(self.unchecked))
+
+
+def read_messages(messages: Sequence[Any], *, non_text: NonText = "block",
+                  allowed: Collection[str] = ()) -> Conversation:
+    """Validate ``messages`` and flatten them; raises ``BadRequest`` naming the field.
+
+    ``allowed`` holds ``messages.<key>`` names a tenant lets through unjudged."""
+    reader = _Reader(non_text=non_text, allowed=allowed)
     for index, message in enumerate(messages):
-        turn = _turn(message, f"messages[{index}]")
-        if turn is None:
-            continue
-        if turn.role == "system" and turns and turns[-1].role == "system":
-            turns[-1] = Turn("system", turns[-1].text + "\n\n" + turn.text)
-        elif turn.role != "system" or not turns:
-            turns.append(turn)  # the template renders a system message only when first
-    return tuple(turns)
+        reader.message(message, f"messages[{index}]")
+    return reader.finish()
 
 
-def prompt_view(turns: Sequence[Turn]) -> tuple[Turn, ...]:
-    """The conversation up to and including the last user turn, which is judged."""
+def turns_from_messages(messages: Sequence[Any]) -> tuple[Turn, ...]:
+    """The turns of ``messages`` (a trailing prefill stays an ASSISTANT turn)."""
+    conversation = read_messages(messages, non_text="pass")
+    if conversation.prefill:
+        return (*conversation.turns, Turn("assistant", conversation.prefill))
+    return conversation.turns
+
+
+def prompt_view(turns: Sequence[Turn], prefill: str = "") -> tuple[Turn, ...]:
+    """The conversation up to and including the last user turn, which is judged; a
+    prefill the upstream will continue is judged as part of the user's turn."""
     for index in range(len(turns) - 1, -1, -1):
         if turns[index].role == "user":
-            return _anchored(turns[: index + 1])
+            judged = turns[index]
+            if prefill:
+                judged = Turn("user", f"{judged.text}\n\n{prefill}" if judged.text else prefill)
+            return _anchored([*turns[:index], judged])
     # No user message: judge all the text there is as if the user had sent it.
-    return (Turn("user", "\n\n".join(turn.text for turn in turns)),)
+    return (Turn("user", "\n\n".join(t for t in [*(turn.text for turn in turns), prefill] if t)),)
 
 
 def response_view(turns: Sequence[Turn], response: str) -> tuple[Turn, ...]:
     """The whole conversation followed by the assistant's response, which is judged."""
     return _anchored([*turns, Turn("assistant", response)])
-
-
-def message_text(message: Any) -> str:
-    """The judged text of an assistant message: content, refusal and tool calls."""
-    if not isinstance(message, dict):
-        return ""
-    parts = [_content_text(message.get("content"), "message.content") or ""]
-    if isinstance(message.get("refusal"), str):
-        parts.append(message["refusal"])
-    parts.extend(tool_call_texts(message.get("tool_calls")))
-    return "\n\n".join(part for part in parts if part)
-
-
-def tool_call_texts(tool_calls: Any) -> list[str]:
-    if not isinstance(tool_calls, list):
-        return []
-    return [_tool_call_text(call) for call in tool_calls if isinstance(call, dict)]
-
-
-def _tool_call_text(call: dict[str, Any]) -> str:
-    function = call.get("function")
-    if not isinstance(function, dict):
-        function = {}
-    return f"{function.get('name', '')}({function.get('arguments', '')})"
 
 
 def _anchored(turns: Sequence[Turn]) -> tuple[Turn, ...]:
@@ -136,41 +280,69 @@ def _anchored(turns: Sequence[Turn]) -> tuple[Turn, ...]:
     return tuple(turns)
 
 
-def _turn(message: Any, where: str) -> Turn | None:
+# -- texts of one message ---------------------------------------------------------------
+
+
+def _role(message: Any, where: str) -> str:
     if not isinstance(message, dict):
         raise BadRequest(f"{where} must be an object", param=where)
     role: Any = message.get("role")
-    if not _known_role(role):
+    if not (isinstance(role, str) and role in _ROLES):  # a dict or list role is unhashable
         raise BadRequest(f"{where}.role must be one of {', '.join(sorted(_ROLES))}", param=where)
-    text = _content_text(message.get("content"), f"{where}.content")
-    if role in ("tool", "function"):
-        return None  # tool results are not part of what the template judges
-    if role == "assistant":
-        text = "\n\n".join(t for t in [text, *tool_call_texts(message.get("tool_calls"))] if t)
-        return Turn("assistant", text) if text else None
-    if text is None:
-        raise BadRequest(f"{where}.content is required for role {role!r}", param=where)
-    return Turn("system" if role == "developer" else role, text)
+    return role
 
 
-def _known_role(role: Any) -> bool:
-    return isinstance(role, str) and role in _ROLES  # a dict or list role is unhashable
+def _named(message: dict[str, Any], text: str, where: str) -> str:
+    name = message.get("name")
+    if name is None:
+        return text
+    if not isinstance(name, str):
+        raise BadRequest(f"{where}.name must be a string", param=f"{where}.name")
+    return f"{name}: {text}" if name else text
 
 
-def _content_text(content: Any, where: str) -> str | None:
-    if content is None or isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(_part_texts(content, where))
-    raise BadRequest(f"{where} must be a string or a list of content parts", param=where)
+def _audio_reference(audio: Any, where: str) -> None:
+    """An earlier answer's audio is referred to by id only: no text to judge."""
+    if audio is not None and not (isinstance(audio, dict) and audio.keys() <= {"id"}
+                                  and isinstance(audio.get("id"), str)):
+        raise BadRequest(f'{where} must be {{"id": ...}}', param=where)
 
 
-def _part_texts(parts: Iterable[Any], where: str) -> Iterable[str]:
-    for index, part in enumerate(parts):
-        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise BadRequest(f"{where}[{index}] must be a content part object", param=where)
-        if part["type"] in ("text", "refusal"):
-            text = part.get(part["type"])
-            if not isinstance(text, str):
-                raise BadRequest(f"{where}[{index}].{part['type']} must be a string", param=where)
-            yield text
+def _string(message: dict[str, Any], key: str, where: str) -> str:
+    value = message.get(key)
+    if value is None or isinstance(value, str):
+        return value or ""
+    raise BadRequest(f"{where}.{key} must be a string", param=f"{where}.{key}")
+
+
+def _list(message: dict[str, Any], key: str, where: str) -> list[Any]:
+    value = message.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadRequest(f"{where}.{key} must be an array", param=f"{where}.{key}")
+    return value
+
+
+def _call_text(call: Any, where: str) -> str:
+    """A tool call as the guard reads it: ``name(arguments)``."""
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict):
+        function = call.get("custom") if isinstance(call, dict) else None
+    if not isinstance(function, dict):
+        raise BadRequest(f"{where} must hold a function {{name, arguments}}", param=where)
+    name, arguments = function.get("name", ""), function.get("arguments", function.get("input"))
+    if not isinstance(name, str) or not isinstance(arguments, str | None):
+        raise BadRequest(f"{where}: name and arguments must be strings", param=where)
+    return call_text(name, arguments or "")
+
+
+def call_text(name: str, arguments: str) -> str:
+    return f"{name}({arguments})"
+
+
+def _part_text(part: dict[str, Any], keys: tuple[str, ...], where: str) -> str:
+    text = next((part[key] for key in keys if key in part), None)
+    if not isinstance(text, str):
+        raise BadRequest(f"{where}.{keys[0]} must be a string", param=where)
+    return text

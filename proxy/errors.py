@@ -2,13 +2,15 @@
 
     ProxyError                      status, type, code, param
     ├── BadRequest                  400 invalid_request_error
-    │   └── BodyTooLarge            413
+    │   ├── BodyTooLarge            413
+    │   ├── UnsupportedParameter    400 unsupported_parameter: a field the proxy does not judge
+    │   └── UnsupportedContent      400 unsupported_content: a content part the guard cannot read
     ├── Unauthorized                401 invalid_api_key
     ├── ModelNotAllowed             404 model_not_found
     ├── UpstreamError               upstream trouble, translated once at the boundary
     │   ├── UpstreamUnreachable     502
     │   ├── UpstreamTimeout         504
-    │   └── UpstreamHTTPError       the upstream's own status and body, passed through
+    │   └── UpstreamHTTPError       the upstream's error status, its message sanitised
     └── GuardError                  the guard could not give a verdict (never sent to clients
                                     directly: the tenant's on_guard_error decides)
 """
@@ -36,6 +38,14 @@ class BadRequest(ProxyError):
 class BodyTooLarge(BadRequest):
     status = 413
     code = "request_too_large"
+
+
+class UnsupportedParameter(BadRequest):
+    code = "unsupported_parameter"
+
+
+class UnsupportedContent(BadRequest):
+    code = "unsupported_content"
 
 
 class Unauthorized(ProxyError):
@@ -66,13 +76,19 @@ class UpstreamTimeout(UpstreamError):
 
 
 class UpstreamHTTPError(UpstreamError):
-    """The upstream answered with an error status: relayed as it came."""
+    """The upstream answered with an error status.  Never relayed as it came: the
+    client gets the status where it helps (``upstream_status``), the upstream's own
+    type, code and param when they are plain words, and its message with every
+    configured secret and anything key-like removed (``protocol.upstream_error``)."""
 
-    def __init__(self, status: int, body: bytes, content_type: str) -> None:
-        super().__init__(f"upstream answered HTTP {status}")
+    def __init__(self, status: int, message: str, *, type: str = "upstream_error",
+                 code: str | None = None, param: str | None = None,
+                 retry_after: str | None = None) -> None:
+        super().__init__(message, param=param)
         self.status = status
-        self.body = body
-        self.content_type = content_type
+        self.type = type
+        self.code = code
+        self.retry_after = retry_after
 
 
 class GuardError(Exception):

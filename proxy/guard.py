@@ -96,7 +96,7 @@ class _HTTPGuard:
     async def _post(self, payload: dict[str, Any]) -> Any:
         limit = self._config.timeout_s
         try:
-            status, raw, _, _ = await self._origin.post(self._head, orjson.dumps(payload),
+            status, raw, *_ = await self._origin.post(self._head, orjson.dumps(payload),
                                                         within_s=limit)
         except TimeoutError as exc:
             raise GuardError("timeout", f"no guard answer within {limit}s") from exc

@@ -100,6 +100,7 @@ class Answer(NamedTuple):
     body: bytes
     keep_alive: bool
     content_type: str
+    retry_after: bytes = b""
 
 
 class _Head(NamedTuple):
@@ -136,7 +137,8 @@ def _parse(buffer: bytearray, *, eof: bool, limit: int = MAX_RESPONSE_BYTES) -> 
     body = _body(buffer, head.size, head.headers, eof, limit)
     if body is None:
         return None
-    return Answer(head.status, body, head.keep_alive, head.content_type)
+    return Answer(head.status, body, head.keep_alive, head.content_type,
+                  head.headers.get(b"retry-after", b""))
 
 
 def _status(line: bytes) -> int:
@@ -366,6 +368,7 @@ class StreamedAnswer(asyncio.Protocol):
     def __init__(self, origin: Origin) -> None:
         self.status = 0
         self.content_type = ""
+        self.retry_after = b""
         self.read_timeout: float | None = None
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -415,6 +418,7 @@ class StreamedAnswer(asyncio.Protocol):
         if head is None:
             return None
         self.status, self.content_type, self._keep = head.status, head.content_type, head.keep_alive
+        self.retry_after = head.headers.get(b"retry-after", b"")
         length = head.headers.get(b"content-length", b"")
         if b"chunked" in head.headers.get(b"transfer-encoding", b"").lower():
             self._chunked = _Chunked()

@@ -75,7 +75,9 @@ class RequestRecord:
     upstream_ms: float | None = None
     ttft_ms: float | None = None
     usage: Any = None
-    leaked_chars: int | None = None  # async streams: characters sent past a failed window
+    leaked_chars: int | None = None  # async streams: characters sent before a check passed
+    removed_fields: int = 0  # upstream answer fields with a value left out of the answer
+    unchecked_parts: int = 0  # non-text request parts let through (prompt.non_text: pass)
     client_gone: int = 0  # 499 once the client disconnected mid-answer
     input_text: str | None = None
     output_texts: list[str] = field(default_factory=list)
@@ -102,6 +104,10 @@ class RequestRecord:
         }
         if self.leaked_chars is not None:
             line["leaked_chars"] = self.leaked_chars
+        if self.removed_fields:
+            line["removed_fields"] = self.removed_fields
+        if self.unchecked_parts:
+            line["unchecked_parts"] = self.unchecked_parts
         if self.log_content:
             line["input_text"] = self.input_text
             line["output_text"] = self.output_texts or None

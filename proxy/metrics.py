@@ -96,6 +96,15 @@ class Metrics:
             "(estimated as the messages' characters / 4).",
             ["tenant", "kind"], registry=r)
 
+        self.leaked_chars = Counter(
+            "guardproxy_leaked_chars",
+            "Characters of streamed answers sent to clients before any passing check "
+            "covered them (async mode only).", ["tenant"], registry=r)
+        self.removed_fields = Counter(
+            "guardproxy_removed_fields",
+            "Upstream answer fields with a value that the proxy does not understand, "
+            "removed from what the client got.", ["tenant"], registry=r)
+
     def set_tenants(self, tenants: Iterable[str]) -> None:
         """After a policy reload: the tenants that may appear as labels."""
         self._tenants = frozenset(tenants)
@@ -123,6 +132,10 @@ class Metrics:
         if record.stream and record.ttft_ms is not None:
             self.ttft.labels(tenant).observe(record.ttft_ms / 1000)
         self._tokens(tenant, record)
+        if record.leaked_chars:
+            self.leaked_chars.labels(tenant).inc(record.leaked_chars)
+        if record.removed_fields:
+            self.removed_fields.labels(tenant).inc(record.removed_fields)
 
     def _stage(self, tenant: str, stage: str, outcomes: list[Outcome]) -> None:
         shown = worst(outcomes)

@@ -62,10 +62,11 @@ def _request_id(request: web.Request) -> str:
 
 
 def _error_response(exc: ProxyError) -> web.Response:
-    if isinstance(exc, UpstreamHTTPError):
-        return web.Response(status=exc.status, body=exc.body, content_type=exc.content_type)
     body = error_body(exc.message, type=exc.type, code=exc.code, param=exc.param)
-    return web.Response(status=exc.status, body=body, content_type="application/json")
+    response = web.Response(status=exc.status, body=body, content_type="application/json")
+    if isinstance(exc, UpstreamHTTPError) and exc.retry_after is not None:
+        response.headers["Retry-After"] = exc.retry_after
+    return response
 
 
 def _http_error(exc: web.HTTPException) -> web.Response:

@@ -1,8 +1,12 @@
 """Stream moderation state: what the upstream sent, what the client got.  No I/O.
 
-``StreamState`` reads each upstream chunk once (orjson) for the text the guard
-needs, and keeps the chunk's bytes as they came for relaying: a chunk is never
-re-serialised, except the closing usage chunk that the ``moderation`` object joins.
+``StreamState`` reads each upstream chunk once (orjson) into what the guard judges
+(``answer.ChoiceText``) and what may reach the client (``answer.Delta``).  What the
+client gets is built from those, never relayed: released events are merged into one
+chunk per choice, the way the SDKs' own stream accumulation would merge them, so a
+window of text goes out as one small chunk instead of one per token.  An upstream
+field the proxy does not understand therefore never reaches the client; each one
+with a value is counted in ``removed``.
 """
 
 from __future__ import annotations
@@ -12,144 +16,132 @@ from typing import Any
 
 import orjson
 
-from .conversation import tool_call_texts
-from .protocol import StreamHead, delta_choice
+from .answer import (
+    CHUNK_TOP,
+    ChoiceText,
+    Delta,
+    Outgoing,
+    Removed,
+    ShapeError,
+    choice_index,
+    head_fields,
+    read_delta,
+    usage_numbers,
+)
+from .protocol import StreamHead, clean_error, delta_choice
 from .sse import encode
 
 
 class StreamFault(Exception):
     """The upstream stream cannot be relayed: an error event or an unreadable chunk."""
 
-    def __init__(self, message: str, *, error: Any = None) -> None:
+    def __init__(self, message: str, *, said: str = "") -> None:
         super().__init__(message)
         self.message = message
-        self.error = error  # the upstream's own error object, when it sent one
+        self.said = said  # the upstream's own error message, made safe to show
 
 
-@dataclass(slots=True)
-class ToolCallState:
-    id: str | None = None
-    name: str = ""
-    arguments: list[str] = field(default_factory=list)
-
-    def as_message(self) -> dict[str, Any]:
-        function = {"name": self.name, "arguments": "".join(self.arguments)}
-        return {"id": self.id, "type": "function", "function": function}
-
-
-@dataclass(slots=True)
-class ChoiceState:
-    parts: list[str] = field(default_factory=list)
-    length: int = 0  # characters of content and refusal so far
-    tool_calls: dict[int, ToolCallState] = field(default_factory=dict)
-    finish_reason: str | None = None
-
-    def text(self) -> str:
-        """The judged text: content and refusal, then the tool calls."""
-        calls = [self.tool_calls[i].as_message() for i in sorted(self.tool_calls)]
-        return "\n\n".join(t for t in ["".join(self.parts), *tool_call_texts(calls)] if t)
-
-    def add(self, choice: dict[str, Any]) -> bool:
-        """Take one chunk's choice; True when it must wait for the final check."""
-        delta = choice.get("delta")
-        held = False
-        if type(delta) is dict:
-            content = delta.get("content")
-            if type(content) is str:
-                self.parts.append(content)
-                self.length += len(content)
-            refusal = delta.get("refusal")
-            if type(refusal) is str:
-                self.parts.append(refusal)
-                self.length += len(refusal)
-            calls = delta.get("tool_calls")
-            if type(calls) is list:
-                self._add_tool_calls(calls)
-                held = True
-        reason = choice.get("finish_reason")
-        if reason is not None:
-            self.finish_reason = reason
-            held = True
-        return held
-
-    def _add_tool_calls(self, calls: list[Any]) -> None:
-        for call in calls:
-            if not isinstance(call, dict):
-                continue
-            state = self.tool_calls.setdefault(call.get("index", 0), ToolCallState())
-            state.id = call.get("id") or state.id
-            function = call.get("function")
-            if isinstance(function, dict):
-                state.name += function.get("name") or ""
-                state.arguments.append(function.get("arguments") or "")
+#: One event as kept until released: the common case, text for the first choice
+#: only, as a plain string; anything else as its choices' deltas.
+Event = str | list[Delta]
 
 
 @dataclass(slots=True)
 class StreamState:
-    """The upstream's chunks, kept as received, and how many went to the client.
+    """The upstream's events, read, and how many went to the client.
 
     Text is released in event order up to a *barrier*: the first event that must
-    wait for the final check (a tool-call delta, a finish reason, or any choice but
-    the first, whose text the windows do not judge).
+    wait for the final check (a tool call, a function call, a citation, a finish
+    reason, or any choice but the first, whose text the windows do not judge).
     """
 
     model: str
+    choices_allowed: int = 1  # the request's n: a higher choice index is malformed
+    prefill: str = ""  # a trailing assistant message the answer continues
+    secrets: tuple[str, ...] = ()  # never shown, even inside an upstream's error text
     head: StreamHead | None = None
-    choices: dict[int, ChoiceState] = field(default_factory=dict)
-    events: list[bytes] = field(default_factory=list)  # data payloads, in arrival order
+    choices: dict[int, ChoiceText] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)  # bytes of each event as it came
     ends: list[int] = field(default_factory=list)  # first choice's length after each event
     sent: int = 0  # events released so far
     barrier: int | None = None
-    closing: dict[str, Any] | None = None  # the upstream's usage chunk, if any
+    usage: Any = None  # the upstream's usage numbers, when it sent them
+    started: set[int] = field(default_factory=set)  # choices whose first delta went out
     released_any: bool = False
     held: int = 0  # bytes of the events not released yet
+    removed: Removed = field(default_factory=Removed)
 
     def feed(self, data: bytes) -> None:
         """Take one upstream ``data:`` payload (not ``[DONE]``)."""
-        chunk = _load_chunk(data)
+        chunk = self._load(data)
         if self.head is None:
-            self.head = _head(chunk, self.model)
+            self.head = StreamHead.of(head_fields(chunk, self.removed), self.model)
         choices = chunk.get("choices")
         if type(choices) is not list:
             raise StreamFault("upstream chunk has no 'choices' array")
-        first: ChoiceState | None
-        if len(choices) == 1 and type(choices[0]) is dict and choices[0].get("index", 0) == 0:
-            first = self.choices.get(0) or self.choices.setdefault(0, ChoiceState())
-            held = first.add(choices[0])  # the common case: one choice, the first
-        elif not choices and chunk.get("usage") is not None:
-            self.closing = chunk  # the moderation object joins it at the end
-            return
-        else:
-            held = self._add(choices)
-            first = self.choices.get(0)
+        if chunk.keys() - CHUNK_TOP:
+            self.removed.extra(chunk, CHUNK_TOP)
+        if chunk.get("usage") is not None:
+            self.usage = usage_numbers(chunk["usage"])
+        if not choices:
+            return  # a usage chunk: its numbers join the closing chunk
+        try:
+            event, held = self._event(choices)
+        except ShapeError as exc:
+            raise StreamFault(str(exc)) from exc
         if held and self.barrier is None:
             self.barrier = len(self.events)
-        self.events.append(data)
-        self.ends.append(first.length if first is not None else 0)
+        self.events.append(event)
+        self.sizes.append(len(data))
+        self.ends.append(self.length())
         self.held += len(data)
 
-    def _add(self, choices: list[Any]) -> bool:
-        held = False
+    def _event(self, choices: list[Any]) -> tuple[Event, bool]:
+        if len(choices) == 1:
+            text = _plain_text(choices[0])
+            if text is not None:  # the common case: one text delta of the first choice
+                first = self.choices.get(0) or self._choice(0)
+                first.parts.content.append(text)
+                first.length += len(text)
+                return text, False
+        deltas, held = [], False
         for choice in choices:
-            if type(choice) is dict:
-                index = choice.get("index", 0)
-                state = self.choices.get(index)
-                if state is None:  # not setdefault: that would build a state per chunk
-                    state = self.choices[index] = ChoiceState()
-                held |= state.add(choice) or index != 0
-        return held
+            index = choice_index(choice, self.choices_allowed)
+            delta = read_delta(choice, index, self.removed)
+            (self.choices.get(index) or self._choice(index)).add(delta, self.removed)
+            deltas.append(delta)
+            held |= delta.held or index != 0
+        return deltas, held
+
+    def _choice(self, index: int) -> ChoiceText:
+        state = self.choices[index] = ChoiceText()
+        return state
+
+    def _load(self, data: bytes) -> dict[str, Any]:
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise StreamFault("upstream sent an unreadable stream chunk") from exc
+        if type(chunk) is not dict:
+            raise StreamFault("upstream stream chunk is not an object")
+        if "error" in chunk:
+            raise StreamFault("upstream reported an error mid-stream",
+                              said=clean_error(chunk["error"], self.secrets))
+        return chunk
 
     def length(self) -> int:
-        """Characters of the first choice's text so far: what the windows count."""
+        """Characters of the first choice's streamed text so far: what the windows count."""
         first = self.choices.get(0)
         return first.length if first is not None else 0
 
     def text(self) -> str:
         first = self.choices.get(0)
-        return first.text() if first is not None else ""
+        return first.parts.text(self.prefill) if first is not None else self.prefill
 
     def texts(self) -> list[str]:
-        return [self.choices[i].text() for i in self.indices()]
+        return [self.choices[i].parts.text(self.prefill) if i in self.choices else self.prefill
+                for i in self.indices()]
 
     def indices(self) -> list[int]:
         return sorted(self.choices) or [0]
@@ -171,15 +163,28 @@ class StreamState:
     def _take(self, stop: int) -> bytes:
         if stop <= self.sent:
             return b""
-        count = stop - self.sent
-        out = b"data: " + b"\n\ndata: ".join(self.events[self.sent : stop]) + b"\n\n"
-        self.held -= len(out) - 8 * count
+        batch, start = self.events[self.sent : stop], self.sent
+        self.held -= sum(self.sizes[start:stop])
         self.sent = stop
-        self.released_any = True
-        return out
+        merged: dict[int, Outgoing] = {}
+        for event in batch:
+            if isinstance(event, str):
+                (merged.get(0) or merged.setdefault(0, Outgoing(0))).add_content(event)
+                continue
+            for delta in event:
+                out = merged.get(delta.index)
+                if out is None:
+                    out = merged[delta.index] = Outgoing(delta.index)
+                out.add(delta)
+        return b"".join(self._chunk(merged[index]) for index in sorted(merged))
 
-    def usage(self) -> Any:
-        return self.closing.get("usage") if self.closing else None
+    def _chunk(self, out: Outgoing) -> bytes:
+        choice = out.choice(first=out.index not in self.started)
+        if choice is None:
+            return b""
+        self.started.add(out.index)
+        self.released_any = True
+        return encode(self.stream_head().chunk([choice]))
 
     def stream_head(self) -> StreamHead:
         if self.head is None:
@@ -188,9 +193,10 @@ class StreamState:
 
     def closing_chunk(self, moderation: dict[str, Any]) -> bytes:
         """The last chunk: ``choices: []``, the usage if the upstream sent it, moderation."""
-        if self.closing is not None:
-            return encode(orjson.dumps({**self.closing, "moderation": moderation}))
-        return encode(self.stream_head().chunk([], moderation=moderation))
+        extra = {"moderation": moderation}
+        if self.usage is not None:
+            extra = {"usage": self.usage, **extra}
+        return encode(self.stream_head().chunk([], **extra))
 
     def blocked_tail(self, message: str) -> bytes:
         """What ends a blocked stream: the block message if nothing was released,
@@ -203,6 +209,40 @@ class StreamState:
                 events.append(encode(head.chunk([delta_choice(index, delta)])))
             events.append(encode(head.chunk([delta_choice(index, {}, "content_filter")])))
         return b"".join(events)
+
+
+def _plain_text(choice: Any) -> str | None:
+    """The text of an ordinary text delta of the first choice, else None: a dict with
+    nothing but ``index`` 0, a ``delta`` of ``content`` (and ``role``, or a null
+    ``refusal``), null ``logprobs`` and a null ``finish_reason``."""
+    if type(choice) is not dict or choice.get("finish_reason") is not None:
+        return None
+    if choice.get("index", 0) != 0 or choice.get("logprobs") is not None:
+        return None
+    delta = choice.get("delta")
+    if type(delta) is not dict:
+        return None
+    content = delta.get("content")
+    if type(content) is not str or not delta.keys() <= _PLAIN_DELTA:
+        return None
+    if delta.get("refusal") is not None:
+        return None
+    if not choice.keys() <= _PLAIN_CHOICE and not _plain_extras(choice):
+        return None
+    return content
+
+
+_PLAIN_DELTA = frozenset({"content", "role", "refusal"})
+_PLAIN_CHOICE = frozenset({"index", "delta", "logprobs", "finish_reason"})
+# What vLLM and SGLang add to every choice, null on text deltas: no text to lose.
+_NULL_EXTRAS = frozenset({"token_ids", "stop_reason", "matched_stop"})
+
+
+def _plain_extras(choice: dict[str, Any]) -> bool:
+    for key in choice.keys() - _PLAIN_CHOICE:
+        if key not in _NULL_EXTRAS or choice[key] is not None:
+            return False
+    return True
 
 
 @dataclass(slots=True)
@@ -236,25 +276,3 @@ class WindowSchedule:
     def checked(self, length: int) -> None:
         self.size = min(self.size * 2, self.cap)
         self.due_at = length + self.size
-
-
-def _load_chunk(data: bytes) -> dict[str, Any]:
-    try:
-        chunk = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise StreamFault("upstream sent an unreadable stream chunk") from exc
-    if type(chunk) is not dict:
-        raise StreamFault("upstream stream chunk is not an object")
-    if "error" in chunk:
-        raise StreamFault("upstream reported an error mid-stream", error=chunk["error"])
-    return chunk
-
-
-def _head(chunk: dict[str, Any], model: str) -> StreamHead:
-    fresh = StreamHead.new(model)
-    id_, created, name = chunk.get("id"), chunk.get("created"), chunk.get("model")
-    return StreamHead(
-        id=id_ if isinstance(id_, str) else fresh.id,
-        created=created if isinstance(created, int) else fresh.created,
-        model=name if isinstance(name, str) else fresh.model,
-    )

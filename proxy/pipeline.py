@@ -2,12 +2,14 @@
 
 1. **prompt received** — authenticated, body parsed, model allowed.
 2. **prompt checked** (``check_prompt``) — the guard judged the last user turn (with
-   ``prompt.scope: all``, every user turn, each in the context before it) and the
-   tenant's policy turned the verdicts into an action; a block ends the request here
-   and the upstream is never called.
+   ``prompt.scope: all``, every user turn, each in the context before it), every
+   system or developer message, and the request's other text (tool definitions,
+   schemas, a prediction), and the tenant's policy turned the verdicts into an
+   action; a block ends the request here and the upstream is never called.
 3. **upstream started** — the raw body goes to the tenant's upstream.
-4. **response checked** (``check_response``) — each choice's assembled text is judged
-   with the conversation as context.
+4. **response checked** (``check_response``) — each choice's assembled text (after
+   the assistant prefill it continues, if any) is judged with the conversation as
+   context.
 5. **done** — the answer, annotated, goes to the client; the record is logged.
 
 ``Checks`` runs stages 2 and 4 and keeps the request's accounting; it does no HTTP
@@ -24,17 +26,18 @@ import asyncio
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from .cache import VerdictCache
 from .config import Action, Policy, StagePolicy
-from .conversation import Turn, prompt_view, response_view
+from .conversation import Conversation, Turn, prompt_view, response_view
 from .errors import GuardError
 from .guard import Guard
 from .log import RequestRecord
 from .longinput import fit
 from .policy import Outcome, strictest_index
-from .protocol import ChatRequest
+from .protocol import annotation
+from .request import ChatRequest
 from .verdict import Verdict
 
 
@@ -51,7 +54,7 @@ class Checks:
         if not stage.check:
             outcome = Outcome.not_checked("prompt check disabled by policy")
         else:
-            views = judged_prompts(self.chat.turns, stage.scope)
+            views = judged_prompts(self.chat.conversation, stage.scope, self.chat.extras)
             outcomes = await _all([self._judge(stage, view) for view in views])
             worst = strictest_index(outcomes)
             outcome = outcomes[worst]
@@ -69,12 +72,20 @@ class Checks:
         self.record.output = outcomes
         return outcomes
 
+    def annotation(self, output: Sequence[Outcome] | None = None) -> dict[str, Any]:
+        """The ``moderation`` object of this request as it stands."""
+        record = self.record
+        return annotation(self.guard.model, record.input,
+                          record.output if output is None else output,
+                          unchecked=self.chat.conversation.unchecked, leaked=record.leaked_chars)
+
     async def _judge_all(self, texts: Sequence[str]) -> list[Outcome]:
         return await _all([self.judge_response(text) for text in texts])
 
     async def judge_response(self, text: str) -> Outcome:
         """Judge one answer's text (whole, or as far as it streamed) in context."""
-        outcome = await self._judge(self.policy.response, response_view(self.chat.turns, text))
+        view = response_view(self.chat.conversation.turns, text)
+        outcome = await self._judge(self.policy.response, view)
         self._keep_text(outcome, text, output=True)
         return outcome
 
@@ -128,17 +139,30 @@ class Checks:
             self.record.input_text = text
 
 
-def judged_prompts(turns: Sequence[Turn], scope: Literal["last", "all"]
+def judged_prompts(conversation: Conversation, scope: Literal["last", "all"], extras: str = ""
                    ) -> list[tuple[Turn, ...]]:
-    """The guard inputs of a prompt check: the last user turn after the turns before it
-    (``last``), or every user turn, each after the turns before it (``all``).  A turn
-    judged as the last one in an earlier request is the same input again, so an honest
-    conversation re-sent with one more turn costs one new guard call."""
-    if scope == "all":
-        ends = [index + 1 for index, turn in enumerate(turns) if turn.role == "user"]
-        if len(ends) > 1:
-            return [prompt_view(turns[:end]) for end in ends]
-    return [prompt_view(turns)]
+    """The guard inputs of a prompt check.
+
+    - The last user turn after the turns before it (``last``), or every user turn, each
+      after the turns before it (``all``); a prefill joins the last one.  A turn judged
+      as the last one in an earlier request is the same input again, so an honest
+      conversation re-sent with one more turn costs one new guard call.
+    - With ``last``, each system or developer message outside the judged turn, alone:
+      the same instructions in every request are one input, answered by the cache.
+    - The request's extras (tool definitions, schemas, a prediction), alone."""
+    turns, prefill = conversation.turns, conversation.prefill
+    ends = [index + 1 for index, turn in enumerate(turns) if turn.role == "user"]
+    if scope == "all" and len(ends) > 1:
+        views = [prompt_view(turns[:end]) for end in ends[:-1]]
+        views.append(prompt_view(turns, prefill))
+    else:
+        views = [prompt_view(turns, prefill)]
+        judged = ends[-1] - 1 if ends else None
+        views.extend((Turn("user", text),) for index, text in conversation.instructions
+                     if index != judged)
+    if extras:
+        views.append((Turn("user", extras),))
+    return views
 
 
 async def _all(checks: list[Awaitable[Outcome]]) -> list[Outcome]:

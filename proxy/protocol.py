@@ -1,15 +1,10 @@
-"""OpenAI wire shapes: the chat request as far as we read it, errors, block
-responses, stream chunks and the ``moderation`` annotation.  No I/O.
-
-Requests are read leniently: the proxy looks at the fields it needs and forwards
-the body's bytes untouched, so fields it does not know pass through.  A body that
-repeats a key in one object is refused: JSON parsers disagree on which copy wins, so
-the upstream could act on a ``model`` or ``messages`` the proxy never checked.
+"""OpenAI wire shapes the proxy writes: errors (its own, and the upstream's made
+safe), block responses, stream chunks and the ``moderation`` annotation.  No I/O.
+The request is read in ``request``; answers are taken apart in ``answer``.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
@@ -20,8 +15,7 @@ from typing import Any
 import orjson
 
 from .config import CATEGORIES, RESPONSE_CATEGORIES
-from .conversation import Turn, turns_from_messages
-from .errors import BadRequest
+from .errors import UpstreamHTTPError
 from .policy import Outcome
 from .verdict import Verdict
 
@@ -35,101 +29,6 @@ _NONE_NAMED = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class ChatRequest:
-    body: bytes  # forwarded as received
-    model: str
-    stream: bool
-    include_usage: bool
-    turns: tuple[Turn, ...]
-    n: int = 1
-
-
-def parse_chat_request(body: bytes) -> ChatRequest:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise BadRequest("request body must be a JSON object")
-    _refuse_repeated_keys(body, data)
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("'model' is required and must be a non-empty string", param="model")
-    messages = data.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("'messages' must be a non-empty array", param="messages")
-    return ChatRequest(
-        body=body,
-        model=model,
-        stream=_flag(data, "stream"),
-        include_usage=_include_usage(data.get("stream_options")),
-        turns=turns_from_messages(messages),
-        n=_choices(data.get("n")),
-    )
-
-
-# Matches after every key (and inside strings that hold a quote and a colon): at least as
-# many matches as keys in the text.  As many as the parsed objects hold: no key repeats.
-_KEY_END = re.compile(rb'"\s*:')
-
-
-def _refuse_repeated_keys(body: bytes, data: dict[str, Any]) -> None:
-    if len(_KEY_END.findall(body)) <= _key_count(data):
-        return  # the common case, decided without a second parse
-    try:
-        json.loads(body, object_pairs_hook=_unique_keys)
-    except RecursionError as exc:
-        raise BadRequest("request body is nested too deeply") from exc
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found = dict(pairs)
-    if len(found) == len(pairs):
-        return found
-    seen: set[str] = set()
-    for key, _ in pairs:
-        if key in seen:
-            raise BadRequest(f"request body repeats the key {key!r} in one object", param=key)
-        seen.add(key)
-    return found
-
-
-def _key_count(data: Any) -> int:
-    count, pending = 0, [data]
-    while pending:
-        item = pending.pop()
-        if isinstance(item, dict):
-            count += len(item)
-            pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
-    return count
-
-
-def _choices(n: Any) -> int:
-    if n is None:
-        return 1
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise BadRequest("'n' must be a positive integer", param="n")
-    return n
-
-
-def _flag(data: dict[str, Any], name: str) -> bool:
-    value = data.get(name)
-    if value is not None and not isinstance(value, bool):
-        raise BadRequest(f"'{name}' must be a boolean", param=name)
-    return bool(value)
-
-
-def _include_usage(options: Any) -> bool:
-    if options is None:
-        return False
-    if not isinstance(options, dict):
-        raise BadRequest("'stream_options' must be an object", param="stream_options")
-    return _flag(options, "include_usage")
-
-
 # -- errors ------------------------------------------------------------------------
 
 
@@ -139,14 +38,87 @@ def error_body(message: str, *, type: str, code: str | None, param: str | None =
     return orjson.dumps({"error": error, **extra})
 
 
+#: Upstream statuses a client can act on, kept; the rest become 502 (or 400 for a 4xx).
+_KEPT_STATUS = {400: 400, 404: 404, 409: 409, 413: 413, 415: 400, 422: 400, 429: 429,
+                503: 503, 504: 504}
+_CREDENTIALS = (401, 403, 407)
+_PLAIN = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,80}")  # a type, code or param worth keeping
+_KEY_LIKE = re.compile(
+    r"(?i)\bbearer\s+\S+"  # an Authorization value
+    r"|\S*\*{3,}\S*"  # a masked key still shows its ends
+    r"|\b(?=[A-Za-z0-9_\-]*\d)(?=[A-Za-z0-9_\-]*[A-Za-z])[A-Za-z0-9_\-]{20,}")  # a token
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+MAX_UPSTREAM_MESSAGE = 300
+
+
+def upstream_error(status: int, body: bytes, *, secrets: Sequence[str] = (),
+                   retry_after: bytes = b"") -> UpstreamHTTPError:
+    """What the client learns of an upstream's error answer: never its body as it came.
+
+    Credentials trouble is the operator's (the proxy's own upstream key) and says so
+    without the upstream's words; otherwise the message keeps the upstream's own,
+    with every configured secret and anything key-like removed, cut to a bound."""
+    error = _error_object(body)
+    if status in _CREDENTIALS:
+        return UpstreamHTTPError(502, f"the upstream refused the proxy's credentials "
+                                 f"(HTTP {status}); the operator has been told",
+                                 code="upstream_auth_failed")
+    kept = _KEPT_STATUS.get(status, 400 if status < 500 else 502)
+    said = clean_message(error.get("message"), secrets)
+    message = f"upstream error (HTTP {status})" + (f": {said}" if said else "")
+    wait = retry_after.decode("latin-1") if retry_after.isdigit() else None
+    return UpstreamHTTPError(kept, message, type=_plain(error.get("type")) or "upstream_error",
+                             code=_plain(error.get("code")) or f"upstream_{status}",
+                             param=_plain(error.get("param")), retry_after=wait)
+
+
+def clean_message(message: Any, secrets: Sequence[str] = ()) -> str:
+    """An upstream's error message made safe to show: secrets and key-like tokens
+    removed, control characters folded, at most ``MAX_UPSTREAM_MESSAGE`` characters."""
+    if not isinstance(message, str):
+        return ""
+    text: str = message
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    text = _KEY_LIKE.sub("[redacted]", _CONTROL.sub(" ", text)).strip()
+    return text[:MAX_UPSTREAM_MESSAGE]
+
+
+def clean_error(error: Any, secrets: Sequence[str] = ()) -> str:
+    """The message of an upstream's error object (or string), made safe to show."""
+    return clean_message(error.get("message") if isinstance(error, dict) else error, secrets)
+
+
+def _error_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return {}
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        return dict(data["error"])
+    return dict(data) if isinstance(data, dict) else {}  # vLLM: {"object": "error", ...}
+
+
+def _plain(value: Any) -> str | None:
+    return str(value) if isinstance(value, str) and _PLAIN.fullmatch(value) else None
+
+
 # -- the moderation annotation -------------------------------------------------------
 
 
-def annotation(model: str, input: Sequence[Outcome], output: Sequence[Outcome]) -> dict[str, Any]:
-    return {
-        "input": stage_results(model, input, response=False),
-        "output": stage_results(model, output, response=True),
-    }
+def annotation(model: str, input: Sequence[Outcome], output: Sequence[Outcome], *,
+               unchecked: Sequence[str] = (), leaked: int | None = None) -> dict[str, Any]:
+    """The ``moderation`` object.  Two extensions say what no check covered: the input's
+    ``unchecked_parts`` (the params of non-text parts a tenant lets through) and the
+    output's ``leaked_chars`` (async streams: characters sent before a check passed)."""
+    stages = {"input": stage_results(model, input, response=False),
+              "output": stage_results(model, output, response=True)}
+    if unchecked:
+        stages["input"]["unchecked_parts"] = list(unchecked)
+    if leaked is not None:
+        stages["output"]["leaked_chars"] = leaked
+    return stages
 
 
 def stage_results(model: str, outcomes: Sequence[Outcome], *, response: bool) -> dict[str, Any]:
@@ -224,15 +196,26 @@ def blocked_choice(index: int, message: str) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class StreamHead:
-    """The fields every chunk of one stream repeats."""
+    """The fields every chunk of one stream repeats (``extra``: the upstream's
+    ``system_fingerprint`` and ``service_tier``, when it sent them)."""
 
     id: str
     created: int
     model: str
+    extra: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def new(cls, model: str) -> StreamHead:
         return cls(id=new_completion_id(), created=int(time.time()), model=model)
+
+    @classmethod
+    def of(cls, fields: dict[str, Any], model: str) -> StreamHead:
+        """The head of a stream whose first chunk had these (type-checked) fields."""
+        fresh = cls.new(model)
+        extra = tuple((key, fields[key]) for key in ("system_fingerprint", "service_tier")
+                      if key in fields)
+        return cls(id=fields.get("id", fresh.id), created=fields.get("created", fresh.created),
+                   model=fields.get("model", model), extra=extra)
 
     def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
         return orjson.dumps({
@@ -240,6 +223,7 @@ class StreamHead:
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
+            **dict(self.extra),
             "choices": choices,
             **extra,
         })

@@ -16,17 +16,22 @@ window     text up to the last passed check             windows, then the final
 async      text at once; a failed check ends it         windows, then the final
 =========  ===========================================  =========================
 
-Tool-call deltas, finish reasons and choices other than the first wait for the
-final check in every mode.
+Tool calls, function calls, citations, finish reasons and choices other than the
+first wait for the final check in every mode.  What the client gets is built by
+``StreamState`` from judged text and type-checked structural fields, never relayed
+as the upstream sent it; a stream that breaks in any way after its first byte ends
+with an in-band error event and ``[DONE]``, never a second status line.
+
+``leaked_chars`` (async mode) counts every character written before a passing check
+covered it: the honest cost of not waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
-import orjson
+import structlog
 from aiohttp import web
 
 from .config import Action, StreamMode
@@ -34,8 +39,10 @@ from .http1 import HTTPFormatError, StreamedAnswer
 from .moderation import StreamFault, StreamState, WindowSchedule
 from .pipeline import Checks
 from .policy import Outcome, strictest
-from .protocol import annotation
-from .sse import DONE, DONE_EVENT, SSEDecoder, SSEError, encode
+from .protocol import error_body
+from .sse import DONE, DONE_EVENT, SSEDecoder, SSEError
+
+logger = structlog.get_logger("guardproxy")
 
 #: The largest window, in characters: long answers keep flowing at least this often.
 MAX_WINDOW_CHARS = 4096
@@ -46,12 +53,14 @@ _UPSTREAM_ERRORS = (StreamFault, SSEError, HTTPFormatError, TimeoutError)
 
 
 class StreamRelay:
-    def __init__(self, *, response: web.StreamResponse, checks: Checks, mode: StreamMode
-                 ) -> None:
+    def __init__(self, *, response: web.StreamResponse, checks: Checks, mode: StreamMode,
+                 secrets: tuple[str, ...] = ()) -> None:
         stage = checks.policy.response
         self.response = response
         self.checks = checks
-        self.state = StreamState(model=checks.chat.model)
+        chat = checks.chat
+        self.state = StreamState(model=chat.model, choices_allowed=chat.n,
+                                 prefill=chat.conversation.prefill, secrets=secrets)
         self.checking = stage.check
         self.mode: StreamMode = mode if stage.check else "async"
         windowed = self.checking and mode != "buffer"
@@ -62,16 +71,22 @@ class StreamRelay:
         self.read_to_end = False  # the upstream's [DONE] arrived
         self._check: asyncio.Task[tuple[Outcome, int, int]] | None = None
         self._last: tuple[Outcome, int] | None = None  # the last passed window, its length
+        if self.mode == "async":
+            checks.record.leaked_chars = 0
 
     async def run(self, upstream: StreamedAnswer) -> None:
         try:
             try:
                 ended = await self._relay(upstream)
+                if not ended:
+                    await self._finish(await self._final_outcomes())
             except _UPSTREAM_ERRORS as exc:
                 await self._end_with_error(exc)
-                return
-            if not ended:
-                await self._finish(await self._final_outcomes(), self.state.length())
+            except (ConnectionResetError, asyncio.CancelledError):
+                raise
+            except Exception as exc:  # a shape nobody foresaw: the framing still holds
+                logger.exception("stream_failed", error=type(exc).__name__)
+                await self._end_with_error(exc)
         finally:
             if self._check is not None and not self._check.done():
                 self._check.cancel()
@@ -101,7 +116,7 @@ class StreamRelay:
                     raise StreamFault("upstream stream ended before it finished")
                 break
             if self.mode == "async":
-                await self._write(self.state.release(len(self.state.events)))
+                await self._write_unchecked()
             if self._check is None and self.schedule.due(self.state.length()):
                 self._start_window_check()
         if self._check is not None:  # the last window, before the final check
@@ -126,24 +141,34 @@ class StreamRelay:
         self._check = None
         return await self._window_checked(check.result())
 
+    async def _write_unchecked(self) -> None:
+        """Async mode: what arrived goes out now; what no passed check covers is leaked."""
+        state, before = self.state, self.state.released_chars()
+        data = state.release(len(state.events))
+        covered = self._last[1] if self._last is not None else 0
+        self.checks.record.leaked_chars = ((self.checks.record.leaked_chars or 0)
+                                           + max(0, state.released_chars() - max(before, covered)))
+        await self._write(data)
+
     def _start_window_check(self) -> None:
-        upto, text = len(self.state.events), self.state.text()
-        self.schedule.checked(len(text))
-        self._check = asyncio.create_task(self._judge(upto, text), name="guardproxy-window")
+        upto, length, text = len(self.state.events), self.state.length(), self.state.text()
+        self.schedule.checked(length)
+        self._check = asyncio.create_task(self._judge(upto, length, text),
+                                          name="guardproxy-window")
         self._check.add_done_callback(self._interrupt)
 
     def _interrupt(self, _: object) -> None:
         if self._upstream is not None:
             self._upstream.interrupt()
 
-    async def _judge(self, upto: int, text: str) -> tuple[Outcome, int, int]:
-        return await self.checks.judge_response(text), upto, len(text)
+    async def _judge(self, upto: int, length: int, text: str) -> tuple[Outcome, int, int]:
+        return await self.checks.judge_response(text), upto, length
 
     async def _window_checked(self, result: tuple[Outcome, int, int]) -> bool:
         """Act on a window's verdict; True when it ended the stream."""
         outcome, upto, covered = result
         if outcome.action is Action.BLOCK:
-            await self._finish([outcome], covered)
+            await self._finish([outcome])
             return True
         self._last = (outcome, covered)
         if self.mode == "window":
@@ -153,38 +178,40 @@ class StreamRelay:
     async def _final_outcomes(self) -> list[Outcome]:
         """The check of the complete answer (a window check may already be it)."""
         last = self._last
-        if last is not None and len(self.state.choices) <= 1 and last[1] == len(self.state.text()):
+        if last is not None and len(self.state.choices) <= 1 and last[1] == self.state.length():
             return [last[0]]
         return await self.checks.check_response(self.state.texts())
 
-    async def _finish(self, outcomes: list[Outcome], covered: int) -> None:
-        """End the stream after the check of the first ``covered`` characters."""
+    async def _finish(self, outcomes: list[Outcome]) -> None:
+        """End the stream after a final check, or a window check that failed."""
         record = self.checks.record
         record.output = outcomes
-        record.usage = self.state.usage()
+        record.usage = self.state.usage
+        record.removed_fields = self.state.removed.count
         if strictest(outcomes) is Action.BLOCK:
-            if self.mode == "async":
-                record.leaked_chars = max(0, self.state.released_chars() - covered)
             body = self.state.blocked_tail(self.checks.policy.block.message)
         else:
             body = self.state.release_all()
-        await self._write(body + self.state.closing_chunk(self._moderation()) + DONE_EVENT)
+            if self.mode == "async" and len(self.state.choices) <= 1:
+                self._last = (outcomes[0], self.state.length())  # the final check passed
+        await self._write(body + self.state.closing_chunk(self.checks.annotation())
+                          + DONE_EVENT)
 
     async def _end_with_error(self, exc: BaseException) -> None:
-        """After the first byte the status is sent: the error goes in-band, then [DONE]."""
-        if isinstance(exc, StreamFault) and isinstance(exc.error, dict):
-            error = exc.error
-        else:
-            message = getattr(exc, "message", None) or f"upstream stream failed: {exc!r}"
-            error = {"message": message, "type": "upstream_error", "param": None,
-                     "code": "upstream_stream_error"}
-        self.checks.record.output = [Outcome.not_checked("the upstream stream failed")]
-        await self._write(encode(orjson.dumps({"error": error}))
-                          + self.state.closing_chunk(self._moderation()) + DONE_EVENT)
-
-    def _moderation(self) -> dict[str, Any]:
+        """After the first byte the status is sent: the error goes in-band, then [DONE].
+        The error is the proxy's own: an upstream's words come only made safe."""
+        said = exc.said if isinstance(exc, StreamFault) else ""
+        message = getattr(exc, "message", None) if isinstance(exc, _UPSTREAM_ERRORS) else None
+        message = message or "the upstream stream failed"
+        if said:
+            message = f"{message}: {said}"
         record = self.checks.record
-        return annotation(self.checks.guard.model, record.input, record.output)
+        record.output = [Outcome.not_checked("the upstream stream failed")]
+        record.removed_fields = self.state.removed.count
+        await self._write(b"data: " + error_body(message, type="upstream_error",
+                                                 code="upstream_stream_error")
+                          + b"\n\n" + self.state.closing_chunk(self.checks.annotation())
+                          + DONE_EVENT)
 
     async def _write(self, data: bytes) -> None:
         if data:

@@ -20,6 +20,7 @@ import yarl
 from .config import UpstreamConfig
 from .errors import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
 from .http1 import HTTPFormatError, Origin, StreamedAnswer
+from .protocol import upstream_error
 
 MAX_ANSWER_BYTES = 64 << 20  # a whole chat answer larger than this is an upstream error
 MAX_ERROR_BYTES = 1 << 20
@@ -53,8 +54,7 @@ class Upstream:
         except (OSError, HTTPFormatError) as exc:
             raise UpstreamUnreachable(f"upstream {self.name!r} unreachable: {exc!r}") from exc
         if answer.status >= 400:
-            content_type = answer.content_type or "application/json"
-            raise UpstreamHTTPError(answer.status, answer.body, content_type.split(";")[0])
+            raise self._error(answer.status, answer.body, answer.retry_after)
         return answer.body
 
     async def open_stream(self, body: bytes, request_id: str) -> StreamedAnswer:
@@ -65,7 +65,7 @@ class Upstream:
             async with asyncio.timeout(self._config.timeout_s):
                 answer = await self._origin.stream(self._stream_head, body, extra)
                 try:
-                    await _raise_for_answer(answer)
+                    await self._raise_for_answer(answer)
                 except BaseException:
                     answer.close()
                     raise
@@ -81,8 +81,24 @@ class Upstream:
             async with self._session.get(
                 f"{self._config.url}/models", headers=self._headers, timeout=self._whole
             ) as resp:
-                await _raise_for_status(resp)
+                if resp.status >= 400:
+                    retry = resp.headers.get("Retry-After", "").encode("latin-1", "replace")
+                    raise self._error(resp.status, await resp.read(), retry)
                 return orjson.loads(await resp.read())
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What must never reach a client, even inside this upstream's own error text."""
+        return (self._config.api_key.get(),) if self._config.api_key is not None else ()
+
+    def _error(self, status: int, body: bytes, retry_after: bytes) -> UpstreamHTTPError:
+        return upstream_error(status, body, secrets=self.secrets, retry_after=retry_after)
+
+    async def _raise_for_answer(self, answer: StreamedAnswer) -> None:
+        if answer.status >= 400:
+            body = await answer.read_all(MAX_ERROR_BYTES)
+            answer.release()
+            raise self._error(answer.status, body, answer.retry_after)
 
     def _timeout(self) -> UpstreamTimeout:
         limit = self._config.timeout_s
@@ -101,20 +117,6 @@ class Upstream:
             raise UpstreamUnreachable(f"upstream {self.name!r} unreachable: {exc!r}") from exc
 
 
-async def _raise_for_answer(answer: StreamedAnswer) -> None:
-    if answer.status >= 400:
-        body = await answer.read_all(MAX_ERROR_BYTES)
-        answer.release()
-        content_type = answer.content_type or "application/json"
-        raise UpstreamHTTPError(answer.status, body, content_type.split(";")[0])
-
-
-async def _raise_for_status(resp: aiohttp.ClientResponse) -> None:
-    if resp.status >= 400:
-        body = await resp.read()
-        raise UpstreamHTTPError(resp.status, body, resp.content_type or "application/json")
-
-
 class UpstreamCall:
     """One chat's upstream request: started after the prompt passed (``sequential``)
     or at once, beside the prompt check (``parallel``), its answer unread until the
@@ -123,6 +125,7 @@ class UpstreamCall:
     def __init__(self, upstream: Upstream, body: bytes, request_id: str, *, stream: bool
                  ) -> None:
         self._upstream = upstream
+        self.secrets = upstream.secrets
         self._args = (body, request_id)
         self._stream = stream
         self._task: asyncio.Task[Any] | None = None

@@ -1,0 +1,543 @@
+"""Upstream answers taken apart: every string in them is judged or removed.  No I/O.
+
+What the client gets is *built* here from what the guard judged, never relayed as
+the upstream sent it.  A field is copied into the client's answer only if it is
+
+- **structural** — ``id``, ``object``, ``created``, ``model``,
+  ``system_fingerprint``, ``service_tier``, ``index``, ``role``, ``type``,
+  ``finish_reason`` (one of OpenAI's values), tool-call ids, usage numbers,
+  annotation offsets, audio ids, expiry times and base64 data — each type-checked;
+- **judged** — it is part of the text the response check reads (``text``):
+  reasoning (``reasoning_content``, ``reasoning``), content (a string, or text
+  parts), refusal, the audio transcript, tool calls and the legacy
+  ``function_call`` (``name(arguments)``), and annotation titles and URLs.
+
+Logprobs are kept only for tokens that spell exactly the judged text they came
+with, and their ``top_logprobs`` alternatives (tokens never emitted) are dropped.
+Everything else is removed and counted (``removed``), so an operator can see an
+upstream that sends what the proxy does not understand.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .conversation import call_text
+
+FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+#: Known, free of text, and dropped without counting: OpenAI's per-chunk padding.
+QUIET = frozenset({"obfuscation"})
+_STREAMED = ("reasoning_content", "reasoning", "content", "refusal")
+
+
+def _str(value: Any) -> str | None:
+    return value if type(value) is str else None
+
+
+def _int(value: Any) -> int | None:
+    return value if type(value) is int else None
+
+
+@dataclass(slots=True)
+class Removed:
+    """How many fields with a value were left out of what the client got."""
+
+    count: int = 0
+
+    def extra(self, data: dict[str, Any], known: frozenset[str]) -> None:
+        for key, value in data.items():
+            if key not in known and value is not None and key not in QUIET:
+                self.count += 1
+
+    def bad(self, value: Any) -> None:
+        if value is not None:
+            self.count += 1
+
+
+# -- the judged text of one choice -------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Call:
+    """A tool call (or the legacy function call) as it accumulates."""
+
+    id: str | None = None
+    type: str = "function"
+    name: list[str] = field(default_factory=list)
+    arguments: list[str] = field(default_factory=list)
+
+    def text(self) -> str:
+        return call_text("".join(self.name), "".join(self.arguments))
+
+    def as_tool_call(self, index: int | None = None) -> dict[str, Any]:
+        key, args = ("custom", "input") if self.type == "custom" else ("function", "arguments")
+        call: dict[str, Any] = {"id": self.id, "type": self.type,
+                                key: {"name": "".join(self.name), args: "".join(self.arguments)}}
+        if index is not None:
+            call = {"index": index, **call}
+        return call
+
+    def as_function_call(self) -> dict[str, str]:
+        return {"name": "".join(self.name), "arguments": "".join(self.arguments)}
+
+
+@dataclass(slots=True)
+class Parts:
+    """One choice's text, field by field, in the order the guard reads it."""
+
+    reasoning_content: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    content: list[str] = field(default_factory=list)
+    refusal: list[str] = field(default_factory=list)
+    transcript: list[str] = field(default_factory=list)
+    tool_calls: dict[int, Call] = field(default_factory=dict)
+    function_call: Call | None = None
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+
+    def text(self, prefill: str = "") -> str:
+        """What the response check judges: reasoning, the answer (continuing a prefill),
+        refusal, audio transcript, then the calls and the cited titles and URLs."""
+        texts = ["".join(self.reasoning_content), "".join(self.reasoning),
+                 prefill + "".join(self.content), "".join(self.refusal),
+                 "".join(self.transcript)]
+        texts.extend(self.tool_calls[i].text() for i in sorted(self.tool_calls))
+        if self.function_call is not None:
+            texts.append(self.function_call.text())
+        texts.extend(_citation_text(a) for a in self.annotations)
+        return "\n\n".join(t for t in texts if t)
+
+
+def _citation_text(annotation: dict[str, Any]) -> str:
+    citation = annotation["url_citation"]
+    return f"{citation['title']} {citation['url']}"
+
+
+def content_text(content: Any, removed: Removed) -> str | None:
+    """A content value as text: a string, or the text of its text parts."""
+    if content is None or type(content) is str:
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            text = part.get("text") if isinstance(part, dict) else None
+            if isinstance(part, dict) and part.get("type") in ("text", "output_text") \
+                    and type(text) is str:
+                texts.append(text)
+            else:
+                removed.bad(part)
+        return "".join(texts)
+    removed.bad(content)
+    return None
+
+
+def citations(value: Any, removed: Removed) -> list[dict[str, Any]]:
+    if not isinstance(value, list):
+        removed.bad(value)
+        return []
+    kept = []
+    for item in value:
+        cited = item.get("url_citation") if isinstance(item, dict) else None
+        if (isinstance(cited, dict) and item.get("type") == "url_citation"
+                and _str(cited.get("title")) is not None and _str(cited.get("url")) is not None
+                and _int(cited.get("start_index")) is not None
+                and _int(cited.get("end_index")) is not None):
+            kept.append({"type": "url_citation", "url_citation": {
+                key: cited[key] for key in ("start_index", "end_index", "title", "url")}})
+        else:
+            removed.bad(item)
+    return kept
+
+
+def audio_fields(value: Any, removed: Removed) -> tuple[dict[str, Any], str]:
+    """An audio object's structural fields, and its transcript (judged)."""
+    if not isinstance(value, dict):
+        removed.bad(value)
+        return {}, ""
+    removed.extra(value, frozenset({"id", "data", "expires_at", "transcript"}))
+    kept: dict[str, Any] = {}
+    if _str(value.get("id")) is not None:
+        kept["id"] = value["id"]
+    data = _str(value.get("data"))
+    if data is not None and _BASE64.fullmatch(data):
+        kept["data"] = data
+    else:
+        removed.bad(value.get("data"))
+    if _int(value.get("expires_at")) is not None:
+        kept["expires_at"] = value["expires_at"]
+    transcript = _str(value.get("transcript")) or ""
+    return kept, transcript
+
+
+def token_logprobs(entries: Any, text: str, removed: Removed) -> list[dict[str, Any]] | None:
+    """Logprob entries whose tokens spell exactly ``text``, alternatives dropped."""
+    if not isinstance(entries, list):
+        removed.bad(entries)
+        return None
+    kept, spelled = [], []
+    for entry in entries:
+        token = entry.get("token") if isinstance(entry, dict) else None
+        logprob = entry.get("logprob") if isinstance(entry, dict) else None
+        if type(token) is not str or type(logprob) not in (int, float):
+            removed.bad(entries)
+            return None
+        encoded = list(token.encode("utf-8"))
+        kept.append({"token": token, "logprob": logprob,
+                     "bytes": encoded if entry.get("bytes") == encoded else None,
+                     "top_logprobs": []})
+        spelled.append(token)
+    if "".join(spelled) != text:
+        removed.bad(entries)
+        return None
+    return kept
+
+
+def usage_numbers(value: Any) -> Any:
+    """A usage object's numbers (nested details too); anything else is left out."""
+    if not isinstance(value, dict):
+        return None
+    kept: dict[str, Any] = {}
+    for key, item in value.items():
+        if type(item) in (int, float):
+            kept[key] = item
+        elif isinstance(item, dict):
+            kept[key] = usage_numbers(item)
+    return kept
+
+
+def finish_reason(value: Any, removed: Removed) -> str | None:
+    if value is None or value in FINISH_REASONS:
+        return value  # type: ignore[no-any-return]
+    removed.bad(value)
+    return "stop"
+
+
+# -- whole answers ----------------------------------------------------------------------
+
+_TOP = frozenset({"id", "object", "created", "model", "system_fingerprint", "service_tier",
+                  "choices", "usage"})
+_CHOICE = frozenset({"index", "message", "logprobs", "finish_reason"})
+_MESSAGE = frozenset({"role", "content", "refusal", "tool_calls", "function_call", "audio",
+                      "annotations", "reasoning_content", "reasoning"})
+_LOGPROBS = frozenset({"content", "refusal"})
+
+
+def head_fields(data: dict[str, Any], removed: Removed) -> dict[str, Any]:
+    """The structural fields of a completion or chunk that the client's copy keeps."""
+    kept: dict[str, Any] = {}
+    for key in ("id", "model", "system_fingerprint", "service_tier"):
+        if _str(data.get(key)) is not None:
+            kept[key] = data[key]
+        else:
+            removed.bad(data.get(key))
+    if _int(data.get("created")) is not None:
+        kept["created"] = data["created"]
+    return kept
+
+
+@dataclass(slots=True)
+class Completion:
+    """A whole answer: the client's copy (built, not relayed) and each choice's text."""
+
+    body: dict[str, Any]
+    texts: list[str]
+    removed: int
+
+
+def read_completion(data: dict[str, Any], *, prefill: str = "") -> Completion:
+    removed = Removed()
+    removed.extra(data, _TOP)
+    body = {"object": "chat.completion", **head_fields(data, removed)}
+    choices, texts = [], []
+    for position, choice in enumerate(data["choices"]):
+        built, parts = _whole_choice(choice, position, removed)
+        choices.append(built)
+        texts.append(parts.text(prefill))
+    body["choices"] = choices
+    usage = usage_numbers(data.get("usage"))
+    if usage is not None:
+        body["usage"] = usage
+    return Completion(body=body, texts=texts, removed=removed.count)
+
+
+def _whole_choice(choice: dict[str, Any], position: int, removed: Removed
+                  ) -> tuple[dict[str, Any], Parts]:
+    removed.extra(choice, _CHOICE)
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        removed.bad(message)
+        message = {}
+    built, parts = _message(message, removed)
+    index = _int(choice.get("index"))
+    return {"index": position if index is None else index, "message": built,
+            "logprobs": _whole_logprobs(choice.get("logprobs"), parts, removed),
+            "finish_reason": finish_reason(choice.get("finish_reason"), removed)}, parts
+
+
+def _message(message: dict[str, Any], removed: Removed) -> tuple[dict[str, Any], Parts]:
+    removed.extra(message, _MESSAGE)
+    parts = Parts()
+    built: dict[str, Any] = {"role": "assistant"}
+    for key in _STREAMED:
+        text = (content_text(message.get(key), removed) if key == "content"
+                else _str(message.get(key)))
+        if text is None:
+            removed.bad(None if key == "content" else message.get(key))
+        if key in ("content", "refusal") or text is not None:
+            built[key] = text
+        if text:
+            getattr(parts, key).append(text)
+    _whole_calls(message, built, parts, removed)
+    if message.get("audio") is not None:
+        audio, transcript = audio_fields(message["audio"], removed)
+        built["audio"] = {**audio, "transcript": transcript}
+        parts.transcript.append(transcript)
+    if message.get("annotations") is not None:
+        built["annotations"] = parts.annotations = citations(message["annotations"], removed)
+    return built, parts
+
+
+def _whole_calls(message: dict[str, Any], built: dict[str, Any], parts: Parts,
+                 removed: Removed) -> None:
+    calls = message.get("tool_calls")
+    if isinstance(calls, list):
+        for index, call in enumerate(calls):
+            parts.tool_calls[index] = _call(call, removed)
+        built["tool_calls"] = [parts.tool_calls[i].as_tool_call() for i in sorted(parts.tool_calls)]
+    else:
+        removed.bad(calls)
+    function = message.get("function_call")
+    if isinstance(function, dict):
+        parts.function_call = _call({"function": function}, removed)
+        built["function_call"] = parts.function_call.as_function_call()
+    else:
+        removed.bad(function)
+
+
+def _call(call: Any, removed: Removed, state: Call | None = None) -> Call:
+    """A tool call, or a streamed piece of one added to ``state``."""
+    state = state or Call()
+    if not isinstance(call, dict):
+        removed.bad(call)
+        return state
+    removed.extra(call, frozenset({"index", "id", "type", "function", "custom"}))
+    state.id = _str(call.get("id")) or state.id
+    kind, key = ("custom", "input") if call.get("type") == "custom" else ("function", "arguments")
+    state.type = kind
+    function = call.get(kind)
+    if isinstance(function, dict):
+        removed.extra(function, frozenset({"name", key}))
+        state.name.append(_str(function.get("name")) or "")
+        state.arguments.append(_str(function.get(key)) or "")
+    else:
+        removed.bad(function)
+    return state
+
+
+def _whole_logprobs(value: Any, parts: Parts, removed: Removed) -> dict[str, Any] | None:
+    if not isinstance(value, dict):
+        removed.bad(value)
+        return None
+    removed.extra(value, _LOGPROBS)
+    kept: dict[str, Any] = {}
+    for key in ("content", "refusal"):
+        entries = value.get(key)
+        kept[key] = (None if entries is None else
+                     token_logprobs(entries, "".join(getattr(parts, key)), removed))
+    return kept
+
+
+# -- streamed answers -------------------------------------------------------------------
+
+CHUNK_TOP = frozenset({"id", "object", "created", "model", "system_fingerprint",
+                       "service_tier", "choices", "usage"})
+_CHUNK_CHOICE = frozenset({"index", "delta", "logprobs", "finish_reason"})
+_DELTA = frozenset({"role", "content", "refusal", "reasoning_content", "reasoning",
+                    "tool_calls", "function_call", "audio", "annotations"})
+MAX_TOOL_CALLS = 128
+
+
+class ShapeError(ValueError):
+    """A chunk that cannot be read at all (its framing, not its text, is wrong)."""
+
+
+@dataclass(slots=True)
+class Delta:
+    """One choice of one chunk, as far as it may reach the client."""
+
+    index: int
+    texts: list[tuple[str, str]] = field(default_factory=list)  # (field, text), in order
+    calls: list[tuple[int, Any]] = field(default_factory=list)  # (index, raw fragment)
+    function_call: Any = None
+    audio: dict[str, Any] | None = None
+    transcript: str = ""
+    annotations: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: dict[str, list[dict[str, Any]]] | None = None
+    finish_reason: str | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this delta waits for the final check (an action, a citation, an end)."""
+        return bool(self.calls or self.function_call is not None or self.annotations
+                    or self.finish_reason is not None)
+
+
+def choice_index(choice: Any, choices: int) -> int:
+    if type(choice) is not dict:
+        raise ShapeError("upstream chunk has a choice that is not an object")
+    index = choice.get("index", 0)
+    if type(index) is not int or not 0 <= index < choices:
+        raise ShapeError("upstream chunk has an invalid choice index")
+    return index
+
+
+def read_delta(choice: dict[str, Any], index: int, removed: Removed) -> Delta:
+    """A streamed choice's judged and structural fields (``ShapeError`` if unreadable)."""
+    removed.extra(choice, _CHUNK_CHOICE)
+    out = Delta(index=index, finish_reason=finish_reason(choice.get("finish_reason"), removed))
+    delta = choice.get("delta")
+    if isinstance(delta, dict):
+        removed.extra(delta, _DELTA)
+        _delta_texts(delta, out, removed)
+        _delta_extras(delta, out, removed)
+    else:
+        removed.bad(delta)
+    logprobs = choice.get("logprobs")
+    if logprobs is not None:
+        out.logprobs = _delta_logprobs(logprobs, out, removed)
+    return out
+
+
+def _delta_texts(delta: dict[str, Any], out: Delta, removed: Removed) -> None:
+    for key in _STREAMED:
+        value = delta.get(key)
+        if value is None:
+            continue
+        text = content_text(value, removed) if key == "content" else _str(value)
+        if text is None:
+            removed.bad(value)
+        elif text or key == "content":
+            out.texts.append((key, text))
+
+
+def _delta_extras(delta: dict[str, Any], out: Delta, removed: Removed) -> None:
+    calls = delta.get("tool_calls")
+    if isinstance(calls, list):
+        for call in calls:
+            position = call.get("index", 0) if isinstance(call, dict) else 0
+            if type(position) is not int or not 0 <= position < MAX_TOOL_CALLS:
+                raise ShapeError("upstream chunk has an invalid tool call index")
+            out.calls.append((position, call))
+    else:
+        removed.bad(calls)
+    if isinstance(delta.get("function_call"), dict):
+        out.function_call = delta["function_call"]
+    else:
+        removed.bad(delta.get("function_call"))
+    if delta.get("audio") is not None:
+        out.audio, out.transcript = audio_fields(delta["audio"], removed)
+    if delta.get("annotations") is not None:
+        out.annotations = citations(delta["annotations"], removed)
+
+
+def _delta_logprobs(value: Any, out: Delta, removed: Removed
+                    ) -> dict[str, list[dict[str, Any]]] | None:
+    if not isinstance(value, dict):
+        removed.bad(value)
+        return None
+    removed.extra(value, _LOGPROBS)
+    kept = {}
+    for key in ("content", "refusal"):
+        entries = value.get(key)
+        if entries is None:
+            continue
+        text = "".join(t for k, t in out.texts if k == key)
+        checked = token_logprobs(entries, text, removed)
+        if checked is None:
+            return None  # one choice's logprobs stand or fall together
+        kept[key] = checked
+    return kept or None
+
+
+@dataclass(slots=True)
+class ChoiceText:
+    """A streamed choice as the guard reads it, growing delta by delta."""
+
+    parts: Parts = field(default_factory=Parts)
+    length: int = 0  # characters of streamed text (reasoning, content, refusal, transcript)
+    finish_reason: str | None = None
+
+    def add(self, delta: Delta, removed: Removed) -> None:
+        parts = self.parts
+        for key, text in delta.texts:
+            getattr(parts, key).append(text)
+            self.length += len(text)
+        if delta.transcript:
+            parts.transcript.append(delta.transcript)
+            self.length += len(delta.transcript)
+        for position, fragment in delta.calls:
+            parts.tool_calls[position] = _call(fragment, removed, parts.tool_calls.get(position))
+        if delta.function_call is not None:
+            parts.function_call = _call({"function": delta.function_call}, removed,
+                                        parts.function_call)
+        parts.annotations.extend(delta.annotations)
+        if delta.finish_reason is not None:
+            self.finish_reason = delta.finish_reason
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """Released deltas of one choice, merged into the one delta the client gets: what
+    the SDKs' own accumulation of those deltas would have produced."""
+
+    index: int
+    text: ChoiceText = field(default_factory=ChoiceText)
+    audio: dict[str, Any] = field(default_factory=dict)
+    logprobs: dict[str, list[dict[str, Any]]] | None = None
+    logprobs_lost: bool = False
+
+    def add(self, delta: Delta) -> None:
+        self.text.add(delta, _UNCOUNTED)
+        for key, value in (delta.audio or {}).items():
+            self.audio[key] = self.audio.get(key, "") + value if key == "data" else value
+        if delta.logprobs is None:
+            self.logprobs_lost |= any(k in ("content", "refusal") and t for k, t in delta.texts)
+            return
+        merged = self.logprobs = self.logprobs or {}
+        for key, entries in delta.logprobs.items():
+            merged.setdefault(key, []).extend(entries)
+
+    def add_content(self, text: str) -> None:
+        self.text.parts.content.append(text)
+        self.logprobs_lost = True
+
+    def choice(self, *, first: bool) -> dict[str, Any] | None:
+        delta = self._delta(first)
+        if not delta and self.text.finish_reason is None:
+            return None
+        logprobs = None if self.logprobs_lost or not self.logprobs else self.logprobs
+        return {"index": self.index, "delta": delta, "logprobs": logprobs,
+                "finish_reason": self.text.finish_reason}
+
+    def _delta(self, first: bool) -> dict[str, Any]:
+        parts = self.text.parts
+        delta: dict[str, Any] = {"role": "assistant"} if first else {}
+        for key in _STREAMED:
+            pieces = getattr(parts, key)
+            if pieces:
+                delta[key] = "".join(pieces)
+        if self.audio or parts.transcript:
+            delta["audio"] = {**self.audio, "transcript": "".join(parts.transcript)}
+        if parts.tool_calls:
+            delta["tool_calls"] = [parts.tool_calls[i].as_tool_call(i)
+                                   for i in sorted(parts.tool_calls)]
+        if parts.function_call is not None:
+            delta["function_call"] = parts.function_call.as_function_call()
+        if parts.annotations:
+            delta["annotations"] = parts.annotations
+        return delta
+
+
+_UNCOUNTED = Removed()  # a delta's removals were counted when it was read
