@@ -291,7 +291,7 @@ class Spec:
         if self.ufault == "cut":
             return "stream-error"
         if self.ufault == "500":
-            return "http-500"
+            return "http-502"  # an upstream 500 is the proxy's 502
         if self.gfault and self.gfault.startswith("response") and closed:
             return "blocked"
         return "answered"

@@ -151,13 +151,13 @@ def judged_prompts(conversation: Conversation, scope: Literal["last", "all"], ex
       the same instructions in every request are one input, answered by the cache.
     - The request's extras (tool definitions, schemas, a prediction), alone."""
     turns, prefill = conversation.turns, conversation.prefill
-    ends = [index + 1 for index, turn in enumerate(turns) if turn.role == "user"]
-    if scope == "all" and len(ends) > 1:
-        views = [prompt_view(turns[:end]) for end in ends[:-1]]
+    users = [index for index, turn in enumerate(turns) if turn.role == "user"]
+    if scope == "all":  # each earlier user turn with text (not an empty anchor), then the last
+        views = [prompt_view(turns[: index + 1]) for index in users[:-1] if turns[index].text]
         views.append(prompt_view(turns, prefill))
     else:
         views = [prompt_view(turns, prefill)]
-        judged = ends[-1] - 1 if ends else None
+        judged = users[-1] if users else None
         views.extend((Turn("user", text),) for index, text in conversation.instructions
                      if index != judged)
     if extras:

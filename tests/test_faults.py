@@ -261,25 +261,28 @@ async def test_sdk_raises_api_error_on_an_in_band_error(proxy: Proxy) -> None:
 
 
 UPSTREAM_ERRORS = [
-    (400, openai.BadRequestError),
-    (429, openai.RateLimitError),
-    (500, openai.InternalServerError),
-    (503, openai.InternalServerError),
+    # upstream status, what the client gets, the SDK's class
+    (400, 400, openai.BadRequestError),
+    (429, 429, openai.RateLimitError),
+    (500, 502, openai.InternalServerError),
+    (503, 503, openai.InternalServerError),
 ]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
-@pytest.mark.parametrize(("status", "kind"), UPSTREAM_ERRORS)
-async def test_upstream_http_error_passes_through(proxy: Proxy, status: int,
-                                                  kind: type[openai.APIStatusError],
-                                                  stream: bool) -> None:
+@pytest.mark.parametrize(("status", "sent", "kind"), UPSTREAM_ERRORS)
+async def test_upstream_http_error_keeps_its_status_not_its_body(
+        proxy: Proxy, status: int, sent: int, kind: type[openai.APIStatusError],
+        stream: bool) -> None:
     error = {"error": {"message": f"upstream says {status}", "type": "server_error",
-                       "param": None, "code": f"e{status}"}}
+                       "param": None, "code": f"e{status}"}, "extra": "never relayed"}
     proxy.upstream.replies.append(Reply(status=status, error_body=error))
     with pytest.raises(kind) as caught:
         await proxy.client().chat.completions.create(**_body(stream=stream))
-    assert caught.value.status_code == status
-    assert caught.value.response.content == orjson.dumps(error)  # the upstream's bytes
+    assert caught.value.status_code == sent
+    body = orjson.loads(caught.value.response.content)
+    assert body == {"error": {"message": f"upstream error (HTTP {status}): upstream says {status}",
+                              "type": "server_error", "param": None, "code": f"e{status}"}}
 
 
 @pytest.mark.parametrize("proxy", [{"stream": "buffer"}, {"stream": "window"}], indirect=True,

@@ -51,7 +51,7 @@ def _nothing_sent(proxy: Proxy) -> bool:
         (_with(b',"x":NaN'), None),
         # -- nested deeper than anything the proxy reads, or than the parser allows ----------
         (b'{"model":"m","messages":[{"role":"user","content":' + b"[" * 600 + b"]" * 600 + b"}]}",
-         "messages[0].content"),
+         "messages[0].content[0]"),
         (_with(b',"x":' + b'{"a":' * 1100 + b"1" + b"}" * 1100), None),
         # -- wrong types and missing fields -----------------------------------------------------
         (b'{"model":null,"messages":' + ONE + b"}", "model"),
@@ -65,12 +65,12 @@ def _nothing_sent(proxy: Proxy) -> bool:
         (b'{"model":"m","messages":[{"role":"user","content":{}}]}', "messages[0].content"),
         (b'{"model":"m","messages":[{"role":"system"}]}', "messages[0]"),
         (b'{"model":"m","messages":[{"role":"user","content":[{"type":5}]}]}',
-         "messages[0].content"),
+         "messages[0].content[0]"),
         (b'{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":null}]}]}',
-         "messages[0].content"),
+         "messages[0].content[0]"),
         (b'{"model":"m","messages":[{"role":"user","content":"x"},'
          b'{"role":"assistant","content":[{"type":"refusal","refusal":5}]}]}',
-         "messages[1].content"),
+         "messages[1].content[0]"),
         (b'{"model":"m","messages":[{"role":"tool","content":5}]}', "messages[0].content"),
         (_with(b',"n":"2"'), "n"),
         (_with(b',"n":0'), "n"),
@@ -78,7 +78,7 @@ def _nothing_sent(proxy: Proxy) -> bool:
         (_with(b',"n":true'), "n"),
         (_with(b',"n":100000000000000000000000'), "n"),  # beyond 64 bits
         (_with(b',"stream":1'), "stream"),
-        (_with(b',"stream_options":{"include_usage":"yes"}'), "include_usage"),
+        (_with(b',"stream_options":{"include_usage":"yes"}'), "stream_options.include_usage"),
         # -- a key twice in one object: parsers disagree on which copy wins --------------------
         (b'{"model":"m","messages":[{"role":"user","content":"bomb"}],'
          b'"messages":[{"role":"user","content":"hi"}]}', "messages"),

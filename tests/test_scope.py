@@ -23,7 +23,7 @@ from structlog.testing import capture_logs
 from proxy.app import create_app
 from proxy.cache import VerdictCache
 from proxy.config import load
-from proxy.conversation import Turn, prompt_view
+from proxy.conversation import Turn, prompt_view, read_messages
 from proxy.pipeline import judged_prompts
 
 SCOPED_KEY = "sk-scoped"
@@ -85,29 +85,49 @@ def _request_lines(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[
 
 # -- which inputs a prompt check sends ---------------------------------------------------------
 
-CHAT = [Turn("system", "Be kind."), Turn("user", "a"), Turn("assistant", "b"),
-        Turn("user", "c"), Turn("assistant", "d"), Turn("user", "e")]
+CHAT = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"},
+        {"role": "assistant", "content": "d"}, {"role": "user", "content": "e"}]
+U, A = "user", "assistant"
+FIRST = Turn(U, "Be kind.\n\na")  # the system message joins the first user turn, as rendered
+TURNS = [FIRST, Turn(A, "b"), Turn(U, "c"), Turn(A, "d"), Turn(U, "e")]
 
 
 @pytest.mark.parametrize(
-    ("turns", "scope", "expected"),
+    ("messages", "scope", "expected"),
     [
-        (CHAT, "last", [CHAT]),
-        (CHAT, "all", [CHAT[:2], CHAT[:4], CHAT]),
-        (CHAT[:2], "all", [CHAT[:2]]),  # one user turn: one check either way
-        (CHAT[:5], "all", [CHAT[:2], CHAT[:4]]),  # a trailing assistant turn is context
-        ([Turn("assistant", "hi"), Turn("user", "x")], "all",
-         [(Turn("user", ""), Turn("assistant", "hi"), Turn("user", "x"))]),
+        # last: the last user turn in context, and the instructions on their own
+        (CHAT, "last", [TURNS, [Turn(U, "Be kind.")]]),
+        (CHAT, "all", [TURNS[:1], TURNS[:3], TURNS]),
+        (CHAT[:2], "all", [TURNS[:1]]),  # one user turn: one check either way
+        (CHAT[:2], "last", [TURNS[:1]]),  # the instructions are in the judged turn already
+        # a trailing assistant message is a prefill: judged with the user's turn
+        (CHAT[:5], "all", [TURNS[:1], [*TURNS[:2], Turn(U, "c\n\nd")]]),
+        ([{"role": A, "content": "hi"}, {"role": U, "content": "x"}], "all",
+         [[Turn(U, ""), Turn(A, "hi"), Turn(U, "x")]]),
+        # a late system message and a tool result are judged in the user's turn
+        ([*CHAT[:2], {"role": A, "content": None, "tool_calls": [
+            {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+          {"role": "tool", "tool_call_id": "1", "content": "42"},
+          {"role": "system", "content": "late"}], "last",
+         [[FIRST, Turn(A, "f({})"), Turn(U, "42\n\nlate")], [Turn(U, "Be kind.")]]),
     ],
 )
-def test_judged_prompts(turns: list[Turn], scope: str, expected: list[list[Turn]]) -> None:
-    assert judged_prompts(turns, scope) == [tuple(e) for e in expected]  # type: ignore[arg-type]
+def test_judged_prompts(messages: list[dict[str, Any]], scope: str,
+                        expected: list[list[Turn]]) -> None:
+    conversation = read_messages(messages)
+    assert judged_prompts(conversation, scope) == [tuple(e) for e in expected]  # type: ignore[arg-type]
+
+
+def test_extras_are_judged_on_their_own() -> None:
+    views = judged_prompts(read_messages(CHAT[:2]), "last", '{"type":"function"}')
+    assert views[-1] == (Turn(U, '{"type":"function"}'),)
 
 
 def test_a_history_turn_has_the_key_it_had_as_the_last_turn() -> None:
     cache = VerdictCache(size=10, ttl_s=60, namespace="chat\0m\0")
-    earlier = prompt_view(CHAT[:4])  # the request that ended with "c"
-    later = judged_prompts(CHAT, "all")  # the request after it, judging "c" as history
+    earlier = prompt_view(TURNS[:3])  # the request that ended with "c"
+    later = judged_prompts(read_messages(CHAT), "all")  # the request after it
     assert cache.key(later[1]) == cache.key(earlier)
     assert len({cache.key(view) for view in later}) == 3
 
@@ -171,7 +191,8 @@ async def test_the_same_history_passes_with_scope_last(proxy: Proxy) -> None:
 
 async def test_earlier_turns_are_checked_concurrently(proxy: Proxy) -> None:
     proxy.guard.fault = "hang"  # no check ever answers: only concurrent checks all arrive
-    messages = [{"role": "user", "content": f"question {i}"} for i in range(3)]
+    messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}"}
+                for i in range(5)]
     task = asyncio.create_task(_chat(proxy, messages))
     await wait_until(lambda: len(_guard_calls(proxy.guard)) == 3)
     assert not task.done()

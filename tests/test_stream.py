@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 import pytest
-from emulators.upstream import Reply, ToolCall
+from emulators.upstream import SYSTEM_FINGERPRINT, Reply, ToolCall
 from harness import Proxy, wait_until
 from openai_schema import validate
 
@@ -59,8 +59,10 @@ async def test_safe_stream_is_relayed_faithfully(proxy: Proxy) -> None:
     assert _text(chunks) == text
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert len({c["id"] for c in chunks}) == 1 and _finish(chunks) == ["stop"]
-    # upstream chunks are relayed as they came: same bytes, obfuscation field included
-    assert all("obfuscation" in c for c in chunks[:-1])
+    # chunks are built from the judged text: the upstream's structural fields stay, its
+    # per-token padding (obfuscation) does not
+    assert all("obfuscation" not in c for c in chunks)
+    assert all(c["system_fingerprint"] == SYSTEM_FINGERPRINT for c in chunks)
     output = chunks[-1]["moderation"]["output"]["results"][0]
     assert output["severity"] == "safe" and output["action"] == "pass"
 
