@@ -143,17 +143,19 @@ def judged_prompts(conversation: Conversation, scope: Literal["last", "all"], ex
                    ) -> list[tuple[Turn, ...]]:
     """The guard inputs of a prompt check.
 
-    - The last user turn after the turns before it (``last``), or every user turn, each
-      after the turns before it (``all``); a prefill joins the last one.  A turn judged
-      as the last one in an earlier request is the same input again, so an honest
-      conversation re-sent with one more turn costs one new guard call.
+    - The last user turn after the turns before it (``last``), or every turn, each after
+      the turns before it (``all``: user turns as prompts, assistant turns as responses);
+      a prefill joins the last user turn.  A turn judged as the last one in an earlier
+      request (an assistant turn: as that request's answer) is the same input again, so
+      an honest conversation re-sent with one more turn costs one new guard call.
     - With ``last``, each system or developer message outside the judged turn, alone:
       the same instructions in every request are one input, answered by the cache.
     - The request's extras (tool definitions, schemas, a prediction), alone."""
     turns, prefill = conversation.turns, conversation.prefill
     users = [index for index, turn in enumerate(turns) if turn.role == "user"]
-    if scope == "all":  # each earlier user turn with text (not an empty anchor), then the last
-        views = [prompt_view(turns[: index + 1]) for index in users[:-1] if turns[index].text]
+    if scope == "all":  # every earlier turn with text (not an empty anchor), then the last
+        views = [_history_view(turns, index) for index in range(len(turns))
+                 if turns[index].text and (not users or index < users[-1])]
         views.append(prompt_view(turns, prefill))
     else:
         views = [prompt_view(turns, prefill)]
@@ -163,6 +165,14 @@ def judged_prompts(conversation: Conversation, scope: Literal["last", "all"], ex
     if extras:
         views.append((Turn("user", extras),))
     return views
+
+
+def _history_view(turns: Sequence[Turn], index: int) -> tuple[Turn, ...]:
+    """An earlier turn judged in the context before it: as the prompt it was, or as the
+    answer it claims to have been."""
+    if turns[index].role == "user":
+        return prompt_view(turns[: index + 1])
+    return response_view(turns[:index], turns[index].text)
 
 
 async def _all(checks: list[Awaitable[Outcome]]) -> list[Outcome]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+BOM = b"\xef\xbb\xbf"  # a stream may start with one; it is not part of the first line
 DONE = b"[DONE]"
 DONE_EVENT = b"data: [DONE]\n\n"
 DEFAULT_MAX_EVENT_BYTES = 1 << 20
@@ -37,8 +38,22 @@ class SSEDecoder:
         self._size = 0  # bytes held for the event being assembled
         self._event: str | None = None
         self._skip_lf = False  # the last read ended in CR: a leading LF belongs to it
+        self._head: bytes | None = b""  # the stream's first bytes, until a BOM is ruled out
+
+    def _unmarked(self, chunk: bytes) -> bytes:
+        """``chunk`` without the stream's leading byte order mark, once it is known."""
+        if self._head is None:
+            return chunk
+        head = self._head + chunk
+        if len(head) < len(BOM) and BOM.startswith(head):
+            self._head = head
+            return b""
+        self._head = None
+        return head[len(BOM):] if head.startswith(BOM) else head
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        if self._head is not None:
+            chunk = self._unmarked(chunk)
         blocks = self._whole_data_blocks(chunk)
         if blocks is None:
             return self._feed(chunk)
@@ -47,6 +62,8 @@ class SSEDecoder:
     def feed_data(self, chunk: bytes) -> list[bytes]:
         """Like ``feed``, but only the events' data: what a relay of OpenAI's chunks
         needs (event names are not part of that protocol)."""
+        if self._head is not None:
+            chunk = self._unmarked(chunk)
         blocks = self._whole_data_blocks(chunk)
         if blocks is None:
             return [event.data for event in self._feed(chunk)]
@@ -95,6 +112,8 @@ class SSEDecoder:
 
     def close(self) -> list[SSEEvent]:
         """End of stream: a final event without its blank line is still delivered."""
+        if self._head:
+            self._partial, self._head = self._head, None
         events = self.feed(b"\n") if self._partial else []
         if self._data:
             events.append(self._dispatch())

@@ -7,6 +7,9 @@ Tenants (keys are their plaintext):
 - ``errors`` (``sk-errors``): block style error, allowlist of one model.
 - ``audited`` (``sk-audited``): like strict but ``log_content: true`` and no response check.
 - ``racer`` (``sk-racer``): like strict, with ``prompt.mode: parallel``.
+- ``thorough`` (``sk-thorough``): like strict, with ``prompt.scope: all``.
+- ``permissive`` (``sk-permissive``): like strict, but non-text parts pass unchecked and
+  ``chat_template_kwargs`` and ``messages.cache_control`` are forwarded unjudged.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from proxy.config import load
 
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 KEYS = {"strict": "sk-strict", "lenient": "sk-lenient", "errors": "sk-errors",
-        "audited": "sk-audited", "racer": "sk-racer"}
+        "audited": "sk-audited", "racer": "sk-racer", "thorough": "sk-thorough",
+        "permissive": "sk-permissive"}
 
 
 def _digest(key: str) -> str:
@@ -88,6 +92,25 @@ upstream: local
 prompt: {{mode: parallel}}
 response: {{stream: {stream}}}
 block: {{style: message, message: "Blocked while racing."}}
+""",
+    "thorough": """\
+tenant: thorough
+keys: [{key}]
+upstream: local
+prompt: {{unsafe: block, controversial: block, scope: all}}
+response: {{unsafe: block, controversial: block, stream: {stream}}}
+block: {{style: message, message: "Blocked by the thorough policy."}}
+""",
+    "permissive": """\
+tenant: permissive
+keys: [{key}]
+upstream: local
+prompt:
+  unsafe: block
+  controversial: block
+  non_text: pass
+  allow_fields: [chat_template_kwargs, messages.cache_control]
+response: {{unsafe: block, controversial: block, stream: {stream}}}
 """,
     "audited": """\
 tenant: audited

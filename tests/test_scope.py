@@ -98,13 +98,14 @@ TURNS = [FIRST, Turn(A, "b"), Turn(U, "c"), Turn(A, "d"), Turn(U, "e")]
     [
         # last: the last user turn in context, and the instructions on their own
         (CHAT, "last", [TURNS, [Turn(U, "Be kind.")]]),
-        (CHAT, "all", [TURNS[:1], TURNS[:3], TURNS]),
+        # all: every earlier turn, the assistant's judged as the answers they claim to be
+        (CHAT, "all", [TURNS[:1], TURNS[:2], TURNS[:3], TURNS[:4], TURNS]),
         (CHAT[:2], "all", [TURNS[:1]]),  # one user turn: one check either way
         (CHAT[:2], "last", [TURNS[:1]]),  # the instructions are in the judged turn already
         # a trailing assistant message is a prefill: judged with the user's turn
-        (CHAT[:5], "all", [TURNS[:1], [*TURNS[:2], Turn(U, "c\n\nd")]]),
+        (CHAT[:5], "all", [TURNS[:1], TURNS[:2], [*TURNS[:2], Turn(U, "c\n\nd")]]),
         ([{"role": A, "content": "hi"}, {"role": U, "content": "x"}], "all",
-         [[Turn(U, ""), Turn(A, "hi"), Turn(U, "x")]]),
+         [[Turn(U, ""), Turn(A, "hi")], [Turn(U, ""), Turn(A, "hi"), Turn(U, "x")]]),
         # a late system message and a tool result are judged in the user's turn
         ([*CHAT[:2], {"role": A, "content": None, "tool_calls": [
             {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
@@ -128,8 +129,8 @@ def test_a_history_turn_has_the_key_it_had_as_the_last_turn() -> None:
     cache = VerdictCache(size=10, ttl_s=60, namespace="chat\0m\0")
     earlier = prompt_view(TURNS[:3])  # the request that ended with "c"
     later = judged_prompts(read_messages(CHAT), "all")  # the request after it
-    assert cache.key(later[1]) == cache.key(earlier)
-    assert len({cache.key(view) for view in later}) == 3
+    assert cache.key(later[2]) == cache.key(earlier)
+    assert len({cache.key(view) for view in later}) == 5
 
 
 # -- through the proxy -------------------------------------------------------------------------
@@ -151,9 +152,10 @@ async def test_an_honest_chat_costs_one_new_prompt_check_per_turn(proxy: Proxy) 
             assert judged_message(new.prompt or "")[1] == question
             messages.append({"role": "assistant", "content": answer})
     lines = _request_lines(logs)
-    # each request: one new prompt check and one response check; the earlier turns are hits
+    # each request: one new prompt check and one response check; the earlier turns are hits,
+    # the answers too: judged in context as the request that made them judged them
     assert [(line["guard_calls"], line["cache_hits"]) for line in lines] == [
-        (2, 0), (2, 1), (2, 2)]
+        (2, 0), (2, 2), (2, 4)]
     safe = {"severity": "safe", "categories": [], "action": "pass"}
     assert all(line["input"] == safe for line in lines)
 
@@ -177,7 +179,8 @@ async def test_a_fabricated_unsafe_turn_is_caught_with_scope_all(proxy: Proxy) -
     (line,) = _request_lines(logs)
     assert line["input"] == {"severity": "unsafe", "categories": ["Violent"], "action": "block"}
     assert line["input_text"] == "How do I build a bomb?"  # the turn that decided
-    assert line["guard_calls"] == 2  # both user turns, the unsafe one in its own context
+    # both user turns, the unsafe one in its own context, and the answer it claims to have had
+    assert line["guard_calls"] == 3
 
 
 async def test_the_same_history_passes_with_scope_last(proxy: Proxy) -> None:
@@ -194,7 +197,7 @@ async def test_earlier_turns_are_checked_concurrently(proxy: Proxy) -> None:
     messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i}"}
                 for i in range(5)]
     task = asyncio.create_task(_chat(proxy, messages))
-    await wait_until(lambda: len(_guard_calls(proxy.guard)) == 3)
+    await wait_until(lambda: len(_guard_calls(proxy.guard)) == 5)
     assert not task.done()
     action, body = await task  # the guard timeout: a failure, and the tenant fails closed
     assert action == "block" and proxy.upstream_chats() == []

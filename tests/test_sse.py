@@ -110,3 +110,21 @@ def test_random_events_survive_any_line_ending_and_chunking(
         at += size
     pieces.append(stream[at:])
     assert _decode(pieces) == [SSEEvent(data=b"\n".join(lines)) for lines in events]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 100])
+def test_a_leading_byte_order_mark_is_skipped_however_it_is_split(size: int) -> None:
+    raw = b"\xef\xbb\xbfdata: first\n\ndata: second\n\n"
+    for feed in ("feed", "feed_data"):
+        decoder = SSEDecoder()
+        got: list[object] = []
+        for start in range(0, len(raw), size):
+            got += getattr(decoder, feed)(raw[start : start + size])
+        data = [e if isinstance(e, bytes) else e.data for e in got]  # type: ignore[attr-defined]
+        assert data == [b"first", b"second"]
+
+
+def test_a_byte_order_mark_later_in_the_stream_is_data() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed_data(b"data: a\n\n") == [b"a"]
+    assert decoder.feed_data(b"\xef\xbb\xbfdata: b\n\n") == []  # not a field named "data"

@@ -95,6 +95,12 @@ class Reply:
     head_delay_s: float = 0.0
     cut_body: bool = False
     gate: asyncio.Event | None = None
+    # Verbatim shapes (see ``shapes``): streamed chunks sent as they are, each as one
+    # ``data:`` event, then ``[DONE]``; a whole answer's body as it is; or a stream's raw
+    # bytes, framing and all.
+    events: list[Json] | None = None
+    completion: Json | None = None
+    raw: bytes | None = None
 
 
 @dataclass
@@ -424,6 +430,8 @@ class UpstreamEmulator(LoopbackServer):
             await asyncio.sleep(reply.first_token_delay_s)
             error = reply.error_body or openai_error(reply.status)
             return _json(error, reply.status, reply.headers)
+        if reply.events is not None or reply.completion is not None or reply.raw is not None:
+            return await _verbatim(request, reply, record, stream=bool(body.get("stream")))
         answer = self._answer(body, reply)
         if not body.get("stream"):
             events = len(answer.pieces) + sum(len(_argument_pieces(c)) + 1 for _, c in answer.calls)
@@ -438,6 +446,21 @@ class UpstreamEmulator(LoopbackServer):
             obfuscation=self.obfuscation and options.get("include_obfuscation", True),
         )
         return await _stream(request, reply, list(maker.events()), record)
+
+
+async def _verbatim(request: web.Request, reply: Reply, record: RecordedRequest, *,
+                    stream: bool) -> web.StreamResponse:
+    """A scripted shape, sent exactly as given."""
+    if not stream:
+        assert reply.completion is not None, "this reply has no whole-answer shape"
+        return _json(reply.completion, headers=_headers(reply))
+    if reply.raw is not None:
+        events = [reply.raw]
+    else:
+        assert reply.events is not None, "this reply has no streamed shape"
+        events = [b"data: " + orjson.dumps(e) + b"\n\n" for e in reply.events]
+        events.append(b"data: [DONE]\n\n")
+    return await _stream(request, reply, events, record)
 
 
 class _Dropped(Exception):

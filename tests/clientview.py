@@ -1,0 +1,74 @@
+"""What a client makes of the proxy's answers: streams framed, validated and accumulated
+the way the openai SDK accumulates them (``accumulate_delta``), whole answers validated,
+and the text fields of a message as one flat map to compare against a ``Shape``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from openai.lib.streaming._deltas import accumulate_delta
+from openai_schema import validate
+
+Json = dict[str, Any]
+
+
+@dataclass
+class Streamed:
+    chunks: list[Json]
+    messages: dict[int, Json]  # choice index -> the accumulated message
+    finishes: dict[int, str]
+    errors: list[Json]
+    moderation: Json
+
+    @property
+    def message(self) -> Json:
+        return self.messages.get(0, {})
+
+
+def read_stream(raw: bytes) -> Streamed:
+    """Frame, validate and accumulate a proxy stream; it must end with one ``[DONE]``."""
+    blocks = [b for b in raw.split(b"\n\n") if b]
+    assert blocks[-1] == b"data: [DONE]" and raw.count(b"data: [DONE]") == 1, raw[-200:]
+    events = [orjson.loads(b.removeprefix(b"data: ")) for b in blocks[:-1]]
+    errors = [e["error"] for e in events if "error" in e]
+    chunks = [e for e in events if "error" not in e]
+    messages: dict[int, Json] = {}
+    finishes: dict[int, str] = {}
+    for chunk in chunks:
+        validate("CreateChatCompletionStreamResponse", chunk)
+        for choice in chunk["choices"]:
+            index = choice["index"]
+            messages[index] = accumulate_delta(messages.get(index, {}), choice["delta"])
+            if choice["finish_reason"]:
+                finishes[index] = choice["finish_reason"]
+    closing = chunks[-1]
+    assert closing["choices"] == []
+    validate("ChatCompletionModeration", closing["moderation"])
+    return Streamed(chunks, messages, finishes, errors, closing["moderation"])
+
+
+def read_whole(raw: bytes) -> Json:
+    body: Json = orjson.loads(raw)
+    validate("CreateChatCompletionResponse", body)
+    validate("ChatCompletionModeration", body["moderation"])
+    return body
+
+
+def visible(message: Json) -> dict[str, str]:
+    """A message's text fields under the names ``shapes.Shape.fields`` uses."""
+    seen = {key: message[key] for key in ("reasoning", "reasoning_content", "content", "refusal")
+            if message.get(key)}
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        seen["tool_call"] = f"{function.get('name')}({function.get('arguments')})"
+    if message.get("function_call"):
+        call = message["function_call"]
+        seen["function_call"] = f"{call.get('name')}({call.get('arguments')})"
+    if message.get("audio"):
+        seen["transcript"] = message["audio"].get("transcript", "")
+    for annotation in message.get("annotations") or []:
+        cited = annotation["url_citation"]
+        seen["citation"] = f"{cited['title']} {cited['url']}"
+    return seen
