@@ -21,6 +21,8 @@ upstream that sends what the proxy does not understand.
 from __future__ import annotations
 
 import re
+import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +33,10 @@ _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 #: Known, free of text, and dropped without counting: OpenAI's per-chunk padding.
 QUIET = frozenset({"obfuscation"})
 _STREAMED = ("reasoning_content", "reasoning", "content", "refusal")
+
+
+def new_completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
 
 
 def _str(value: Any) -> str | None:
@@ -144,11 +150,17 @@ def citations(value: Any, removed: Removed) -> list[dict[str, Any]]:
                 and _str(cited.get("title")) is not None and _str(cited.get("url")) is not None
                 and _int(cited.get("start_index")) is not None
                 and _int(cited.get("end_index")) is not None):
+            removed.extra(item, _ANNOTATION)
+            removed.extra(cited, _CITATION)
             kept.append({"type": "url_citation", "url_citation": {
-                key: cited[key] for key in ("start_index", "end_index", "title", "url")}})
+                key: cited[key] for key in _CITATION}})
         else:
             removed.bad(item)
     return kept
+
+
+_ANNOTATION = frozenset({"type", "url_citation"})
+_CITATION = frozenset({"start_index", "end_index", "title", "url"})
 
 
 def audio_fields(value: Any, removed: Removed) -> tuple[dict[str, Any], str]:
@@ -246,10 +258,15 @@ class Completion:
     removed: int
 
 
-def read_completion(data: dict[str, Any], *, prefill: str = "") -> Completion:
+def read_completion(data: dict[str, Any], *, model: str, prefill: str = "") -> Completion:
+    """The client's copy of a whole answer; an id, time or model the upstream did not
+    give as it should are the proxy's own (``model``: the one asked for)."""
     removed = Removed()
     removed.extra(data, _TOP)
-    body = {"object": "chat.completion", **head_fields(data, removed)}
+    head = head_fields(data, removed)
+    body = {"id": head.pop("id", None) or new_completion_id(), "object": "chat.completion",
+            "created": head.pop("created", None) or int(time.time()),
+            "model": head.pop("model", model), **head}
     choices, texts = [], []
     for position, choice in enumerate(data["choices"]):
         built, parts = _whole_choice(choice, position, removed)
@@ -517,7 +534,10 @@ class Outgoing:
         delta = self._delta(first)
         if not delta and self.text.finish_reason is None:
             return None
-        logprobs = None if self.logprobs_lost or not self.logprobs else self.logprobs
+        logprobs = None
+        if self.logprobs and not self.logprobs_lost:
+            logprobs = {"content": self.logprobs.get("content"),
+                        "refusal": self.logprobs.get("refusal")}
         return {"index": self.index, "delta": delta, "logprobs": logprobs,
                 "finish_reason": self.text.finish_reason}
 

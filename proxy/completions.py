@@ -102,7 +102,8 @@ async def complete(call: UpstreamCall, checks: Checks, headers: dict[str, str]
                    ) -> web.Response:
     raw = await call.whole()
     checks.record.upstream_ms = round((time.perf_counter() - call.started) * 1000, 3)
-    answer = read_completion(_completion(raw), prefill=checks.chat.conversation.prefill)
+    answer = read_completion(_completion(raw), model=checks.chat.model,
+                             prefill=checks.chat.conversation.prefill)
     checks.record.removed_fields = answer.removed
     choices = answer.body["choices"]
     outputs = await checks.check_response(answer.texts)

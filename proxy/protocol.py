@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from .answer import new_completion_id
 from .config import CATEGORIES, RESPONSE_CATEGORIES
 from .errors import UpstreamHTTPError
 from .policy import Outcome
@@ -166,10 +166,6 @@ def _score(verdict: Verdict, name: str, named: set[str]) -> float:
 
 
 # -- completions and chunks made by the proxy ---------------------------------------
-
-
-def new_completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
 
 
 def blocked_completion(*, model: str, message: str, moderation: dict[str, Any]) -> dict[str, Any]:

@@ -95,7 +95,7 @@ def _shape_reply(shape: Shape) -> Reply:
 @pytest.mark.parametrize("name", list(SAFE))
 async def test_safe_shapes_arrive_whole_after_their_check(proxy: Proxy, name: str) -> None:
     shape = SAFE[name]
-    raw, line = await _stream(proxy, _shape_reply(shape))
+    raw, _ = await _stream(proxy, _shape_reply(shape))
     answer = read_stream(raw)
     assert visible(answer.message) == shape.fields
     assert answer.finishes[0] in ("stop", "tool_calls", "function_call")
