@@ -91,7 +91,8 @@ async def measure(mode: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def leak(proxy: Any, upstream: UpstreamEmulator, args: argparse.Namespace) -> int:
-    """An answer that turns unsafe after 100 words: characters sent past the failing window."""
+    """An answer that turns unsafe after 100 words: the characters the client got before any
+    passing check covered them (``leaked_chars``)."""
     words = [WORD] * 100 + ["bomb "] + [WORD] * 200
     upstream.replies.append(Reply(content="".join(words), chunks=words,
                                   delay_s=args.token_ms / 1000))

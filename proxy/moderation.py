@@ -75,12 +75,28 @@ class StreamState:
     def feed(self, data: bytes) -> None:
         """Take one upstream ``data:`` payload (not ``[DONE]``)."""
         chunk = self._load(data)
+        choices = chunk.get("choices")
+        # The common case first: a chunk of known keys only, one plain text delta.
+        if (self.head is not None and type(choices) is list and len(choices) == 1
+                and chunk.keys() <= CHUNK_TOP and chunk.get("usage") is None):
+            text = _plain_text(choices[0])
+            if text is not None:
+                first = self.choices.get(0) or self._choice(0)
+                first.parts.content.append(text)
+                first.length += len(text)
+                self.events.append(text)
+                self.sizes.append(len(data))
+                self.ends.append(first.length)
+                self.held += len(data)
+                return
+        self._feed(chunk, choices, data)
+
+    def _feed(self, chunk: dict[str, Any], choices: Any, data: bytes) -> None:
         if self.head is None:
             self.head = StreamHead.of(head_fields(chunk, self.removed), self.model)
-        choices = chunk.get("choices")
         if type(choices) is not list:
             raise StreamFault("upstream chunk has no 'choices' array")
-        if chunk.keys() - CHUNK_TOP:
+        if not chunk.keys() <= CHUNK_TOP:
             self.removed.extra(chunk, CHUNK_TOP)
         if chunk.get("usage") is not None:
             self.usage = usage_numbers(chunk["usage"])
@@ -90,21 +106,17 @@ class StreamState:
             event, held = self._event(choices)
         except ShapeError as exc:
             raise StreamFault(str(exc)) from exc
+        self._keep(event, data, self.length(), held=held)
+
+    def _keep(self, event: Event, data: bytes, length: int, *, held: bool) -> None:
         if held and self.barrier is None:
             self.barrier = len(self.events)
         self.events.append(event)
         self.sizes.append(len(data))
-        self.ends.append(self.length())
+        self.ends.append(length)
         self.held += len(data)
 
     def _event(self, choices: list[Any]) -> tuple[Event, bool]:
-        if len(choices) == 1:
-            text = _plain_text(choices[0])
-            if text is not None:  # the common case: one text delta of the first choice
-                first = self.choices.get(0) or self._choice(0)
-                first.parts.content.append(text)
-                first.length += len(text)
-                return text, False
         deltas, held = [], False
         for choice in choices:
             index = choice_index(choice, self.choices_allowed)
@@ -166,6 +178,9 @@ class StreamState:
         batch, start = self.events[self.sent : stop], self.sent
         self.held -= sum(self.sizes[start:stop])
         self.sent = stop
+        texts = [event for event in batch if type(event) is str]
+        if len(texts) == len(batch):  # text of the first choice only: one plain chunk
+            return self._text_chunk("".join(texts))  # type: ignore[arg-type]
         merged: dict[int, Outgoing] = {}
         for event in batch:
             if isinstance(event, str):
@@ -177,6 +192,13 @@ class StreamState:
                     out = merged[delta.index] = Outgoing(delta.index)
                 out.add(delta)
         return b"".join(self._chunk(merged[index]) for index in sorted(merged))
+
+    def _text_chunk(self, text: str) -> bytes:
+        delta = {"content": text} if 0 in self.started else {"role": "assistant",
+                                                             "content": text}
+        self.started.add(0)
+        self.released_any = True
+        return encode(self.stream_head().chunk([delta_choice(0, delta)]))
 
     def _chunk(self, out: Outgoing) -> bytes:
         choice = out.choice(first=out.index not in self.started)
@@ -215,9 +237,7 @@ def _plain_text(choice: Any) -> str | None:
     """The text of an ordinary text delta of the first choice, else None: a dict with
     nothing but ``index`` 0, a ``delta`` of ``content`` (and ``role``, or a null
     ``refusal``), null ``logprobs`` and a null ``finish_reason``."""
-    if type(choice) is not dict or choice.get("finish_reason") is not None:
-        return None
-    if choice.get("index", 0) != 0 or choice.get("logprobs") is not None:
+    if type(choice) is not dict:
         return None
     delta = choice.get("delta")
     if type(delta) is not dict:
@@ -225,7 +245,9 @@ def _plain_text(choice: Any) -> str | None:
     content = delta.get("content")
     if type(content) is not str or not delta.keys() <= _PLAIN_DELTA:
         return None
-    if delta.get("refusal") is not None:
+    if choice.get("finish_reason") is not None or choice.get("logprobs") is not None:
+        return None
+    if choice.get("index", 0) != 0 or delta.get("refusal") is not None:
         return None
     if not choice.keys() <= _PLAIN_CHOICE and not _plain_extras(choice):
         return None
