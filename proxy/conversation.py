@@ -166,6 +166,8 @@ class _Reader:
             self.pending.append(text)
 
     def _keys(self, message: dict[str, Any], role: str, where: str) -> None:
+        if message.keys() <= _KEYS[role]:
+            return
         for key in message:
             if key not in _KEYS[role] and f"messages.{key}" not in self.allowed:
                 raise UnsupportedParameter(
@@ -232,7 +234,7 @@ class _Reader:
             # the template drops a leading assistant turn: an empty USER turn anchors it
             self.turns.insert(0, Turn("user", ""))
             instructions = tuple((index + 1, text) for index, text in instructions)
-        return Conversation(turns=tuple(self.turns), prefill=Turn("assistant", prefill).text,
+        return Conversation(turns=tuple(self.turns), prefill=guard_text(prefill),
                             instructions=instructions, unchecked=tuple(self.unchecked))
 
 

@@ -41,6 +41,48 @@ class StreamFault(Exception):
         self.said = said  # the upstream's own error message, made safe to show
 
 
+@dataclass(frozen=True, slots=True)
+class PlainShape:
+    """The bytes around the text of a plain text chunk, learned from one that was parsed.
+
+    Servers write every text chunk of a stream the same way, but for the text.  A chunk
+    whose bytes are ``before``, one JSON string and ``after`` parses exactly as the
+    learned chunk with that string as its text: JSON's grammar cannot tell one string
+    literal from another.  So such a chunk needs no parse but of its string."""
+
+    before: bytes
+    after: bytes
+
+    @classmethod
+    def learn(cls, data: bytes, text: str) -> PlainShape | None:
+        """The shape of ``data``, a parsed plain chunk whose text is ``text``; None when
+        its text is not written as orjson writes it (then no shape is learned)."""
+        key = data.rfind(b'"content":')  # the delta's: no other key of a plain chunk
+        if key < 0:
+            return None
+        start = key + len(b'"content":')
+        while data[start : start + 1] == b" ":
+            start += 1
+        literal = orjson.dumps(text)
+        if data[start : start + len(literal)] != literal:
+            return None
+        return cls(data[:start], data[start + len(literal) :])
+
+    def text(self, data: bytes) -> str | None:
+        """The text of ``data`` if it has this shape, else None."""
+        before, after = self.before, self.after
+        if not (data.startswith(before) and data.endswith(after)):
+            return None
+        middle = data[len(before) : len(data) - len(after)]
+        if len(middle) < 2 or middle[0] != 0x22:  # a string literal starts with a quote
+            return None
+        try:
+            text = orjson.loads(middle)
+        except orjson.JSONDecodeError:
+            return None
+        return text if type(text) is str else None
+
+
 #: One event as kept until released: the common case, text for the first choice
 #: only, as a plain string; anything else as its choices' deltas.
 Event = str | list[Delta]
@@ -71,29 +113,53 @@ class StreamState:
     released_any: bool = False
     held: int = 0  # bytes of the events not released yet
     removed: Removed = field(default_factory=Removed)
+    shape: PlainShape | None = None  # learned from the stream's first plain text chunk
+    _learning: int = 4  # plain chunks that may still teach one (a server may not fit)
 
     def feed(self, data: bytes) -> None:
         """Take one upstream ``data:`` payload (not ``[DONE]``)."""
-        chunk = self._load(data)
+        shape = self.shape
+        # The hot path, once per token: ``PlainShape.text``, inlined.
+        if shape is not None and data.startswith(shape.before) and data.endswith(shape.after):
+            middle = data[len(shape.before) : len(data) - len(shape.after)]
+            if len(middle) > 1 and middle[0] == 0x22:
+                try:
+                    text = orjson.loads(middle)
+                except orjson.JSONDecodeError:
+                    text = None
+                if type(text) is str:
+                    self._add_text(text, len(data))
+                    return
+        self._take_chunk(self._load(data), data)
+
+    def _take_chunk(self, chunk: dict[str, Any], data: bytes) -> None:
         choices = chunk.get("choices")
         # The common case first: a chunk of known keys only, one plain text delta.
         if (self.head is not None and type(choices) is list and len(choices) == 1
                 and chunk.keys() <= CHUNK_TOP and chunk.get("usage") is None):
             text = _plain_text(choices[0])
             if text is not None:
-                first = self.choices.get(0) or self._choice(0)
-                first.parts.content.append(text)
-                first.length += len(text)
-                self.events.append(text)
-                self.sizes.append(len(data))
-                self.ends.append(first.length)
-                self.held += len(data)
+                self._add_text(text, len(data))
+                if self._learning:  # no shape yet, or one this chunk did not have
+                    self._learning -= 1
+                    self.shape = PlainShape.learn(data, text) or self.shape
                 return
         self._feed(chunk, choices, data)
 
+    def _add_text(self, text: str, size: int) -> None:
+        first = self.choices.get(0) or self._choice(0)
+        first.parts.content.append(text)
+        first.length += len(text)
+        self.events.append(text)
+        self.sizes.append(size)
+        self.ends.append(first.length)
+        self.held += size
+
     def _feed(self, chunk: dict[str, Any], choices: Any, data: bytes) -> None:
-        if self.head is None:
+        if self.head is None:  # the first chunk: its head, then as any other
             self.head = StreamHead.of(head_fields(chunk, self.removed), self.model)
+            self._take_chunk(chunk, data)
+            return
         if type(choices) is not list:
             raise StreamFault("upstream chunk has no 'choices' array")
         if not chunk.keys() <= CHUNK_TOP:
@@ -180,25 +246,31 @@ class StreamState:
         self.sent = stop
         texts = [event for event in batch if type(event) is str]
         if len(texts) == len(batch):  # text of the first choice only: one plain chunk
-            return self._text_chunk("".join(texts))  # type: ignore[arg-type]
+            return self._text_chunk("".join(texts))
+        last = batch[-1]
+        if len(texts) == len(batch) - 1 and isinstance(last, list) and _only_finish(last):
+            return self._text_chunk("".join(texts), last[0].finish_reason)
         merged: dict[int, Outgoing] = {}
+        run: list[str] = []  # consecutive plain text events, added at once
         for event in batch:
             if isinstance(event, str):
-                (merged.get(0) or merged.setdefault(0, Outgoing(0))).add_content(event)
+                run.append(event)
                 continue
+            if run:
+                _outgoing(merged, 0).add_content("".join(run))
+                run = []
             for delta in event:
-                out = merged.get(delta.index)
-                if out is None:
-                    out = merged[delta.index] = Outgoing(delta.index)
-                out.add(delta)
+                _outgoing(merged, delta.index).add(delta)
+        if run:
+            _outgoing(merged, 0).add_content("".join(run))
         return b"".join(self._chunk(merged[index]) for index in sorted(merged))
 
-    def _text_chunk(self, text: str) -> bytes:
+    def _text_chunk(self, text: str, finish_reason: str | None = None) -> bytes:
         delta = {"content": text} if 0 in self.started else {"role": "assistant",
                                                              "content": text}
         self.started.add(0)
         self.released_any = True
-        return encode(self.stream_head().chunk([delta_choice(0, delta)]))
+        return encode(self.stream_head().chunk([delta_choice(0, delta, finish_reason)]))
 
     def _chunk(self, out: Outgoing) -> bytes:
         choice = out.choice(first=out.index not in self.started)
@@ -231,6 +303,23 @@ class StreamState:
                 events.append(encode(head.chunk([delta_choice(index, delta)])))
             events.append(encode(head.chunk([delta_choice(index, {}, "content_filter")])))
         return b"".join(events)
+
+
+def _only_finish(deltas: list[Delta]) -> bool:
+    """A chunk that only ends the first choice (what most streams end with)."""
+    if len(deltas) != 1:
+        return False
+    delta = deltas[0]
+    return (delta.index == 0 and not delta.texts and not delta.calls and delta.audio is None
+            and delta.function_call is None and not delta.annotations
+            and delta.logprobs is None and not delta.transcript)
+
+
+def _outgoing(merged: dict[int, Outgoing], index: int) -> Outgoing:
+    out = merged.get(index)
+    if out is None:
+        out = merged[index] = Outgoing(index)
+    return out
 
 
 def _plain_text(choice: Any) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .answer import model_list
 from .completions import chat_completions
 from .metrics import CONTENT_TYPE
 from .state import POLICY, RECORD, RUNTIME
@@ -16,12 +17,7 @@ async def post_chat_completions(request: web.Request) -> web.StreamResponse:
 async def get_models(request: web.Request) -> web.Response:
     policy = request[POLICY]
     listing = await request.app[RUNTIME].upstreams[policy.upstream].models()
-    if policy.models is not None and isinstance(listing, dict):
-        data = listing.get("data")
-        if isinstance(data, list):
-            allowed = policy.models
-            listing["data"] = [m for m in data if isinstance(m, dict) and m.get("id") in allowed]
-    return web.json_response(listing)
+    return web.json_response(model_list(listing, policy.models))
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -306,3 +306,16 @@ async def test_window_mode_releases_only_checked_text(proxy: Proxy) -> None:
         covering = [judged for done, judged in passed if done <= arrived]
         assert any(judged.startswith(sofar) or judged == sofar for judged in covering), (
             f"{len(sofar)} characters arrived before a passing check covered them")
+
+
+async def test_the_model_list_keeps_what_openai_lists(proxy: Proxy) -> None:
+    proxy.upstream.model_card_extra = {"root": "/models/a bomb", "max_model_len": 4096,
+                                       "permission": [{"note": "a bomb"}]}
+    listing = await proxy.client().models.list()
+    assert [m.id for m in listing.data] == proxy.upstream.models
+    async with proxy.http.get(proxy.url + "/v1/models",
+                              headers={"Authorization": "Bearer sk-strict"}) as resp:
+        raw = await resp.read()
+    assert b"bomb" not in raw
+    assert all(set(m) == {"id", "object", "created", "owned_by"}
+               for m in orjson.loads(raw)["data"])

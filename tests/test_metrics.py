@@ -206,3 +206,19 @@ async def test_every_worker_reloads(tmp_path: Path, guard_emulator: GuardEmulato
     reloads = [line for line in lines if line["event"] == "policy_reload"]
     assert {line["pid"] for line in reloads} == pids
     assert all(line["outcome"] == "ok" and line["reason"] == trigger for line in reloads)
+
+
+@pytest.mark.parametrize("proxy", [{"stream": "async"}], indirect=True)
+async def test_leaked_characters_and_removed_fields_are_counted(proxy: Proxy) -> None:
+    proxy.guard.latency_s = 0.05  # slower than the stream: async sends text before checks
+    words = [f"w{n} " for n in range(60)]
+    proxy.upstream.replies.append(Reply(chunks=words, delay_s=0.002))
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    events = [{**chunk, "extra": "x", "choices": [{"index": 0, "delta": {"content": "Hi."},
+                                                   "finish_reason": "stop"}]}]
+    proxy.upstream.replies.append(Reply(events=events))
+    assert (await proxy.post(_chat("one", stream=True)))[0] == 200
+    assert (await proxy.post(_chat("two", stream=True)))[0] == 200
+    m = await _scrape(proxy.url)
+    assert _value(m, "guardproxy_leaked_chars_total", tenant="strict") > 0
+    assert _value(m, "guardproxy_removed_fields_total", tenant="strict") == 1

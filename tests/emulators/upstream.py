@@ -316,6 +316,7 @@ class UpstreamEmulator(LoopbackServer):
     default_chunks: int | None = None  # default reply: N synthetic words instead of an echo
     default_delay_s: float = 0.0  # between the default reply's events
     obfuscation: bool = True
+    model_card_extra: Json = field(default_factory=dict)  # e.g. vLLM's root, permission
     url: str = ""
     _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
 
@@ -373,7 +374,8 @@ class UpstreamEmulator(LoopbackServer):
             return error
         record.completed = True
         data = [
-            {"id": m, "object": "model", "created": 1715367049, "owned_by": "system"}
+            {"id": m, "object": "model", "created": 1715367049, "owned_by": "system",
+             **self.model_card_extra}
             for m in self.models
         ]
         return _json({"object": "list", "data": data})
