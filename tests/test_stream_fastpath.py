@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import itertools
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.http1 import HTTPFormatError, _Chunked
+from proxy.moderation import PlainShape
 from proxy.sse import SSEDecoder, SSEError
 
 # one event's lines: mostly the fast path's shape, sometimes what only the general path reads
@@ -113,3 +115,48 @@ def test_a_cr_ended_line_then_a_partial_line_keeps_the_next_lf() -> None:
     the earlier CR-ended line might have begun."""
     pieces = [b"data: a\rdata: b", b"\ndata: c\n\n"]
     assert _fast(pieces) == _general(pieces) == [b"a\nb\nc"]
+
+
+# -- PlainShape: a text chunk read without a full parse ---------------------------------------
+
+_TEXT = st.text(st.sampled_from(['a', ' ', '"', '\\', '/', 'é', '日', '\n', '\u2028', '\x00',
+                                 '}', ',', ':', '{']), max_size=12)
+# what may stand where the text's literal stands in a later chunk: literals, and not
+_MIDDLE = st.one_of(
+    _TEXT.map(orjson.dumps),
+    st.sampled_from([b'"a","x":"b"', b'"a"},"x":{"y":"', b'"\\u0022"', b'null', b'5',
+                     b'"a" ', b'""', b'"', b'"\\"', b'["a"]', b'"a"\n', b'"\\ud800"']),
+)
+_LAYOUT = st.sampled_from([
+    ('{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":'
+     '[{"index":0,"delta":{"content":', '},"logprobs":null,"finish_reason":null}]}'),
+    ('{"id": "c", "choices": [{"index": 0, "delta": {"content": ',
+     '}, "finish_reason": null, "token_ids": null}]}'),
+])
+
+
+@settings(max_examples=400, deadline=None)
+@given(_LAYOUT, _TEXT, _MIDDLE)
+def test_a_shaped_chunk_reads_as_its_full_parse(layout: tuple[str, str], learned: str,
+                                                middle: bytes) -> None:
+    before, after = (part.encode() for part in layout)
+    shape = PlainShape.learn(before + orjson.dumps(learned) + after, learned)
+    assert shape is not None
+    data = before + middle + after
+    text = shape.text(data)
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        assert text is None  # never a text from a chunk that does not parse
+        return
+    content = parsed["choices"][0]["delta"]["content"]
+    if text is not None:
+        assert text == content  # the same text a full parse finds
+    else:
+        assert not isinstance(content, str) or middle != orjson.dumps(content)
+
+
+def test_a_shape_is_not_learned_from_text_written_another_way() -> None:
+    # json.dumps's default ASCII escapes: the literal differs from orjson's, so no shape
+    data = b'{"choices":[{"delta":{"content":"caf\\u00e9"}}]}'
+    assert PlainShape.learn(data, "café") is None
