@@ -5,7 +5,9 @@
 For buffer, window and async it reports: the time to the first text the client sees,
 against the upstream's own (so the difference is what moderation adds), the response
 checks per 1,000 characters of a safe answer, and, for an answer that turns unsafe, how
-many characters reached the client past the end of the failing window.
+many characters reached the client before any passing check covered them (``leaked_chars``),
+and how many of those came after the last check that passed (the unchecked tail: at most a
+window and what arrives while the failing check runs).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from structlog.testing import capture_logs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from emulators.guard import GuardEmulator
+from emulators.guard import GuardEmulator, judged_message
 from emulators.upstream import Reply, UpstreamEmulator
 from harness import KEYS, UPSTREAM_KEY, start_proxy
 
@@ -73,7 +75,7 @@ async def measure(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                 proxy.http, proxy.url + "/v1/chat/completions",
                 {"Authorization": f"Bearer {KEYS['strict']}"}))
             calls.append(len(guard.requests) - before - 1)  # less the prompt check
-        leaks = [await leak(proxy, upstream, args) for _ in range(args.runs)]
+        leaks = [await leak(proxy, guard, upstream, args) for _ in range(args.runs)]
     finally:
         await proxy.http.close()
         await server.close()
@@ -86,20 +88,27 @@ async def measure(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         "first_text_ms": statistics.median(through),
         "added_ms": statistics.median(t - d for t, d in zip(through, direct, strict=True)),
         "checks_per_1000_chars": statistics.median(calls) * 1000 / chars,
-        "leaked_chars": max(leaks) if mode == "async" else 0,
+        "leaked_chars": max(leaked for leaked, _ in leaks) if mode == "async" else 0,
+        "tail_chars": max(tail for _, tail in leaks) if mode == "async" else 0,
     }
 
 
-async def leak(proxy: Any, upstream: UpstreamEmulator, args: argparse.Namespace) -> int:
-    """An answer that turns unsafe after 100 words: the characters the client got before any
-    passing check covered them (``leaked_chars``)."""
+async def leak(proxy: Any, guard: GuardEmulator, upstream: UpstreamEmulator,
+               args: argparse.Namespace) -> tuple[int, int]:
+    """An answer that turns unsafe after 100 words: ``leaked_chars``, and the part of it
+    sent after the last check that passed."""
     words = [WORD] * 100 + ["bomb "] + [WORD] * 200
     upstream.replies.append(Reply(content="".join(words), chunks=words,
                                   delay_s=args.token_ms / 1000))
+    before = len(guard.requests)
     with capture_logs() as logs:
         await proxy.post(body())
     (line,) = [entry for entry in logs if entry["event"] == "request"]
-    return int(line.get("leaked_chars") or 0)
+    leaked = int(line.get("leaked_chars") or 0)
+    checks = [r.prompt for r in guard.requests[before:]
+              if r.prompt and "LAST ASSISTANT" in r.prompt]
+    passed = len(judged_message(checks[-2])[1]) if len(checks) > 1 else 0
+    return leaked, max(0, leaked - passed)
 
 
 def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -107,12 +116,14 @@ def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
            f"{args.token_ms} ms, {args.chars}-character answers, median of {args.runs} runs",
            "",
            "| mode | first text (upstream alone) | first text through the proxy | added | "
-           "response checks per 1,000 chars | leaked chars (max) |",
-           "| --- | ---: | ---: | ---: | ---: | ---: |"]
+           "response checks per 1,000 chars | leaked chars (max) | of which after the last "
+           "passed check |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         out.append(f"| {r['mode']} | {r['upstream_first_text_ms']:.0f} ms | "
                    f"{r['first_text_ms']:.0f} ms | {r['added_ms']:.0f} ms | "
-                   f"{r['checks_per_1000_chars']:.1f} | {r['leaked_chars']} |")
+                   f"{r['checks_per_1000_chars']:.1f} | {r['leaked_chars']} | "
+                   f"{r['tail_chars']} |")
     return "\n".join(out)
 
 

@@ -20,13 +20,15 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
 from aiohttp.test_utils import TestServer
 from emulators.guard import GuardEmulator
 from emulators.upstream import UpstreamEmulator
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openai import AsyncOpenAI
 
 from proxy.app import create_app
@@ -192,3 +194,20 @@ async def running_proxy(root: Path, guard: GuardEmulator, upstream: UpstreamEmul
     finally:
         await running.http.close()
         await server.close()
+
+
+T = TypeVar("T")
+
+
+def drawn(strategy: st.SearchStrategy[T], count: int) -> list[T]:
+    """``count`` examples of ``strategy``, drawn up front: a test whose proxy runs in its own
+    event loop cannot be a hypothesis test itself, so it loops over these."""
+    found: list[T] = []
+
+    @settings(max_examples=count, deadline=None, database=None)
+    @given(strategy)
+    def draw(example: T) -> None:
+        found.append(example)
+
+    draw()
+    return found

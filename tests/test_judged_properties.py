@@ -23,8 +23,7 @@ import pytest
 from clientview import read_stream, read_whole, visible
 from emulators.guard import judged_message
 from emulators.upstream import Reply
-from harness import Proxy
-from hypothesis import given, settings
+from harness import Proxy, drawn
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
@@ -226,18 +225,6 @@ def completion(answer: Answer) -> Json:
     return body
 
 
-def _examples(strategy: st.SearchStrategy[Any], count: int) -> list[Any]:
-    found: list[Any] = []
-
-    @settings(max_examples=count, deadline=None, database=None)
-    @given(strategy)
-    def draw(example: Any) -> None:
-        found.append(example)
-
-    draw()
-    return found
-
-
 # -- answers -------------------------------------------------------------------------------------
 
 
@@ -265,7 +252,7 @@ def _check_whole(answer: Answer, raw: bytes) -> None:
                          ids=["buffer", "window"])
 async def test_no_marker_in_any_answer_reaches_the_client(proxy: Proxy) -> None:
     removed = 0
-    for answer in _examples(answers(), 60):
+    for answer in drawn(answers(), 60):
         for stream, check in ((True, _check_stream), (False, _check_whole)):
             proxy.upstream.replies.append(Reply(events=stream_events(answer),
                                                 completion=completion(answer)))
@@ -363,7 +350,7 @@ _requests = st.tuples(st.sampled_from(PLACES), _safe, st.integers(1, 3))
 @pytest.mark.parametrize("tenant", ["thorough", "strict"])
 async def test_no_marker_in_any_request_reaches_the_upstream(proxy: Proxy, tenant: str) -> None:
     outcomes = set()
-    for place, text, history in _examples(_requests, 60):
+    for place, text, history in drawn(_requests, 60):
         if tenant == "strict" and place in HISTORY:
             continue  # scope: last reads earlier turns as context (see test_scope)
         proxy.upstream.replies.append(Reply(content="fine"))

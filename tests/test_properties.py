@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 from emulators.guard import GuardEmulator
 from emulators.upstream import UpstreamEmulator
-from harness import KEYS, start_proxy
+from harness import KEYS, drawn, start_proxy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -116,7 +116,7 @@ async def test_no_request_body_makes_a_500(tmp_path: Path) -> None:
             assert resp.status < 500, (body, resp.status)
 
     try:
-        for body in _examples(80):
+        for body in drawn(_bodies, 80):
             await post(body)
     finally:
         await proxy.http.close()
@@ -124,16 +124,3 @@ async def test_no_request_body_makes_a_500(tmp_path: Path) -> None:
         await guard.close()
         await upstream.close()
     assert 400 in statuses and 200 in statuses  # both kinds of body were tried
-
-
-def _examples(count: int) -> list[bytes]:
-    """``count`` bodies drawn from ``_bodies`` (drawn up front: the proxy runs in this loop)."""
-    found: list[bytes] = []
-
-    @settings(max_examples=count, deadline=None, database=None)
-    @given(_bodies)
-    def draw(body: bytes) -> None:
-        found.append(body)
-
-    draw()
-    return found
