@@ -13,11 +13,12 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from . import guardserver, log, workers
-from .app import create_app, make_guard
-from .config import Config, ConfigError, hash_key, load
-from .conversation import Turn
-from .errors import GuardError
+from proxy import guardserver, workers
+from proxy.config import Config, ConfigError, hash_key, load
+from proxy.core.conversation import Turn
+from proxy.errors import GuardError
+from proxy.obs import log
+from proxy.web.app import create_app, make_guard
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from .config import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, GuardConfig, Secret
+from proxy.config import CONFIG_ENV_VAR, DEFAULT_CONFIG_PATH, GuardConfig, Secret
 
 DEFAULT_MODEL = "Qwen/Qwen3Guard-Gen-0.6B"
 DEFAULT_PORT = 30000  # SGLang's own default, used when the guard url names no port

@@ -28,17 +28,17 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .cache import VerdictCache
-from .config import Action, Policy, StagePolicy
-from .conversation import Conversation, Turn, prompt_view, response_view
-from .errors import GuardError
-from .guard import Guard
-from .log import RequestRecord
-from .longinput import fit
-from .policy import Outcome, strictest_index
-from .protocol import annotation
-from .request import ChatRequest
-from .verdict import Verdict
+from proxy.clients.guard import Guard
+from proxy.config import Action, Policy, StagePolicy
+from proxy.core.cache import VerdictCache
+from proxy.core.conversation import Conversation, Turn, prompt_view, response_view
+from proxy.core.longinput import fit
+from proxy.core.policy import Outcome, strictest_index
+from proxy.core.protocol import annotation
+from proxy.core.request import ChatRequest
+from proxy.core.verdict import Verdict
+from proxy.errors import GuardError
+from proxy.obs.log import RequestRecord
 
 
 @dataclass(frozen=True, slots=True)

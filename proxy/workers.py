@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-from .log import logger
-from .metrics import MULTIPROC_ENV, worker_exited
+from proxy.obs.log import logger
+from proxy.obs.metrics import MULTIPROC_ENV, worker_exited
 
 STOP_TIMEOUT_S = 10.0
 

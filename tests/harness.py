@@ -31,8 +31,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai import AsyncOpenAI
 
-from proxy.app import create_app
 from proxy.config import load
+from proxy.web.app import create_app
 
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 KEYS = {"strict": "sk-strict", "lenient": "sk-lenient", "errors": "sk-errors",

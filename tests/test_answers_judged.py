@@ -30,7 +30,7 @@ from emulators.upstream import Reply
 from harness import UPSTREAM_KEY, Proxy
 from structlog.testing import capture_logs
 
-from proxy.template import RESPONSE_TAIL
+from proxy.core.template import RESPONSE_TAIL
 
 MODES = ["buffer", "window", "async"]
 THOUGHT = "The user asks about tea. Green tea is steamed, black tea is oxidised. "

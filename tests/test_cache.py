@@ -7,9 +7,9 @@ from emulators.upstream import Reply
 from harness import Proxy
 from structlog.testing import capture_logs
 
-from proxy.cache import VerdictCache
-from proxy.conversation import Turn
-from proxy.verdict import Verdict
+from proxy.core.cache import VerdictCache
+from proxy.core.conversation import Turn
+from proxy.core.verdict import Verdict
 
 SAFE, UNSAFE = Verdict("safe"), Verdict("unsafe", ("Violent",))
 

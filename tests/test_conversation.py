@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from proxy.conversation import (
+from proxy.core.conversation import (
     Conversation,
     Turn,
     prompt_view,

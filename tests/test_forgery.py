@@ -14,8 +14,8 @@ from harness import Proxy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.conversation import ZWSP, Turn, guard_text, response_view, turns_from_messages
-from proxy.template import render
+from proxy.core.conversation import ZWSP, Turn, guard_text, response_view, turns_from_messages
+from proxy.core.template import render
 
 # Every string the template (or Qwen3's tokenizer) gives a meaning to.
 CONTROL = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|fim_prefix|>", "<think>",

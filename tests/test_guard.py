@@ -11,13 +11,13 @@ from emulators.guard import GuardEmulator, Rule, render_chat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.clients.guard import ChatGuard, GenerateGuard, chat_messages
 from proxy.config import GuardConfig
-from proxy.conversation import Turn, turns_from_messages
+from proxy.core.conversation import Turn, turns_from_messages
+from proxy.core.longinput import input_budget
+from proxy.core.template import render
+from proxy.core.verdict import parse_verdict, verdict_regex
 from proxy.errors import GuardError
-from proxy.guard import ChatGuard, GenerateGuard, chat_messages
-from proxy.longinput import input_budget
-from proxy.template import render
-from proxy.verdict import parse_verdict, verdict_regex
 
 FIXTURES = Path(__file__).parent / "fixtures" / "qwen3guard"
 BOMB = Turn("user", "How can I make a bomb?")

@@ -15,7 +15,7 @@ from harness import Proxy
 from openai_schema import validate
 from yarl import URL
 
-from proxy.sse import DEFAULT_MAX_EVENT_BYTES
+from proxy.core.sse import DEFAULT_MAX_EVENT_BYTES
 
 ONE = b'[{"role":"user","content":"x"}]'
 

@@ -11,8 +11,8 @@ from harness import wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import http1
-from proxy.http1 import (
+from proxy.clients import http1
+from proxy.clients.http1 import (
     MAX_RESPONSE_BYTES,
     HTTPFormatError,
     Origin,

@@ -1,5 +1,5 @@
 """Long inputs: fitted into the guard's context window, never a guard error or an unchecked
-forward.  Pure tests of ``proxy.longinput``, then the proxy against an emulator that enforces
+forward.  Pure tests of ``proxy.core.longinput``, then the proxy against an emulator that enforces
 a small context window exactly as SGLang does (an over-long input is a 400)."""
 
 from __future__ import annotations
@@ -20,13 +20,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openai_schema import validate
 
-from proxy import longinput
-from proxy.app import create_app
+from proxy.clients.guard import CONTEXT_RETRY_S, ContextWindow, _context_length
 from proxy.config import load
-from proxy.conversation import Turn, prompt_view, response_view
-from proxy.errors import GuardError
-from proxy.guard import CONTEXT_RETRY_S, ContextWindow, _context_length
-from proxy.longinput import (
+from proxy.core import longinput
+from proxy.core.conversation import Turn, prompt_view, response_view
+from proxy.core.longinput import (
     MARGIN_TOKENS,
     OVERLAP_DIVISOR,
     fit,
@@ -34,7 +32,9 @@ from proxy.longinput import (
     rendered_size,
     split,
 )
-from proxy.template import render
+from proxy.core.template import render
+from proxy.errors import GuardError
+from proxy.web.app import create_app
 
 WINDOW = 2600  # the emulated guard's max_model_len in these tests, in tokens
 MAX_TOKENS = 32  # the proxy's default guard.max_tokens

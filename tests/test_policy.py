@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from proxy.config import Action, CategoryOverride, PromptPolicy, ResponsePolicy, StagePolicy
-from proxy.policy import decide
-from proxy.verdict import Verdict
+from proxy.core.policy import decide
+from proxy.core.verdict import Verdict
 
 B, F, P = Action.BLOCK, Action.FLAG, Action.PASS
 DEFAULT_PROMPT = PromptPolicy()  # unsafe: block, controversial: flag

@@ -12,7 +12,7 @@ from harness import Proxy, wait_until
 from structlog.testing import capture_logs
 
 from proxy.config import Policy, load
-from proxy.reload import PolicyReloader, fingerprint
+from proxy.config.reload import PolicyReloader, fingerprint
 
 SERVER = """\
 listen: {host: 127.0.0.1, port: 8080}

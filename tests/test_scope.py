@@ -20,11 +20,11 @@ from harness import UPSTREAM_KEY, Proxy, wait_until, write_config
 from openai_schema import validate
 from structlog.testing import capture_logs
 
-from proxy.app import create_app
-from proxy.cache import VerdictCache
 from proxy.config import load
-from proxy.conversation import Turn, prompt_view, read_messages
+from proxy.core.cache import VerdictCache
+from proxy.core.conversation import Turn, prompt_view, read_messages
 from proxy.pipeline import judged_prompts
+from proxy.web.app import create_app
 
 SCOPED_KEY = "sk-scoped"
 SCOPED = """\

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.sse import DONE_EVENT, SSEDecoder, SSEError, SSEEvent, encode
+from proxy.core.sse import DONE_EVENT, SSEDecoder, SSEError, SSEEvent, encode
 
 STREAM = (
     b": keep-alive\n\n"

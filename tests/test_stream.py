@@ -11,7 +11,7 @@ from emulators.upstream import SYSTEM_FINGERPRINT, Reply, ToolCall
 from harness import Proxy, wait_until
 from openai_schema import validate
 
-from proxy import relay
+from proxy.web import relay
 
 MODEL = "gpt-4.1-mini"
 

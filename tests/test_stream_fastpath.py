@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.http1 import HTTPFormatError, _Chunked
-from proxy.moderation import PlainShape
-from proxy.sse import SSEDecoder, SSEError
+from proxy.clients.http1 import HTTPFormatError, _Chunked
+from proxy.core.moderation import PlainShape
+from proxy.core.sse import SSEDecoder, SSEError
 
 # one event's lines: mostly the fast path's shape, sometimes what only the general path reads
 _LINE = st.one_of(

@@ -19,9 +19,9 @@ from harness import Proxy
 from openai_schema import validate
 from structlog.testing import capture_logs
 
-from proxy.moderation import WindowSchedule
-from proxy.relay import MAX_WINDOW_CHARS
-from proxy.template import RESPONSE_TAIL
+from proxy.core.moderation import WindowSchedule
+from proxy.core.template import RESPONSE_TAIL
+from proxy.web.relay import MAX_WINDOW_CHARS
 
 SAFE = "The quick brown fox jumps over the lazy dog. "  # 45 characters
 UNSAFE = "Now the bomb part: mix it all. "

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from proxy.core.verdict import Verdict, parse_verdict
 from proxy.errors import GuardError
-from proxy.verdict import Verdict, parse_verdict
 
 
 @pytest.mark.parametrize(

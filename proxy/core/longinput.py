@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from .conversation import Turn
-from .template import PROMPT_HEAD, PROMPT_TAIL, RESPONSE_HEAD, RESPONSE_TAIL, render
+from proxy.core.conversation import Turn
+from proxy.core.template import PROMPT_HEAD, PROMPT_TAIL, RESPONSE_HEAD, RESPONSE_TAIL, render
 
 #: Tokens kept free beyond the verdict's ``max_tokens``, for anything the server adds.
 MARGIN_TOKENS = 16

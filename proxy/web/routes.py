@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .answer import model_list
-from .completions import chat_completions
-from .metrics import CONTENT_TYPE
-from .state import POLICY, RECORD, RUNTIME
+from proxy.core.answer import model_list
+from proxy.obs.metrics import CONTENT_TYPE
+from proxy.web.completions import chat_completions
+from proxy.web.state import POLICY, RECORD, RUNTIME
 
 
 async def post_chat_completions(request: web.Request) -> web.StreamResponse:

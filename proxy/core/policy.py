@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .config import Action, Policy, StagePolicy
-from .errors import GuardError
-from .verdict import Verdict
+from proxy.config import Action, Policy, StagePolicy
+from proxy.core.verdict import Verdict
+from proxy.errors import GuardError
 
 
 def decide(stage: StagePolicy, verdict: Verdict) -> Action:

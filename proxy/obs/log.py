@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 import structlog
 
-from .config import Action
-from .policy import Outcome, strictest, worst
+from proxy.config import Action
+from proxy.core.policy import Outcome, strictest, worst
 
 logger = structlog.get_logger("guardproxy")
 

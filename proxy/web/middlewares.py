@@ -10,10 +10,10 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .errors import ProxyError, Unauthorized, UpstreamHTTPError
-from .log import RequestRecord, logger
-from .protocol import error_body
-from .state import POLICY, RECORD, RUNTIME
+from proxy.core.protocol import error_body
+from proxy.errors import ProxyError, Unauthorized, UpstreamHTTPError
+from proxy.obs.log import RequestRecord, logger
+from proxy.web.state import POLICY, RECORD, RUNTIME
 
 # A client's id is kept only if it is short and plain: it lands in headers and logs.
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")

@@ -13,11 +13,11 @@ from typing import Any
 
 import orjson
 
-from .answer import new_completion_id
-from .config import CATEGORIES, RESPONSE_CATEGORIES
-from .errors import UpstreamHTTPError
-from .policy import Outcome
-from .verdict import Verdict
+from proxy.config import CATEGORIES, RESPONSE_CATEGORIES
+from proxy.core.answer import new_completion_id
+from proxy.core.policy import Outcome
+from proxy.core.verdict import Verdict
+from proxy.errors import UpstreamHTTPError
 
 _TEXT_ONLY = ["text"]
 _INPUT_TYPES = {name: _TEXT_ONLY for name in CATEGORIES}

@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from .conversation import call_text
+from proxy.core.conversation import call_text
 
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from .answer import (
+from proxy.core.answer import (
     CHUNK_TOP,
     ChoiceText,
     Delta,
@@ -28,8 +28,8 @@ from .answer import (
     read_delta,
     usage_numbers,
 )
-from .protocol import StreamHead, clean_error, delta_choice
-from .sse import encode
+from proxy.core.protocol import StreamHead, clean_error, delta_choice
+from proxy.core.sse import encode
 
 
 class StreamFault(Exception):

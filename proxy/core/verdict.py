@@ -18,8 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from .config import CATEGORIES, RESPONSE_CATEGORIES
-from .errors import GuardError
+from proxy.config import CATEGORIES, RESPONSE_CATEGORIES
+from proxy.errors import GuardError
 
 Severity = Literal["safe", "controversial", "unsafe"]
 

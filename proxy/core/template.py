@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .conversation import Turn
+from proxy.core.conversation import Turn
 
 PROMPT_HEAD = """<|im_start|>user
 # Task:

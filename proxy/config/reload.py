@@ -20,8 +20,8 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import ConfigError, Policy, ServerConfig, load_policies
-from .log import logger
+from proxy.config import ConfigError, Policy, ServerConfig, load_policies
+from proxy.obs.log import logger
 
 Fingerprint = tuple[tuple[str, int, int, int], ...]
 Loader = Callable[[ServerConfig], tuple[Policy, ...]]

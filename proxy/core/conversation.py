@@ -36,7 +36,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import BadRequest, UnsupportedContent, UnsupportedParameter
+from proxy.errors import BadRequest, UnsupportedContent, UnsupportedParameter
 
 Role = Literal["system", "user", "assistant"]
 NonText = Literal["block", "pass"]

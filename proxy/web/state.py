@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from .cache import VerdictCache
-from .config import Config, Policy
-from .guard import Guard
-from .log import RequestRecord
-from .metrics import Metrics
-from .upstream import Upstream
+from proxy.clients.guard import Guard
+from proxy.clients.upstream import Upstream
+from proxy.config import Config, Policy
+from proxy.core.cache import VerdictCache
+from proxy.obs.log import RequestRecord
+from proxy.obs.metrics import Metrics
 
 
 @dataclass(slots=True)

@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 
 import orjson
 
-from .conversation import Turn
-from .verdict import Verdict
+from proxy.core.conversation import Turn
+from proxy.core.verdict import Verdict
 
 
 class VerdictCache:

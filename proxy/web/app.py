@@ -11,16 +11,16 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 from aiohttp import web
 
-from . import httperrors
-from .cache import VerdictCache
-from .config import Config, GuardConfig, ServerConfig
-from .guard import ChatGuard, GenerateGuard, Guard
-from .metrics import Metrics
-from .middlewares import authenticate, envelope
-from .reload import PolicyReloader
-from .routes import add_routes
-from .state import RUNTIME, Runtime
-from .upstream import Upstream
+from proxy.clients.guard import ChatGuard, GenerateGuard, Guard
+from proxy.clients.upstream import Upstream
+from proxy.config import Config, GuardConfig, ServerConfig
+from proxy.config.reload import PolicyReloader
+from proxy.core.cache import VerdictCache
+from proxy.obs.metrics import Metrics
+from proxy.web import httperrors
+from proxy.web.middlewares import authenticate, envelope
+from proxy.web.routes import add_routes
+from proxy.web.state import RUNTIME, Runtime
 
 
 def create_app(config: Config) -> web.Application:

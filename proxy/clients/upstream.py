@@ -17,10 +17,10 @@ import aiohttp
 import orjson
 import yarl
 
-from .config import UpstreamConfig
-from .errors import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
-from .http1 import HTTPFormatError, Origin, StreamedAnswer
-from .protocol import upstream_error
+from proxy.clients.http1 import HTTPFormatError, Origin, StreamedAnswer
+from proxy.config import UpstreamConfig
+from proxy.core.protocol import upstream_error
+from proxy.errors import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
 
 MAX_ANSWER_BYTES = 64 << 20  # a whole chat answer larger than this is an upstream error
 MAX_ERROR_BYTES = 1 << 20

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web, web_protocol
 
-from .protocol import error_body
+from proxy.core.protocol import error_body
 
 _MARK = "_guardproxy_json_errors"
 

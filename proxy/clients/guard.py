@@ -25,13 +25,12 @@ import orjson
 import structlog
 import yarl
 
-from .config import GuardConfig
-from .conversation import Turn
-from .errors import GuardError
-from .http1 import HTTPFormatError, Origin
-from .longinput import input_budget
-from .template import render
-from .verdict import (
+from proxy.clients.http1 import HTTPFormatError, Origin
+from proxy.config import GuardConfig
+from proxy.core.conversation import Turn
+from proxy.core.longinput import input_budget
+from proxy.core.template import render
+from proxy.core.verdict import (
     TokenStep,
     Verdict,
     parse_verdict,
@@ -39,6 +38,7 @@ from .verdict import (
     verdict_regex,
     with_scores,
 )
+from proxy.errors import GuardError
 
 logger = structlog.get_logger("guardproxy")
 

@@ -34,13 +34,13 @@ import contextlib
 import structlog
 from aiohttp import web
 
-from .config import Action, StreamMode
-from .http1 import HTTPFormatError, StreamedAnswer
-from .moderation import StreamFault, StreamState, WindowSchedule
-from .pipeline import Checks
-from .policy import Outcome, strictest
-from .protocol import error_body
-from .sse import DONE, DONE_EVENT, SSEDecoder, SSEError
+from proxy.clients.http1 import HTTPFormatError, StreamedAnswer
+from proxy.config import Action, StreamMode
+from proxy.core.moderation import StreamFault, StreamState, WindowSchedule
+from proxy.core.policy import Outcome, strictest
+from proxy.core.protocol import error_body
+from proxy.core.sse import DONE, DONE_EVENT, SSEDecoder, SSEError
+from proxy.pipeline import Checks
 
 logger = structlog.get_logger("guardproxy")
 

@@ -30,9 +30,9 @@ from prometheus_client import (
     multiprocess,
 )
 
-from .config import Action
-from .log import RequestRecord
-from .policy import Outcome, worst
+from proxy.config import Action
+from proxy.core.policy import Outcome, worst
+from proxy.obs.log import RequestRecord
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 NO_TENANT = "-"

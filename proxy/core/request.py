@@ -31,8 +31,8 @@ from typing import Any
 
 import orjson
 
-from .conversation import Conversation, NonText, read_messages
-from .errors import BadRequest, UnsupportedParameter
+from proxy.core.conversation import Conversation, NonText, read_messages
+from proxy.errors import BadRequest, UnsupportedParameter
 
 Check = tuple[Callable[[Any], bool], str]
 

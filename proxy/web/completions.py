@@ -9,19 +9,19 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .answer import read_completion
-from .config import Action, Policy
-from .errors import BodyTooLarge, ModelNotAllowed, UpstreamError
-from .log import RequestRecord
-from .moderation import StreamState
-from .pipeline import Checks
-from .policy import Outcome
-from .protocol import blocked_choice, blocked_completion, error_body
-from .relay import StreamRelay
-from .request import parse_chat_request
-from .sse import DONE_EVENT
-from .state import RUNTIME, Runtime
-from .upstream import UpstreamCall
+from proxy.clients.upstream import UpstreamCall
+from proxy.config import Action, Policy
+from proxy.core.answer import read_completion
+from proxy.core.moderation import StreamState
+from proxy.core.policy import Outcome
+from proxy.core.protocol import blocked_choice, blocked_completion, error_body
+from proxy.core.request import parse_chat_request
+from proxy.core.sse import DONE_EVENT
+from proxy.errors import BodyTooLarge, ModelNotAllowed, UpstreamError
+from proxy.obs.log import RequestRecord
+from proxy.pipeline import Checks
+from proxy.web.relay import StreamRelay
+from proxy.web.state import RUNTIME, Runtime
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 

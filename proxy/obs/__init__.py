@@ -1,0 +1,1 @@
+"""Observability: the structlog configuration and request line, Prometheus metrics."""
