@@ -14,9 +14,9 @@ import orjson
 from aiohttp import web
 
 from proxy import guardserver, workers
-from proxy.config import Config, ConfigError, hash_key, load
+from proxy.config import Config, hash_key, load
 from proxy.core.conversation import Turn
-from proxy.errors import GuardError
+from proxy.errors import ConfigError, GuardError
 from proxy.obs import log
 from proxy.web.app import create_app, make_guard
 

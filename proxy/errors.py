@@ -1,4 +1,7 @@
-"""The proxy's exception tree; each error knows its HTTP status and OpenAI shape.
+"""Every exception the proxy raises, in one tree.  A ``ProxyError`` knows its HTTP
+status and OpenAI shape and is answered as such; the others are translated where they
+are caught (a guard failure by the tenant's ``on_guard_error``, a wire error into an
+upstream error or an in-band stream error, a config error into ``file:line`` lines).
 
     ProxyError                      status, type, code, param
     ├── BadRequest                  400 invalid_request_error
@@ -11,8 +14,17 @@
     │   ├── UpstreamUnreachable     502
     │   ├── UpstreamTimeout         504
     │   └── UpstreamHTTPError       the upstream's error status, its message sanitised
-    └── GuardError                  the guard could not give a verdict (never sent to clients
+    GuardError                      the guard could not give a verdict (never sent to clients
                                     directly: the tenant's on_guard_error decides)
+    ConfigError                     every file:line problem of a config and its policies
+    WireError                       what a peer sent cannot be read; never relayed as it came
+    ├── HTTPFormatError             an HTTP/1.1 answer breaks the grammar
+    │   └── StreamCut               a streamed answer's connection closed mid-body
+    ├── SSEError                    an event stream breaks the grammar or the size bound
+    ├── ShapeError                  a chunk's framing (a choice or tool-call index) is unreadable
+    └── StreamFault                 a started stream cannot go on: an error event, a bad chunk
+    StaleConnection                 (a ConnectionResetError) a kept-alive connection closed
+                                    before any byte of the answer: sent again, once
 """
 
 from __future__ import annotations
@@ -98,3 +110,47 @@ class GuardError(Exception):
         super().__init__(message)
         self.kind = kind
         self.message = message
+
+
+class ConfigError(Exception):
+    """Every problem found while loading, each as ``file:line: message``."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class WireError(Exception):
+    """What a peer (the upstream, the guard) sent cannot be read."""
+
+
+class HTTPFormatError(WireError):
+    """The server's answer is not HTTP/1.1 we can read."""
+
+
+class StreamCut(HTTPFormatError):
+    """A streamed answer's connection closed before its body was complete."""
+
+
+class SSEError(WireError):
+    """The stream broke the grammar or the size bound."""
+
+
+class ShapeError(WireError):
+    """A chunk that cannot be read at all (its framing, not its text, is wrong)."""
+
+
+class StreamFault(WireError):
+    """The upstream stream cannot be relayed: an error event or an unreadable chunk."""
+
+    def __init__(self, message: str, *, said: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.said = said  # the upstream's own error message, made safe to show
+
+
+class StaleConnection(ConnectionResetError):
+    """The connection closed before any byte of the answer arrived.  On a kept-alive
+    connection that is the server having closed it while idle: the request is sent once
+    more, on a new connection.  Anything else (a cut answer, a second failure) is not
+    retried."""

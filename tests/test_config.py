@@ -7,16 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import (
-    Action,
-    CategoryOverride,
-    ConfigError,
-    Secret,
-    hash_key,
-    key_digest,
-    load,
-    load_policies,
-)
+from proxy.config import Action, CategoryOverride, Secret, hash_key, key_digest, load, load_policies
+from proxy.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_A = hashlib.sha256(b"key-a").hexdigest()

@@ -12,15 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.clients import http1
-from proxy.clients.http1 import (
-    MAX_RESPONSE_BYTES,
-    HTTPFormatError,
-    Origin,
-    StaleConnection,
-    StreamCut,
-    _Chunked,
-    _parse,
-)
+from proxy.clients.http1 import MAX_RESPONSE_BYTES, Origin, _Chunked, _parse
+from proxy.errors import HTTPFormatError, StaleConnection, StreamCut
 
 OK = b"HTTP/1.1 200 OK\r\n"
 

@@ -16,7 +16,8 @@ from harness import KEYS, drawn, start_proxy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from proxy.config import ConfigError, load
+from proxy.config import load
+from proxy.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.core.sse import DONE_EVENT, SSEDecoder, SSEError, SSEEvent, encode
+from proxy.core.sse import DONE_EVENT, SSEDecoder, SSEEvent, encode
+from proxy.errors import SSEError
 
 STREAM = (
     b": keep-alive\n\n"

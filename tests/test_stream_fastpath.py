@@ -13,9 +13,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.clients.http1 import HTTPFormatError, _Chunked
+from proxy.clients.http1 import _Chunked
 from proxy.core.moderation import PlainShape
-from proxy.core.sse import SSEDecoder, SSEError
+from proxy.core.sse import SSEDecoder
+from proxy.errors import HTTPFormatError, SSEError
 
 # one event's lines: mostly the fast path's shape, sometimes what only the general path reads
 _LINE = st.one_of(

@@ -25,7 +25,7 @@ import orjson
 import structlog
 import yarl
 
-from proxy.clients.http1 import HTTPFormatError, Origin
+from proxy.clients.http1 import Origin
 from proxy.config import GuardConfig
 from proxy.core.conversation import Turn
 from proxy.core.longinput import input_budget
@@ -38,7 +38,7 @@ from proxy.core.verdict import (
     verdict_regex,
     with_scores,
 )
-from proxy.errors import GuardError
+from proxy.errors import GuardError, HTTPFormatError
 
 logger = structlog.get_logger("guardproxy")
 

@@ -18,22 +18,9 @@ from typing import NamedTuple, cast
 
 import yarl
 
+from proxy.errors import HTTPFormatError, StaleConnection, StreamCut
+
 MAX_RESPONSE_BYTES = 4 << 20
-
-
-class HTTPFormatError(Exception):
-    """The server's answer is not HTTP/1.1 we can read."""
-
-
-class StreamCut(HTTPFormatError):
-    """A streamed answer's connection closed before its body was complete."""
-
-
-class StaleConnection(ConnectionResetError):
-    """The connection closed before any byte of the answer arrived.  On a kept-alive
-    connection that is the server having closed it while idle: the request is sent once
-    more, on a new connection.  Anything else (a cut answer, a second failure) is not
-    retried."""
 
 
 class _Connection(asyncio.Protocol):

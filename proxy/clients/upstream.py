@@ -17,10 +17,16 @@ import aiohttp
 import orjson
 import yarl
 
-from proxy.clients.http1 import HTTPFormatError, Origin, StreamedAnswer
+from proxy.clients.http1 import Origin, StreamedAnswer
 from proxy.config import UpstreamConfig
 from proxy.core.protocol import upstream_error
-from proxy.errors import UpstreamError, UpstreamHTTPError, UpstreamTimeout, UpstreamUnreachable
+from proxy.errors import (
+    HTTPFormatError,
+    UpstreamError,
+    UpstreamHTTPError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 
 MAX_ANSWER_BYTES = 64 << 20  # a whole chat answer larger than this is an upstream error
 MAX_ERROR_BYTES = 1 << 20

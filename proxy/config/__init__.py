@@ -11,7 +11,6 @@ from proxy.config.model import (
     BlockPolicy,
     CategoryOverride,
     Config,
-    ConfigError,
     GuardConfig,
     Policy,
     PromptPolicy,
@@ -24,6 +23,7 @@ from proxy.config.model import (
     hash_key,
     key_digest,
 )
+from proxy.errors import ConfigError
 
 __all__ = [
     "CATEGORIES", "CONFIG_ENV_VAR", "DEFAULT_CONFIG_PATH", "RESPONSE_CATEGORIES", "Action",

@@ -22,7 +22,6 @@ from proxy.config.model import (
     BlockPolicy,
     CategoryOverride,
     Config,
-    ConfigError,
     GuardConfig,
     Policy,
     PromptPolicy,
@@ -34,6 +33,7 @@ from proxy.config.model import (
     UpstreamConfig,
 )
 from proxy.config.yamlsrc import Entry, Map, Node, Scalar, Seq, parse
+from proxy.errors import ConfigError
 
 # --------------------------------------------------------------------------- loading
 

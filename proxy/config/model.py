@@ -164,14 +164,6 @@ class Config:
         return {key: policy for policy in self.policies for key in policy.keys}
 
 
-class ConfigError(Exception):
-    """Every problem found while loading, each as ``file:line: message``."""
-
-    def __init__(self, errors: list[str]) -> None:
-        super().__init__("\n".join(errors))
-        self.errors = errors
-
-
 # --------------------------------------------------------------------------- keys
 
 

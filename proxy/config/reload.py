@@ -20,7 +20,8 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-from proxy.config import ConfigError, Policy, ServerConfig, load_policies
+from proxy.config import Policy, ServerConfig, load_policies
+from proxy.errors import ConfigError
 from proxy.obs.log import logger
 
 Fingerprint = tuple[tuple[str, int, int, int], ...]

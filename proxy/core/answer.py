@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.core.conversation import call_text
+from proxy.errors import ShapeError
 
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
@@ -394,10 +395,6 @@ _CHUNK_CHOICE = frozenset({"index", "delta", "logprobs", "finish_reason"})
 _DELTA = frozenset({"role", "content", "refusal", "reasoning_content", "reasoning",
                     "tool_calls", "function_call", "audio", "annotations"})
 MAX_TOOL_CALLS = 128
-
-
-class ShapeError(ValueError):
-    """A chunk that cannot be read at all (its framing, not its text, is wrong)."""
 
 
 @dataclass(slots=True)

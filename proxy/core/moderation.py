@@ -22,7 +22,6 @@ from proxy.core.answer import (
     Delta,
     Outgoing,
     Removed,
-    ShapeError,
     choice_index,
     head_fields,
     read_delta,
@@ -30,15 +29,7 @@ from proxy.core.answer import (
 )
 from proxy.core.protocol import StreamHead, clean_error, delta_choice
 from proxy.core.sse import encode
-
-
-class StreamFault(Exception):
-    """The upstream stream cannot be relayed: an error event or an unreadable chunk."""
-
-    def __init__(self, message: str, *, said: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.said = said  # the upstream's own error message, made safe to show
+from proxy.errors import ShapeError, StreamFault
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,14 +13,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from proxy.errors import SSEError
+
 BOM = b"\xef\xbb\xbf"  # a stream may start with one; it is not part of the first line
 DONE = b"[DONE]"
 DONE_EVENT = b"data: [DONE]\n\n"
 DEFAULT_MAX_EVENT_BYTES = 1 << 20
-
-
-class SSEError(Exception):
-    """The stream broke the grammar or the size bound."""
 
 
 class SSEEvent(NamedTuple):

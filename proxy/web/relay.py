@@ -34,12 +34,13 @@ import contextlib
 import structlog
 from aiohttp import web
 
-from proxy.clients.http1 import HTTPFormatError, StreamedAnswer
+from proxy.clients.http1 import StreamedAnswer
 from proxy.config import Action, StreamMode
-from proxy.core.moderation import StreamFault, StreamState, WindowSchedule
+from proxy.core.moderation import StreamState, WindowSchedule
 from proxy.core.policy import Outcome, strictest
 from proxy.core.protocol import error_body
-from proxy.core.sse import DONE, DONE_EVENT, SSEDecoder, SSEError
+from proxy.core.sse import DONE, DONE_EVENT, SSEDecoder
+from proxy.errors import HTTPFormatError, SSEError, StreamFault
 from proxy.pipeline import Checks
 
 logger = structlog.get_logger("guardproxy")

@@ -47,6 +47,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from multidict import CIMultiDict
+
 from .loopback import LoopbackServer, read_json_body
 
 Severity = Literal["Safe", "Unsafe", "Controversial"]

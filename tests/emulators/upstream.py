@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
+
 from .loopback import LoopbackServer, read_json_body
 
 Json = dict[str, Any]
