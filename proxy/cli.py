@@ -1,35 +1,65 @@
-"""guardproxy: serve, check, classify, hash-key, guard."""
+"""guardproxy: a moderating proxy for OpenAI-compatible chat LLMs, guarded by Qwen3Guard-Gen."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import sys
 import time
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
 
-from proxy import guardserver, workers
-from proxy.config import Config, hash_key, load
+from proxy import demo, guardserver, workers
+from proxy.config import Action, Config, Policy, hash_key, load
 from proxy.core.conversation import Turn
+from proxy.core.policy import decide
+from proxy.core.verdict import Verdict
 from proxy.errors import ConfigError, GuardError
 from proxy.obs import log
 from proxy.web.app import create_app, make_guard
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:  # bare `guardproxy`: what there is to do
+        parser.print_help()
+        return 0
     code: int = args.func(args)
     return code
 
 
+def version() -> str:
+    try:
+        return metadata.version("guardproxy")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guardproxy", description=__doc__)
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"guardproxy {version()}")
+    commands = parser.add_subparsers(metavar="COMMAND", title="commands")
+    demo = commands.add_parser("demo", help="try it: the proxy with a demo guard and LLM, "
+                               "no GPU, nothing else running")
+    demo.add_argument("--host", default="127.0.0.1", help="listen address (127.0.0.1)")
+    demo.add_argument("--port", type=int, default=8080, help="listen port (8080)")
+    demo.add_argument("--guard", metavar="URL", help="a real guard (SGLang's server root) "
+                      "instead of the demo one")
+    demo.add_argument("--guard-model", default="Qwen/Qwen3Guard-Gen-0.6B",
+                      help="the real guard's model name (with --guard)")
+    demo.add_argument("--upstream", metavar="URL", help="a real LLM's OpenAI base URL "
+                      "(like http://127.0.0.1:8000/v1) instead of the demo one")
+    demo.add_argument("--upstream-key-env", metavar="VAR",
+                      help="environment variable holding the real LLM's API key")
+    demo.set_defaults(func=_demo)
     serve = commands.add_parser("serve", help="run the proxy")
     _config_arg(serve)
     serve.add_argument("--host", help="listen address (default: the config's listen.host)")
@@ -39,13 +69,18 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="validate the config and every policy")
     _config_arg(check)
     check.set_defaults(func=_check)
-    classify = commands.add_parser("classify", help="ask the configured guard for a verdict")
+    classify = commands.add_parser("classify", help="ask the configured guard for a verdict "
+                                   "(and what a tenant's policy would do with it)")
     _config_arg(classify)
     classify.add_argument("--response", help="an assistant response to judge after the prompt")
+    classify.add_argument("--tenant", help="also show the action this tenant's policy takes, "
+                          "stage by stage")
     classify.add_argument("prompt", help="the user prompt")
     classify.set_defaults(func=_classify)
-    hash_key = commands.add_parser("hash-key", help="print a key's sha256: form for a policy")
-    hash_key.add_argument("key")
+    hash_key = commands.add_parser("hash-key", help="print a key's sha256: form for a policy "
+                                   "(the key from standard input or a prompt when not given)")
+    hash_key.add_argument("key", nargs="?", help="the key; '-' or nothing: read it from "
+                          "standard input (or ask, on a terminal), so it stays out of history")
     hash_key.set_defaults(func=_hash_key)
     guard = commands.add_parser("guard", help="start SGLang serving Qwen3Guard-Gen for the proxy")
     _config_arg(guard)
@@ -123,35 +158,81 @@ def _classify(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
         return 1
-    turns = [Turn("user", args.prompt)]
-    if args.response is not None:
-        turns.append(Turn("assistant", args.response))
-    return asyncio.run(_ask(config, turns))
+    policy = None
+    if args.tenant is not None:
+        policy = next((p for p in config.policies if p.tenant == args.tenant), None)
+        if policy is None:
+            known = ", ".join(p.tenant for p in config.policies)
+            print(f"no tenant {args.tenant!r} (tenants: {known})", file=sys.stderr)
+            return 1
+    return asyncio.run(_ask(config, args.prompt, args.response, policy))
 
 
-async def _ask(config: Config, turns: list[Turn]) -> int:
+async def _ask(config: Config, prompt: str, response: str | None, policy: Policy | None
+               ) -> int:
+    """The guard's verdict on the prompt (and on the response after it); with a tenant,
+    each stage's action under its policy, and what the request would come to."""
+    checks = [("prompt", [Turn("user", prompt)])]
+    if response is not None:
+        checks.append(("response", [Turn("user", prompt), Turn("assistant", response)]))
+    if policy is None:
+        checks = checks[-1:]  # as before: the last check only
     async with aiohttp.ClientSession() as session:
         guard = make_guard(config.server.guard, session)
         started = time.perf_counter()
         try:
-            verdict = await guard.classify(turns)
+            verdicts = [(stage, await guard.classify(turns)) for stage, turns in checks]
         except GuardError as exc:
             print(f"guard error ({exc.kind}): {exc.message}", file=sys.stderr)
             return 1
         finally:
             guard.close()
-    print(orjson.dumps({
-        "check": "response" if turns[-1].role == "assistant" else "prompt",
-        "severity": verdict.severity, "categories": list(verdict.categories),
-        "refusal": verdict.refusal, "scores": dict(verdict.scores),
-        "guard_ms": round((time.perf_counter() - started) * 1000, 1),
-    }, option=orjson.OPT_INDENT_2).decode())
+    elapsed = round((time.perf_counter() - started) * 1000, 1)
+    print(orjson.dumps(_classified(verdicts, policy, elapsed),
+                       option=orjson.OPT_INDENT_2).decode())
     return 0
+
+
+def _classified(verdicts: list[tuple[str, Verdict]], policy: Policy | None,
+                guard_ms: float) -> dict[str, Any]:
+    def shown(verdict: Verdict) -> dict[str, Any]:
+        return {"severity": verdict.severity, "categories": list(verdict.categories),
+                "refusal": verdict.refusal, "scores": dict(verdict.scores)}
+
+    if policy is None:
+        stage, verdict = verdicts[-1]
+        return {"check": stage, **shown(verdict), "guard_ms": guard_ms}
+    stages = {"prompt": policy.prompt, "response": policy.response}
+    result: dict[str, Any] = {"tenant": policy.tenant}
+    actions = []
+    for stage, verdict in verdicts:
+        action = decide(stages[stage], verdict) if stages[stage].check else Action.PASS
+        actions.append(action)
+        result[stage] = {**shown(verdict), "action": action.value,
+                         "checked": stages[stage].check}
+    result["action"] = max(actions, key=lambda action: action.rank).value
+    result["guard_ms"] = guard_ms
+    return result
 
 
 def _hash_key(args: argparse.Namespace) -> int:
-    print(hash_key(args.key))
+    key = args.key
+    if key is None or key == "-":
+        key = (getpass.getpass("key to hash: ") if sys.stdin.isatty()
+               else sys.stdin.read().rstrip("\r\n"))
+    if not key or not key.strip():
+        print("guardproxy hash-key: the key is empty", file=sys.stderr)
+        return 2
+    print(hash_key(key))
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    options = demo.Options(host=args.host, port=args.port, guard=args.guard,
+                           guard_model=args.guard_model, upstream=args.upstream,
+                           upstream_key_env=args.upstream_key_env)
+    _use_uvloop()
+    return asyncio.run(demo.serve(options))
 
 
 def _guard(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""The real command line, run as a subprocess: ``check`` and ``hash-key``.
+"""The real command line, run as a subprocess: ``check``, ``hash-key``, ``classify``, help.
 
 Every run gets a minimal environment (PATH, PYTHONPATH pointing at this checkout, and
 whatever the test sets), so no secret from the machine can leak in or change a result.
@@ -6,12 +6,16 @@ whatever the test sets), so no secret from the machine can leak in or change a r
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+from emulators.guard import GuardEmulator
+from harness import write_config as harness_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = Path(sys.executable).parent / "guardproxy"
@@ -146,3 +150,55 @@ def test_console_script_is_installed_and_runs() -> None:
     assert result.stdout.startswith("usage: guardproxy ")
     for command in ("serve", "check", "classify", "hash-key"):
         assert command in result.stdout
+
+
+def test_version_and_bare_command_list_the_commands() -> None:
+    version = run("--version")
+    assert version.returncode == 0 and version.stdout.startswith("guardproxy ")
+    bare = run()
+    assert bare.returncode == 0, bare.stderr
+    for command in ("demo", "serve", "check", "classify", "hash-key", "guard"):
+        assert f"    {command}" in bare.stdout
+
+
+def _hash_from_stdin(data: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "proxy", "hash-key"], input=data, cwd=ROOT,
+                          env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_hash_key_reads_the_key_from_stdin_and_refuses_an_empty_one() -> None:
+    acme = yaml.safe_load((ROOT / "policies" / "acme.yaml").read_text(encoding="utf-8"))
+    piped = _hash_from_stdin("sk-acme-demo\n")  # `echo sk-... | guardproxy hash-key`
+    assert piped.returncode == 0 and piped.stdout == f"{acme['keys'][0]}\n"
+    dash = run("hash-key", "-")
+    assert dash.returncode == 2 and "empty" in dash.stderr  # '-' reads stdin: here, nothing
+    empty = _hash_from_stdin("\n")
+    assert empty.returncode == 2 and empty.stdout == "" and "empty" in empty.stderr
+
+
+async def test_classify_shows_what_a_tenant_would_do(tmp_path: Path,
+                                                     guard_emulator: GuardEmulator) -> None:
+    config = harness_config(tmp_path, guard=guard_emulator.url, upstream="http://127.0.0.1:9")
+
+    async def classify(*args: str) -> tuple[int, dict[str, object] | str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "classify", "-c", str(config), *args, cwd=ROOT,
+            env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT),
+                 "UPSTREAM_KEY": "x"},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+        code = process.returncode or 0
+        return code, (json.loads(out) if code == 0 else err.decode())
+
+    code, strict = await classify("--tenant", "strict", "Who will win the election?",
+                                  "--response", "Nobody knows.")
+    assert code == 0 and isinstance(strict, dict)
+    assert strict["tenant"] == "strict" and strict["action"] == "block"
+    assert strict["prompt"] == {**strict["prompt"], "severity": "controversial",  # type: ignore[dict-item]
+                                "action": "block"}
+    assert strict["response"]["action"] == "pass"  # type: ignore[index]
+    code, lenient = await classify("--tenant", "lenient", "Who will win the election?")
+    assert code == 0 and lenient["action"] == "flag"  # type: ignore[index]
+    code, missing = await classify("--tenant", "nobody", "hi")
+    assert code == 1 and "no tenant 'nobody'" in str(missing) and "strict" in str(missing)

@@ -32,7 +32,8 @@ async def readyz(request: web.Request) -> web.Response:
     reason = await runtime.guard.health()
     if reason is not None:
         return web.json_response({"status": "unavailable", "reason": reason}, status=503)
-    return web.json_response({"status": "ready", "tenants": len(runtime.policies)})
+    return web.json_response({"status": "ready", "tenants": len(runtime.policies),
+                              "guard": runtime.guard.model})
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -20,7 +20,8 @@ The wire formats follow SGLang 0.5.x (sgl-project/sglang, python/sglang/srt/):
   context length (M tokens)."; ``meta_info`` and logprob entries ``[logprob, token_id, text]``, the
   text ``null`` unless ``return_text_in_logprobs``.
 
-The model itself is replaced by a rule table (:class:`Rule`) applied to the judged message, and the
+The model itself is replaced by a rule table (``proxy.demo.rules``, shared with ``guardproxy demo``)
+applied to the judged message, and the
 tokenizer by :class:`FakeTokenizer`, which splits the severity word as Qwen3's vocabulary does.
 """
 
@@ -48,10 +49,17 @@ from aiohttp.typedefs import Handler
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from multidict import CIMultiDict
 
+from proxy.demo.rules import (  # the rule table, shared with the demo guard
+    DEFAULT_RULES,
+    REFUSAL_PATTERNS,
+    Mode,
+    Rule,
+    Severity,
+    judged_message,
+)
+
 from .loopback import LoopbackServer, read_json_body
 
-Severity = Literal["Safe", "Unsafe", "Controversial"]
-Mode = Literal["prompt", "response"]
 Fault = Literal["http_500", "garbage", "hang", "reset"]
 Json = dict[str, Any]
 
@@ -162,58 +170,6 @@ TOKENIZER = FakeTokenizer()
 # Verdicts: a rule table instead of a model
 
 
-@dataclass(frozen=True, kw_only=True)
-class Rule:
-    """When ``pattern`` (a regex, case-insensitive) occurs in the judged message, the verdict is
-    ``severity`` / ``category``, and the model puts ``probability`` on the severity token."""
-
-    pattern: str
-    severity: Severity
-    category: str
-    probability: float = 0.9
-    applies_to: Literal["prompt", "response", "both"] = "both"
-
-    def matches(self, text: str, mode: Mode) -> bool:
-        if self.applies_to not in ("both", mode):
-            return False
-        return re.search(self.pattern, text, re.IGNORECASE) is not None
-
-
-DEFAULT_RULES: tuple[Rule, ...] = (
-    Rule(pattern=r"\bbomb", severity="Unsafe", category="Violent", probability=0.97),
-    Rule(
-        pattern=r"steal a car",
-        severity="Unsafe",
-        category="Non-violent Illegal Acts",
-        probability=0.93,
-    ),
-    Rule(
-        pattern=r"ignore all previous instructions",
-        severity="Unsafe",
-        category="Jailbreak",
-        probability=0.95,
-        applies_to="prompt",
-    ),
-    Rule(
-        pattern=r"\belection",
-        severity="Controversial",
-        category="Politically Sensitive Topics",
-        probability=0.7,
-    ),
-    Rule(
-        pattern=r"lockpick",
-        severity="Controversial",
-        category="Non-violent Illegal Acts",
-        probability=0.65,
-    ),
-    Rule(pattern=r"home address of", severity="Unsafe", category="PII", probability=0.9),
-)
-REFUSAL_PATTERNS: tuple[str, ...] = (
-    r"\bI can(?:'|\u2019)?t\b",
-    r"\bI cannot\b",
-    r"unable to fulfill",
-    r"\bI won(?:'|\u2019)?t\b",
-)
 SEVERITY_TOKENS: dict[Severity, str] = {
     "Safe": " Safe",
     "Unsafe": " Unsafe",
@@ -261,23 +217,6 @@ class Verdict:
         if self.refusal is not None:
             lines.append(f"Refusal: {'Yes' if self.refusal else 'No'}")
         return "\n".join(lines)
-
-
-_PROMPT_TASK = "THE LAST USER's query"
-_BEGIN = "<BEGIN CONVERSATION>\n\n"
-_END = "\n\n<END CONVERSATION>"
-_TURN_SPLIT_RE = re.compile(r"\n\n(?=(?:USER|ASSISTANT): )")
-_ROLE_PREFIX_RE = re.compile(r"^(?:USER|ASSISTANT): ")
-
-
-def judged_message(prompt: str) -> tuple[Mode, str]:
-    """Which moderation the rendered prompt asks for, and the text of the message it judges."""
-    mode: Mode = "prompt" if _PROMPT_TASK in prompt else "response"
-    start, end = prompt.find(_BEGIN), prompt.rfind(_END)
-    if start < 0 or end < start:
-        return mode, prompt
-    turns = _TURN_SPLIT_RE.split(prompt[start + len(_BEGIN) : end])
-    return mode, _ROLE_PREFIX_RE.sub("", turns[-1])
 
 
 # ---------------------------------------------------------------------------------------------

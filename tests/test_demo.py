@@ -1,0 +1,99 @@
+"""``guardproxy demo``: started as a user would, its printed commands run verbatim.
+
+The demo must show a passed request, a flagged one, a blocked prompt and a stream
+blocked mid-answer, with nothing else running and no config file."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+from clientview import read_stream
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+async def demo() -> AsyncIterator[tuple[int, list[str]]]:
+    port = _free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "demo", "--port", str(port), cwd=ROOT,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert process.stdout is not None
+    banner: list[str] = []
+    try:
+        async with asyncio.timeout(30):
+            while not banner or "Ctrl-C stops the demo" not in banner[-1]:
+                line = await process.stdout.readline()
+                assert line, "the demo ended before printing its commands:\n" + "\n".join(banner)
+                banner.append(line.decode().rstrip("\n"))
+        yield port, banner
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), timeout=10)
+
+
+async def _run(command: str) -> bytes:
+    process = await asyncio.create_subprocess_exec(
+        "bash", "-c", command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 0, err
+    return out
+
+
+async def test_the_demos_commands_show_pass_flag_and_block(demo: tuple[int, list[str]]) -> None:
+    port, banner = demo
+    text = "\n".join(banner)
+    assert "sk-demo-strict" in text and "sk-demo-relaxed" in text
+    assert "not a model" in text  # the demo guard is labelled as what it is
+    commands = [line for line in banner if line.startswith("curl ")]
+    assert len(commands) == 4
+    passed, flagged, blocked = [orjson.loads(await _run(c)) for c in commands[:3]]
+    stream = read_stream(await _run(commands[3]))
+
+    assert passed["choices"][0]["finish_reason"] == "stop"
+    assert passed["moderation"]["input"]["results"][0]["action"] == "pass"
+    assert "not a model" in passed["moderation"]["input"]["model"]
+
+    assert flagged["choices"][0]["message"]["content"]  # answered...
+    assert flagged["moderation"]["input"]["results"][0]["action"] == "flag"  # ...and flagged
+
+    assert blocked["choices"][0]["finish_reason"] == "content_filter"
+    assert blocked["choices"][0]["message"]["content"] == "Blocked by the demo-strict policy."
+
+    assert stream.finishes[0] == "content_filter"  # blocked mid-answer...
+    assert stream.message["content"].startswith("Once upon a time")  # ...after text passed
+    assert "bomb" not in str(stream.chunks)
+
+    async with aiohttp.ClientSession() as http, http.get(
+            f"http://127.0.0.1:{port}/readyz") as resp:
+        ready = await resp.json()
+    assert resp.status == 200 and "not a model" in ready["guard"]
+
+
+async def test_a_port_in_use_is_one_clear_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "proxy", "demo", "--port", str(port), cwd=ROOT,
+            env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT)},
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 1 and b"Traceback" not in err
+    assert f"cannot listen on 127.0.0.1:{port}".encode() in err and b"--port" in err
