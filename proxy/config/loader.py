@@ -9,10 +9,10 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import MISSING, Field, dataclass, fields
 from pathlib import Path
 from types import MappingProxyType
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 from proxy.config.model import (
@@ -28,8 +28,6 @@ from proxy.config.model import (
     ResponsePolicy,
     Secret,
     ServerConfig,
-    StagePolicy,
-    StreamMode,
     UpstreamConfig,
 )
 from proxy.config.yamlsrc import Entry, Map, Node, Scalar, Seq, parse
@@ -315,15 +313,79 @@ def _section(
     return _Section(f, where, line, {k: e for k, e in node.entries.items() if k in valid})
 
 
+# --------------------------------------------------------------------------- declared keys
+
+
+def _path(f: Field[Any]) -> str | None:
+    path: str | None = f.metadata.get("key", f.name)
+    return path
+
+
+def keys_of(cls: type[Any], prefix: str = "") -> tuple[str, ...]:
+    """The YAML keys ``cls`` declares (under ``prefix.``, for nested ones), in order."""
+    found: dict[str, None] = {}
+    for f in fields(cls):
+        path = _path(f)
+        if path is None or not path.startswith(prefix):
+            continue
+        found[path[len(prefix):].split(".")[0]] = None
+    return tuple(found)
+
+
+def required_of(cls: type[Any]) -> tuple[str, ...]:
+    return tuple(str(_path(f)) for f in fields(cls) if f.metadata.get("required"))
+
+
+def choices_of(cls: type[Any], name: str) -> tuple[str, ...]:
+    """The values a ``Literal`` field allows."""
+    return tuple(get_args(get_type_hints(cls)[name]))
+
+
+def _default(f: Field[Any]) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not MISSING else None
+
+
+def read_plain(sec: _Section, cls: type[Any], prefix: str = "") -> dict[str, Any]:
+    """Every plain field of ``cls`` whose key is in ``sec`` (under ``prefix.``), read by
+    its declared type, with its declared default and bounds."""
+    hints = get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        path = _path(f)
+        if (path is None or f.metadata.get("own") or not path.startswith(prefix)
+                or "." in path[len(prefix):]):
+            continue
+        name, hint, default = path[len(prefix):], hints[f.name], _default(f)
+        value = _typed(sec, name, hint, default, f.metadata)
+        if value is not _SKIP:
+            values[f.name] = value
+    return values
+
+
+_SKIP = object()  # a field whose type the plain reader leaves to its owner
+
+
+def _typed(sec: _Section, name: str, hint: Any, default: Any, meta: Mapping[str, Any]) -> Any:
+    if hint is bool:
+        return sec.flag(name, default)
+    if hint is int:
+        return sec.integer(name, default, meta.get("top"), meta.get("low", 1))
+    if hint == int | None:
+        return sec.integer(name, 0) or None
+    if hint is float:
+        return sec.number(name, default)
+    if hint is str:
+        return sec.text(name, default)
+    if hint is Action:
+        return Action(sec.choice(name, _ACTIONS, default.value))
+    if get_origin(hint) is Literal:
+        return sec.choice(name, get_args(hint), default)
+    return _SKIP
+
+
 # --------------------------------------------------------------------------- server config
-
-_SERVER_KEYS = ("listen", "policies", "guard", "upstreams", "limits", "log", "reload")
-_GUARD_KEYS = ("url", "model", "api", "timeout_s", "api_key_env", "max_tokens", "cache_size",
-               "cache_ttl_s", "max_model_len")
-_UPSTREAM_KEYS = ("url", "api_key_env", "timeout_s")
-_APIS: tuple[Literal["chat", "generate"], ...] = ("chat", "generate")
-_LEVELS = ("debug", "info", "warning", "error")
-
 
 @dataclass
 class _LoadedServer:
@@ -336,23 +398,19 @@ def _load_server(f: _File, env: Mapping[str, str]) -> _LoadedServer | None:
     root = _read(f)
     if root is None:
         return None
-    top = _section(f, root, "", 1, _SERVER_KEYS, ("policies", "guard", "upstreams"))
-    listen, limits = top.sub("listen", ("host", "port")), top.sub("limits", ("max_body_bytes",))
-    reload = top.sub("reload", ("watch", "poll_s"))
-    defaults = ServerConfig(policies_dir=Path(), guard=GuardConfig(url=""), upstreams={})
+    top = _section(f, root, "", 1, keys_of(ServerConfig), required_of(ServerConfig))
     folder = _policies_folder(top)
     upstreams = _upstreams(top, env)
+    nested: dict[str, Any] = {}
+    for name in ("listen", "limits", "log", "reload"):
+        nested.update(read_plain(top.sub(name, keys_of(ServerConfig, f"{name}.")),
+                                 ServerConfig, f"{name}."))
     server = ServerConfig(
-        host=listen.text("host", defaults.host),
-        port=listen.integer("port", defaults.port, 65535),
         policies_dir=folder or Path(),
         guard=_guard(top, env),
         upstreams=MappingProxyType(upstreams or {}),
-        max_body_bytes=limits.integer("max_body_bytes", defaults.max_body_bytes),
-        log_level=top.sub("log", ("level",)).choice("level", _LEVELS, defaults.log_level),
-        watch_policies=reload.flag("watch", defaults.watch_policies),
-        watch_interval_s=reload.number("poll_s", defaults.watch_interval_s),
         source=f.path,
+        **nested,
     )
     files = None if folder is None else _policy_files(f, top.fields["policies"].key_line, folder)
     names = None if upstreams is None else tuple(upstreams)
@@ -383,23 +441,13 @@ def _policy_files(f: _File, line: int, folder: Path) -> list[Path] | None:
 
 
 def _guard(top: _Section, env: Mapping[str, str]) -> GuardConfig:
-    sec = top.sub("guard", _GUARD_KEYS, ("url",))
-    defaults = GuardConfig(url="")
+    sec = top.sub("guard", keys_of(GuardConfig), required_of(GuardConfig))
     url = sec.url("url")
     if url.endswith("/v1"):
         sec.f.error(sec.fields["url"].key_line, "guard.url: give the server root without /v1 "
                     "(the proxy adds /v1/chat/completions or /generate)")
-    return GuardConfig(
-        url=url,
-        model=sec.text("model", defaults.model),
-        api=sec.choice("api", _APIS, defaults.api),
-        timeout_s=sec.number("timeout_s", defaults.timeout_s),
-        api_key=sec.secret("api_key_env", env),
-        max_tokens=sec.integer("max_tokens", defaults.max_tokens),
-        cache_size=sec.integer("cache_size", defaults.cache_size, low=0),
-        cache_ttl_s=sec.number("cache_ttl_s", defaults.cache_ttl_s),
-        max_model_len=sec.integer("max_model_len", 0) or None,
-    )
+    return GuardConfig(url=url, api_key=sec.secret("api_key_env", env),
+                       **read_plain(sec, GuardConfig))
 
 
 def _upstreams(top: _Section, env: Mapping[str, str]) -> dict[str, UpstreamConfig] | None:
@@ -416,35 +464,19 @@ def _upstreams(top: _Section, env: Mapping[str, str]) -> dict[str, UpstreamConfi
 
 
 def _upstream(f: _File, name: str, item: Entry, env: Mapping[str, str]) -> UpstreamConfig:
-    sec = _section(f, item.value, f"upstreams.{name}", item.key_line, _UPSTREAM_KEYS, ("url",))
+    sec = _section(f, item.value, f"upstreams.{name}", item.key_line, keys_of(UpstreamConfig),
+                   required_of(UpstreamConfig))
     url = sec.url("url")
     if url.endswith("/chat/completions"):
         f.error(sec.fields["url"].key_line, f"upstreams.{name}.url: give the base URL "
                 "(like https://api.openai.com/v1); the proxy adds /chat/completions")
-    return UpstreamConfig(
-        name=name,
-        url=url,
-        api_key=sec.secret("api_key_env", env),
-        timeout_s=sec.number("timeout_s", UpstreamConfig(name="", url="").timeout_s),
-    )
+    return UpstreamConfig(name=name, url=url, api_key=sec.secret("api_key_env", env),
+                          **read_plain(sec, UpstreamConfig))
 
 
 # --------------------------------------------------------------------------- policies
 
-_POLICY_KEYS = (
-    "tenant", "keys", "upstream", "models", "prompt", "response",
-    "on_guard_error", "block", "log_content",
-)
-_PROMPT_KEYS = ("check", "mode", "scope", "unsafe", "controversial", "categories", "non_text",
-                "allow_fields")
-_RESPONSE_KEYS = ("check", "unsafe", "controversial", "categories", "stream", "window_chars")
-_ACTIONS = ("block", "flag", "pass")
-_MODES: tuple[Literal["sequential", "parallel"], ...] = ("sequential", "parallel")
-_SCOPES: tuple[Literal["last", "all"], ...] = ("last", "all")
-_NON_TEXT: tuple[Literal["block", "pass"], ...] = ("block", "pass")
-_STREAMS: tuple[StreamMode, ...] = ("buffer", "window", "async")
-_ON_GUARD_ERROR: tuple[Literal["block", "pass"], ...] = ("block", "pass")
-_BLOCK_STYLES: tuple[Literal["message", "error"], ...] = ("message", "error")
+_ACTIONS = tuple(action.value for action in Action)[::-1]  # block, flag, pass
 
 
 @dataclass
@@ -468,20 +500,18 @@ def _load_policy_files(
 
 
 def _policy(f: _File, root: Node, upstreams: Sequence[str] | None) -> _LoadedPolicy:
-    top = _section(f, root, "", 1, _POLICY_KEYS, ("tenant", "keys", "upstream"))
-    tenant = top.text("tenant")
+    top = _section(f, root, "", 1, keys_of(Policy), required_of(Policy))
+    plain = read_plain(top, Policy)
+    tenant: str = plain["tenant"]
     keys = _keys(top)
-    defaults = Policy(tenant="", keys=(), upstream="")
     policy = Policy(
-        tenant=tenant,
+        **plain,
         keys=tuple(digest for digest, _ in keys),
         upstream=_upstream_ref(top, upstreams),
         models=_models(top),
-        prompt=_prompt(top),
-        response=_response(top),
-        on_guard_error=top.choice("on_guard_error", _ON_GUARD_ERROR, defaults.on_guard_error),
+        prompt=_stage(top, "prompt", PromptPolicy, CATEGORIES),
+        response=_stage(top, "response", ResponsePolicy, RESPONSE_CATEGORIES),
         block=_block(top, tenant),
-        log_content=top.flag("log_content", defaults.log_content),
         source=f.path,
     )
     tenant_line = top.fields["tenant"].key_line if "tenant" in top.fields else 1
@@ -549,29 +579,6 @@ def _models(top: _Section) -> frozenset[str] | None:
     return frozenset(names)
 
 
-def _actions(sec: _Section, defaults: StagePolicy) -> tuple[Action, Action]:
-    return (
-        Action(sec.choice("unsafe", _ACTIONS, defaults.unsafe.value)),
-        Action(sec.choice("controversial", _ACTIONS, defaults.controversial.value)),
-    )
-
-
-def _prompt(top: _Section) -> PromptPolicy:
-    sec = top.sub("prompt", _PROMPT_KEYS)
-    defaults = PromptPolicy()
-    unsafe, controversial = _actions(sec, defaults)
-    return PromptPolicy(
-        check=sec.flag("check", defaults.check),
-        mode=sec.choice("mode", _MODES, defaults.mode),
-        scope=sec.choice("scope", _SCOPES, defaults.scope),
-        non_text=sec.choice("non_text", _NON_TEXT, defaults.non_text),
-        allow_fields=_allow_fields(sec),
-        unsafe=unsafe,
-        controversial=controversial,
-        categories=_categories(sec, CATEGORIES),
-    )
-
-
 _FIELD_NAME = re.compile(r"(?:messages\.)?[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -594,18 +601,15 @@ def _allow_fields(sec: _Section) -> frozenset[str]:
     return frozenset(names)
 
 
-def _response(top: _Section) -> ResponsePolicy:
-    sec = top.sub("response", _RESPONSE_KEYS)
-    defaults = ResponsePolicy()
-    unsafe, controversial = _actions(sec, defaults)
-    return ResponsePolicy(
-        check=sec.flag("check", defaults.check),
-        unsafe=unsafe,
-        controversial=controversial,
-        categories=_categories(sec, RESPONSE_CATEGORIES),
-        stream=sec.choice("stream", _STREAMS, defaults.stream),
-        window_chars=sec.integer("window_chars", defaults.window_chars),
-    )
+_Stage = TypeVar("_Stage", PromptPolicy, ResponsePolicy)
+
+
+def _stage(top: _Section, name: str, cls: type[_Stage], categories: tuple[str, ...]) -> _Stage:
+    sec = top.sub(name, keys_of(cls))
+    extra: dict[str, Any] = {}
+    if cls is PromptPolicy:
+        extra["allow_fields"] = _allow_fields(sec)
+    return cls(**read_plain(sec, cls), categories=_categories(sec, categories), **extra)
 
 
 def _categories(stage: _Section, valid: tuple[str, ...]) -> Mapping[str, CategoryOverride]:
@@ -641,15 +645,11 @@ def _override(f: _File, where: str, item: Entry) -> CategoryOverride:
 
 
 def _block(top: _Section, tenant: str) -> BlockPolicy:
-    sec = top.sub("block", ("style", "message"))
-    defaults = BlockPolicy()
-    message = defaults.message
-    if tenant:
-        message = f"Sorry, this conversation was blocked by the {tenant} content policy."
-    return BlockPolicy(
-        style=sec.choice("style", _BLOCK_STYLES, defaults.style),
-        message=sec.text("message", message),
-    )
+    sec = top.sub("block", keys_of(BlockPolicy))
+    values = read_plain(sec, BlockPolicy)
+    if "message" not in sec.fields and tenant:  # the default names the tenant
+        values["message"] = f"Sorry, this conversation was blocked by the {tenant} content policy."
+    return BlockPolicy(**values)
 
 
 def _check_unique(loaded: Sequence[_LoadedPolicy], errors: _Errors) -> None:

@@ -1,7 +1,12 @@
 """Server config and tenant policies: typed, immutable objects.  No I/O.
 
-``loader`` reads ``config/proxy.yaml`` and every ``*.yaml`` under its ``policies``
-folder into these, validating them strictly.
+Each YAML key is declared once, here, as a dataclass field: its type (``bool``, ``int``,
+``float``, ``str``, a ``Literal`` of the allowed values, an ``Action``), its default, and
+in ``metadata`` what differs from the obvious — the YAML path when it is not the field's
+name (``key("listen.port")``), bounds (``low``, ``top``), ``required``, ``own`` for a key
+read by rules of its own (a URL, a secret, a list), or ``key(None)`` for a field that is
+not a YAML key at all.  ``loader`` derives the valid keys, the allowed values and the
+defaults from these declarations.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 #: Category names exactly as Qwen3Guard-Gen emits them.  ``Jailbreak`` is judged
 #: for prompts only.
@@ -67,6 +72,14 @@ class Secret:
         return hash(self._value)
 
 
+def key(path: str | None, **bounds: int) -> dict[str, Any]:
+    """A field's ``metadata``: its YAML path (None: not read as a plain key) and bounds."""
+    return {"key": path, **bounds}
+
+
+SPECIAL = key(None)  # not a YAML key: the loader fills it in (a name, the file read)
+
+
 @dataclass(frozen=True, kw_only=True)
 class CategoryOverride:
     unsafe: Action | None = None
@@ -78,7 +91,8 @@ class StagePolicy:
     check: bool = True
     unsafe: Action = Action.BLOCK
     controversial: Action = Action.FLAG
-    categories: Mapping[str, CategoryOverride] = field(default_factory=dict)
+    categories: Mapping[str, CategoryOverride] = field(default_factory=dict,
+                                                       metadata=key("categories", own=1))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,7 +100,8 @@ class PromptPolicy(StagePolicy):
     mode: Literal["sequential", "parallel"] = "sequential"
     scope: Literal["last", "all"] = "last"
     non_text: Literal["block", "pass"] = "block"  # image, audio and file parts
-    allow_fields: frozenset[str] = frozenset()  # request fields forwarded unjudged
+    # request fields forwarded unjudged
+    allow_fields: frozenset[str] = field(default=frozenset(), metadata=key("allow_fields", own=1))
 
 
 StreamMode = Literal["buffer", "window", "async"]
@@ -107,51 +122,58 @@ class BlockPolicy:
 
 @dataclass(frozen=True, kw_only=True)
 class Policy:
-    tenant: str
-    keys: tuple[str, ...]  # lowercase sha256 hex digests, without the "sha256:" prefix
-    upstream: str
-    models: frozenset[str] | None = None
-    prompt: PromptPolicy = field(default_factory=PromptPolicy)
-    response: ResponsePolicy = field(default_factory=ResponsePolicy)
+    tenant: str = field(metadata=key("tenant", required=1))
+    # lowercase sha256 hex digests, without the "sha256:" prefix
+    keys: tuple[str, ...] = field(metadata=key("keys", required=1, own=1))
+    upstream: str = field(metadata=key("upstream", required=1, own=1))
+    models: frozenset[str] | None = field(default=None, metadata=key("models", own=1))
+    prompt: PromptPolicy = field(default_factory=PromptPolicy, metadata=key("prompt", own=1))
+    response: ResponsePolicy = field(default_factory=ResponsePolicy,
+                                     metadata=key("response", own=1))
     on_guard_error: Literal["block", "pass"] = "block"
-    block: BlockPolicy = field(default_factory=BlockPolicy)
+    block: BlockPolicy = field(default_factory=BlockPolicy, metadata=key("block", own=1))
     log_content: bool = False
-    source: Path = Path("<memory>")
+    source: Path = field(default=Path("<memory>"), metadata=SPECIAL)
 
 
 @dataclass(frozen=True, kw_only=True)
 class GuardConfig:
-    url: str  # server root, no trailing slash
+    url: str = field(metadata=key("url", required=1, own=1))  # server root, no trailing slash
     model: str = "Qwen/Qwen3Guard-Gen-0.6B"
     api: Literal["chat", "generate"] = "chat"
     timeout_s: float = 5.0
-    api_key: Secret | None = None
+    api_key: Secret | None = field(default=None, metadata=key("api_key_env", own=1))
     max_tokens: int = 32
-    cache_size: int = 10_000  # verdicts kept; 0 turns the cache off
+    # verdicts kept; 0 turns the cache off
+    cache_size: int = field(default=10_000, metadata=key("cache_size", low=0))
     cache_ttl_s: float = 600.0
     max_model_len: int | None = None  # tokens; None: ask the guard's /v1/models
 
 
 @dataclass(frozen=True, kw_only=True)
 class UpstreamConfig:
-    name: str
-    url: str  # OpenAI base URL, no trailing slash: chat goes to {url}/chat/completions
-    api_key: Secret | None = None
+    name: str = field(metadata=SPECIAL)  # its key under upstreams:
+    # OpenAI base URL, no trailing slash: chat goes to {url}/chat/completions
+    url: str = field(metadata=key("url", required=1, own=1))
+    api_key: Secret | None = field(default=None, metadata=key("api_key_env", own=1))
     timeout_s: float = 600.0
 
 
 @dataclass(frozen=True, kw_only=True)
 class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    policies_dir: Path
-    guard: GuardConfig
-    upstreams: Mapping[str, UpstreamConfig]
-    max_body_bytes: int = 4 * 1024 * 1024
-    log_level: str = "info"
-    watch_policies: bool = True  # reload when a file under policies_dir changes
-    watch_interval_s: float = 1.0
-    source: Path = Path("<memory>")
+    host: str = field(default="127.0.0.1", metadata=key("listen.host"))
+    port: int = field(default=8080, metadata=key("listen.port", top=65535))
+    policies_dir: Path = field(metadata=key("policies", required=1, own=1))
+    guard: GuardConfig = field(metadata=key("guard", required=1, own=1))
+    upstreams: Mapping[str, UpstreamConfig] = field(metadata=key("upstreams", required=1,
+                                                                 own=1))
+    max_body_bytes: int = field(default=4 * 1024 * 1024, metadata=key("limits.max_body_bytes"))
+    log_level: Literal["debug", "info", "warning", "error"] = field(
+        default="info", metadata=key("log.level"))
+    # reload when a file under policies_dir changes, looking every watch_interval_s
+    watch_policies: bool = field(default=True, metadata=key("reload.watch"))
+    watch_interval_s: float = field(default=1.0, metadata=key("reload.poll_s"))
+    source: Path = field(default=Path("<memory>"), metadata=SPECIAL)
 
 
 @dataclass(frozen=True, kw_only=True)
