@@ -1,0 +1,435 @@
+"""The emulator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import re
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from multidict import CIMultiDict
+
+from proxy.demo.rules import (  # the rule table, shared with the demo guard
+    DEFAULT_RULES,
+    REFUSAL_PATTERNS,
+    Rule,
+    Severity,
+    judged_message,
+)
+
+from ..loopback import LoopbackServer, read_json_body
+from .constants import (
+    CONTEXT_LEN,
+    DEFAULT_TEMPERATURE,
+    GARBAGE_TEXT,
+    MODEL_PATH,
+    TOKENIZER_MAX_LEN,
+    WEIGHT_VERSION,
+    Fault,
+    Json,
+)
+from .generation import Generation, Sampling, _constrained, generation_from, sampling_from_dict
+from .model import Verdict, severity_distribution
+from .requests import (
+    RequestError,
+    _error,
+    check_length,
+    openai_error,
+    render_request,
+    validate_chat_request,
+    validation_error,
+)
+from .responses import _json_response, chat_response, generate_response
+from .tokenizer import TOKENIZER
+
+
+@dataclass
+class RecordedRequest:
+    path: str
+    method: str
+    headers: CIMultiDict[str]  # case-insensitive
+    body: Any  # parsed JSON, or None when the body was not JSON
+    prompts: list[str] = field(default_factory=list)  # rendered (chat) or given (/generate) text
+    # The client closed the connection while this request was still unanswered, and when.
+    dropped: bool = False
+    dropped_at: float | None = None  # time.monotonic()
+
+    @property
+    def prompt(self) -> str | None:
+        return self.prompts[0] if self.prompts else None
+
+
+_RECORD = web.RequestKey("guard_record", RecordedRequest)
+
+
+@web.middleware
+async def _note_drops(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Marks a request ``dropped`` when its handler is cancelled because the client went away
+    (aiohttp cancels it; a fault that drops the connection itself is not the client's doing)."""
+    try:
+        return await handler(request)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        record = request.get(_RECORD)
+        if record is not None and task is not None and task.cancelling():
+            record.dropped, record.dropped_at = True, time.monotonic()
+        raise
+
+
+@dataclass(kw_only=True)
+class GuardEmulator(LoopbackServer):
+    """SGLang + Qwen3Guard-Gen on loopback. Tests change the fields between requests.
+
+    ``fault`` applies to ``/v1/chat/completions`` and ``/generate``: ``"http_500"`` (SGLang's 500
+    shapes), ``"garbage"`` (200 with unreadable output), ``"hang"`` (never answers), ``"reset"``
+    (headers and half the body, then the connection is dropped). ``latency_s`` delays those routes.
+
+    ``requests`` records the model's work (verdicts, tokenizing, health probes);
+    ``model_queries`` the model-card look-ups (``/v1/models``), which a client makes once at
+    start-up to learn ``max_model_len``, kept apart so that tests count the guard's work.
+    """
+
+    model: str = MODEL_PATH
+    rules: list[Rule] = field(default_factory=lambda: list(DEFAULT_RULES))
+    refusal_patterns: list[str] = field(default_factory=lambda: list(REFUSAL_PATTERNS))
+    safe_probability: float = 0.98
+    max_model_len: int = CONTEXT_LEN
+    default_temperature: float = DEFAULT_TEMPERATURE
+    # SGLang >= PR #16567 renders a trailing assistant message as a user one (see module docstring).
+    convert_last_assistant: bool = True
+    # Not SGLang: skip its content normalisation, so content None or a part list fails the render.
+    strict_content: bool = False
+    latency_s: float = 0.0
+    fault: Fault | None = None
+    healthy: bool = True
+    requests: list[RecordedRequest] = field(default_factory=list)
+    model_queries: list[RecordedRequest] = field(default_factory=list)
+    url: str = ""
+    seed: int = 0
+    _rng: random.Random = field(init=False, repr=False)
+    _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    # -- verdicts ------------------------------------------------------------------------------
+
+    def judge(self, prompt: str) -> Verdict:
+        """The greedy verdict for a rendered prompt."""
+        mode, text = judged_message(prompt)
+        rule = next((r for r in self.rules if r.matches(text, mode)), None)
+        refusal = None
+        if mode == "response":
+            refusal = any(re.search(p, text, re.IGNORECASE) for p in self.refusal_patterns)
+        severity: Severity = rule.severity if rule else "Safe"
+        probability = rule.probability if rule else self.safe_probability
+        return Verdict(
+            mode=mode,
+            severity=severity,
+            category=rule.category if rule else "None",
+            refusal=refusal,
+            distribution=severity_distribution(severity, probability),
+            judged=text,
+        )
+
+    def _sample(self, verdict: Verdict, sampling: Sampling) -> Verdict:
+        if sampling.temperature <= 0:
+            return verdict
+        rng = random.Random(sampling.seed) if sampling.seed is not None else self._rng
+        severities = [s for s, _ in verdict.distribution]
+        weights = [p ** (1.0 / sampling.temperature) for _, p in verdict.distribution]
+        severity = rng.choices(severities, weights)[0]
+        if severity == verdict.severity:
+            return verdict
+        category = "None" if severity == "Safe" else verdict.category
+        category = "Unethical Acts" if category == "None" and severity != "Safe" else category
+        return replace(verdict, severity=severity, category=category)
+
+    def generate(self, prompt: str, sampling: Sampling) -> Generation:
+        if self.fault == "garbage":
+            return generation_from(GARBAGE_TEXT, None, sampling)
+        verdict = _constrained(self._sample(self.judge(prompt), sampling), sampling.regex)
+        return generation_from(verdict.text, verdict, sampling)
+
+    # -- HTTP ----------------------------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        app = web.Application(middlewares=[_note_drops])
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/generate", self._generate)
+        for path in ("/tokenize", "/v1/tokenize"):
+            app.router.add_post(path, self._tokenize)
+        for path in ("/detokenize", "/v1/detokenize"):
+            app.router.add_post(path, self._detokenize)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/health_generate", self._health)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/v1/models/{model:.+}", self._model)
+        app.router.add_get("/get_model_info", self._model_info)
+        return app
+
+    async def _record(
+        self, request: web.Request, into: list[RecordedRequest] | None = None
+    ) -> RecordedRequest:
+        _, body = await read_json_body(request)
+        record = RecordedRequest(request.path, request.method, CIMultiDict(request.headers), body)
+        (self.requests if into is None else into).append(record)
+        request[_RECORD] = record
+        return record
+
+    async def _before_answer(self) -> None:
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        if self.fault == "hang":
+            await asyncio.Future()  # until the client goes away
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        record = await self._record(request)
+        await self._before_answer()
+        if self.fault == "http_500":
+            return openai_error(
+                "Internal server error: CUDA error: an illegal memory access was encountered",
+                "InternalServerError",
+                500,
+            ).response()
+        try:
+            body = self._chat_body(request, record)
+        except RequestError as exc:
+            return exc.response()
+        return await self._answer(request, body)
+
+    def _chat_body(self, request: web.Request, record: RecordedRequest) -> bytes:
+        _require_json(request)
+        body = validate_chat_request(_parsed(record))
+        if body.get("stream"):
+            # SGLang's own error type for a streamed guard request (the proxy never sends one)
+            raise openai_error(
+                "OpenAIServingChat does not support streaming requests", "NotImplementedError", 501
+            )
+        try:
+            prompt = render_request(
+                body,
+                flatten=not self.strict_content,
+                convert_last_assistant=self.convert_last_assistant,
+            )
+            record.prompts.append(prompt)
+            sampling = self._chat_sampling(body)
+            prompt_ids = TOKENIZER.encode(prompt)
+            check_length(len(prompt_ids), sampling.max_new_tokens, self.max_model_len)
+        except ValueError as exc:
+            raise openai_error(str(exc), "BadRequest") from exc
+        gen = self.generate(prompt, sampling)
+        return orjson.dumps(chat_response(body, uuid.uuid4().hex, gen, len(prompt_ids)))
+
+    def _chat_sampling(self, body: Json) -> Sampling:
+        temperature = body.get("temperature")
+        stop = body.get("stop") or ()
+        return Sampling(
+            max_new_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
+            temperature=self.default_temperature if temperature is None else float(temperature),
+            stop=(stop,) if isinstance(stop, str) else tuple(stop),
+            regex=body.get("regex"),
+            seed=body.get("seed"),
+        )
+
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
+        record = await self._record(request)
+        await self._before_answer()
+        if self.fault == "http_500":
+            return web.Response(status=500, text="Internal Server Error")
+        try:
+            payload = self._generate_body(_parsed(record), record)
+        except RequestError as exc:
+            return exc.response()
+        return await self._answer(request, payload)
+
+    def _generate_body(self, req: Any, record: RecordedRequest) -> bytes:
+        if not isinstance(req, dict):
+            raise validation_error(
+                [_error("dataclass_type", (), "Input should be a dictionary", req)]
+            )
+        texts = _generate_texts(req)
+        try:
+            sampling = sampling_from_dict(req.get("sampling_params") or {})
+        except TypeError:
+            raise RequestError(500, "Internal Server Error") from None
+        except ValueError as exc:
+            raise RequestError(400, {"error": {"message": str(exc)}}) from exc
+        outputs = [self._generate_one(text, sampling, req, record) for text in texts]
+        return orjson.dumps(outputs if _is_batch(req) else outputs[0])
+
+    def _generate_one(
+        self, text: str, sampling: Sampling, req: Json, record: RecordedRequest
+    ) -> Json:
+        started = time.monotonic()
+        record.prompts.append(text)
+        prompt_ids = TOKENIZER.encode(text)
+        try:
+            check_length(len(prompt_ids), sampling.max_new_tokens, self.max_model_len)
+        except ValueError as exc:
+            raise RequestError(400, {"error": {"message": str(exc)}}) from exc
+        gen = self.generate(text, sampling)
+        return generate_response(uuid.uuid4().hex, prompt_ids, gen, req, started)
+
+    async def _answer(self, request: web.Request, payload: bytes) -> web.StreamResponse:
+        if self.fault == "reset":
+            return await _reset(request, payload)
+        return web.Response(body=payload, content_type="application/json")
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        record = await self._record(request)
+        try:
+            _require_json(request)
+            return _json_response(self._tokenize_body(_parsed(record)))
+        except RequestError as exc:
+            return exc.response()
+
+    def _tokenize_body(self, req: Any) -> Json:
+        if not isinstance(req, dict) or (req.get("prompt") is None) == (
+            req.get("messages") is None
+        ):
+            msg = "Value error, Exactly one of 'prompt' or 'messages' must be provided."
+            raise validation_error([_error("value_error", (), msg, req)])
+        prompt = req.get("prompt")
+        if prompt is None:
+            body = validate_chat_request({**req, "messages": req["messages"]})
+            try:
+                prompt = render_request(
+                    body, flatten=True, convert_last_assistant=self.convert_last_assistant
+                )
+            except ValueError as exc:
+                raise openai_error(str(exc), "BadRequest") from exc
+        if isinstance(prompt, list):
+            batch = [TOKENIZER.encode(p) for p in prompt]
+            return {
+                "tokens": batch,
+                "count": [len(ids) for ids in batch],
+                "max_model_len": TOKENIZER_MAX_LEN,
+            }
+        ids = TOKENIZER.encode(prompt)
+        return {"tokens": ids, "count": len(ids), "max_model_len": TOKENIZER_MAX_LEN}
+
+    async def _detokenize(self, request: web.Request) -> web.Response:
+        record = await self._record(request)
+        req = record.body if isinstance(record.body, dict) else {}
+        tokens, skip = req.get("tokens"), req.get("skip_special_tokens", True)
+        if isinstance(tokens, list) and tokens and isinstance(tokens[0], list):
+            text: str | list[str] = [TOKENIZER.decode(t, skip_special_tokens=skip) for t in tokens]
+        elif isinstance(tokens, list):
+            text = TOKENIZER.decode(tokens, skip_special_tokens=skip)
+        else:
+            return validation_error(
+                [_error("list_type", ("tokens",), "Input should be a valid list", tokens)]
+            ).response()
+        return _json_response({"text": text})
+
+    async def _health(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return web.Response(status=200 if self.healthy else 503)
+
+    def _card(self) -> Json:
+        return {
+            "id": self.model,
+            "object": "model",
+            "created": int(time.time()),
+            "owned_by": "sglang",
+            "root": self.model,
+            "parent": None,
+            "max_model_len": self.max_model_len,
+        }
+
+    async def _models(self, request: web.Request) -> web.Response:
+        await self._record(request, self.model_queries)
+        return _json_response({"object": "list", "data": [self._card()]})
+
+    async def _model(self, request: web.Request) -> web.Response:
+        await self._record(request, self.model_queries)
+        name = request.match_info["model"]
+        if name != self.model:
+            error = {
+                "message": f"The model '{name}' does not exist",
+                "type": "invalid_request_error",
+                "param": "model",
+                "code": "model_not_found",
+            }
+            return _json_response({"error": error}, 404)
+        return _json_response(self._card())
+
+    async def _model_info(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return _json_response(
+            {
+                "model_path": self.model,
+                "tokenizer_path": self.model,
+                "is_generation": True,
+                "preferred_sampling_params": None,
+                "weight_version": WEIGHT_VERSION,
+            }
+        )
+
+
+def _require_json(request: web.Request) -> None:
+    """http_server.validate_json_request."""
+    if request.content_type != "application/json":
+        msg = "Unsupported Media Type: Only 'application/json' is allowed"
+        raise validation_error(
+            [{"loc": ["header", "content-type"], "msg": msg, "type": "value_error"}]
+        )
+
+
+def _parsed(record: RecordedRequest) -> Any:
+    if record.body is None:
+        raise validation_error([_error("json_invalid", (0,), "JSON decode error", {})])
+    return record.body
+
+
+def _is_batch(req: Json) -> bool:
+    text, input_ids = req.get("text"), req.get("input_ids")
+    return isinstance(text, list) or bool(input_ids and isinstance(input_ids[0], list))
+
+
+def _generate_texts(req: Json) -> list[str]:
+    text: Any = req.get("text")
+    input_ids: Any = req.get("input_ids")
+    if not text and not input_ids:
+        raise RequestError(
+            400,
+            {"error": {"message": "Either text, input_ids or input_embeds should be provided."}},
+        )
+    if text is not None:
+        return text if isinstance(text, list) else [text]
+    batches: list[list[int]] = input_ids if isinstance(input_ids[0], list) else [input_ids]
+    return [TOKENIZER.decode(ids, skip_special_tokens=False) for ids in batches]
+
+
+async def _reset(request: web.Request, payload: bytes) -> web.StreamResponse:
+    """Send the headers and half the body, then drop the connection."""
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.content_length = len(payload)
+    await response.prepare(request)
+    await response.write(payload[: len(payload) // 2])
+    if request.transport is not None:
+        request.transport.abort()
+    raise asyncio.CancelledError
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=30000)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--max-model-len", type=int, default=CONTEXT_LEN)
+    args = parser.parse_args(argv)
+    emulator = GuardEmulator(latency_s=args.latency_ms / 1000, max_model_len=args.max_model_len)
+    emulator.run(args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()
