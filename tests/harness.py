@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from openai import AsyncOpenAI
 
 from proxy.config import load
+from proxy.core.conversation import Turn, read_messages
 from proxy.web.app import create_app
 
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
@@ -211,3 +212,11 @@ def drawn(strategy: st.SearchStrategy[T], count: int) -> list[T]:
 
     draw()
     return found
+
+
+def turns_of(messages: list[Any]) -> tuple[Turn, ...]:
+    """All of a message list's turns, a trailing prefill as the ASSISTANT turn it is."""
+    conversation = read_messages(messages, non_text="pass")
+    if conversation.prefill:
+        return (*conversation.turns, Turn("assistant", conversation.prefill))
+    return conversation.turns

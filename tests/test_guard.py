@@ -8,12 +8,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 from emulators.guard import GuardEmulator, Rule, render_chat
+from harness import turns_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.clients.guard import ChatGuard, GenerateGuard, chat_messages
 from proxy.config import GuardConfig
-from proxy.core.conversation import Turn, turns_from_messages
+from proxy.core.conversation import Turn
 from proxy.core.longinput import input_budget
 from proxy.core.template import render
 from proxy.core.verdict import parse_verdict, verdict_regex
@@ -56,7 +57,7 @@ CONVERSATIONS = [
 
 @pytest.mark.parametrize("messages", CONVERSATIONS)
 def test_render_matches_the_jinja_template(messages: list[dict[str, object]]) -> None:
-    turns = turns_from_messages(messages)
+    turns = turns_of(messages)
     assert render(turns) == render_chat(chat_messages(turns))
 
 

@@ -249,14 +249,6 @@ def read_messages(messages: Sequence[Any], *, non_text: NonText = "block",
     return reader.finish()
 
 
-def turns_from_messages(messages: Sequence[Any]) -> tuple[Turn, ...]:
-    """The turns of ``messages`` (a trailing prefill stays an ASSISTANT turn)."""
-    conversation = read_messages(messages, non_text="pass")
-    if conversation.prefill:
-        return (*conversation.turns, Turn("assistant", conversation.prefill))
-    return conversation.turns
-
-
 def prompt_view(turns: Sequence[Turn], prefill: str = "") -> tuple[Turn, ...]:
     """The conversation up to and including the last user turn, which is judged; a
     prefill the upstream will continue is judged as part of the user's turn."""

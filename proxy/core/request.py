@@ -110,10 +110,6 @@ class ChatRequest:
     extras: str = ""  # tools, schemas, prediction: judged as one more USER input
     n: int = 1
 
-    @property
-    def turns(self) -> tuple[Any, ...]:
-        return self.conversation.turns
-
 
 def parse_chat_request(body: bytes, *, non_text: NonText = "block",
                        allowed: Collection[str] = ()) -> ChatRequest:

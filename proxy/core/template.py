@@ -107,7 +107,7 @@ Provide your safety assessment for ONLY THE LAST **ASSISTANT's response** in the
 
 
 def render(turns: Sequence[Turn]) -> str:
-    """The template's output for these turns (``turns_from_messages`` shapes them)."""
+    """The template's output for these turns (``conversation.read_messages`` shapes them)."""
     if not turns:
         return ""
     prompt = turns[-1].role == "user"
