@@ -48,6 +48,7 @@ class Checks:
     chat: ChatRequest
     record: RequestRecord
     cache: VerdictCache | None = None
+    cache_scope: str = ""  # the tenant, unless verdicts are shared across tenants
 
     async def check_prompt(self) -> Outcome:
         stage = self.policy.prompt
@@ -98,7 +99,7 @@ class Checks:
 
     async def _judge_input(self, stage: StagePolicy, turns: Sequence[Turn]) -> Outcome:
         """One guard input's outcome; the cache is keyed by the exact input."""
-        key = self.cache.key(turns) if self.cache is not None else None
+        key = self.cache.key(turns, self.cache_scope) if self.cache is not None else None
         verdict = self._cached(key)
         if verdict is None:
             try:

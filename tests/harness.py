@@ -53,6 +53,7 @@ upstreams:
   local: {{url: "{upstream}/v1", api_key_env: UPSTREAM_KEY, timeout_s: {upstream_timeout}}}
 limits: {{max_body_bytes: {max_body}}}
 reload: {{poll_s: {poll}}}
+cache: {{shared_across_tenants: {shared_cache}}}
 """
 
 POLICIES = {
@@ -161,7 +162,8 @@ async def wait_until(condition: Callable[[], bool]) -> None:
 
 def write_config(root: Path, *, guard: str, upstream: str, stream: str = "buffer",
                  timeout: float = 2.0, max_body: int = 65536, api: str = "chat",
-                 upstream_timeout: float = 10.0, poll: float = 1.0) -> Path:
+                 upstream_timeout: float = 10.0, poll: float = 1.0,
+                 shared_cache: bool = False) -> Path:
     (root / "policies").mkdir(exist_ok=True)
     for name, text in POLICIES.items():
         policy = text.format(key=_digest(KEYS[name]), stream=stream)
@@ -169,7 +171,8 @@ def write_config(root: Path, *, guard: str, upstream: str, stream: str = "buffer
     path = root / "proxy.yaml"
     path.write_text(SERVER.format(guard=guard, upstream=upstream, timeout=timeout,
                                   max_body=max_body, api=api,
-                                  upstream_timeout=upstream_timeout, poll=poll))
+                                  upstream_timeout=upstream_timeout, poll=poll,
+                                  shared_cache=str(shared_cache).lower()))
     return path
 
 

@@ -112,3 +112,27 @@ async def test_a_new_turn_is_a_new_guard_input(proxy: Proxy) -> None:
             {"role": "user", "content": "how are you?"}]})
     (line,) = [entry for entry in logs if entry["event"] == "request"]
     assert (line["guard_calls"], line["cache_hits"]) == (2, 0)  # a different last turn
+
+
+async def test_one_tenants_verdicts_never_answer_anothers(proxy: Proxy) -> None:
+    """A cache hit is faster and counted: shared across tenants, it would tell one tenant
+    what another had just sent.  Each tenant's checks are its own by default."""
+    body = {"model": "m", "messages": [{"role": "user", "content": "the secret plan"}]}
+    proxy.upstream.replies.extend([Reply(content="ok"), Reply(content="ok")])
+    with capture_logs() as logs:
+        await proxy.post(body, tenant="strict")
+        await proxy.post(body, tenant="racer")
+    lines = [entry for entry in logs if entry["event"] == "request"]
+    assert [line["cache_hits"] for line in lines] == [0, 0]
+    assert [line["guard_calls"] for line in lines] == [2, 2]
+
+
+@pytest.mark.parametrize("proxy", [{"shared_cache": True}], indirect=True)
+async def test_sharing_across_tenants_is_an_opt_in(proxy: Proxy) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "the secret plan"}]}
+    proxy.upstream.replies.extend([Reply(content="ok"), Reply(content="ok")])
+    with capture_logs() as logs:
+        await proxy.post(body, tenant="strict")
+        await proxy.post(body, tenant="racer")
+    lines = [entry for entry in logs if entry["event"] == "request"]
+    assert [line["cache_hits"] for line in lines] == [0, 2]  # the prompt and the answer

@@ -109,7 +109,8 @@ def test_every_declared_key_is_read(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("cls", "keys"), [
     (GuardConfig, ("url", "model", "api", "timeout_s", "api_key_env", "max_tokens",
                    "cache_size", "cache_ttl_s", "max_model_len")),
-    (ServerConfig, ("listen", "policies", "guard", "upstreams", "limits", "log", "reload")),
+    (ServerConfig, ("listen", "policies", "guard", "upstreams", "limits", "log", "reload",
+                    "cache")),
     (Policy, ("tenant", "keys", "upstream", "models", "prompt", "response", "on_guard_error",
               "block", "log_content")),
 ])

@@ -402,7 +402,7 @@ def _load_server(f: _File, env: Mapping[str, str]) -> _LoadedServer | None:
     folder = _policies_folder(top)
     upstreams = _upstreams(top, env)
     nested: dict[str, Any] = {}
-    for name in ("listen", "limits", "log", "reload"):
+    for name in ("listen", "limits", "log", "reload", "cache"):
         nested.update(read_plain(top.sub(name, keys_of(ServerConfig, f"{name}.")),
                                  ServerConfig, f"{name}."))
     server = ServerConfig(

@@ -173,6 +173,9 @@ class ServerConfig:
     # reload when a file under policies_dir changes, looking every watch_interval_s
     watch_policies: bool = field(default=True, metadata=key("reload.watch"))
     watch_interval_s: float = field(default=1.0, metadata=key("reload.poll_s"))
+    # one tenant's cached verdicts may answer another's checks (a cross-tenant oracle)
+    cache_shared_across_tenants: bool = field(default=False,
+                                              metadata=key("cache.shared_across_tenants"))
     source: Path = field(default=Path("<memory>"), metadata=SPECIAL)
 
 

@@ -49,8 +49,9 @@ async def chat_completions(request: web.Request, runtime: Runtime, policy: Polic
     record.unchecked_parts = len(chat.conversation.unchecked)
     if policy.models is not None and chat.model not in policy.models:
         raise ModelNotAllowed(f"model {chat.model!r} is not available to this key", param="model")
+    shared = runtime.config.server.cache_shared_across_tenants
     checks = Checks(guard=runtime.guard, policy=policy, chat=chat, record=record,
-                    cache=runtime.cache)
+                    cache=runtime.cache, cache_scope="" if shared else policy.tenant)
     call = UpstreamCall(runtime.upstreams[policy.upstream], chat.body, record.request_id,
                         stream=chat.stream)
     try:
