@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,8 +25,48 @@ from proxy.core.policy import Outcome, strictest, worst
 logger = structlog.get_logger("guardproxy")
 
 
+# A header that carries a credential, as a parser or a traceback shows it, and a bearer token.
+_SECRET_HEADER = re.compile(
+    r"(?i)\b(authorization|proxy-authorization|api-key|x-api-key)(\s*:\s*)[^\r\n'\"]*")
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s'\"\\]+")
+
+
+def redact(text: str) -> str:
+    """``text`` with every credential header's value and every bearer token replaced."""
+    if ":" in text:
+        text = _SECRET_HEADER.sub(r"\1\2[redacted]", text)
+    return _BEARER.sub(r"\1 [redacted]", text) if "earer" in text else text
+
+
+_REDACTING = "_guardproxy_redacting"
+
+
+def install_redaction() -> None:
+    """Every stdlib log record — aiohttp's and asyncio's own included, a traceback's text
+    too — is made with its credentials redacted, whichever handler writes it.  A record
+    factory, not a handler filter: a handler added later (a test's, an operator's) gets
+    the redacted record as well.  A second call changes nothing."""
+    make = logging.getLogRecordFactory()
+    if getattr(make, _REDACTING, False):
+        return
+
+    def redacted(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[0] is not None:
+            text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        clean = redact(text)
+        if clean != text:  # the exception goes along as text: its repr held the secret
+            record.msg, record.args, record.exc_info, record.exc_text = clean, None, None, None
+        return record
+
+    setattr(redacted, _REDACTING, True)
+    logging.setLogRecordFactory(redacted)
+
+
 def configure(level: str = "info") -> None:
     pid = os.getpid()  # configured in each worker, so every line says which one wrote it
+    install_redaction()
 
     def add_pid(logger: Any, name: str, event: structlog.typing.EventDict
                 ) -> structlog.typing.EventDict:

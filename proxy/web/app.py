@@ -16,6 +16,7 @@ from proxy.clients.upstream import Upstream
 from proxy.config import Config, GuardConfig, ServerConfig
 from proxy.config.reload import PolicyReloader
 from proxy.core.cache import VerdictCache
+from proxy.obs.log import install_redaction
 from proxy.obs.metrics import Metrics
 from proxy.web import httperrors
 from proxy.web.middlewares import authenticate, envelope
@@ -25,6 +26,7 @@ from proxy.web.state import RUNTIME, Runtime
 
 def create_app(config: Config) -> web.Application:
     httperrors.install()  # aiohttp's own 4xx answers in OpenAI's shape too
+    install_redaction()  # and its log records of them without the credentials they show
     # The body limit is enforced while reading, to answer 413 in OpenAI's shape.
     app = web.Application(middlewares=[envelope, authenticate], client_max_size=2**62)
     add_routes(app)

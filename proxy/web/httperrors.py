@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web, web_protocol
 
 from proxy.core.protocol import error_body
+from proxy.obs.log import redact
 
 _MARK = "_guardproxy_json_errors"
 
@@ -41,5 +42,5 @@ def install() -> None:
 def _body(status: int, message: str | None) -> bytes:
     if status >= 500:
         return error_body("internal error", type="server_error", code="internal_error")
-    text = f"malformed HTTP request: {message}" if message else "malformed HTTP request"
+    text = f"malformed HTTP request: {redact(message)}" if message else "malformed HTTP request"
     return error_body(text, type="invalid_request_error", code="bad_http_request")

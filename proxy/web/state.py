@@ -45,7 +45,7 @@ class Runtime:
     def tenant_for(self, key: str) -> Policy | None:
         """The policy whose key this is.  Every stored digest is compared, in constant
         time, so the answer's timing says nothing about which digest came close."""
-        digest = hashlib.sha256(key.encode()).digest()
+        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()  # raw bytes
         found = None
         for stored, policy in self._keys:
             if hmac.compare_digest(stored, digest):
