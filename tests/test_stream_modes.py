@@ -245,3 +245,20 @@ async def test_window_schedule_grows_to_its_cap() -> None:
 async def test_buffer_schedule_is_never_due() -> None:
     assert not WindowSchedule.never().due(10**9)
     await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("proxy", [{"stream": "buffer"}, {"stream": "window"}], indirect=True,
+                         ids=["buffer", "window"])
+async def test_time_to_first_token_is_when_text_went_out(proxy: Proxy) -> None:
+    """``ttft_ms`` is the first byte of the answer the client got, not of the headers: in
+    buffer mode the whole answer's time, in window mode the first window's."""
+    words = _words(SAFE * 6)  # 270 characters, a token every 10 ms: ~0.54 s in all
+    proxy.upstream.replies.append(Reply(content="".join(words), chunks=words, delay_s=0.01))
+    with capture_logs() as logs:
+        await proxy.post(_body())
+    (line,) = [entry for entry in logs if entry["event"] == "request"]
+    first_window = 10 * sum(1 for _ in itertools.takewhile(
+        lambda n: n < 160, itertools.accumulate(len(w) for w in words)))
+    floor = 10 * (len(words) - 1) if proxy.stream == "buffer" else first_window
+    assert line["ttft_ms"] >= floor * 0.9
+    assert line["ttft_ms"] <= line["total_ms"]

@@ -115,7 +115,7 @@ class RequestRecord:
     guard_timings: list[tuple[str, float]] = field(default_factory=list)  # (check, seconds)
     prompt_chars: int = 0  # the messages' text, counted when the prompt is blocked
     upstream_ms: float | None = None
-    ttft_ms: float | None = None
+    ttft_ms: float | None = None  # streams: when the first byte of the answer went out
     usage: Any = None
     leaked_chars: int | None = None  # async streams: characters sent before a check passed
     removed_fields: int = 0  # upstream answer fields with a value left out of the answer

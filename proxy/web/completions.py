@@ -90,9 +90,10 @@ async def blocked_prompt(request: web.Request, checks: Checks, headers: dict[str
     state = StreamState(model=chat.model, choices_allowed=chat.n)
     response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
     try:
-        await _prepare(request, response, checks.record)
+        await response.prepare(request)
         await response.write(state.blocked_tail(block.message) + state.closing_chunk(moderation)
                              + DONE_EVENT)
+        checks.record.mark_first_byte()
         await response.write_eof()
     except ConnectionResetError:
         checks.record.client_gone = 499
@@ -134,12 +135,6 @@ def _json(body: bytes, *, status: int = 200, headers: dict[str, str]) -> web.Res
                         headers=headers)
 
 
-async def _prepare(request: web.Request, response: web.StreamResponse, record: RequestRecord
-                   ) -> None:
-    await response.prepare(request)
-    record.mark_first_byte()
-
-
 async def relay_stream(request: web.Request, call: UpstreamCall, checks: Checks,
                        headers: dict[str, str]) -> web.StreamResponse:
     upstream_resp = await call.opened()
@@ -150,7 +145,7 @@ async def relay_stream(request: web.Request, call: UpstreamCall, checks: Checks,
     if streams is not None:
         streams.active_streams.inc()
     try:
-        await _prepare(request, response, checks.record)
+        await response.prepare(request)
         await relay.run(upstream_resp)
         await response.write_eof()
     except ConnectionResetError:

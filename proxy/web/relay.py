@@ -217,3 +217,4 @@ class StreamRelay:
     async def _write(self, data: bytes) -> None:
         if data:
             await self.response.write(data)
+            self.checks.record.mark_first_byte()  # of the answer, not of the headers
