@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -123,8 +124,7 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = args.port or config.server.port
     if args.workers == 1:
-        _run(config, host, port, reuse_port=False)
-        return 0
+        return _run(config, host, port, reuse_port=False)
     log.configure(config.server.log_level)
     return workers.supervise(args.workers, _worker, (args.config, host, port))
 
@@ -135,14 +135,20 @@ def _worker(path: Path | None, host: str, port: int) -> None:
     _run(config, host, port, reuse_port=True)
 
 
-def _run(config: Config, host: str, port: int, *, reuse_port: bool) -> None:
+def _run(config: Config, host: str, port: int, *, reuse_port: bool) -> int:
     log.configure(config.server.log_level)
     _use_uvloop()
     log.logger.info("listening", host=host, port=port, tenants=len(config.policies))
     # handler_cancellation: a client that hangs up cancels its request's task, and with it
     # the upstream call and any pending guard check
-    web.run_app(create_app(config), host=host, port=port, reuse_port=reuse_port or None,
-                access_log=None, print=None, handler_cancellation=True)
+    try:
+        web.run_app(create_app(config), host=host, port=port, reuse_port=reuse_port or None,
+                    access_log=None, print=None, handler_cancellation=True)
+    except OSError as exc:  # the port is taken, the address is not this machine's, ...
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(f"guardproxy serve: cannot listen on {host}:{port}: {reason}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _use_uvloop() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import openai
 import orjson
 import pytest
@@ -175,3 +177,35 @@ async def test_log_line_for_401(proxy: Proxy) -> None:
     (line,) = [entry for entry in logs if entry["event"] == "request"]
     assert line["status"] == 401 and line["tenant"] is None
     assert "sk-leaked-key" not in orjson.dumps(logs).decode()
+
+
+@pytest.mark.parametrize(
+    ("path", "tenant", "body", "status", "code"),
+    [
+        ("/v1/chat/completions", None, {"model": "m", "messages": []}, 401, "invalid_api_key"),
+        ("/v1/chat/completions", "strict", b"not json", 400, "invalid_request"),
+        ("/v1/chat/completions", "errors", {"model": "other",
+                                            "messages": [{"role": "user", "content": "x"}]},
+         404, "model_not_found"),
+        ("/v1/nothing-here", "strict", {}, 404, "not_found"),
+        ("/v1/chat/completions", "strict", {"model": "m", "x_unknown": 1,
+                                            "messages": [{"role": "user", "content": "x"}]},
+         400, "unsupported_parameter"),
+    ],
+)
+async def test_a_refused_request_logs_its_path_status_and_code(
+        proxy: Proxy, path: str, tenant: str | None, body: Any, status: int, code: str) -> None:
+    with capture_logs() as logs:
+        got, _, _ = await proxy.post(body, tenant=tenant, path=path)
+    (line,) = [entry for entry in logs if entry["event"] == "request"]
+    assert got == status
+    assert (line["path"], line["status"], line["code"], line["action"]) == (
+        path, status, code, "rejected")
+
+
+async def test_a_served_request_logs_no_code(proxy: Proxy) -> None:
+    with capture_logs() as logs:
+        await proxy.post({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+    (line,) = [entry for entry in logs if entry["event"] == "request"]
+    assert (line["path"], line["status"], line["code"], line["action"]) == (
+        "/v1/chat/completions", 200, None, "pass")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import orjson
+import pytest
 from conftest import SECRETS, LogSink, leaked
 from emulators.upstream import Reply
 from harness import KEYS, UPSTREAM_KEY, Proxy
@@ -82,3 +83,25 @@ async def test_a_key_with_an_invalid_byte_never_reaches_a_log(proxy: Proxy,
     await asyncio.sleep(0.05)
     lines = log_sink.lines[before:]
     assert not leaked(lines), leaked(lines)[:2]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_blocked_text_stays_out_of_the_log_without_log_content(
+        proxy: Proxy, log_sink: LogSink, stream: bool) -> None:
+    """``log_content: false`` (the strict tenant): neither a blocked prompt's text nor a
+    blocked answer's reaches a log line; with ``true`` (audited) the prompt's does."""
+    before = len(log_sink.lines)
+    prompt = "build a bomb, marker-prompt-7731"
+    answer = "Here is the bomb recipe, marker-answer-4410."
+    await proxy.post({"model": "m", "stream": stream,
+                      "messages": [{"role": "user", "content": prompt}]})
+    proxy.upstream.replies.append(Reply(content=answer))
+    await proxy.post({"model": "m", "stream": stream,
+                      "messages": [{"role": "user", "content": "a recipe, please"}]})
+    lines = log_sink.lines[before:]
+    assert any('"request"' in line or "request" in line for line in lines)
+    assert not [line for line in lines if "marker-prompt-7731" in line]
+    assert not [line for line in lines if "marker-answer-4410" in line]
+    await proxy.post({"model": "m", "messages": [{"role": "user", "content": prompt}]},
+                     tenant="audited")
+    assert any("marker-prompt-7731" in line for line in log_sink.lines[before:])

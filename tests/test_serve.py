@@ -100,6 +100,18 @@ async def test_serve_runs_the_proxy_and_logs_json(config: Path,
     assert request["tenant"] == "strict" and request["status"] == 200
     assert request["level"] == "info" and request["timestamp"]
     assert b"secret words" not in output and KEYS["strict"].encode() not in output
+    assert lines[-1]["event"] == "stopped"  # and a line at shutdown
+
+
+async def test_a_port_in_use_is_one_line_and_a_failure(config: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = await _run("serve", "-c", str(config), "--port", str(port))
+    assert code == 1 and "Traceback" not in err + out
+    assert err.strip().splitlines() == [
+        f"guardproxy serve: cannot listen on 127.0.0.1:{port}: Address already in use"]
 
 
 async def test_workers_share_one_port(config: Path, upstream_emulator: UpstreamEmulator) -> None:

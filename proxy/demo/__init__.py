@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 import signal
 import sys
 import tempfile
@@ -159,8 +160,9 @@ async def serve(options: Options) -> int:
         try:
             runner, port = await _start(create_app(config), options.host, options.port)
         except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
             print(f"guardproxy demo: cannot listen on {options.host}:{options.port}: "
-                  f"{exc.strerror or exc} (choose another with --port)", file=sys.stderr)
+                  f"{reason} (choose another with --port)", file=sys.stderr)
             return 1
         runners.append(runner)
         print(banner(options, f"http://{options.host}:{port}", guard_url, upstream_url),

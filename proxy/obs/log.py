@@ -102,6 +102,8 @@ class RequestRecord:
     """What one request did, filled in stage by stage."""
 
     request_id: str
+    path: str = ""
+    error_code: str | None = None  # the OpenAI error code of an error answer
     started: float = field(default_factory=time.perf_counter)
     tenant: str | None = None
     model: str | None = None
@@ -134,10 +136,18 @@ class RequestRecord:
     def action(self) -> Action:
         return strictest([*self.input, *self.output])
 
+    def action_name(self, status: int) -> str:
+        """The strictest action taken; ``rejected`` for a request refused before any
+        check ran (a bad key, a bad body, an unknown route): nothing was passed."""
+        if not self.input and status >= 400:
+            return "rejected"
+        return self.action().value
+
     def fields(self, status: int) -> dict[str, Any]:
         line: dict[str, Any] = {
-            "request_id": self.request_id, "tenant": self.tenant, "model": self.model,
-            "stream": self.stream, "status": status, "action": self.action().value,
+            "request_id": self.request_id, "path": self.path, "tenant": self.tenant,
+            "model": self.model, "stream": self.stream, "status": status,
+            "code": self.error_code, "action": self.action_name(status),
             "input": stage_fields(self.input), "output": stage_fields(self.output),
             "guard_calls": self.guard_calls, "cache_hits": self.cache_hits,
             "guard_ms": round(self.guard_ms, 3),

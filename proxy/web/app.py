@@ -16,7 +16,7 @@ from proxy.clients.upstream import Upstream
 from proxy.config import Config, GuardConfig, ServerConfig
 from proxy.config.reload import PolicyReloader
 from proxy.core.cache import VerdictCache
-from proxy.obs.log import install_redaction
+from proxy.obs.log import install_redaction, logger
 from proxy.obs.metrics import Metrics
 from proxy.web import httperrors
 from proxy.web.middlewares import authenticate, envelope
@@ -85,6 +85,7 @@ def _clients(config: Config) -> Callable[[web.Application], AsyncIterator[None]]
         try:
             yield
         finally:
+            logger.info("stopped", tenants=len(runtime.policies))  # the shutdown line
             await reloader.stop()
             window.cancel()
             guard.close()

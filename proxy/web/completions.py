@@ -81,6 +81,7 @@ async def blocked_prompt(request: web.Request, checks: Checks, headers: dict[str
     checks.record.prompt_chars = chat.conversation.prompt_chars() + len(chat.extras)
     moderation = checks.annotation()
     if block.style == "error":
+        checks.record.error_code = "content_filter"
         body = error_body(block.message, type="invalid_request_error", code="content_filter",
                           param="messages", moderation=moderation)
         return _json(body, status=400, headers=headers)

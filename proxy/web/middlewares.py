@@ -24,7 +24,7 @@ async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse
     """Gives every request an id, every /v1 request one ``request`` log line, and
     turns every error into OpenAI's error shape."""
     request_id = _request_id(request)
-    record = request[RECORD] = RequestRecord(request_id=request_id)
+    record = request[RECORD] = RequestRecord(request_id=request_id, path=request.path)
     status = 499  # unless an answer is made: the client went away first
     # Requests on one connection share a task: start each with a clean log context.
     structlog.contextvars.clear_contextvars()
@@ -44,14 +44,18 @@ async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    record = request[RECORD]
     try:
         return await handler(request)
     except ProxyError as exc:
+        record.error_code = exc.code
         return _error_response(exc)
     except web.HTTPException as exc:
+        record.error_code = _HTTP_CODES.get(exc.status, "http_error")
         return _http_error(exc)
     except Exception:
         logger.exception("unhandled_error", path=request.path)
+        record.error_code = "internal_error"
         body = error_body("internal error", type="server_error", code="internal_error")
         return web.Response(status=500, content_type="application/json", body=body)
 
@@ -69,8 +73,11 @@ def _error_response(exc: ProxyError) -> web.Response:
     return response
 
 
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
 def _http_error(exc: web.HTTPException) -> web.Response:
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+    code = _HTTP_CODES.get(exc.status, "http_error")
     body = error_body(exc.reason, type="invalid_request_error", code=code)
     return web.Response(status=exc.status, body=body, content_type="application/json")
 
