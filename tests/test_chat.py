@@ -11,6 +11,8 @@ from emulators.upstream import Reply
 from harness import UPSTREAM_KEY, Proxy
 from openai_schema import validate
 
+from proxy.config import BlockPolicy
+
 MODEL = "gpt-4.1-mini"
 
 
@@ -143,7 +145,7 @@ async def test_guard_failure_fails_open_when_the_policy_says(proxy: Proxy, fault
     proxy.guard.fault = fault  # type: ignore[assignment]
     proxy.upstream.replies.append(Reply(content="Unmoderated answer."))
     raw, body = await _create(proxy, "hello", "lenient")
-    assert raw.headers["x-guard-action"] == "pass"
+    assert raw.headers["x-guard-action"] == "unchecked"  # served, but not judged
     assert body["choices"][0]["message"]["content"] == "Unmoderated answer."
     assert body["moderation"]["input"]["code"] == "guard_unavailable"
     assert body["moderation"]["output"]["code"] == "guard_unavailable"
@@ -155,6 +157,8 @@ async def test_guard_down_fails_closed(proxy: Proxy) -> None:
     _, body = await _create(proxy, "hello", "strict")
     assert body["choices"][0]["finish_reason"] == "content_filter"
     assert "unreachable" in body["moderation"]["input"]["message"]
+    # not the policy's block message: nothing was judged against the policy
+    assert body["choices"][0]["message"]["content"] == BlockPolicy().unavailable_message
 
 
 async def test_upstream_http_error_passes_through_with_its_body(proxy: Proxy) -> None:

@@ -28,10 +28,14 @@ from harness import KEYS, UPSTREAM_KEY, Proxy, wait_until, write_config
 from openai_schema import validate
 from structlog.testing import capture_logs
 
+from proxy.config import BlockPolicy
+
 MODEL = "gpt-4.1-mini"
 ROOT = Path(__file__).resolve().parents[1]
 ANSWER = "A perfectly ordinary answer."
 BLOCKED = "Blocked by the strict policy."
+# A fail-closed tenant's answer when the guard failed: not the policy's block message.
+UNAVAILABLE = BlockPolicy().unavailable_message
 
 
 def _body(text: str = "hello", *, stream: bool = False) -> dict[str, Any]:
@@ -138,7 +142,7 @@ async def test_prompt_check_fault_fails_closed(proxy: Proxy, fault: str, stream:
         answer = await _with_prompt_fault(proxy, "strict", fault, stream=stream)
     kind, message = GUARD_FAULTS[fault]
     assert answer.status == 200 and answer.headers["x-guard-action"] == "block"
-    assert answer.text == BLOCKED and answer.finish == "content_filter"
+    assert answer.text == UNAVAILABLE and answer.finish == "content_filter"
     assert answer.moderation["input"]["code"] == "guard_unavailable"
     assert message in answer.moderation["input"]["message"]
     assert proxy.upstream_chats() == []
@@ -155,7 +159,7 @@ async def test_prompt_check_fault_fails_open(proxy: Proxy, fault: str, stream: b
     with capture_logs() as logs:
         answer = await _with_prompt_fault(proxy, "lenient", fault, stream=stream)
     kind, message = GUARD_FAULTS[fault]
-    assert answer.status == 200 and answer.headers["x-guard-action"] == "pass"
+    assert answer.status == 200 and answer.headers["x-guard-action"] == "unchecked"
     assert answer.text == ANSWER and answer.finish == "stop"
     # the guard is still broken for the answer's check: both stages say so
     for stage in ("input", "output"):
@@ -184,7 +188,7 @@ async def test_response_check_fault_follows_the_policy(proxy: Proxy, fault: str,
     assert answer.moderation["output"]["code"] == "guard_unavailable"
     assert message in answer.moderation["output"]["message"]
     if closed:  # the unchecked answer never reaches the client
-        assert answer.text == BLOCKED and answer.finish == "content_filter"
+        assert answer.text == UNAVAILABLE and answer.finish == "content_filter"
     else:
         assert answer.text == ANSWER and answer.finish == "stop"
     line = _request_line(logs)
@@ -192,6 +196,26 @@ async def test_response_check_fault_follows_the_policy(proxy: Proxy, fault: str,
     assert line["output"] == {"error": "guard_unavailable", "kind": kind, "action": action}
     assert line["input"]["action"] == "pass" and line["guard_calls"] == 2
     await _abandoned_if_hung(proxy.guard, fault)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+async def test_a_guard_outage_is_named_not_blamed_on_the_policy(proxy: Proxy,
+                                                                 stream: bool) -> None:
+    """Error style: a 503 ``guard_unavailable`` the client can retry, not a 400
+    ``content_filter`` that says the prompt broke the rules."""
+    proxy.guard.fault = "http_500"
+    body = {"model": "gpt-4.1-mini", "stream": stream,
+            "messages": [{"role": "user", "content": "a harmless haiku"}]}
+    with capture_logs() as logs:
+        status, headers, raw = await proxy.post(body, tenant="errors")
+    answer = orjson.loads(raw)
+    error = answer["error"]
+    assert status == 503 and headers["Retry-After"] == "1"
+    assert (error["code"], error["type"]) == ("guard_unavailable", "server_error")
+    assert error["message"] == UNAVAILABLE and "Blocked" not in error["message"]
+    assert answer["moderation"]["input"]["code"] == "guard_unavailable"
+    assert proxy.upstream_chats() == []
+    assert _request_line(logs)["code"] == "guard_unavailable"
 
 
 async def _abandoned_if_hung(guard: GuardEmulator, fault: str) -> None:

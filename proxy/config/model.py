@@ -118,6 +118,14 @@ class ResponsePolicy(StagePolicy):
 class BlockPolicy:
     style: Literal["message", "error"] = "message"
     message: str = "Sorry, this conversation was blocked by the content policy."
+    # what a fail-closed tenant says when the guard could not judge: not a policy block
+    unavailable_message: str = ("Sorry, this request could not be checked for safety right "
+                                "now. Please try again later.")
+
+    def text_for(self, error_code: str | None) -> str:
+        """The block message, or the unavailable message when the guard failed (the
+        blocking outcome's ``error_code`` is ``guard_unavailable``)."""
+        return self.unavailable_message if error_code == "guard_unavailable" else self.message
 
 
 @dataclass(frozen=True, kw_only=True)

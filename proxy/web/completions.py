@@ -65,7 +65,7 @@ async def _answer(request: web.Request, checks: Checks, call: UpstreamCall
     if checks.policy.prompt.mode == "parallel" and checks.policy.prompt.check:
         call.start()  # its answer stays unread until the prompt passed
     prompt = await checks.check_prompt()
-    headers = {"x-request-id": checks.record.request_id, "x-guard-action": prompt.action.value}
+    headers = {"x-request-id": checks.record.request_id, "x-guard-action": _action(prompt)}
     if prompt.action is Action.BLOCK:
         await call.abandon()
         return await blocked_prompt(request, checks, headers)
@@ -74,25 +74,42 @@ async def _answer(request: web.Request, checks: Checks, call: UpstreamCall
     return await complete(call, checks, headers)
 
 
+def _action(prompt: Outcome) -> str:
+    """``x-guard-action``: the prompt's action; ``unchecked`` when a fail-open tenant let
+    it through because the guard could not judge it."""
+    if prompt.action is Action.PASS and prompt.error_code == "guard_unavailable":
+        return "unchecked"
+    return prompt.action.value
+
+
 async def blocked_prompt(request: web.Request, checks: Checks, headers: dict[str, str]
                          ) -> web.StreamResponse:
     block, chat = checks.policy.block, checks.chat
+    (prompt,) = checks.record.input
+    message = block.text_for(prompt.error_code)
+    if block.style == "error" and prompt.error_code == "guard_unavailable":
+        checks.record.error_code = "guard_unavailable"  # the guard failed: not a policy block
+        body = error_body(message, type="server_error", code="guard_unavailable",
+                          moderation=checks.annotation([Outcome.not_checked(
+                              "the upstream was not called")]))
+        checks.record.output = [Outcome.not_checked("the upstream was not called")]
+        return _json(body, status=503, headers={**headers, "Retry-After": "1"})
     checks.record.output = [Outcome.not_checked("the upstream was not called")]
     checks.record.prompt_chars = chat.conversation.prompt_chars() + len(chat.extras)
     moderation = checks.annotation()
     if block.style == "error":
         checks.record.error_code = "content_filter"
-        body = error_body(block.message, type="invalid_request_error", code="content_filter",
+        body = error_body(message, type="invalid_request_error", code="content_filter",
                           param="messages", moderation=moderation)
         return _json(body, status=400, headers=headers)
     if not chat.stream:
         return _json(orjson.dumps(blocked_completion(
-            model=chat.model, message=block.message, moderation=moderation)), headers=headers)
+            model=chat.model, message=message, moderation=moderation)), headers=headers)
     state = StreamState(model=chat.model, choices_allowed=chat.n)
     response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
     try:
         await response.prepare(request)
-        await response.write(state.blocked_tail(block.message) + state.closing_chunk(moderation)
+        await response.write(state.blocked_tail(message) + state.closing_chunk(moderation)
                              + DONE_EVENT)
         checks.record.mark_first_byte()
         await response.write_eof()
@@ -113,7 +130,7 @@ async def complete(call: UpstreamCall, checks: Checks, headers: dict[str, str]
     for position, outcome in enumerate(outputs):
         if outcome.action is Action.BLOCK:
             choices[position] = blocked_choice(choices[position]["index"],
-                                               checks.policy.block.message)
+                                               checks.policy.block.text_for(outcome.error_code))
     answer.body["moderation"] = checks.annotation(outputs)
     checks.record.usage = answer.body.get("usage")
     return _json(orjson.dumps(answer.body), headers=headers)

@@ -37,7 +37,7 @@ from aiohttp import web
 from proxy.clients.http1 import StreamedAnswer
 from proxy.config import Action, StreamMode
 from proxy.core.moderation import StreamState, WindowSchedule
-from proxy.core.policy import Outcome, strictest
+from proxy.core.policy import Outcome, strictest, worst
 from proxy.core.protocol import error_body
 from proxy.core.sse import DONE, DONE_EVENT, SSEDecoder
 from proxy.errors import HTTPFormatError, SSEError, StreamFault
@@ -190,7 +190,8 @@ class StreamRelay:
         record.usage = self.state.usage
         record.removed_fields = self.state.removed.count
         if strictest(outcomes) is Action.BLOCK:
-            body = self.state.blocked_tail(self.checks.policy.block.message)
+            body = self.state.blocked_tail(self.checks.policy.block.text_for(
+                worst(outcomes).error_code))
         else:
             body = self.state.release_all()
             if self.mode == "async" and len(self.state.choices) <= 1:
