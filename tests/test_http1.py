@@ -12,10 +12,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.clients import http1
-from proxy.clients.http1 import MAX_RESPONSE_BYTES, Origin, _Chunked, _parse
+from proxy.clients.http1 import MAX_RESPONSE_BYTES, Origin, _Chunked, _WholeReader
 from proxy.errors import HTTPFormatError, StaleConnection, StreamCut
 
 OK = b"HTTP/1.1 200 OK\r\n"
+
+
+def _parse(raw: bytearray, *, eof: bool, split: int = 0) -> http1.Answer | None:
+    """A whole answer read from ``raw`` (fed in ``split``-byte reads, or at once)."""
+    reader = _WholeReader(MAX_RESPONSE_BYTES)
+    data, answer = bytes(raw), None
+    for start in range(0, len(data), split or max(1, len(data))):
+        answer = answer or reader.feed(data[start : start + (split or len(data))])
+    if answer is None and eof:
+        answer = reader.at_close()
+    return answer
 
 
 @pytest.mark.parametrize(
@@ -32,11 +43,33 @@ OK = b"HTTP/1.1 200 OK\r\n"
         (b"HTTP/1.0 200 OK\r\n\r\nuntil the end", False, None),
         (b"HTTP/1.0 200 OK\r\n\r\nuntil the end", True, (200, b"until the end", False)),
         (OK + b"Content-Len", False, None),
+        # the same length twice is one length
+        (OK + b"Content-Length: 2\r\nContent-Length: 2\r\n\r\nhi", False, (200, b"hi", True)),
+        # interim answers are skipped, the final one read
+        (b"HTTP/1.1 100 Continue\r\n\r\n" + OK + b"Content-Length: 2\r\n\r\nhi", False,
+         (200, b"hi", True)),
+        (b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n",
+         False, (204, b"", True)),
+        # no body, whatever the headers say
+        (b"HTTP/1.1 204 No Content\r\n\r\n", False, (204, b"", True)),
+        (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", False, (304, b"", True)),
     ],
 )
-def test_framing(raw: bytes, eof: bool, answer: tuple[int, bytes, bool] | None) -> None:
-    parsed = _parse(bytearray(raw), eof=eof)
+@pytest.mark.parametrize("split", [0, 1, 7])
+def test_framing(raw: bytes, eof: bool, answer: tuple[int, bytes, bool] | None,
+                 split: int) -> None:
+    parsed = _parse(bytearray(raw), eof=eof, split=split)
     assert (parsed if parsed is None else parsed[:3]) == answer
+
+
+@pytest.mark.parametrize("raw", [
+    OK + b"Content-Length: 2\r\n\r\nhiEXTRA",
+    OK + b"Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\nEXTRA",
+])
+def test_bytes_after_the_body_end_the_connections_use(raw: bytes) -> None:
+    """Read with the body, they mean the framing is lost: the answer stands, the
+    connection is not kept (arriving later, ``_Connection`` closes on them)."""
+    assert _parse(bytearray(raw), eof=False) == (200, b"hi", False, "", b"")
 
 
 @pytest.mark.parametrize(
@@ -48,6 +81,12 @@ def test_framing(raw: bytes, eof: bool, answer: tuple[int, bytes, bool] | None) 
         OK + b"Content-Length: %d\r\n\r\n" % (MAX_RESPONSE_BYTES + 1),
         OK + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
         b"HTTP/1.1 200 " + b"x" * 70000,
+        # what a library parser refuses, this one refuses too (RFC 9112 section 6)
+        OK + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\nhi",
+        OK + b"Transfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n",
+        OK + b"Transfer-Encoding: xchunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        OK + b"Transfer-Encoding: gzip, chunked\r\n\r\n",
+        OK + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n",
     ],
 )
 def test_unreadable_answers(raw: bytes) -> None:
@@ -285,3 +324,43 @@ async def test_an_answer_whose_end_never_comes_is_closed(monkeypatch: pytest.Mon
     finally:
         origin.close()
         listener.close()
+
+
+# -- against a raw server: what a library parser refuses, refused and not reused ------------
+
+async def test_an_interim_answer_and_a_bodiless_one_do_not_hang(server: Server) -> None:
+    answers, connections, origin = server
+    head = origin.head("/x", {})
+    continued = b"HTTP/1.1 100 Continue\r\n\r\n" + OK + b"Content-Length: 2\r\n\r\nok"
+    answers.extend([lambda _: continued, lambda _: b"HTTP/1.1 204 No Content\r\n\r\n", _echo])
+    assert (await origin.post(head, b"a", within_s=5))[:3] == (200, b"ok", True)
+    assert (await origin.post(head, b"b", within_s=5))[:3] == (204, b"", True)
+    assert (await origin.post(head, b"c", within_s=5))[:2] == (200, b"c")
+    assert len(connections) == 1  # all three framed exactly: one connection throughout
+
+
+@pytest.mark.parametrize("answer", [
+    OK + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\nhi",
+    OK + b"Transfer-Encoding: chunked\r\nContent-Length: 2\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+    OK + b"Transfer-Encoding: xchunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+])
+async def test_smuggling_shapes_are_refused_and_the_connection_dropped(
+        server: Server, answer: bytes) -> None:
+    answers, connections, origin = server
+    head = origin.head("/x", {})
+    answers.extend([lambda _: answer, _echo])
+    with pytest.raises(HTTPFormatError):
+        await origin.post(head, b"a", within_s=5)
+    assert (await origin.post(head, b"b", within_s=5))[:2] == (200, b"b")
+    assert len(connections) == 2  # the refused answer's connection was not used again
+
+
+async def test_bytes_after_a_body_are_not_read_as_the_next_answer(server: Server) -> None:
+    answers, connections, origin = server
+    head = origin.head("/x", {})
+    # the smuggled "answer" would be taken as the reply to the next request on this connection
+    smuggled = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"
+    answers.extend([lambda _: OK + b"Content-Length: 2\r\n\r\nok" + smuggled, _echo])
+    assert (await origin.post(head, b"a", within_s=5))[:3] == (200, b"ok", False)
+    assert (await origin.post(head, b"b", within_s=5))[:2] == (200, b"b")
+    assert len(connections) == 2

@@ -27,7 +27,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self._buffer = bytearray()
+        self._reader: _WholeReader | None = None
         self._waiter: asyncio.Future[Answer] | None = None
         self.limit = MAX_RESPONSE_BYTES
 
@@ -36,38 +36,38 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        if self._waiter is None or self._waiter.done():
+        waiter, reader = self._waiter, self._reader
+        if waiter is None or waiter.done() or reader is None:
+            self.close()  # bytes nobody asked for: this connection cannot be trusted again
             return
         try:
-            answer = _parse(self._buffer, eof=False, limit=self.limit)
+            answer = reader.feed(data)
         except HTTPFormatError as exc:
-            self._waiter.set_exception(exc)
+            self.close()
+            waiter.set_exception(exc)
             return
         if answer is not None:
-            self._buffer.clear()
-            self._waiter.set_result(answer)
+            self._reader = None
+            waiter.set_result(answer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if self._waiter is None or self._waiter.done():
+        waiter, reader = self._waiter, self._reader
+        if waiter is None or waiter.done() or reader is None:
             return
-        try:
-            answer = _parse(self._buffer, eof=True, limit=self.limit) if self._buffer else None
-        except HTTPFormatError as error:
-            self._waiter.set_exception(error)
+        if not reader.started:
+            waiter.set_exception(StaleConnection("closed before the answer began"))
             return
-        if not self._buffer:
-            self._waiter.set_exception(StaleConnection("closed before the answer began"))
-        elif answer is None:
-            self._waiter.set_exception(ConnectionResetError("closed in the middle of the answer"))
+        answer = reader.at_close()
+        if answer is None:
+            waiter.set_exception(ConnectionResetError("closed in the middle of the answer"))
         else:
-            self._waiter.set_result(answer)
+            waiter.set_result(answer)
 
     def send(self, request: bytes) -> asyncio.Future[Answer]:
         assert self.transport is not None
         self._waiter = asyncio.get_running_loop().create_future()
-        self._buffer.clear()
+        self._reader = _WholeReader(self.limit)
         self.transport.write(request)
         return self._waiter
 
@@ -96,36 +96,128 @@ class _Head(NamedTuple):
     keep_alive: bool
     content_type: str
     size: int  # bytes of the head, blank line included
+    length: int | None  # the body's length; None: chunked, or framed by the close
+    chunked: bool
+
+
+def _final_head(buffer: bytearray) -> _Head | None:
+    """The final response head once ``buffer`` holds all of it, else None.  Interim
+    ``1xx`` heads (``100 Continue``, ``103 Early Hints``) are removed from ``buffer``
+    and skipped."""
+    while True:
+        head = _split_head(buffer)
+        if head is None or not 100 <= head.status < 200 or head.status == 101:
+            return head
+        del buffer[: head.size]
 
 
 def _split_head(buffer: bytearray) -> _Head | None:
-    """The response head once ``buffer`` holds all of it, else None."""
+    """One response head once ``buffer`` holds all of it, else None; its framing checked
+    as strictly as a library parser would (RFC 9112 section 6)."""
     end = buffer.find(b"\r\n\r\n")
     if end < 0:
         if len(buffer) > 65536:
             raise HTTPFormatError("response headers too long")
         return None
     lines = bytes(buffer[:end]).split(b"\r\n")
-    headers = {}
+    headers: dict[bytes, bytes] = {}
     for line in lines[1:]:
         name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
+        name, value = name.strip().lower(), value.strip()
+        if name in headers and name in _SINGLE and headers[name] != value:
+            raise HTTPFormatError(f"conflicting {name.decode()} headers")
+        headers[name] = value
+    status = _status(lines[0])
     keep = (headers.get(b"connection", b"").lower() != b"close"
             and lines[0].startswith(b"HTTP/1.1"))
     content_type = headers.get(b"content-type", b"").decode("latin-1")
-    return _Head(_status(lines[0]), headers, keep, content_type, end + 4)
+    length, chunked = _framing(status, headers)
+    if length is None and not chunked:
+        keep = False  # framed by the connection closing
+    return _Head(status, headers, keep, content_type, end + 4, length, chunked)
 
 
-def _parse(buffer: bytearray, *, eof: bool, limit: int = MAX_RESPONSE_BYTES) -> Answer | None:
-    """The answer once ``buffer`` holds a whole response, else None."""
-    head = _split_head(buffer)
-    if head is None:
+_SINGLE = (b"content-length", b"transfer-encoding")  # a second, differing copy is an attack
+
+
+def _framing(status: int, headers: Mapping[bytes, bytes]) -> tuple[int | None, bool]:
+    """(body length, chunked) of an answer with this status and these headers."""
+    coding, length = headers.get(b"transfer-encoding"), headers.get(b"content-length")
+    if status in (204, 304) or 100 <= status < 200:
+        return 0, False  # no body, whatever the headers say
+    if coding is not None:
+        if length is not None:
+            raise HTTPFormatError("Transfer-Encoding together with Content-Length")
+        if coding.lower() != b"chunked":
+            raise HTTPFormatError("unsupported Transfer-Encoding")
+        return None, True
+    if length is not None:
+        if not length.isdigit():
+            raise HTTPFormatError("bad Content-Length")
+        return int(length), False
+    return None, False
+
+
+class _WholeReader:
+    """A whole answer, read incrementally: the head once, then each read's bytes only —
+    a chunked body is decoded as it arrives, never again from its start."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._buffer = bytearray()
+        self._head: _Head | None = None
+        self._chunked: _Chunked | None = None
+        self._pieces: list[bytes] = []
+        self._size = 0
+        self.started = False  # any byte of the answer arrived
+
+    def feed(self, data: bytes) -> Answer | None:
+        self.started = True
+        if self._head is None:
+            self._buffer += data
+            head = _final_head(self._buffer)
+            if head is None:
+                return None
+            if head.length is not None and head.length > self._limit:
+                raise HTTPFormatError("response too large")
+            self._head, data = head, bytes(self._buffer[head.size :])
+            self._buffer.clear()
+            self._chunked = _Chunked() if head.chunked else None
+        return self._body(self._head, data)
+
+    def _body(self, head: _Head, data: bytes) -> Answer | None:
+        if self._chunked is not None:
+            self._add(self._chunked.feed(data))
+            if not self._chunked.done:
+                return None
+            return self._answer(head, extra=self._chunked.trailing)
+        if head.length is not None:
+            need = head.length - self._size
+            self._add(data[:need])
+            if self._size < head.length:
+                return None
+            return self._answer(head, extra=len(data) > need)
+        self._add(data)  # framed by the close
         return None
-    body = _body(buffer, head.size, head.headers, eof, limit)
-    if body is None:
-        return None
-    return Answer(head.status, body, head.keep_alive, head.content_type,
-                  head.headers.get(b"retry-after", b""))
+
+    def _add(self, piece: bytes) -> None:
+        if piece:
+            self._pieces.append(piece)
+            self._size += len(piece)
+            if self._size > self._limit:
+                raise HTTPFormatError("response too large")
+
+    def _answer(self, head: _Head, *, extra: bool) -> Answer:
+        # bytes after the end of the body: the connection's framing is lost, never reuse it
+        return Answer(head.status, b"".join(self._pieces), head.keep_alive and not extra,
+                      head.content_type, head.headers.get(b"retry-after", b""))
+
+    def at_close(self) -> Answer | None:
+        """The answer when the connection closed: whole only if framed by the close."""
+        head = self._head
+        if head is None or head.length is not None or head.chunked:
+            return None
+        return self._answer(head, extra=False)
 
 
 def _status(line: bytes) -> int:
@@ -133,25 +225,6 @@ def _status(line: bytes) -> int:
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
         raise HTTPFormatError("not an HTTP/1.x status line")
     return int(parts[1])
-
-
-def _body(buffer: bytearray, start: int, headers: Mapping[bytes, bytes], eof: bool,
-          limit: int) -> bytes | None:
-    if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-        decoder = _Chunked()
-        body = decoder.feed(bytes(buffer[start:]))
-        if len(body) > limit:
-            raise HTTPFormatError("response too large")
-        return body if decoder.done else None
-    length = headers.get(b"content-length")
-    if length is not None:
-        if not length.isdigit() or int(length) > limit:
-            raise HTTPFormatError("bad or too large Content-Length")
-        size = int(length)
-        return bytes(buffer[start : start + size]) if len(buffer) - start >= size else None
-    if len(buffer) - start > limit:
-        raise HTTPFormatError("response too large")
-    return bytes(buffer[start:]) if eof else None  # framed by the connection closing
 
 
 class Origin:
@@ -290,6 +363,7 @@ class _Chunked:
         self._rest = b""  # bytes not yet decoded: a partial size line, CRLF or trailer
         self._left = -1  # bytes of the current chunk still to come; -1: a size line is next
         self.done = False
+        self.trailing = False  # bytes came after the terminating chunk
 
     def feed(self, data: bytes) -> bytes:
         buf = self._rest + data if self._rest else data
@@ -309,7 +383,9 @@ class _Chunked:
                     break
                 left, pos = _chunk_size(buf[pos:eol]), eol + 2
             if left == 0:  # the last chunk: trailers up to a blank line
-                self.done = buf.startswith(b"\r\n", pos) or buf.find(b"\r\n\r\n", pos) >= 0
+                close = pos + 2 if buf.startswith(b"\r\n", pos) else buf.find(b"\r\n\r\n", pos) + 4
+                self.done = close >= pos + 2
+                self.trailing = self.done and close < end  # bytes after the body's end
                 break
             stop = pos + left
             if stop + 2 <= end:  # the whole chunk and its CRLF: the common case
@@ -401,18 +477,15 @@ class StreamedAnswer(asyncio.Protocol):
             self._body(data)
 
     def _read_head(self) -> bytes | None:
-        head = _split_head(self._head)
+        head = _final_head(self._head)
         if head is None:
             return None
         self.status, self.content_type, self._keep = head.status, head.content_type, head.keep_alive
         self.retry_after = head.headers.get(b"retry-after", b"")
-        length = head.headers.get(b"content-length", b"")
-        if b"chunked" in head.headers.get(b"transfer-encoding", b"").lower():
+        if head.chunked:
             self._chunked = _Chunked()
-        elif length.isdigit():
-            self._left = int(length)
         else:
-            self._keep = False  # framed by the connection closing
+            self._left = head.length  # None: framed by the connection closing
         rest = bytes(self._head[head.size :])
         self._head.clear()
         if self._left == 0:
@@ -427,8 +500,12 @@ class StreamedAnswer(asyncio.Protocol):
             self._wake()
             return
         if self._left is not None:
+            if len(piece) > self._left:
+                self._keep = False  # bytes after the body's end: never reuse this connection
             piece = piece[: self._left]
             self._left -= len(piece)
+        elif self._chunked is not None and self._chunked.trailing:
+            self._keep = False
         if piece and self._draining is not None:
             if len(piece) > DRAIN_BYTES:  # more than a body's end: not worth waiting for
                 self.close()
