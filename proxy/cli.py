@@ -18,7 +18,8 @@ import orjson
 from aiohttp import web
 
 from proxy import demo, guardserver, workers
-from proxy.config import Action, Config, Policy, hash_key, load
+from proxy.clients.guard import probe_health
+from proxy.config import Action, Config, Policy, UpstreamConfig, hash_key, load
 from proxy.core.conversation import Turn
 from proxy.core.policy import decide
 from proxy.core.verdict import Verdict
@@ -69,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
     check = commands.add_parser("check", help="validate the config and every policy")
     _config_arg(check)
+    check.add_argument("--probe", action="store_true", help="also contact the guard (health "
+                       "and one classification) and every upstream (GET {url}/models)")
     check.set_defaults(func=_check)
     classify = commands.add_parser("classify", help="ask the configured guard for a verdict "
                                    "(and what a tenant's policy would do with it)")
@@ -111,7 +114,58 @@ def _check(args: argparse.Namespace) -> int:
     tenants = ", ".join(policy.tenant for policy in config.policies)
     print(f"ok: {config.server.source}: {len(config.policies)} tenant(s) ({tenants}), "
           f"{len(config.server.upstreams)} upstream(s), guard {config.server.guard.url}")
-    return 0
+    return asyncio.run(_probe(config)) if args.probe else 0
+
+
+async def _probe(config: Config) -> int:
+    """Contact the guard and every upstream; each failure is one line naming it."""
+    problems = []
+    async with aiohttp.ClientSession() as session:
+        problem = await _probe_guard(config, session)
+        if problem:
+            problems.append(problem)
+        for upstream in config.server.upstreams.values():
+            problem = await _probe_upstream(upstream, session)
+            if problem:
+                problems.append(problem)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not problems:
+        print(f"ok: probed the guard and {len(config.server.upstreams)} upstream(s)")
+    return 1 if problems else 0
+
+
+async def _probe_guard(config: Config, session: aiohttp.ClientSession) -> str | None:
+    where = f"guard {config.server.guard.url}"
+    reason = await probe_health(session, config.server.guard)
+    if reason is not None:
+        return f"{where}: {reason}"
+    guard = make_guard(config.server.guard, session)
+    try:
+        await guard.classify([Turn("user", "hello")])
+    except GuardError as exc:
+        return f"{where}: a classification failed ({exc.kind}): {exc.message}"
+    finally:
+        guard.close()
+    return None
+
+
+async def _probe_upstream(upstream: UpstreamConfig, session: aiohttp.ClientSession
+                          ) -> str | None:
+    where = f"upstream {upstream.name!r} {upstream.url}"
+    headers = ({"Authorization": f"Bearer {upstream.api_key.get()}"}
+               if upstream.api_key is not None else {})
+    try:
+        async with session.get(f"{upstream.url}/models", headers=headers,
+                               timeout=aiohttp.ClientTimeout(total=10)) as resp:
+            status = resp.status
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        return f"{where}: unreachable ({type(exc).__name__})"
+    if status == 200:
+        return None
+    hint = ("; an OpenAI base URL usually ends in /v1 (chat goes to {url}/chat/completions)"
+            if status == 404 and not upstream.url.endswith("/v1") else "")
+    return f"{where}: GET /models answered HTTP {status}{hint}"
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -164,7 +164,7 @@ def write_config(root: Path, *, guard: str, upstream: str, stream: str = "buffer
                  timeout: float = 2.0, max_body: int = 65536, api: str = "chat",
                  upstream_timeout: float = 10.0, poll: float = 1.0,
                  shared_cache: bool = False) -> Path:
-    (root / "policies").mkdir(exist_ok=True)
+    (root / "policies").mkdir(parents=True, exist_ok=True)
     for name, text in POLICIES.items():
         policy = text.format(key=_digest(KEYS[name]), stream=stream)
         (root / "policies" / f"{name}.yaml").write_text(policy)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 from emulators.guard import GuardEmulator
+from emulators.upstream import UpstreamEmulator
 from harness import write_config as harness_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,3 +203,38 @@ async def test_classify_shows_what_a_tenant_would_do(tmp_path: Path,
     assert code == 0 and lenient["action"] == "flag"  # type: ignore[index]
     code, missing = await classify("--tenant", "nobody", "hi")
     assert code == 1 and "no tenant 'nobody'" in str(missing) and "strict" in str(missing)
+
+
+async def _check_probe(config: Path) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "check", "--probe", "-c", str(config), cwd=ROOT,
+        env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "UPSTREAM_KEY": "k"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+async def test_check_probe_contacts_the_guard_and_every_upstream(
+        tmp_path: Path, guard_emulator: GuardEmulator,
+        upstream_emulator: UpstreamEmulator) -> None:
+    good = harness_config(tmp_path / "good", guard=guard_emulator.url,
+                          upstream=upstream_emulator.url)
+    code, out, err = await _check_probe(good)
+    assert code == 0 and "ok: probed the guard and 1 upstream(s)" in out, err
+    assert any("THE LAST USER" in (r.prompt or "") for r in guard_emulator.requests)
+
+    # an upstream URL without /v1: named, with the hint
+    bare = harness_config(tmp_path / "bare", guard=guard_emulator.url,
+                          upstream=upstream_emulator.url)
+    bare.write_text(bare.read_text().replace(f"{upstream_emulator.url}/v1",
+                                             upstream_emulator.url))
+    code, _, err = await _check_probe(bare)
+    assert code == 1
+    assert f"upstream 'local' {upstream_emulator.url}: GET /models answered HTTP 404" in err
+    assert "usually ends in /v1" in err
+
+    # the guard down: named
+    down = harness_config(tmp_path / "down", guard="http://127.0.0.1:9",
+                          upstream=upstream_emulator.url)
+    code, _, err = await _check_probe(down)
+    assert code == 1 and err.startswith("guard http://127.0.0.1:9: ")
