@@ -9,6 +9,7 @@ upstream error or an in-band stream error, a config error into ``file:line`` lin
     │   ├── UnsupportedParameter    400 unsupported_parameter: a field the proxy does not judge
     │   └── UnsupportedContent      400 unsupported_content: a content part the guard cannot read
     ├── Unauthorized                401 invalid_api_key
+    ├── GuardBusy                   429 rate_limit_exceeded: the tenant's guard calls are all taken
     ├── ModelNotAllowed             404 model_not_found
     ├── UpstreamError               upstream trouble, translated once at the boundary
     │   ├── UpstreamUnreachable     502
@@ -34,6 +35,7 @@ class ProxyError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = None
+    retry_after: str | None = None  # seconds, for a Retry-After header
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -58,6 +60,13 @@ class UnsupportedParameter(BadRequest):
 
 class UnsupportedContent(BadRequest):
     code = "unsupported_content"
+
+
+class GuardBusy(ProxyError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    retry_after = "1"
 
 
 class Unauthorized(ProxyError):

@@ -23,8 +23,9 @@ strictest outcome speaks for the stage.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -49,6 +50,8 @@ class Checks:
     record: RequestRecord
     cache: VerdictCache | None = None
     cache_scope: str = ""  # the tenant, unless verdicts are shared across tenants
+    request_slots: asyncio.Semaphore | None = None  # this request's share of the guard
+    tenant_slots: asyncio.Semaphore | None = None  # the tenant's share of the guard
 
     async def check_prompt(self) -> Outcome:
         stage = self.policy.prompt
@@ -119,6 +122,31 @@ class Checks:
         return verdict
 
     async def _ask(self, turns: Sequence[Turn]) -> Verdict:
+        async with self._turn():
+            return await self._classify(turns)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        """A guard call waits for a slot of its request's share (a long input's pieces,
+        every turn of a chat) and of its tenant's (all its requests); a tenant whose
+        calls wait past ``limits.guard_wait_s`` gets no verdict (``busy``)."""
+        async with contextlib.AsyncExitStack() as stack:
+            if self.request_slots is not None:
+                await stack.enter_async_context(self.request_slots)
+            tenant = self.tenant_slots
+            if tenant is not None:
+                if tenant.locked():
+                    self.record.guard_waits += 1
+                try:
+                    async with asyncio.timeout(self.policy.limits.guard_wait_s):
+                        await tenant.acquire()
+                except TimeoutError:
+                    self.record.guard_rejected = True
+                    raise GuardError("busy", "the tenant's guard calls are all in use") from None
+                stack.callback(tenant.release)
+            yield
+
+    async def _classify(self, turns: Sequence[Turn]) -> Verdict:
         started = time.perf_counter()
         self.record.guard_calls += 1
         try:

@@ -10,6 +10,7 @@ Tenants (keys are their plaintext):
 - ``thorough`` (``sk-thorough``): like strict, with ``prompt.scope: all``.
 - ``permissive`` (``sk-permissive``): like strict, but non-text parts pass unchecked and
   ``chat_template_kwargs`` and ``messages.cache_control`` are forwarded unjudged.
+- ``limited`` (``sk-limited``): one guard call at a time, a call waits at most 0.2 s.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from proxy.web.app import create_app
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 KEYS = {"strict": "sk-strict", "lenient": "sk-lenient", "errors": "sk-errors",
         "audited": "sk-audited", "racer": "sk-racer", "thorough": "sk-thorough",
-        "permissive": "sk-permissive"}
+        "permissive": "sk-permissive", "limited": "sk-limited"}
 
 
 def _digest(key: str) -> str:
@@ -115,6 +116,13 @@ prompt:
   non_text: pass
   allow_fields: [chat_template_kwargs, messages.cache_control]
 response: {{unsafe: block, controversial: block, stream: {stream}}}
+""",
+    "limited": """\
+tenant: limited
+keys: [{key}]
+upstream: local
+response: {{stream: {stream}}}
+limits: {{guard_concurrency: 1, guard_wait_s: 0.2}}
 """,
     "audited": """\
 tenant: audited

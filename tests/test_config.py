@@ -105,7 +105,7 @@ CONFIG_CASES = [
         c("  timeout_s: 5", "  timout_s: 5"),
         ["CFG:7: unknown key 'timout_s' in guard "
          "(valid: url, model, api, timeout_s, api_key_env, max_tokens, cache_size, "
-         "cache_ttl_s, max_model_len)"],
+         "cache_ttl_s, max_model_len, max_concurrency_per_request)"],
         id="unknown-key-guard",
     ),
     pytest.param(
@@ -445,7 +445,7 @@ POLICY_CASES = [
     pytest.param(
         {"acme.yaml": "tennant: acme\n" + POLICY.split("\n", 1)[1]},
         ["POL/acme.yaml:1: unknown key 'tennant' at top level (valid: tenant, keys, upstream, "
-         "models, prompt, response, on_guard_error, block, log_content)",
+         "models, prompt, response, on_guard_error, block, limits, log_content)",
          "POL/acme.yaml:1: missing required key 'tenant' at top level"],
         id="unknown-key-policy",
     ),

@@ -17,6 +17,7 @@ from proxy.config import (
     BlockPolicy,
     GuardConfig,
     Policy,
+    PolicyLimits,
     PromptPolicy,
     ResponsePolicy,
     ServerConfig,
@@ -83,7 +84,7 @@ def test_every_declared_key_is_read(tmp_path: Path) -> None:
     server, guard = _plain(ServerConfig), _plain(GuardConfig)
     upstream, policy = _plain(UpstreamConfig), _plain(Policy)
     stages = {"prompt": _plain(PromptPolicy), "response": _plain(ResponsePolicy),
-              "block": _plain(BlockPolicy)}
+              "block": _plain(BlockPolicy), "limits": _plain(PolicyLimits)}
     (tmp_path / "policies").mkdir()
     digest = hashlib.sha256(b"k").hexdigest()
     top = _nest(server)
@@ -101,18 +102,18 @@ def test_every_declared_key_is_read(tmp_path: Path) -> None:
     for obj, pairs in [(config.server, server), (config.server.guard, guard),
                        (config.server.upstreams["u"], upstream), (loaded, policy),
                        (loaded.prompt, stages["prompt"]), (loaded.response, stages["response"]),
-                       (loaded.block, stages["block"])]:
+                       (loaded.block, stages["block"]), (loaded.limits, stages["limits"])]:
         for name, (path, value) in pairs.items():
             assert getattr(obj, name) == value, f"{type(obj).__name__}.{name} ({path})"
 
 
 @pytest.mark.parametrize(("cls", "keys"), [
     (GuardConfig, ("url", "model", "api", "timeout_s", "api_key_env", "max_tokens",
-                   "cache_size", "cache_ttl_s", "max_model_len")),
+                   "cache_size", "cache_ttl_s", "max_model_len", "max_concurrency_per_request")),
     (ServerConfig, ("listen", "policies", "guard", "upstreams", "limits", "log", "reload",
                     "cache")),
     (Policy, ("tenant", "keys", "upstream", "models", "prompt", "response", "on_guard_error",
-              "block", "log_content")),
+              "block", "limits", "log_content")),
 ])
 def test_valid_keys_come_from_the_model(cls: type[Any], keys: tuple[str, ...]) -> None:
     assert keys_of(cls) == keys

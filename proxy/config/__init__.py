@@ -13,6 +13,7 @@ from proxy.config.model import (
     Config,
     GuardConfig,
     Policy,
+    PolicyLimits,
     PromptPolicy,
     ResponsePolicy,
     Secret,
@@ -28,6 +29,7 @@ from proxy.errors import ConfigError
 __all__ = [
     "CATEGORIES", "CONFIG_ENV_VAR", "DEFAULT_CONFIG_PATH", "RESPONSE_CATEGORIES", "Action",
     "BlockPolicy", "CategoryOverride", "Config", "ConfigError", "GuardConfig", "Policy",
-    "PromptPolicy", "ResponsePolicy", "Secret", "ServerConfig", "StagePolicy", "StreamMode",
+    "PolicyLimits", "PromptPolicy", "ResponsePolicy", "Secret", "ServerConfig", "StagePolicy",
+    "StreamMode",
     "UpstreamConfig", "hash_key", "key_digest", "load", "load_policies",
 ]

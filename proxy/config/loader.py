@@ -24,6 +24,7 @@ from proxy.config.model import (
     Config,
     GuardConfig,
     Policy,
+    PolicyLimits,
     PromptPolicy,
     ResponsePolicy,
     Secret,
@@ -512,6 +513,7 @@ def _policy(f: _File, root: Node, upstreams: Sequence[str] | None) -> _LoadedPol
         prompt=_stage(top, "prompt", PromptPolicy, CATEGORIES),
         response=_stage(top, "response", ResponsePolicy, RESPONSE_CATEGORIES),
         block=_block(top, tenant),
+        limits=PolicyLimits(**read_plain(top.sub("limits", keys_of(PolicyLimits)), PolicyLimits)),
         source=f.path,
     )
     tenant_line = top.fields["tenant"].key_line if "tenant" in top.fields else 1

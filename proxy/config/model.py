@@ -129,6 +129,14 @@ class BlockPolicy:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PolicyLimits:
+    # guard calls this tenant's requests may have in flight at once; more wait their turn
+    guard_concurrency: int = 64
+    # how long a guard call may wait for a turn before the request gets a 429
+    guard_wait_s: float = 5.0
+
+
+@dataclass(frozen=True, kw_only=True)
 class Policy:
     tenant: str = field(metadata=key("tenant", required=1))
     # lowercase sha256 hex digests, without the "sha256:" prefix
@@ -140,6 +148,7 @@ class Policy:
                                      metadata=key("response", own=1))
     on_guard_error: Literal["block", "pass"] = "block"
     block: BlockPolicy = field(default_factory=BlockPolicy, metadata=key("block", own=1))
+    limits: PolicyLimits = field(default_factory=PolicyLimits, metadata=key("limits", own=1))
     log_content: bool = False
     source: Path = field(default=Path("<memory>"), metadata=SPECIAL)
 
@@ -156,6 +165,8 @@ class GuardConfig:
     cache_size: int = field(default=10_000, metadata=key("cache_size", low=0))
     cache_ttl_s: float = 600.0
     max_model_len: int | None = None  # tokens; None: ask the guard's /v1/models
+    # guard calls one request may have in flight at once (a long input's pieces, turns)
+    max_concurrency_per_request: int = 8
 
 
 @dataclass(frozen=True, kw_only=True)

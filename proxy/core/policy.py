@@ -47,7 +47,9 @@ class Outcome:
 
     @classmethod
     def guard_failed(cls, policy: Policy, exc: GuardError) -> Outcome:
-        action = Action.BLOCK if policy.on_guard_error == "block" else Action.PASS
+        # a tenant over its guard share is never served unchecked, even failing open
+        closed = policy.on_guard_error == "block" or exc.kind == "busy"
+        action = Action.BLOCK if closed else Action.PASS
         return cls(action=action, error_code="guard_unavailable", error=exc.message,
                    error_kind=exc.kind)
 

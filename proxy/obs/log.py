@@ -121,6 +121,8 @@ class RequestRecord:
     usage: Any = None
     leaked_chars: int | None = None  # async streams: characters sent before a check passed
     removed_fields: int = 0  # upstream answer fields with a value left out of the answer
+    guard_waits: int = 0  # guard calls that waited for a slot of the tenant's share
+    guard_rejected: bool = False  # a guard call waited past the tenant's limit
     unchecked_parts: int = 0  # non-text request parts let through (prompt.non_text: pass)
     client_gone: int = 0  # 499 once the client disconnected mid-answer
     input_text: str | None = None
@@ -158,6 +160,8 @@ class RequestRecord:
             line["leaked_chars"] = self.leaked_chars
         if self.removed_fields:
             line["removed_fields"] = self.removed_fields
+        if self.guard_waits:
+            line["guard_waits"] = self.guard_waits
         if self.unchecked_parts:
             line["unchecked_parts"] = self.unchecked_parts
         if self.log_content:

@@ -105,6 +105,13 @@ class Metrics:
             "Upstream answer fields with a value that the proxy does not understand, "
             "removed from what the client got.", ["tenant"], registry=r)
 
+        self.guard_waits = Counter(
+            "guardproxy_guard_waits", "Guard calls that waited for a slot of their tenant's "
+            "share (limits.guard_concurrency).", ["tenant"], registry=r)
+        self.guard_rejections = Counter(
+            "guardproxy_guard_rejections", "Requests refused (429) or blocked because their "
+            "guard calls waited past limits.guard_wait_s.", ["tenant"], registry=r)
+
     def set_tenants(self, tenants: Iterable[str]) -> None:
         """After a policy reload: the tenants that may appear as labels."""
         self._tenants = frozenset(tenants)
@@ -136,6 +143,10 @@ class Metrics:
             self.leaked_chars.labels(tenant).inc(record.leaked_chars)
         if record.removed_fields:
             self.removed_fields.labels(tenant).inc(record.removed_fields)
+        if record.guard_waits:
+            self.guard_waits.labels(tenant).inc(record.guard_waits)
+        if record.guard_rejected:
+            self.guard_rejections.labels(tenant).inc()
 
     def _stage(self, tenant: str, stage: str, outcomes: list[Outcome]) -> None:
         shown = worst(outcomes)

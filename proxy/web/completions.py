@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -17,7 +18,7 @@ from proxy.core.policy import Outcome
 from proxy.core.protocol import blocked_choice, blocked_completion, error_body
 from proxy.core.request import parse_chat_request
 from proxy.core.sse import DONE_EVENT
-from proxy.errors import BodyTooLarge, ModelNotAllowed, UpstreamError
+from proxy.errors import BodyTooLarge, GuardBusy, ModelNotAllowed, UpstreamError
 from proxy.obs.log import RequestRecord
 from proxy.pipeline import Checks
 from proxy.web.relay import StreamRelay
@@ -51,7 +52,10 @@ async def chat_completions(request: web.Request, runtime: Runtime, policy: Polic
         raise ModelNotAllowed(f"model {chat.model!r} is not available to this key", param="model")
     shared = runtime.config.server.cache_shared_across_tenants
     checks = Checks(guard=runtime.guard, policy=policy, chat=chat, record=record,
-                    cache=runtime.cache, cache_scope="" if shared else policy.tenant)
+                    cache=runtime.cache, cache_scope="" if shared else policy.tenant,
+                    request_slots=asyncio.Semaphore(
+                        runtime.config.server.guard.max_concurrency_per_request),
+                    tenant_slots=runtime.guard_share(policy))
     call = UpstreamCall(runtime.upstreams[policy.upstream], chat.body, record.request_id,
                         stream=chat.stream)
     try:
@@ -65,6 +69,9 @@ async def _answer(request: web.Request, checks: Checks, call: UpstreamCall
     if checks.policy.prompt.mode == "parallel" and checks.policy.prompt.check:
         call.start()  # its answer stays unread until the prompt passed
     prompt = await checks.check_prompt()
+    if prompt.error_kind == "busy":  # the tenant's guard share is taken: come back soon
+        await call.abandon()
+        raise GuardBusy("too many requests are being checked for this key; retry shortly")
     headers = {"x-request-id": checks.record.request_id, "x-guard-action": _action(prompt)}
     if prompt.action is Action.BLOCK:
         await call.abandon()

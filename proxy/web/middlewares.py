@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from proxy.core.protocol import error_body
-from proxy.errors import ProxyError, Unauthorized, UpstreamHTTPError
+from proxy.errors import ProxyError, Unauthorized
 from proxy.obs.log import RequestRecord, logger
 from proxy.web.state import POLICY, RECORD, RUNTIME
 
@@ -68,7 +68,7 @@ def _request_id(request: web.Request) -> str:
 def _error_response(exc: ProxyError) -> web.Response:
     body = error_body(exc.message, type=exc.type, code=exc.code, param=exc.param)
     response = web.Response(status=exc.status, body=body, content_type="application/json")
-    if isinstance(exc, UpstreamHTTPError) and exc.retry_after is not None:
+    if exc.retry_after is not None:
         response.headers["Retry-After"] = exc.retry_after
     return response
 

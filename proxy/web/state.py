@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ class Runtime:
     metrics: Metrics | None = None
     policies: tuple[Policy, ...] = ()
     _keys: tuple[tuple[bytes, Policy], ...] = ()
+    _guard_shares: dict[str, tuple[int, asyncio.Semaphore]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.set_policies(self.policies or self.config.policies)
@@ -41,6 +43,15 @@ class Runtime:
         self.policies = policies
         if self.metrics is not None:
             self.metrics.set_tenants(policy.tenant for policy in policies)
+
+    def guard_share(self, policy: Policy) -> asyncio.Semaphore:
+        """The tenant's share of the guard: ``limits.guard_concurrency`` calls at once
+        (a reload that changes the limit starts a new share)."""
+        limit = policy.limits.guard_concurrency
+        held = self._guard_shares.get(policy.tenant)
+        if held is None or held[0] != limit:
+            held = self._guard_shares[policy.tenant] = (limit, asyncio.Semaphore(limit))
+        return held[1]
 
     def tenant_for(self, key: str) -> Policy | None:
         """The policy whose key this is.  Every stored digest is compared, in constant
