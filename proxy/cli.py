@@ -25,7 +25,7 @@ from proxy.core.policy import decide
 from proxy.core.verdict import Verdict
 from proxy.errors import ConfigError, GuardError
 from proxy.obs import log
-from proxy.web.app import create_app, make_guard
+from proxy.web.app import create_app, make_guard, with_admin_listener
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -195,14 +195,25 @@ def _run(config: Config, host: str, port: int, *, reuse_port: bool) -> int:
     log.logger.info("listening", host=host, port=port, tenants=len(config.policies))
     # handler_cancellation: a client that hangs up cancels its request's task, and with it
     # the upstream call and any pending guard check
+    app = create_app(config)
+    with_admin_listener(app, config, reuse_port=reuse_port)
     try:
-        web.run_app(create_app(config), host=host, port=port, reuse_port=reuse_port or None,
+        web.run_app(app, host=host, port=port, reuse_port=reuse_port or None,
                     access_log=None, print=None, handler_cancellation=True)
     except OSError as exc:  # the port is taken, the address is not this machine's, ...
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        print(f"guardproxy serve: cannot listen on {host}:{port}: {reason}", file=sys.stderr)
+        where = _bound(exc, config, host, port)
+        print(f"guardproxy serve: cannot listen on {where}: {reason}", file=sys.stderr)
         return 1
     return 0
+
+
+def _bound(exc: OSError, config: Config, host: str, port: int) -> str:
+    """Which listener failed: the admin one's address appears in aiohttp's message."""
+    admin = f"{config.server.admin_host}:{config.server.admin_port}"
+    if f"'{config.server.admin_host}', {config.server.admin_port})" in str(exc):
+        return f"{admin} (the admin listener)"
+    return f"{host}:{port}"
 
 
 def _use_uvloop() -> None:

@@ -34,7 +34,7 @@ from openai import AsyncOpenAI
 
 from proxy.config import load
 from proxy.core.conversation import Turn, read_messages
-from proxy.web.app import create_app
+from proxy.web.app import create_admin_app, create_app
 
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 KEYS = {"strict": "sk-strict", "lenient": "sk-lenient", "errors": "sk-errors",
@@ -55,6 +55,7 @@ upstreams:
 limits: {{max_body_bytes: {max_body}}}
 reload: {{poll_s: {poll}}}
 cache: {{shared_across_tenants: {shared_cache}}}
+admin: {{port: {admin_port}}}
 """
 
 POLICIES = {
@@ -142,6 +143,7 @@ class Proxy:
     upstream: UpstreamEmulator
     http: aiohttp.ClientSession
     stream: str = "buffer"  # the tenants' response.stream mode
+    admin_url: str = ""  # the admin listener: /metrics
 
     def client(self, tenant: str = "strict", **kwargs: Any) -> AsyncOpenAI:
         return AsyncOpenAI(base_url=self.url + "/v1", api_key=KEYS[tenant], max_retries=0,
@@ -171,7 +173,7 @@ async def wait_until(condition: Callable[[], bool]) -> None:
 def write_config(root: Path, *, guard: str, upstream: str, stream: str = "buffer",
                  timeout: float = 2.0, max_body: int = 65536, api: str = "chat",
                  upstream_timeout: float = 10.0, poll: float = 1.0,
-                 shared_cache: bool = False) -> Path:
+                 shared_cache: bool = False, admin_port: int = 0) -> Path:
     (root / "policies").mkdir(parents=True, exist_ok=True)
     for name, text in POLICIES.items():
         policy = text.format(key=_digest(KEYS[name]), stream=stream)
@@ -180,7 +182,8 @@ def write_config(root: Path, *, guard: str, upstream: str, stream: str = "buffer
     path.write_text(SERVER.format(guard=guard, upstream=upstream, timeout=timeout,
                                   max_body=max_body, api=api,
                                   upstream_timeout=upstream_timeout, poll=poll,
-                                  shared_cache=str(shared_cache).lower()))
+                                  shared_cache=str(shared_cache).lower(),
+                                  admin_port=admin_port))
     return path
 
 
@@ -189,11 +192,20 @@ async def start_proxy(root: Path, guard: GuardEmulator, upstream: UpstreamEmulat
     upstream.api_key = UPSTREAM_KEY
     config = load(write_config(root, guard=guard.url, upstream=upstream.url, **options),
                   env={"UPSTREAM_KEY": UPSTREAM_KEY})
-    server = TestServer(create_app(config), host="127.0.0.1")
+    app = create_app(config)
+    admin = TestServer(create_admin_app(app), host="127.0.0.1")
+
+    async def close_admin(_: Any) -> None:
+        await admin.close()
+
+    app.on_cleanup.append(close_admin)  # the admin listener closes with the proxy
+    server = TestServer(app, host="127.0.0.1")
     await server.start_server()
+    await admin.start_server()
     http = aiohttp.ClientSession()
     return server, Proxy(url=str(server.make_url("")).rstrip("/"), guard=guard,
-                         upstream=upstream, http=http, stream=options.get("stream", "buffer"))
+                         upstream=upstream, http=http, stream=options.get("stream", "buffer"),
+                         admin_url=str(admin.make_url("")).rstrip("/"))
 
 
 @asynccontextmanager

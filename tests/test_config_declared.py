@@ -111,7 +111,7 @@ def test_every_declared_key_is_read(tmp_path: Path) -> None:
     (GuardConfig, ("url", "model", "api", "timeout_s", "api_key_env", "max_tokens",
                    "cache_size", "cache_ttl_s", "max_model_len", "max_concurrency_per_request")),
     (ServerConfig, ("listen", "policies", "guard", "upstreams", "limits", "log", "reload",
-                    "cache")),
+                    "admin", "cache")),
     (Policy, ("tenant", "keys", "upstream", "models", "prompt", "response", "on_guard_error",
               "block", "limits", "log_content")),
 ])

@@ -182,7 +182,7 @@ def test_compose_starts_guardproxy_once_the_guard_is_healthy() -> None:
     proxy = compose()["services"]["guardproxy"]
     assert proxy["build"] == "."
     assert proxy["depends_on"] == {"guard": {"condition": "service_healthy"}}
-    assert proxy["ports"] == ["8080:8080"]
+    assert proxy["ports"] == ["8080:8080", "127.0.0.1:9464:9464"]
     assert proxy["environment"]["UPSTREAM_API_KEY"].startswith("${UPSTREAM_API_KEY:?")
 
 
@@ -261,7 +261,8 @@ def test_guardproxy_probes_readyz_for_readiness_and_healthz_for_liveness() -> No
     proxy = container(k8s("Deployment", "guardproxy"))
     assert proxy["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert proxy["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert proxy["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert proxy["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                              {"name": "admin", "containerPort": 9464, "protocol": "TCP"}]
     assert set(proxy["resources"]) == {"requests", "limits"}
     assert set(proxy["resources"]["requests"]) == {"cpu", "memory"}
 

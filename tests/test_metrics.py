@@ -12,10 +12,14 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
+from aiohttp.test_utils import TestServer
 from emulators.guard import GuardEmulator
 from emulators.upstream import Reply, UpstreamEmulator
 from harness import KEYS, UPSTREAM_KEY, Proxy, write_config
 from prometheus_client.parser import text_string_to_metric_families
+
+from proxy.config import load
+from proxy.web.app import create_admin_app, create_app
 
 ROOT = Path(__file__).resolve().parents[1]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -50,7 +54,7 @@ async def test_each_request_is_counted_by_tenant_stage_and_action(proxy: Proxy) 
     assert (await proxy.post(_chat("stream it", stream=True)))[0] == 200
     assert (await proxy.post(_chat("hello")))[0] == 200  # the same prompt: from the cache
     assert (await proxy.post(_chat("hello"), tenant=None))[0] == 401
-    m = await _scrape(proxy.url)
+    m = await _scrape(proxy.admin_url)
     total = "guardproxy_requests_total"
     assert _value(m, total, tenant="strict", stage="prompt", action="pass") == 3
     assert _value(m, total, tenant="strict", stage="prompt", action="block") == 1
@@ -81,7 +85,7 @@ async def test_a_blocked_answer_counts_the_tokens_it_cost(proxy: Proxy) -> None:
     usage = orjson.loads(raw)["usage"]  # the upstream's, relayed with the blocked answer
     assert status == 200 and usage["total_tokens"] > 0
     assert (await proxy.post(_chat("and another")))[0] == 200  # passed: no cost counted
-    m = await _scrape(proxy.url)
+    m = await _scrape(proxy.admin_url)
     assert _value(m, "guardproxy_blocked_upstream_tokens_total",
                   tenant="strict", kind="cost") == usage["total_tokens"]
     assert _value(m, "guardproxy_blocked_requests_total", tenant="strict", stage="response") == 1
@@ -93,7 +97,7 @@ async def test_guard_errors_are_counted_by_kind(proxy: Proxy) -> None:
     assert (await proxy.post(_chat("hello")))[0] == 200  # strict fails closed
     proxy.guard.fault = "hang"
     assert (await proxy.post(_chat("hello again"), tenant="lenient"))[0] == 200  # fails open
-    m = await _scrape(proxy.url)
+    m = await _scrape(proxy.admin_url)
     assert _value(m, "guardproxy_guard_errors_total", check="prompt", kind="unreadable") == 1
     assert _value(m, "guardproxy_guard_errors_total", check="prompt", kind="timeout") == 1
     assert _value(m, "guardproxy_requests_total",
@@ -108,7 +112,7 @@ async def test_labels_never_come_from_request_data(proxy: Proxy) -> None:
     await proxy.post(_chat("hi"), headers={"Authorization": "Bearer sk-made-up-tenant"},
                      tenant=None)
     await proxy.post(b"{not json", path="/v1/chat/completions")
-    m = await _scrape(proxy.url)
+    m = await _scrape(proxy.admin_url)
     tenants = {value for (_, labels) in m for name, value in labels if name == "tenant"}
     assert tenants <= {"strict", "lenient", "errors", "audited", "racer", "-"}
     models = {value for (_, labels) in m for name, value in labels if name == "model"}
@@ -153,7 +157,9 @@ async def _stop(process: asyncio.subprocess.Process) -> list[dict[str, object]]:
 async def test_metrics_cover_all_workers(tmp_path: Path, guard_emulator: GuardEmulator,
                                          upstream_emulator: UpstreamEmulator) -> None:
     upstream_emulator.api_key = UPSTREAM_KEY
-    config = write_config(tmp_path, guard=guard_emulator.url, upstream=upstream_emulator.url)
+    admin = _port()
+    config = write_config(tmp_path, guard=guard_emulator.url, upstream=upstream_emulator.url,
+                          admin_port=admin)
     port = _port()
     process, pids = await _workers(config, port, 2)
     try:
@@ -169,7 +175,7 @@ async def test_metrics_cover_all_workers(tmp_path: Path, guard_emulator: GuardEm
 
         assert await asyncio.gather(*(one(n) for n in range(20))) == [200] * 20
         for _ in range(4):  # whichever worker answers the scrape reports the same sums
-            m = await _scrape(url)
+            m = await _scrape(f"http://127.0.0.1:{admin}")  # the admin listener
             assert _value(m, "guardproxy_requests_total",
                           tenant="strict", stage="prompt", action="pass") == 20
             assert _value(m, "guardproxy_guard_calls_total", check="prompt", api="chat") == 20
@@ -184,7 +190,9 @@ async def test_every_worker_reloads(tmp_path: Path, guard_emulator: GuardEmulato
                                     upstream_emulator: UpstreamEmulator, trigger: str) -> None:
     """SIGHUP to the parent reaches each worker; a file edit is seen by each worker's poll."""
     upstream_emulator.api_key = UPSTREAM_KEY
-    config = write_config(tmp_path, guard=guard_emulator.url, upstream=upstream_emulator.url)
+    admin = _port()
+    config = write_config(tmp_path, guard=guard_emulator.url, upstream=upstream_emulator.url,
+                          admin_port=admin)
     reload = "reload: {watch: false}" if trigger == "sighup" else "reload: {poll_s: 0.05}"
     config.write_text(config.read_text().replace("reload: {poll_s: 1.0}", reload))
     assert reload in config.read_text()
@@ -199,7 +207,7 @@ async def test_every_worker_reloads(tmp_path: Path, guard_emulator: GuardEmulato
         if trigger == "sighup":
             process.send_signal(signal.SIGHUP)
         await asyncio.sleep(1.0)
-        m = await _scrape(f"http://127.0.0.1:{port}")
+        m = await _scrape(f"http://127.0.0.1:{admin}")
         assert _value(m, "guardproxy_policy_reloads_total", outcome="ok") == 2
     finally:
         lines = await _stop(process)
@@ -219,6 +227,42 @@ async def test_leaked_characters_and_removed_fields_are_counted(proxy: Proxy) ->
     proxy.upstream.replies.append(Reply(events=events))
     assert (await proxy.post(_chat("one", stream=True)))[0] == 200
     assert (await proxy.post(_chat("two", stream=True)))[0] == 200
-    m = await _scrape(proxy.url)
+    m = await _scrape(proxy.admin_url)
     assert _value(m, "guardproxy_leaked_chars_total", tenant="strict") > 0
     assert _value(m, "guardproxy_removed_fields_total", tenant="strict") == 1
+
+
+async def test_the_client_listener_has_no_metrics(proxy: Proxy) -> None:
+    """``/metrics`` names tenants: it answers on the admin listener only."""
+    async with proxy.http.get(proxy.url + "/metrics") as resp:
+        assert resp.status in (401, 404)
+    async with proxy.http.get(proxy.url + "/metrics",
+                              headers={"Authorization": f"Bearer {KEYS['strict']}"}) as resp:
+        assert resp.status == 404 and b"guardproxy_" not in await resp.read()
+    async with proxy.http.get(proxy.admin_url + "/metrics") as resp:
+        assert resp.status == 200 and b"guardproxy_requests_total" in await resp.read()
+
+
+async def test_the_admin_listener_may_ask_for_a_token(
+        tmp_path: Path, guard_emulator: GuardEmulator,
+        upstream_emulator: UpstreamEmulator) -> None:
+    upstream_emulator.api_key = UPSTREAM_KEY
+    config = write_config(tmp_path, guard=guard_emulator.url, upstream=upstream_emulator.url)
+    config.write_text(config.read_text().replace("admin: {port: 0}",
+                                                 "admin: {port: 0, token_env: ADMIN_TOKEN}"))
+    loaded = load(config, env={"UPSTREAM_KEY": UPSTREAM_KEY, "ADMIN_TOKEN": "admin-secret-7"})
+    app = create_app(loaded)
+    admin = TestServer(create_admin_app(app), host="127.0.0.1")
+    served = TestServer(app, host="127.0.0.1")
+    await served.start_server()
+    await admin.start_server()
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(admin.make_url("/metrics")) as resp:
+                assert resp.status == 401
+            async with http.get(admin.make_url("/metrics"),
+                                headers={"Authorization": "Bearer admin-secret-7"}) as resp:
+                assert resp.status == 200
+    finally:
+        await admin.close()
+        await served.close()

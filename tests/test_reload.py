@@ -151,7 +151,7 @@ async def test_an_edited_policy_decides_the_next_request(proxy: Proxy, tmp_path:
     (event,) = [e for e in logs if e["event"] == "policy_reload"]
     assert event["outcome"] == "rejected" and f"{policy}:" in event["errors"][0]
     assert await _action(proxy, "the election results") == "flag"  # the last good set
-    async with proxy.http.get(proxy.url + "/metrics") as resp:
+    async with proxy.http.get(proxy.admin_url + "/metrics") as resp:
         metrics = await resp.text()
     assert 'guardproxy_policy_reloads_total{outcome="ok"} 1.0' in metrics
     assert 'guardproxy_policy_reloads_total{outcome="rejected"} 1.0' in metrics

@@ -403,9 +403,11 @@ def _load_server(f: _File, env: Mapping[str, str]) -> _LoadedServer | None:
     folder = _policies_folder(top)
     upstreams = _upstreams(top, env)
     nested: dict[str, Any] = {}
-    for name in ("listen", "limits", "log", "reload", "cache"):
-        nested.update(read_plain(top.sub(name, keys_of(ServerConfig, f"{name}.")),
-                                 ServerConfig, f"{name}."))
+    for name in ("listen", "limits", "log", "reload", "cache", "admin"):
+        sec = top.sub(name, keys_of(ServerConfig, f"{name}."))
+        nested.update(read_plain(sec, ServerConfig, f"{name}."))
+        if name == "admin":
+            nested["admin_token"] = sec.secret("token_env", env)
     server = ServerConfig(
         policies_dir=folder or Path(),
         guard=_guard(top, env),

@@ -192,6 +192,12 @@ class ServerConfig:
     # reload when a file under policies_dir changes, looking every watch_interval_s
     watch_policies: bool = field(default=True, metadata=key("reload.watch"))
     watch_interval_s: float = field(default=1.0, metadata=key("reload.poll_s"))
+    # the operator's listener: /metrics (and nothing a tenant may reach)
+    admin_host: str = field(default="127.0.0.1", metadata=key("admin.host"))
+    # 0: any free port (tests)
+    admin_port: int = field(default=9464, metadata=key("admin.port", top=65535, low=0))
+    # a bearer token the admin listener asks for, from the environment
+    admin_token: Secret | None = field(default=None, metadata=key("admin.token_env", own=1))
     # one tenant's cached verdicts may answer another's checks (a cross-tenant oracle)
     cache_shared_across_tenants: bool = field(default=False,
                                               metadata=key("cache.shared_across_tenants"))

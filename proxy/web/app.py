@@ -1,15 +1,23 @@
 """``create_app(config)``: routes, middlewares, and one client session for the guard
 and one per upstream, opened and closed with the app, with its metrics and its live
 policy reload.  At start-up the guard is asked for its context window
-(``/v1/models``), unless the config names it."""
+(``/v1/models``), unless the config names it.
+
+``create_admin_app(app)``: the operator's listener beside it (``admin.host``,
+``admin.port``): ``/metrics``, which names tenants and so never answers on the
+client listener, behind ``admin.token_env``'s bearer token when one is set.
+``with_admin_listener`` makes the client app start and stop it (``guardproxy serve``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from proxy.clients.guard import ChatGuard, GenerateGuard, Guard
 from proxy.clients.upstream import Upstream
@@ -20,8 +28,8 @@ from proxy.obs.log import install_redaction, logger
 from proxy.obs.metrics import Metrics
 from proxy.web import httperrors
 from proxy.web.middlewares import authenticate, envelope
-from proxy.web.routes import add_routes
-from proxy.web.state import RUNTIME, Runtime
+from proxy.web.routes import add_admin_routes, add_routes
+from proxy.web.state import RUNTIME, SERVED, Runtime
 
 
 def create_app(config: Config) -> web.Application:
@@ -32,6 +40,40 @@ def create_app(config: Config) -> web.Application:
     add_routes(app)
     app.cleanup_ctx.append(_clients(config))
     return app
+
+
+def create_admin_app(served: web.Application) -> web.Application:
+    admin = web.Application(middlewares=[_admin_token])
+    admin[SERVED] = served
+    add_admin_routes(admin)
+    return admin
+
+
+@web.middleware
+async def _admin_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    token = request.app[SERVED][RUNTIME].config.server.admin_token
+    if token is not None:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token.get()}".encode()):
+            return web.Response(status=401, text="admin token required\n")
+    return await handler(request)
+
+
+def with_admin_listener(app: web.Application, config: Config, *, reuse_port: bool) -> None:
+    """Run the admin listener for as long as ``app`` runs (workers share its port too)."""
+    async def ctx(served: web.Application) -> AsyncIterator[None]:
+        runner = web.AppRunner(create_admin_app(served), access_log=None)
+        await runner.setup()
+        server = config.server
+        await web.TCPSite(runner, server.admin_host, server.admin_port,
+                          reuse_port=reuse_port or None).start()
+        logger.info("admin_listening", host=server.admin_host, port=server.admin_port)
+        try:
+            yield
+        finally:
+            await runner.cleanup()
+
+    app.cleanup_ctx.append(ctx)
 
 
 def _session() -> aiohttp.ClientSession:

@@ -7,7 +7,7 @@ from aiohttp import web
 from proxy.core.answer import model_list
 from proxy.obs.metrics import CONTENT_TYPE
 from proxy.web.completions import chat_completions
-from proxy.web.state import POLICY, RECORD, RUNTIME
+from proxy.web.state import POLICY, RECORD, RUNTIME, SERVED
 
 
 async def post_chat_completions(request: web.Request) -> web.StreamResponse:
@@ -37,7 +37,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
+    runtime = request.app[SERVED][RUNTIME]
     assert runtime.metrics is not None
     return web.Response(body=runtime.metrics.render(),
                         headers={"Content-Type": CONTENT_TYPE})
@@ -48,4 +48,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", get_models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+
+
+def add_admin_routes(app: web.Application) -> None:
+    """The admin listener's: what only the operator may see (it reveals tenants)."""
     app.router.add_get("/metrics", metrics)

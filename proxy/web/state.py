@@ -67,3 +67,6 @@ class Runtime:
 RUNTIME = web.AppKey("runtime", Runtime)
 RECORD = web.RequestKey("record", RequestRecord)
 POLICY = web.RequestKey("policy", Policy)
+
+#: On the admin app: the client app whose runtime (metrics) it shows.
+SERVED = web.AppKey("served", web.Application)
