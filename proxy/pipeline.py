@@ -23,9 +23,8 @@ strictest outcome speaks for the stage.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -122,29 +121,37 @@ class Checks:
         return verdict
 
     async def _ask(self, turns: Sequence[Turn]) -> Verdict:
-        async with self._turn():
-            return await self._classify(turns)
-
-    @contextlib.asynccontextmanager
-    async def _turn(self) -> AsyncIterator[None]:
-        """A guard call waits for a slot of its request's share (a long input's pieces,
-        every turn of a chat) and of its tenant's (all its requests); a tenant whose
-        calls wait past ``limits.guard_wait_s`` gets no verdict (``busy``)."""
-        async with contextlib.AsyncExitStack() as stack:
-            if self.request_slots is not None:
-                await stack.enter_async_context(self.request_slots)
+        """A guard call, once a slot of its request's share (a long input's pieces, every
+        turn of a chat) and of its tenant's (all its requests) is free."""
+        request = self.request_slots
+        if request is not None:
+            await request.acquire()
+        try:
             tenant = self.tenant_slots
             if tenant is not None:
-                if tenant.locked():
-                    self.record.guard_waits += 1
-                try:
-                    async with asyncio.timeout(self.policy.limits.guard_wait_s):
-                        await tenant.acquire()
-                except TimeoutError:
-                    self.record.guard_rejected = True
-                    raise GuardError("busy", "the tenant's guard calls are all in use") from None
-                stack.callback(tenant.release)
-            yield
+                await self._tenant_slot(tenant)
+            try:
+                return await self._classify(turns)
+            finally:
+                if tenant is not None:
+                    tenant.release()
+        finally:
+            if request is not None:
+                request.release()
+
+    async def _tenant_slot(self, tenant: asyncio.Semaphore) -> None:
+        """A free slot at once (the usual case: no timer); else wait, at most
+        ``limits.guard_wait_s``, and a tenant still over its share gets no verdict."""
+        if not tenant.locked():
+            await tenant.acquire()
+            return
+        self.record.guard_waits += 1
+        try:
+            async with asyncio.timeout(self.policy.limits.guard_wait_s):
+                await tenant.acquire()
+        except TimeoutError:
+            self.record.guard_rejected = True
+            raise GuardError("busy", "the tenant's guard calls are all in use") from None
 
     async def _classify(self, turns: Sequence[Turn]) -> Verdict:
         started = time.perf_counter()
