@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from emulators.upstream import Reply
 from harness import Proxy
@@ -117,22 +119,21 @@ async def test_a_new_turn_is_a_new_guard_input(proxy: Proxy) -> None:
 async def test_one_tenants_verdicts_never_answer_anothers(proxy: Proxy) -> None:
     """A cache hit is faster and counted: shared across tenants, it would tell one tenant
     what another had just sent.  Each tenant's checks are its own by default."""
-    body = {"model": "m", "messages": [{"role": "user", "content": "the secret plan"}]}
-    proxy.upstream.replies.extend([Reply(content="ok"), Reply(content="ok")])
-    with capture_logs() as logs:
-        await proxy.post(body, tenant="strict")
-        await proxy.post(body, tenant="racer")
-    lines = [entry for entry in logs if entry["event"] == "request"]
+    lines = await _same_prompt_from_two_tenants(proxy)
     assert [line["cache_hits"] for line in lines] == [0, 0]
     assert [line["guard_calls"] for line in lines] == [2, 2]
 
 
 @pytest.mark.parametrize("proxy", [{"shared_cache": True}], indirect=True)
 async def test_sharing_across_tenants_is_an_opt_in(proxy: Proxy) -> None:
+    lines = await _same_prompt_from_two_tenants(proxy)
+    assert [line["cache_hits"] for line in lines] == [0, 2]  # the prompt and the answer
+
+
+async def _same_prompt_from_two_tenants(proxy: Proxy) -> list[Any]:
     body = {"model": "m", "messages": [{"role": "user", "content": "the secret plan"}]}
     proxy.upstream.replies.extend([Reply(content="ok"), Reply(content="ok")])
     with capture_logs() as logs:
         await proxy.post(body, tenant="strict")
         await proxy.post(body, tenant="racer")
-    lines = [entry for entry in logs if entry["event"] == "request"]
-    assert [line["cache_hits"] for line in lines] == [0, 2]  # the prompt and the answer
+    return [entry for entry in logs if entry["event"] == "request"]

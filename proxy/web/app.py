@@ -54,7 +54,8 @@ async def _admin_token(request: web.Request, handler: Handler) -> web.StreamResp
     token = request.app[SERVED][RUNTIME].config.server.admin_token
     if token is not None:
         given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token.get()}".encode()):
+        expected = f"Bearer {token.get()}".encode()
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected):
             return web.Response(status=401, text="admin token required\n")
     return await handler(request)
 
