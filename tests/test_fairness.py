@@ -18,7 +18,7 @@ def _chat_calls(proxy: Proxy) -> int:
 
 
 async def test_a_request_has_at_most_eight_guard_calls_in_flight(proxy: Proxy) -> None:
-    proxy.guard.latency_s = 0.3
+    proxy.guard.latency_s = 0.6  # far longer than the checks below take to look
     turns = [{"role": "user" if n % 2 == 0 else "assistant", "content": f"turn {n}"}
              for n in range(41)]  # scope: all judges 40 earlier turns and the last
     proxy.upstream.replies.append(Reply(content="ok"))
@@ -31,7 +31,7 @@ async def test_a_request_has_at_most_eight_guard_calls_in_flight(proxy: Proxy) -
 
 
 async def test_a_tenant_over_its_share_waits_then_gets_a_429(proxy: Proxy) -> None:
-    proxy.guard.latency_s = 0.5  # one call holds the tenant's only slot for 0.5 s
+    proxy.guard.latency_s = 1.0  # one call holds the tenant's only slot for 1 s
     proxy.upstream.replies.extend([Reply(content="ok"), Reply(content="ok")])
     body = {"model": "m", "messages": [{"role": "user", "content": "hello"}]}
     with capture_logs() as logs:
