@@ -235,7 +235,7 @@ async def test_an_upstream_error_message_is_made_safe(proxy: Proxy, stream: bool
     error = orjson.loads(raw)["error"]
     assert status == 400 and UPSTREAM_KEY.encode() not in raw
     assert error["message"].startswith("upstream error (HTTP 400): Invalid request; auth was "
-                                       "[redacted] X-Injected: yes")
+                                       "Bearer [redacted] X-Injected: yes")
     assert "\r" not in error["message"] and len(error["message"]) < 360
 
 

@@ -44,9 +44,20 @@ _KEPT_STATUS = {400: 400, 404: 404, 409: 409, 413: 413, 415: 400, 422: 400, 429:
 _CREDENTIALS = (401, 403, 407)
 _PLAIN = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,80}")  # a type, code or param worth keeping
 _KEY_LIKE = re.compile(
-    r"(?i)\bbearer\s+\S+"  # an Authorization value
-    r"|\S*\*{3,}\S*"  # a masked key still shows its ends
+    r"\S*\*{3,}\S*"  # a masked key still shows its ends
     r"|\b(?=[A-Za-z0-9_\-]*\d)(?=[A-Za-z0-9_\-]*[A-Za-z])[A-Za-z0-9_\-]{20,}")  # a token
+# A header that carries a credential, as a parser or a traceback shows it, and a bearer token.
+_SECRET_HEADER = re.compile(
+    r"(?i)\b(authorization|proxy-authorization|api-key|x-api-key)(\s*:\s*)[^\r\n'\"]*")
+_BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s'\"\\]+")
+
+
+def redact(text: str) -> str:
+    """``text`` with every credential header's value and every bearer token replaced (what
+    the logs and the proxy's own error messages never show)."""
+    if ":" in text:
+        text = _SECRET_HEADER.sub(r"\1\2[redacted]", text)
+    return _BEARER.sub(r"\1 [redacted]", text) if "earer" in text else text
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 MAX_UPSTREAM_MESSAGE = 300
 
@@ -81,7 +92,7 @@ def clean_message(message: Any, secrets: Sequence[str] = ()) -> str:
     for secret in secrets:
         if secret:
             text = text.replace(secret, "[redacted]")
-    text = _KEY_LIKE.sub("[redacted]", _CONTROL.sub(" ", text)).strip()
+    text = _KEY_LIKE.sub("[redacted]", redact(_CONTROL.sub(" ", text))).strip()
     return text[:MAX_UPSTREAM_MESSAGE]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import time
 import traceback
@@ -21,21 +20,9 @@ import structlog
 
 from proxy.config import Action
 from proxy.core.policy import Outcome, strictest, worst
+from proxy.core.protocol import redact
 
 logger = structlog.get_logger("guardproxy")
-
-
-# A header that carries a credential, as a parser or a traceback shows it, and a bearer token.
-_SECRET_HEADER = re.compile(
-    r"(?i)\b(authorization|proxy-authorization|api-key|x-api-key)(\s*:\s*)[^\r\n'\"]*")
-_BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s'\"\\]+")
-
-
-def redact(text: str) -> str:
-    """``text`` with every credential header's value and every bearer token replaced."""
-    if ":" in text:
-        text = _SECRET_HEADER.sub(r"\1\2[redacted]", text)
-    return _BEARER.sub(r"\1 [redacted]", text) if "earer" in text else text
 
 
 _REDACTING = "_guardproxy_redacting"

@@ -94,16 +94,14 @@ async def blocked_prompt(request: web.Request, checks: Checks, headers: dict[str
     block, chat = checks.policy.block, checks.chat
     (prompt,) = checks.record.input
     message = block.text_for(prompt.error_code)
-    if block.style == "error" and prompt.error_code == "guard_unavailable":
-        checks.record.error_code = "guard_unavailable"  # the guard failed: not a policy block
-        body = error_body(message, type="server_error", code="guard_unavailable",
-                          moderation=checks.annotation([Outcome.not_checked(
-                              "the upstream was not called")]))
-        checks.record.output = [Outcome.not_checked("the upstream was not called")]
-        return _json(body, status=503, headers={**headers, "Retry-After": "1"})
     checks.record.output = [Outcome.not_checked("the upstream was not called")]
     checks.record.prompt_chars = chat.conversation.prompt_chars() + len(chat.extras)
     moderation = checks.annotation()
+    if block.style == "error" and prompt.error_code == "guard_unavailable":
+        checks.record.error_code = "guard_unavailable"  # the guard failed: not a policy block
+        body = error_body(message, type="server_error", code="guard_unavailable",
+                          moderation=moderation)
+        return _json(body, status=503, headers={**headers, "Retry-After": "1"})
     if block.style == "error":
         checks.record.error_code = "content_filter"
         body = error_body(message, type="invalid_request_error", code="content_filter",

@@ -14,8 +14,7 @@ from typing import Any
 
 from aiohttp import web, web_protocol
 
-from proxy.core.protocol import error_body
-from proxy.obs.log import redact
+from proxy.core.protocol import error_body, redact
 
 _MARK = "_guardproxy_json_errors"
 
