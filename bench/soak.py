@@ -345,10 +345,12 @@ def _classify_stream(raw: bytes) -> str:
     if not raw.endswith(b"data: [DONE]\n\n") or raw.count(b"data: [DONE]") != 1:
         return "malformed: no [DONE] at the end"
     events = [orjson.loads(b.removeprefix(b"data: ")) for b in raw.split(b"\n\n")[:-2]]
-    if "moderation" not in events[-1] or events[-1]["choices"] != []:
-        return "malformed: no closing moderation chunk"
-    if any("error" in event for event in events):
-        return "stream-error"
+    errors = [event["error"] for event in events if "error" in event]
+    if errors:  # the verdict inside the error
+        return "stream-error" if "moderation" in errors[0] else "malformed: no verdict in error"
+    # no trailing chunk was asked for: the verdict rides on the last chunk, with choices
+    if "moderation" not in events[-1] or not all(e["choices"] for e in events):
+        return "malformed: no verdict on the last chunk"
     finishes = [c["finish_reason"] for e in events for c in e["choices"] if c["finish_reason"]]
     return "blocked" if finishes == ["content_filter"] else "answered"
 

@@ -33,6 +33,7 @@ from proxy.config import Action, Policy, StagePolicy
 from proxy.core.cache import VerdictCache
 from proxy.core.conversation import Conversation, Turn, prompt_view, response_view
 from proxy.core.longinput import fit
+from proxy.core.moderation import Ending
 from proxy.core.policy import Outcome, strictest_index
 from proxy.core.protocol import annotation
 from proxy.core.request import ChatRequest
@@ -74,6 +75,15 @@ class Checks:
             outcomes = await self._judge_all(texts)
         self.record.output = outcomes
         return outcomes
+
+    def ending(self) -> Ending:
+        """How this request's stream closes: the trailing ``choices: []`` chunk only when
+        the client asked for usage or for moderated completions, or the tenant always
+        sends it."""
+        chat = self.chat
+        asked = chat.include_usage or chat.moderation is not None
+        return Ending(trailing=asked or self.policy.annotate.stream_chunk == "always",
+                      usage=chat.include_usage)
 
     def annotation(self, output: Sequence[Outcome] | None = None) -> dict[str, Any]:
         """The ``moderation`` object of this request as it stands."""

@@ -21,6 +21,7 @@ class Streamed:
     finishes: dict[int, str]
     errors: list[Json]
     moderation: Json
+    trailing: bool  # the verdict came in a trailing ``choices: []`` chunk
 
     @property
     def message(self) -> Json:
@@ -43,10 +44,23 @@ def read_stream(raw: bytes) -> Streamed:
             messages[index] = accumulate_delta(messages.get(index, {}), choice["delta"])
             if choice["finish_reason"]:
                 finishes[index] = choice["finish_reason"]
-    closing = chunks[-1]
-    assert closing["choices"] == []
-    validate("ChatCompletionModeration", closing["moderation"])
-    return Streamed(chunks, messages, finishes, errors, closing["moderation"])
+    # An empty ``choices`` only ever in the trailing chunk.  The verdict on the last chunk
+    # with choices (inside the error when the stream broke), again on the trailing one.
+    assert all(chunk["choices"] for chunk in chunks[:-1])
+    trailing = bool(chunks) and chunks[-1]["choices"] == []
+    carriers = [chunk for chunk in chunks if "moderation" in chunk]
+    answer = chunks[:-1] if trailing else chunks
+    if errors:
+        assert "error" in events[-1] or trailing
+        moderation = errors[-1]["moderation"]
+        assert carriers == ([chunks[-1]] if trailing else [])
+    else:
+        assert carriers[0] is answer[-1] and carriers[-1] is chunks[-1]
+        assert len(carriers) == 1 + trailing
+        moderation = answer[-1]["moderation"]
+    assert all(carrier["moderation"] == moderation for carrier in carriers)
+    validate("ChatCompletionModeration", moderation)
+    return Streamed(chunks, messages, finishes, errors, moderation, trailing=trailing)
 
 
 def read_whole(raw: bytes) -> Json:

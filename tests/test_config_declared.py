@@ -14,6 +14,7 @@ import pytest
 
 from proxy.config import (
     Action,
+    AnnotatePolicy,
     BlockPolicy,
     GuardConfig,
     Policy,
@@ -84,7 +85,8 @@ def test_every_declared_key_is_read(tmp_path: Path) -> None:
     server, guard = _plain(ServerConfig), _plain(GuardConfig)
     upstream, policy = _plain(UpstreamConfig), _plain(Policy)
     stages = {"prompt": _plain(PromptPolicy), "response": _plain(ResponsePolicy),
-              "block": _plain(BlockPolicy), "limits": _plain(PolicyLimits)}
+              "block": _plain(BlockPolicy), "limits": _plain(PolicyLimits),
+              "annotate": _plain(AnnotatePolicy)}
     (tmp_path / "policies").mkdir()
     digest = hashlib.sha256(b"k").hexdigest()
     top = _nest(server)
@@ -102,7 +104,8 @@ def test_every_declared_key_is_read(tmp_path: Path) -> None:
     for obj, pairs in [(config.server, server), (config.server.guard, guard),
                        (config.server.upstreams["u"], upstream), (loaded, policy),
                        (loaded.prompt, stages["prompt"]), (loaded.response, stages["response"]),
-                       (loaded.block, stages["block"]), (loaded.limits, stages["limits"])]:
+                       (loaded.block, stages["block"]), (loaded.limits, stages["limits"]),
+                       (loaded.annotate, stages["annotate"])]:
         for name, (path, value) in pairs.items():
             assert getattr(obj, name) == value, f"{type(obj).__name__}.{name} ({path})"
 
@@ -113,7 +116,7 @@ def test_every_declared_key_is_read(tmp_path: Path) -> None:
     (ServerConfig, ("listen", "policies", "guard", "upstreams", "limits", "log", "reload",
                     "admin", "cache")),
     (Policy, ("tenant", "keys", "upstream", "models", "prompt", "response", "on_guard_error",
-              "block", "limits", "log_content")),
+              "block", "limits", "annotate", "log_content")),
 ])
 def test_valid_keys_come_from_the_model(cls: type[Any], keys: tuple[str, ...]) -> None:
     assert keys_of(cls) == keys

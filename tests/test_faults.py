@@ -22,6 +22,7 @@ from typing import Any
 import openai
 import orjson
 import pytest
+from clientview import read_stream
 from emulators.guard import GuardEmulator, RecordedRequest
 from emulators.upstream import Reply, UpstreamEmulator
 from harness import KEYS, UPSTREAM_KEY, Proxy, wait_until, write_config
@@ -69,17 +70,13 @@ def _read(status: int, headers: Any, raw: bytes, *, stream: bool) -> Answer:
         choice = body["choices"][0]
         return Answer(status, headers, choice["message"]["content"], choice["finish_reason"],
                       body["moderation"], [])
-    events = _events(raw)
-    errors = [e["error"] for e in events if "error" in e]
-    chunks = [e for e in events if "error" not in e]
-    for chunk in chunks:
-        validate("CreateChatCompletionStreamResponse", chunk)
+    streamed = read_stream(raw)
+    chunks = streamed.chunks
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     finishes = [c["choices"][0]["finish_reason"] for c in chunks
                 if c["choices"] and c["choices"][0]["finish_reason"]]
-    assert chunks[-1]["choices"] == []
     return Answer(status, headers, text, finishes[-1] if finishes else None,
-                  chunks[-1]["moderation"], errors)
+                  streamed.moderation, streamed.errors)
 
 
 async def _ask(proxy: Proxy, tenant: str, *, stream: bool) -> Answer:
@@ -213,7 +210,7 @@ async def test_a_guard_outage_is_named_not_blamed_on_the_policy(proxy: Proxy,
     assert status == 503 and headers["Retry-After"] == "1"
     assert (error["code"], error["type"]) == ("guard_unavailable", "server_error")
     assert error["message"] == UNAVAILABLE and "Blocked" not in error["message"]
-    assert answer["moderation"]["input"]["code"] == "guard_unavailable"
+    assert error["moderation"]["input"]["code"] == "guard_unavailable"
     assert proxy.upstream_chats() == []
     assert _request_line(logs)["code"] == "guard_unavailable"
 
@@ -267,7 +264,7 @@ async def test_upstream_silent_between_chunks_ends_in_band(proxy: Proxy) -> None
     status, _, raw = await proxy.post(_body(stream=True))
     answer = _read(status, {}, raw, stream=True)
     assert status == 200 and len(answer.errors) == 1
-    assert set(answer.errors[0]) == {"message", "type", "param", "code"}
+    assert set(answer.errors[0]) == {"message", "type", "param", "code", "moderation"}
     assert answer.errors[0]["code"] == "upstream_stream_error"
     assert answer.text == "" and answer.moderation["output"]["code"] == "not_checked"
     (request,) = proxy.upstream_chats()

@@ -52,10 +52,13 @@ def test_malformed_answers_are_told_apart_from_errors() -> None:
     assert soak.classify(502, b'{"error": {"message": "m", "type": "t"}}', False) == "http-502"
     assert soak.classify(200, b"data: {}\n\n", True).startswith("malformed")
     assert soak.classify(500, b"<html>oops</html>", False).startswith("malformed")
-    stream = (b'data: {"choices": [], "moderation": {}}\n\n'
-              b'data: {"error": {"message": "cut"}}\n\n'
-              b'data: {"choices": [], "moderation": {}}\n\ndata: [DONE]\n\n')
-    assert soak.classify(200, stream, True) == "stream-error"
+    chunk = b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": null}]}\n\n'
+    cut = b'data: {"error": {"message": "cut", "moderation": {}}}\n\ndata: [DONE]\n\n'
+    assert soak.classify(200, chunk + cut, True) == "stream-error"
+    assert soak.classify(200, chunk + cut.replace(b', "moderation": {}', b""),
+                         True).startswith("malformed")
+    trailing = b'data: {"choices": [], "moderation": {}}\n\ndata: [DONE]\n\n'
+    assert soak.classify(200, chunk + trailing, True) == "malformed: no verdict on the last chunk"
 
 
 def test_resources_that_grew_are_violations() -> None:

@@ -11,12 +11,11 @@ import itertools
 import time
 from typing import Any
 
-import orjson
 import pytest
+from clientview import read_stream
 from emulators.guard import GuardEmulator
 from emulators.upstream import Reply, ToolCall
 from harness import Proxy
-from openai_schema import validate
 from structlog.testing import capture_logs
 
 from proxy.core.moderation import WindowSchedule
@@ -43,16 +42,12 @@ def _words(text: str) -> list[str]:
 
 def _parse(raw: bytes) -> tuple[str, list[str], dict[str, Any], list[dict[str, Any]]]:
     """Text, finish reasons and the moderation object the client got; checks the framing."""
-    blocks = [b for b in raw.split(b"\n\n") if b]
-    assert blocks[-1] == b"data: [DONE]" and raw.count(b"[DONE]") == 1
-    chunks = [orjson.loads(b.removeprefix(b"data: ")) for b in blocks[:-1]]
-    for chunk in chunks:
-        validate("CreateChatCompletionStreamResponse", chunk)
-    assert chunks[-1]["choices"] == []
+    streamed = read_stream(raw)
+    chunks = streamed.chunks
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
     finishes = [c["choices"][0]["finish_reason"] for c in chunks
                 if c["choices"] and c["choices"][0]["finish_reason"]]
-    return text, finishes, chunks[-1]["moderation"], chunks
+    return text, finishes, streamed.moderation, chunks
 
 
 def _response_checks(guard: GuardEmulator) -> list[str]:

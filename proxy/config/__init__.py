@@ -8,6 +8,7 @@ from proxy.config.model import (
     CATEGORIES,
     RESPONSE_CATEGORIES,
     Action,
+    AnnotatePolicy,
     BlockPolicy,
     CategoryOverride,
     Config,
@@ -28,6 +29,7 @@ from proxy.errors import ConfigError
 
 __all__ = [
     "CATEGORIES", "CONFIG_ENV_VAR", "DEFAULT_CONFIG_PATH", "RESPONSE_CATEGORIES", "Action",
+    "AnnotatePolicy",
     "BlockPolicy", "CategoryOverride", "Config", "ConfigError", "GuardConfig", "Policy",
     "PolicyLimits", "PromptPolicy", "ResponsePolicy", "Secret", "ServerConfig", "StagePolicy",
     "StreamMode",

@@ -19,6 +19,7 @@ from proxy.config.model import (
     CATEGORIES,
     RESPONSE_CATEGORIES,
     Action,
+    AnnotatePolicy,
     BlockPolicy,
     CategoryOverride,
     Config,
@@ -516,6 +517,8 @@ def _policy(f: _File, root: Node, upstreams: Sequence[str] | None) -> _LoadedPol
         response=_stage(top, "response", ResponsePolicy, RESPONSE_CATEGORIES),
         block=_block(top, tenant),
         limits=PolicyLimits(**read_plain(top.sub("limits", keys_of(PolicyLimits)), PolicyLimits)),
+        annotate=AnnotatePolicy(**read_plain(top.sub("annotate", keys_of(AnnotatePolicy)),
+                                             AnnotatePolicy)),
         source=f.path,
     )
     tenant_line = top.fields["tenant"].key_line if "tenant" in top.fields else 1

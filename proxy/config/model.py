@@ -137,6 +137,13 @@ class PolicyLimits:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AnnotatePolicy:
+    # the trailing ``choices: []`` chunk of a stream: only when the client asks for it
+    # (``stream_options.include_usage`` or ``moderation``), or on every stream
+    stream_chunk: Literal["auto", "always"] = "auto"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Policy:
     tenant: str = field(metadata=key("tenant", required=1))
     # lowercase sha256 hex digests, without the "sha256:" prefix
@@ -149,6 +156,8 @@ class Policy:
     on_guard_error: Literal["block", "pass"] = "block"
     block: BlockPolicy = field(default_factory=BlockPolicy, metadata=key("block", own=1))
     limits: PolicyLimits = field(default_factory=PolicyLimits, metadata=key("limits", own=1))
+    annotate: AnnotatePolicy = field(default_factory=AnnotatePolicy,
+                                     metadata=key("annotate", own=1))
     log_content: bool = False
     source: Path = field(default=Path("<memory>"), metadata=SPECIAL)
 

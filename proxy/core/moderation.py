@@ -100,6 +100,7 @@ class StreamState:
     sent: int = 0  # events released so far
     barrier: int | None = None
     usage: Any = None  # the upstream's usage numbers, when it sent them
+    generated: int = 0  # upstream chunks that carried generated output: tokens, about
     started: set[int] = field(default_factory=set)  # choices whose first delta went out
     released_any: bool = False
     held: int = 0  # bytes of the events not released yet
@@ -141,6 +142,7 @@ class StreamState:
         first = self.choices.get(0) or self._choice(0)
         first.parts.content.append(text)
         first.length += len(text)
+        self.generated += 1
         self.events.append(text)
         self.sizes.append(size)
         self.ends.append(first.length)
@@ -181,6 +183,9 @@ class StreamState:
             (self.choices.get(index) or self._choice(index)).add(delta, self.removed)
             deltas.append(delta)
             held |= delta.held or index != 0
+        if any(d.texts or d.calls or d.function_call is not None or d.transcript
+               for d in deltas):
+            self.generated += 1
         return deltas, held
 
     def _choice(self, index: int) -> ChoiceText:
@@ -223,24 +228,26 @@ class StreamState:
         stop = upto if self.barrier is None else min(upto, self.barrier)
         return self._take(stop)
 
-    def release_all(self) -> bytes:
-        return self._take(len(self.events))
+    def release_all(self, last: dict[str, Any] | None = None) -> bytes:
+        """Every event not yet sent; ``last``: fields for the last chunk with choices
+        (the verdict, when no trailing chunk carries it), which is then never missing."""
+        return self._take(len(self.events), last)
 
     def released_chars(self) -> int:
         return self.ends[self.sent - 1] if self.sent else 0
 
-    def _take(self, stop: int) -> bytes:
+    def _take(self, stop: int, last: dict[str, Any] | None = None) -> bytes:
         if stop <= self.sent:
-            return b""
+            return self._verdict_chunk(last)
         batch, start = self.events[self.sent : stop], self.sent
         self.held -= sum(self.sizes[start:stop])
         self.sent = stop
         texts = [event for event in batch if type(event) is str]
         if len(texts) == len(batch):  # text of the first choice only: one plain chunk
-            return self._text_chunk("".join(texts))
-        last = batch[-1]
-        if len(texts) == len(batch) - 1 and isinstance(last, list) and _only_finish(last):
-            return self._text_chunk("".join(texts), last[0].finish_reason)
+            return self._text_chunk("".join(texts), None, last)
+        final = batch[-1]
+        if len(texts) == len(batch) - 1 and isinstance(final, list) and _only_finish(final):
+            return self._text_chunk("".join(texts), final[0].finish_reason, last)
         merged: dict[int, Outgoing] = {}
         run: list[str] = []  # consecutive plain text events, added at once
         for event in batch:
@@ -254,46 +261,101 @@ class StreamState:
                 _outgoing(merged, delta.index).add(delta)
         if run:
             _outgoing(merged, 0).add_content("".join(run))
-        return b"".join(self._chunk(merged[index]) for index in sorted(merged))
+        choices = [c for c in (self._choice_of(merged[i]) for i in sorted(merged)) if c]
+        if not choices:
+            return self._verdict_chunk(last)
+        return self._chunks([[choice] for choice in choices], last)
 
-    def _text_chunk(self, text: str, finish_reason: str | None = None) -> bytes:
+    def _text_chunk(self, text: str, finish_reason: str | None = None,
+                    last: dict[str, Any] | None = None) -> bytes:
         delta = {"content": text} if 0 in self.started else {"role": "assistant",
                                                              "content": text}
         self.started.add(0)
         self.released_any = True
-        return encode(self.stream_head().chunk([delta_choice(0, delta, finish_reason)]))
-
-    def _chunk(self, out: Outgoing) -> bytes:
-        choice = out.choice(first=out.index not in self.started)
-        if choice is None:
-            return b""
-        self.started.add(out.index)
-        self.released_any = True
+        choice = delta_choice(0, delta, finish_reason)
+        if last:
+            return encode(self.stream_head().chunk([choice], **last))
         return encode(self.stream_head().chunk([choice]))
+
+    def _choice_of(self, out: Outgoing) -> dict[str, Any] | None:
+        choice = out.choice(first=out.index not in self.started)
+        if choice is not None:
+            self.started.add(out.index)
+            self.released_any = True
+        return choice
+
+    def _chunks(self, choices: list[list[dict[str, Any]]], last: dict[str, Any] | None
+                ) -> bytes:
+        """One chunk per list of choices, ``last``'s fields on the last one."""
+        head = self.stream_head()
+        out = [encode(head.chunk(one)) for one in choices[:-1]]
+        return b"".join(out) + encode(head.chunk(choices[-1], **(last or {})))
+
+    def _verdict_chunk(self, last: dict[str, Any] | None) -> bytes:
+        """Nothing left to send, but the verdict must ride on a chunk with choices: an
+        empty delta of the first choice."""
+        if not last:
+            return b""
+        delta = {} if 0 in self.started else {"role": "assistant", "content": ""}
+        self.started.add(0)
+        return self._chunks([[delta_choice(0, delta)]], last)
 
     def stream_head(self) -> StreamHead:
         if self.head is None:
             self.head = StreamHead.new(self.model)
         return self.head
 
-    def closing_chunk(self, moderation: dict[str, Any]) -> bytes:
-        """The last chunk: ``choices: []``, the usage if the upstream sent it, moderation."""
+    def closing_chunk(self, moderation: dict[str, Any], usage: Any = None) -> bytes:
+        """The trailing chunk: ``choices: []``, the usage when there is one, moderation."""
         extra = {"moderation": moderation}
-        if self.usage is not None:
-            extra = {"usage": self.usage, **extra}
+        if usage is not None:
+            extra = {"usage": usage, **extra}
         return encode(self.stream_head().chunk([], **extra))
 
-    def blocked_tail(self, message: str) -> bytes:
+    def usage_for(self, asked: bool) -> Any:
+        """The usage to report: the upstream's own numbers when it sent them; else, when
+        the client asked, what is known — the chunks of output received, one token each
+        on the usual servers, and no prompt count (the proxy does not tokenize)."""
+        if self.usage is not None or not asked:
+            return self.usage
+        return {"prompt_tokens": 0, "completion_tokens": self.generated,
+                "total_tokens": self.generated}
+
+    def ending(self, moderation: dict[str, Any], ending: Ending, *,
+               blocked: str | None = None) -> bytes:
+        """What closes the stream, before ``[DONE]``: the rest of the answer (or, when
+        ``blocked`` holds the block message, the blocked ending) with the verdict on its
+        last chunk, which has choices; then, when the client asked for it, the trailing
+        ``choices: []`` chunk with the verdict again and the usage (a client library
+        that drops empty chunks still finds the verdict)."""
+        last = {"moderation": moderation}
+        body = (self.release_all(last) if blocked is None
+                else self.blocked_tail(blocked, last))
+        if ending.trailing:
+            body += self.closing_chunk(moderation, self.usage_for(ending.usage))
+        return body
+
+    def blocked_tail(self, message: str, last: dict[str, Any] | None = None) -> bytes:
         """What ends a blocked stream: the block message if nothing was released,
         then each choice finishing with ``content_filter``."""
-        head = self.stream_head()
-        events = []
+        chunks: list[list[dict[str, Any]]] = []
         for index in self.indices():
             if not self.released_any:
-                delta = {"role": "assistant", "content": message}
-                events.append(encode(head.chunk([delta_choice(index, delta)])))
-            events.append(encode(head.chunk([delta_choice(index, {}, "content_filter")])))
-        return b"".join(events)
+                chunks.append([delta_choice(index, {"role": "assistant", "content": message})])
+            chunks.append([delta_choice(index, {}, "content_filter")])
+        return self._chunks(chunks, last)
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a stream closes.  The verdict always rides on the last chunk with choices,
+    so a loop reading ``chunk.choices[0]`` never meets an empty list.  ``trailing``: a
+    ``choices: []`` chunk follows, with the verdict again (the client set
+    ``stream_options.include_usage`` or sent ``moderation``, or the tenant always sends
+    it).  ``usage``: the client asked for usage, which the trailing chunk then carries."""
+
+    trailing: bool = False
+    usage: bool = False
 
 
 def _only_finish(deltas: list[Delta]) -> bool:

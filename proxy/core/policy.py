@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from proxy.config import Action, Policy, StagePolicy
+from proxy.core.request import ModerationAsk
 from proxy.core.verdict import Verdict
 from proxy.errors import GuardError
 
@@ -25,6 +27,28 @@ def _category_action(stage: StagePolicy, name: str, verdict: Verdict, base: Acti
         return base
     chosen = override.unsafe if verdict.severity == "unsafe" else override.controversial
     return chosen or base
+
+
+def tightened(policy: Policy, asked: ModerationAsk | None) -> Policy:
+    """The tenant's policy as one request's ``moderation`` parameter tightens it.
+
+    ``mode: block`` makes that stage check and block whatever the guard flags (any
+    severity but safe, whatever the tenant's per-category overrides say), and makes a
+    guard failure block; ``score`` leaves the tenant's policy as it is.  The policy is
+    the floor: nothing a client asks loosens it."""
+    if asked is None or (asked.input == "score" and asked.output == "score"):
+        return policy
+    prompt = _blocking(policy.prompt) if asked.input == "block" else policy.prompt
+    response = _blocking(policy.response) if asked.output == "block" else policy.response
+    return replace(policy, prompt=prompt, response=response, on_guard_error="block")
+
+
+Stage = TypeVar("Stage", bound=StagePolicy)
+
+
+def _blocking(stage: Stage) -> Stage:
+    return replace(stage, check=True, unsafe=Action.BLOCK, controversial=Action.BLOCK,
+                   categories={})
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,9 +33,13 @@ _NONE_NAMED = {
 
 
 def error_body(message: str, *, type: str, code: str | None, param: str | None = None,
-               **extra: Any) -> bytes:
-    error = {"message": message, "type": type, "param": param, "code": code}
-    return orjson.dumps({"error": error, **extra})
+               moderation: dict[str, Any] | None = None) -> bytes:
+    """An OpenAI error object; a verdict goes inside it (``error.moderation``), where the
+    SDKs' exceptions keep it (``e.body`` in Python, ``e.error`` in Node)."""
+    error: dict[str, Any] = {"message": message, "type": type, "param": param, "code": code}
+    if moderation is not None:
+        error["moderation"] = moderation
+    return orjson.dumps({"error": error})
 
 
 #: Upstream statuses a client can act on, kept; the rest become 502 (or 400 for a 4xx).

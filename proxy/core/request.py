@@ -9,6 +9,9 @@ structural     numbers, booleans, enums, ids, token ids: not text a model reads
 judged         text the upstream shows its model: the messages, and the *extras*
                (tool and function definitions, a ``response_format`` schema,
                ``prediction``, ``web_search_options``), judged by the prompt check
+moderation     OpenAI's moderated-completions request (``{"model", "policy": {"input":
+               {"mode": "score" | "block"}, "output": ...}}``): read by the proxy,
+               which can only tighten the tenant's policy with it, never forwarded
 template       changes how a vLLM or SGLang upstream renders the conversation
                (``chat_template``, ``continue_final_message``, ``guided_json``, ...):
                refused with ``unsupported_parameter`` unless ``prompt.allow_fields``
@@ -27,7 +30,7 @@ import json
 import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -85,6 +88,8 @@ STRUCTURAL: dict[str, Check] = {
     "stop_token_ids": _INTS, "priority": _INT, "truncate_prompt_tokens": _INT,
     "allowed_token_ids": _INTS, "bad_words": _STOP, "no_stop_trim": _BOOL,
     "separate_reasoning": _BOOL, "stream_reasoning": _BOOL, "request_id": _STR, "rid": _STR,
+    # read by the proxy (``read_moderation``) and removed from what is forwarded
+    "moderation": _ANY,
 }
 #: Text the upstream shows its model besides the messages: judged as one extra input.
 JUDGED_EXTRAS = ("tools", "functions", "response_format", "prediction", "web_search_options")
@@ -100,6 +105,19 @@ TEMPLATE_CONTROL = frozenset({
 })
 
 
+Mode = Literal["score", "block"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModerationAsk:
+    """The request's ``moderation`` parameter: the model it names (accepted; the
+    annotation reports the guard that judged) and the mode asked for each stage."""
+
+    model: str
+    input: Mode = "score"
+    output: Mode = "score"
+
+
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
     body: bytes  # forwarded as received
@@ -109,6 +127,7 @@ class ChatRequest:
     conversation: Conversation
     extras: str = ""  # tools, schemas, prediction: judged as one more USER input
     n: int = 1
+    moderation: ModerationAsk | None = None  # the client asked for moderated completions
 
 
 def parse_chat_request(body: bytes, *, non_text: NonText = "block",
@@ -122,6 +141,9 @@ def parse_chat_request(body: bytes, *, non_text: NonText = "block",
     if not isinstance(messages, list) or not messages:
         raise BadRequest("'messages' must be a non-empty array", param="messages")
     _check_fields(data, allowed)
+    moderation = read_moderation(data.get("moderation"))
+    if "moderation" in data:  # the proxy's to act on: the upstream never sees it
+        body = orjson.dumps({name: value for name, value in data.items() if name != "moderation"})
     return ChatRequest(
         body=body,
         model=model,
@@ -130,7 +152,46 @@ def parse_chat_request(body: bytes, *, non_text: NonText = "block",
         conversation=read_messages(messages, non_text=non_text, allowed=allowed),
         extras=extras_text(data),
         n=data.get("n") or 1,
+        moderation=moderation,
     )
+
+
+def read_moderation(value: Any) -> ModerationAsk | None:
+    """The ``moderation`` parameter, checked the way OpenAI's schema types it; null is unset."""
+    if value is None:
+        return None
+    _keys_of(value, "moderation", ("model", "policy"))
+    model = value.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'moderation.model' is required and must be a non-empty string",
+                         param="moderation.model")
+    policy = value.get("policy")
+    if policy is None:
+        return ModerationAsk(model)
+    _keys_of(policy, "moderation.policy", ("input", "output"))
+    return ModerationAsk(model, _mode(policy, "input"), _mode(policy, "output"))
+
+
+def _mode(policy: dict[str, Any], stage: str) -> Mode:
+    config = policy.get(stage)
+    if config is None:
+        return "score"
+    where = f"moderation.policy.{stage}"
+    _keys_of(config, where, ("mode",))
+    mode = config.get("mode")
+    if mode not in ("score", "block"):
+        raise BadRequest(f"'{where}.mode' is required and must be one of score, block",
+                         param=f"{where}.mode")
+    return "block" if mode == "block" else "score"
+
+
+def _keys_of(value: Any, where: str, known: tuple[str, ...]) -> None:
+    if not isinstance(value, dict):
+        raise BadRequest(f"'{where}' must be an object", param=where)
+    for name in value:
+        if name not in known:
+            raise BadRequest(f"unknown parameter '{where}.{name}' (known: {', '.join(known)})",
+                             param=f"{where}.{name}")
 
 
 def _object_body(body: bytes) -> dict[str, Any]:

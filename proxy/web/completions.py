@@ -14,7 +14,7 @@ from proxy.clients.upstream import UpstreamCall
 from proxy.config import Action, Policy
 from proxy.core.answer import read_completion
 from proxy.core.moderation import StreamState
-from proxy.core.policy import Outcome
+from proxy.core.policy import Outcome, tightened
 from proxy.core.protocol import blocked_choice, blocked_completion, error_body
 from proxy.core.request import parse_chat_request
 from proxy.core.sse import DONE_EVENT
@@ -47,6 +47,7 @@ async def chat_completions(request: web.Request, runtime: Runtime, policy: Polic
     chat = parse_chat_request(body, non_text=policy.prompt.non_text,
                               allowed=policy.prompt.allow_fields)
     record.model, record.stream = chat.model, chat.stream
+    policy = tightened(policy, chat.moderation)  # a client may ask for more, never less
     record.unchecked_parts = len(chat.conversation.unchecked)
     if policy.models is not None and chat.model not in policy.models:
         raise ModelNotAllowed(f"model {chat.model!r} is not available to this key", param="model")
@@ -111,11 +112,12 @@ async def blocked_prompt(request: web.Request, checks: Checks, headers: dict[str
         return _json(orjson.dumps(blocked_completion(
             model=chat.model, message=message, moderation=moderation)), headers=headers)
     state = StreamState(model=chat.model, choices_allowed=chat.n)
+    ending = checks.ending()
+    checks.record.usage = state.usage_for(ending.usage)  # nothing was generated: zeros
     response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
     try:
         await response.prepare(request)
-        await response.write(state.blocked_tail(message) + state.closing_chunk(moderation)
-                             + DONE_EVENT)
+        await response.write(state.ending(moderation, ending, blocked=message) + DONE_EVENT)
         checks.record.mark_first_byte()
         await response.write_eof()
     except ConnectionResetError:

@@ -185,35 +185,37 @@ class StreamRelay:
 
     async def _finish(self, outcomes: list[Outcome]) -> None:
         """End the stream after a final check, or a window check that failed."""
-        record = self.checks.record
+        record, state = self.checks.record, self.state
         record.output = outcomes
-        record.usage = self.state.usage
-        record.removed_fields = self.state.removed.count
+        record.removed_fields = state.removed.count
+        blocked = None
         if strictest(outcomes) is Action.BLOCK:
-            body = self.state.blocked_tail(self.checks.policy.block.text_for(
-                worst(outcomes).error_code))
-        else:
-            body = self.state.release_all()
-            if self.mode == "async" and len(self.state.choices) <= 1:
-                self._last = (outcomes[0], self.state.length())  # the final check passed
-        await self._write(body + self.state.closing_chunk(self.checks.annotation())
+            blocked = self.checks.policy.block.text_for(worst(outcomes).error_code)
+        elif self.mode == "async" and len(state.choices) <= 1:
+            self._last = (outcomes[0], state.length())  # the final check passed
+        ending = self.checks.ending()
+        record.usage = state.usage_for(ending.usage)
+        await self._write(state.ending(self.checks.annotation(), ending, blocked=blocked)
                           + DONE_EVENT)
 
     async def _end_with_error(self, exc: BaseException) -> None:
-        """After the first byte the status is sent: the error goes in-band, then [DONE].
-        The error is the proxy's own: an upstream's words come only made safe."""
+        """After the first byte the status is sent: the error goes in-band, with the
+        verdict inside it, then the trailing chunk if asked for, then [DONE].  The error
+        is the proxy's own: an upstream's words come only made safe."""
         said = exc.said if isinstance(exc, StreamFault) else ""
         message = getattr(exc, "message", None) if isinstance(exc, _UPSTREAM_ERRORS) else None
         message = message or "the upstream stream failed"
         if said:
             message = f"{message}: {said}"
-        record = self.checks.record
+        record, state = self.checks.record, self.state
         record.output = [Outcome.not_checked("the upstream stream failed")]
-        record.removed_fields = self.state.removed.count
-        await self._write(b"data: " + error_body(message, type="upstream_error",
-                                                 code="upstream_stream_error")
-                          + b"\n\n" + self.state.closing_chunk(self.checks.annotation())
-                          + DONE_EVENT)
+        record.removed_fields = state.removed.count
+        moderation, ending = self.checks.annotation(), self.checks.ending()
+        record.usage = state.usage_for(ending.usage)
+        body = b"data: " + error_body(message, type="upstream_error",
+                                      code="upstream_stream_error", moderation=moderation)
+        trailing = state.closing_chunk(moderation, record.usage) if ending.trailing else b""
+        await self._write(body + b"\n\n" + trailing + DONE_EVENT)
 
     async def _write(self, data: bytes) -> None:
         if data:
