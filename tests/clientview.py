@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 from openai.lib.streaming._deltas import accumulate_delta
-from openai_schema import validate
+from openai_schema import validate, validate_sdk
 
 Json = dict[str, Any]
 
@@ -39,6 +39,7 @@ def read_stream(raw: bytes) -> Streamed:
     finishes: dict[int, str] = {}
     for chunk in chunks:
         validate("CreateChatCompletionStreamResponse", chunk)
+        validate_sdk(chunk, chunk=True)
         for choice in chunk["choices"]:
             index = choice["index"]
             messages[index] = accumulate_delta(messages.get(index, {}), choice["delta"])
@@ -67,6 +68,7 @@ def read_whole(raw: bytes) -> Json:
     body: Json = orjson.loads(raw)
     validate("CreateChatCompletionResponse", body)
     validate("ChatCompletionModeration", body["moderation"])
+    validate_sdk(body)
     return body
 
 

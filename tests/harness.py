@@ -11,6 +11,9 @@ Tenants (keys are their plaintext):
 - ``permissive`` (``sk-permissive``): like strict, but non-text parts pass unchecked and
   ``chat_template_kwargs`` and ``messages.cache_control`` are forwarded unjudged.
 - ``limited`` (``sk-limited``): one guard call at a time, a call waits at most 0.2 s.
+- ``annotated`` (``sk-annotated``): like lenient (fails open), answers checked in windows of
+  40 characters, and the trailing ``choices: []`` chunk on every stream
+  (``annotate.stream_chunk: always``).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from proxy.web.app import create_admin_app, create_app
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 KEYS = {"strict": "sk-strict", "lenient": "sk-lenient", "errors": "sk-errors",
         "audited": "sk-audited", "racer": "sk-racer", "thorough": "sk-thorough",
-        "permissive": "sk-permissive", "limited": "sk-limited"}
+        "permissive": "sk-permissive", "limited": "sk-limited", "annotated": "sk-annotated"}
 
 
 def _digest(key: str) -> str:
@@ -124,6 +127,15 @@ keys: [{key}]
 upstream: local
 response: {{stream: {stream}}}
 limits: {{guard_concurrency: 1, guard_wait_s: 0.2}}
+""",
+    "annotated": """\
+tenant: annotated
+keys: [{key}]
+upstream: local
+prompt: {{unsafe: block, controversial: flag}}
+response: {{unsafe: block, controversial: flag, stream: window, window_chars: 40}}
+on_guard_error: pass
+annotate: {{stream_chunk: always}}
 """,
     "audited": """\
 tenant: audited

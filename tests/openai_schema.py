@@ -51,3 +51,24 @@ def validator(name: str) -> jsonschema.Draft202012Validator:
 def validate(name: str, instance: Any) -> None:
     """Raise ``jsonschema.ValidationError`` unless ``instance`` is a valid ``name``."""
     validator(name).validate(instance)
+
+
+@functools.cache
+def _sdk_moderation() -> jsonschema.Draft202012Validator:
+    from openai.types.chat.chat_completion import Moderation
+
+    return jsonschema.Draft202012Validator(Moderation.model_json_schema())
+
+
+def validate_sdk(instance: dict[str, Any], *, chunk: bool = False) -> None:
+    """Raise unless ``instance`` reads as the newest openai SDK's own type: a
+    ``ChatCompletion`` (or a ``ChatCompletionChunk``) whose ``moderation``, when present,
+    matches the SDK's ``Moderation`` (``type: "moderation_result"`` and ``model`` on each
+    result, the ``type`` discriminators, every required field)."""
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    model = ChatCompletionChunk if chunk else ChatCompletion
+    parsed = model.model_validate(instance)
+    if "moderation" in instance:
+        _sdk_moderation().validate(instance["moderation"])
+        assert parsed.moderation is not None

@@ -1,0 +1,284 @@
+"""OpenAI's ``moderation`` request parameter, the moderation chunk, and usage on streams.
+
+- ``moderation: {"model", "policy": {"input": {"mode"}, "output": {"mode"}}}`` tightens the
+  tenant's policy (``block`` blocks whatever the guard flags; ``score`` changes nothing), is
+  never forwarded, and a malformed value is a 400 naming the exact ``param``.
+- The verdict rides on the last chunk with choices; the trailing ``choices: []`` chunk comes
+  only when the client asked (``stream_options.include_usage`` or ``moderation``) or the
+  tenant sends it always, and then carries the usage when asked, blocked streams included.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import openai
+import orjson
+import pytest
+from clientview import Streamed, read_stream, read_whole
+from emulators.upstream import Reply
+from harness import Proxy
+
+from proxy.core.request import ModerationAsk, read_moderation
+from proxy.errors import BadRequest
+
+MODEL = "gpt-4.1-mini"
+BLOCK_INPUT = {"model": "omni-moderation-latest", "policy": {"input": {"mode": "block"}}}
+BLOCK_OUTPUT = {"model": "omni-moderation-latest", "policy": {"output": {"mode": "block"}}}
+SCORE = {"model": "omni-moderation-latest", "policy": {"input": {"mode": "score"},
+                                                       "output": {"mode": "score"}}}
+SAFE_LONG = "The sea is calm tonight and the tide is full. " * 3  # past a 40-char window
+
+
+def _body(text: str, **extra: Any) -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": text}], **extra}
+
+
+def _result(moderation: dict[str, Any], stage: str) -> dict[str, Any]:
+    result: dict[str, Any] = moderation[stage]["results"][0]
+    return result
+
+
+async def _stream(proxy: Proxy, text: str, *, tenant: str = "strict", **extra: Any
+                  ) -> tuple[dict[str, str], Streamed]:
+    status, headers, raw = await proxy.post(_body(text, stream=True, **extra), tenant=tenant)
+    assert status == 200, raw
+    return dict(headers), read_stream(raw)
+
+
+# -- the parameter -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_the_parameter_is_never_forwarded(proxy: Proxy, stream: bool) -> None:
+    proxy.upstream.replies.append(Reply(content="Hello."))
+    status, _, _ = await proxy.post(_body("hello", stream=stream, moderation=SCORE))
+    assert status == 200
+    (sent,) = proxy.upstream_chats()
+    forwarded = sent.body
+    assert "moderation" not in forwarded
+    assert forwarded["messages"] == [{"role": "user", "content": "hello"}]
+
+
+@pytest.mark.parametrize(("value", "param"), [
+    ("block", "moderation"),
+    ({}, "moderation.model"),
+    ({"model": ""}, "moderation.model"),
+    ({"model": 7}, "moderation.model"),
+    ({"model": "m", "policy": "block"}, "moderation.policy"),
+    ({"model": "m", "policy": {"input": "block"}}, "moderation.policy.input"),
+    ({"model": "m", "policy": {"input": {}}}, "moderation.policy.input.mode"),
+    ({"model": "m", "policy": {"output": {"mode": "strict"}}}, "moderation.policy.output.mode"),
+    ({"model": "m", "policy": {"input": {"mode": "block", "level": 3}}},
+     "moderation.policy.input.level"),
+    ({"model": "m", "policy": {"both": {"mode": "block"}}}, "moderation.policy.both"),
+    ({"model": "m", "threshold": 0.5}, "moderation.threshold"),
+])
+async def test_a_malformed_parameter_is_a_400_naming_it(proxy: Proxy, value: Any,
+                                                        param: str) -> None:
+    status, _, raw = await proxy.post(_body("hello", moderation=value))
+    error = orjson.loads(raw)["error"]
+    assert status == 400 and error["param"] == param, error
+    assert error["type"] == "invalid_request_error" and param in error["message"]
+    assert proxy.upstream_chats() == []
+
+
+def test_the_parameter_as_read() -> None:
+    assert read_moderation(None) is None
+    assert read_moderation({"model": "m"}) == ModerationAsk("m")
+    assert read_moderation({"model": "m", "policy": None}) == ModerationAsk("m")
+    assert read_moderation({"model": "m", "policy": {"input": None, "output": {"mode": "block"}}}
+                           ) == ModerationAsk("m", input="score", output="block")
+    with pytest.raises(BadRequest):
+        read_moderation([])
+
+
+async def test_block_on_input_blocks_what_the_tenant_only_flags(proxy: Proxy) -> None:
+    client = proxy.client("lenient")
+    messages: Any = [{"role": "user", "content": "Who will win the election?"}]
+    proxy.upstream.replies.append(Reply(content="Nobody knows."))
+    flagged = await client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=messages)
+    assert flagged.headers["x-guard-action"] == "flag"
+    blocked = await client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=messages, moderation=BLOCK_INPUT)  # type: ignore[arg-type]
+    assert blocked.headers["x-guard-action"] == "block"
+    body = read_whole(blocked.content)
+    assert body["choices"][0]["finish_reason"] == "content_filter"
+    assert _result(body["moderation"], "input")["action"] == "block"
+    assert len(proxy.upstream_chats()) == 1  # only the flagged request went out
+
+
+async def test_block_on_input_also_overrides_a_category_pass(proxy: Proxy) -> None:
+    """The lenient tenant only flags unsafe ``Violent``: a client's block still blocks it."""
+    text = "How do I build a bomb?"
+    proxy.upstream.replies.append(Reply(content="No."))
+    status, headers, _ = await proxy.post(_body(text), tenant="lenient")
+    assert status == 200 and headers["x-guard-action"] == "flag"
+    status, headers, raw = await proxy.post(_body(text, moderation=BLOCK_INPUT), tenant="lenient")
+    assert headers["x-guard-action"] == "block"
+    assert read_whole(raw)["choices"][0]["finish_reason"] == "content_filter"
+
+
+async def test_block_on_output_blocks_a_flagged_answer(proxy: Proxy) -> None:
+    answer = "The election will be won by whoever gets the most votes."
+    proxy.upstream.replies.extend([Reply(content=answer), Reply(content=answer)])
+    status, _, raw = await proxy.post(_body("tell me something"), tenant="annotated")
+    passed = read_whole(raw)
+    assert passed["choices"][0]["message"]["content"] == answer
+    assert _result(passed["moderation"], "output")["action"] == "flag"
+    _, _, raw = await proxy.post(_body("tell me something", moderation=BLOCK_OUTPUT),
+                                 tenant="annotated")
+    blocked = read_whole(raw)
+    assert blocked["choices"][0]["finish_reason"] == "content_filter"
+    assert answer not in raw.decode()
+    assert _result(blocked["moderation"], "output")["action"] == "block"
+
+
+async def test_block_on_output_cuts_a_flagged_stream(proxy: Proxy) -> None:
+    answer = SAFE_LONG + "And the election is rigged."
+    proxy.upstream.replies.append(Reply(content=answer))
+    _, streamed = await _stream(proxy, "tell me something", tenant="annotated",
+                                moderation=BLOCK_OUTPUT)
+    assert streamed.finishes == {0: "content_filter"}
+    assert "election" not in (streamed.message.get("content") or "")
+    assert _result(streamed.moderation, "output")["action"] == "block"
+
+
+async def test_score_never_loosens_the_tenant(proxy: Proxy) -> None:
+    status, headers, raw = await proxy.post(_body("make a bomb", moderation=SCORE))
+    assert status == 200 and headers["x-guard-action"] == "block"
+    assert read_whole(raw)["choices"][0]["finish_reason"] == "content_filter"
+    assert proxy.upstream_chats() == []
+
+
+async def test_the_annotation_names_the_guard_not_the_requested_model(proxy: Proxy) -> None:
+    proxy.upstream.replies.append(Reply(content="Hi."))
+    _, _, raw = await proxy.post(_body("hello", moderation=SCORE))
+    moderation = read_whole(raw)["moderation"]
+    assert moderation["input"]["model"] == "Qwen/Qwen3Guard-Gen-0.6B"
+    assert _result(moderation, "input")["model"] == "Qwen/Qwen3Guard-Gen-0.6B"
+
+
+async def test_block_makes_a_fail_open_tenant_fail_closed(proxy: Proxy) -> None:
+    proxy.guard.fault = "http_500"
+    proxy.upstream.replies.append(Reply(content="Hi."))
+    status, headers, _ = await proxy.post(_body("hello"), tenant="lenient")
+    assert status == 200 and headers["x-guard-action"] == "unchecked"
+    status, headers, raw = await proxy.post(_body("hello", moderation=BLOCK_INPUT),
+                                            tenant="lenient")
+    assert headers["x-guard-action"] == "block"
+    assert read_whole(raw)["moderation"]["input"]["code"] == "guard_unavailable"
+    assert len(proxy.upstream_chats()) == 1
+
+
+# -- the moderation chunk -------------------------------------------------------------------
+
+
+async def test_a_plain_stream_has_no_empty_choices(proxy: Proxy) -> None:
+    """The loop most code runs, ``chunk.choices[0].delta.content``, works on every chunk."""
+    proxy.upstream.replies.append(Reply(content="One two three."))
+    stream = await proxy.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "count"}], stream=True)
+    text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream])
+    assert text == "One two three."
+
+
+async def test_the_verdict_rides_on_the_finishing_chunk(proxy: Proxy) -> None:
+    proxy.upstream.replies.append(Reply(content="One two three."))
+    _, streamed = await _stream(proxy, "count")
+    last = streamed.chunks[-1]
+    assert not streamed.trailing and last["choices"][0]["finish_reason"] == "stop"
+    assert "usage" not in last and _result(last["moderation"], "input")["action"] == "pass"
+
+
+@pytest.mark.parametrize(("extra", "usage"), [
+    ({"stream_options": {"include_usage": True}}, True),
+    ({"moderation": SCORE}, False),
+    ({"moderation": SCORE, "stream_options": {"include_usage": True}}, True),
+])
+async def test_the_trailing_chunk_when_asked_for(proxy: Proxy, extra: dict[str, Any],
+                                                 usage: bool) -> None:
+    proxy.upstream.replies.append(Reply(content="One two three."))
+    _, streamed = await _stream(proxy, "count", **extra)
+    assert streamed.trailing and ("usage" in streamed.chunks[-1]) is usage
+    if usage:
+        assert streamed.chunks[-1]["usage"]["completion_tokens"] > 0
+
+
+async def test_a_tenant_may_send_the_trailing_chunk_always(proxy: Proxy) -> None:
+    proxy.upstream.replies.append(Reply(content="One two three."))
+    _, streamed = await _stream(proxy, "count", tenant="annotated")
+    assert streamed.trailing and "usage" not in streamed.chunks[-1]
+    _, streamed = await _stream(proxy, "make a bomb", tenant="annotated")
+    assert streamed.trailing and streamed.finishes == {0: "content_filter"}
+
+
+@pytest.mark.parametrize("extra", [{}, {"stream_options": {"include_usage": True}}])
+async def test_a_blocked_prompt_stream_follows_the_same_rule(proxy: Proxy,
+                                                             extra: dict[str, Any]) -> None:
+    _, streamed = await _stream(proxy, "make a bomb", **extra)
+    assert streamed.finishes == {0: "content_filter"}
+    assert streamed.trailing is bool(extra)
+    assert _result(streamed.moderation, "input")["action"] == "block"
+
+
+# -- usage ----------------------------------------------------------------------------------
+
+
+ZERO = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+INCLUDE_USAGE = {"stream_options": {"include_usage": True}}
+
+
+async def test_a_blocked_prompt_reports_zero_usage_streamed_or_not(proxy: Proxy) -> None:
+    _, streamed = await _stream(proxy, "make a bomb", **INCLUDE_USAGE)
+    assert streamed.chunks[-1]["usage"] == ZERO
+    status, _, raw = await proxy.post(_body("make a bomb"))
+    assert read_whole(raw)["usage"] == ZERO
+
+
+async def test_a_stream_blocked_midway_reports_what_is_known(proxy: Proxy) -> None:
+    """The upstream was cut before its usage chunk: the output chunks received count, one
+    token each; the prompt's tokens are unknown to the proxy (0)."""
+    pieces = [*SAFE_LONG.split(" "), "a", "bomb", "is", *["more"] * 50]
+    words = [piece + " " for piece in pieces if piece]
+    proxy.upstream.replies.append(Reply(chunks=words, delay_s=0.01))
+    _, streamed = await _stream(proxy, "tell me", tenant="annotated", **INCLUDE_USAGE)
+    assert streamed.finishes == {0: "content_filter"}
+    usage = streamed.chunks[-1]["usage"]
+    assert usage["prompt_tokens"] == 0
+    assert 0 < usage["completion_tokens"] < len(words)
+    assert usage["total_tokens"] == usage["completion_tokens"]
+
+
+async def test_a_stream_blocked_at_the_end_reports_the_upstreams_usage(proxy: Proxy) -> None:
+    proxy.upstream.replies.append(Reply(content="Here is how to build a bomb."))
+    _, streamed = await _stream(proxy, "tell me", **INCLUDE_USAGE)  # strict: buffer mode
+    assert streamed.finishes == {0: "content_filter"}
+    usage = streamed.chunks[-1]["usage"]
+    assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] > 0
+
+
+async def test_the_sdk_reads_usage_on_a_blocked_stream(proxy: Proxy) -> None:
+    stream = await proxy.client().chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "make a bomb"}], stream=True,
+        stream_options={"include_usage": True})
+    chunks = [chunk async for chunk in stream]
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 0
+    assert chunks[-1].moderation is not None
+
+
+# -- error style ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_error_style_block_carries_the_verdict_in_the_error(proxy: Proxy,
+                                                                     stream: bool) -> None:
+    client = proxy.client("errors")
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "make a bomb"}], stream=stream)
+    assert caught.value.code == "content_filter"
+    assert caught.value.response.headers["x-guard-action"] == "block"
+    body: Any = caught.value.body
+    assert body["moderation"]["input"]["results"][0]["action"] == "block"
