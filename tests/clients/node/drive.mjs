@@ -1,0 +1,294 @@
+// Drives the proxy with one real Node client and prints what the application could see.
+//
+// stdin: one JSON object
+//   {"client": "openai" | "ai", "base_url": "http://127.0.0.1:PORT/v1", "api_key": "...",
+//    "model": "...", "messages": [...], "stream": bool, "body": {extra request fields},
+//    "naive": bool}
+// stdout: one JSON line
+//   {"content", "finish_reason", "raw_finish_reason", "moderation", "action", "usage", "chunks",
+//    "error": null | {"name", "status", "code", "message", "moderation"}}
+// Exit status 0 whenever the line was printed (also when the client threw); 2 for unreadable input.
+//
+// openai: `client.chat.completions.create(...).withResponse()`; extra `body` fields are sent as
+//   request params. moderation = `completion.moderation`, or the `moderation` of the stream chunk
+//   carrying it; action = `response.headers` (or `err.headers`); errors: `err.status`,
+//   `err.code`, `err.error.moderation`. `naive` (stream only) reads `chunk.choices[0].delta`
+//   unguarded, as most code does.
+// ai: `generateText` / `streamText` (`fullStream`) on `createOpenAICompatible(...).chatModel(model)`
+//   with `maxRetries: 0`; `body.stream_options.include_usage` -> the provider's `includeUsage`;
+//   every other `body` field -> `providerOptions.guardproxy` (copied into the request body);
+//   moderation = `providerMetadata.guardproxy.moderation`, put there by a `metadataExtractor`;
+//   action = `response.headers` (or `APICallError.responseHeaders`); HTTP errors: `statusCode`,
+//   `data.error.code`, the moderation parsed from `responseBody`; in-band stream errors arrive
+//   as `error` parts of `fullStream`. finish_reason is the SDK's unified reason
+//   ("content-filter"), raw_finish_reason the wire value ("content_filter").
+
+import OpenAI from "openai";
+import { generateText, streamText } from "ai";
+import { createOpenAICompatible } from "@ai-sdk/openai-compatible";
+
+const PROVIDER = "guardproxy";
+
+function readStdin() {
+  return new Promise((resolve, reject) => {
+    const parts = [];
+    process.stdin.on("data", (part) => parts.push(part));
+    process.stdin.on("end", () => resolve(Buffer.concat(parts).toString("utf8")));
+    process.stdin.on("error", reject);
+  });
+}
+
+function newResult() {
+  return {
+    content: null,
+    finish_reason: null,
+    raw_finish_reason: null,
+    moderation: null,
+    action: null,
+    usage: null,
+    chunks: 0,
+    error: null,
+  };
+}
+
+function className(err) {
+  if (err === null || err === undefined) return String(err);
+  // bundlers may prefix a class name (the AI SDK's `_TypeValidationError`)
+  return (err.constructor?.name || typeof err).replace(/^_+/, "");
+}
+
+function messageOf(err) {
+  if (err instanceof Error) return err.message;
+  if (typeof err?.message === "string") return err.message;
+  try {
+    return JSON.stringify(err);
+  } catch {
+    return String(err);
+  }
+}
+
+function isObject(value) {
+  return value !== null && typeof value === "object" && !Array.isArray(value);
+}
+
+function headerOf(headers, name) {
+  if (!headers) return null;
+  if (typeof headers.get === "function") return headers.get(name);
+  const wanted = name.toLowerCase();
+  for (const [key, value] of Object.entries(headers)) {
+    if (key.toLowerCase() === wanted) return value;
+  }
+  return null;
+}
+
+// -- openai ------------------------------------------------------------------------
+
+function openaiError(err) {
+  const body = isObject(err?.error) ? err.error : null; // APIError.error: the body's `error` object
+  return {
+    name: className(err),
+    status: typeof err?.status === "number" ? err.status : null,
+    code: err?.code ?? null,
+    message: messageOf(err),
+    moderation: isObject(body?.moderation) ? body.moderation : null,
+  };
+}
+
+async function runOpenAI(input, out) {
+  const client = new OpenAI({ baseURL: input.base_url, apiKey: input.api_key, maxRetries: 0 });
+  const params = { ...(input.body ?? {}), model: input.model, messages: input.messages };
+  try {
+    if (!input.stream) {
+      const { data, response } = await client.chat.completions.create(params).withResponse();
+      out.action = response.headers.get("x-guard-action");
+      const choice = data.choices?.[0];
+      out.content = choice?.message?.content ?? null;
+      out.finish_reason = out.raw_finish_reason = choice?.finish_reason ?? null;
+      out.moderation = data.moderation ?? null;
+      out.usage = data.usage ?? null;
+      return;
+    }
+    const { data: stream, response } = await client.chat.completions
+      .create({ ...params, stream: true })
+      .withResponse();
+    out.action = response.headers.get("x-guard-action");
+    if (input.naive) {
+      let text = "";
+      const usageAsked = input.body?.stream_options?.include_usage === true;
+      for await (const chunk of stream) {
+        out.chunks += 1;
+        if (usageAsked && chunk.choices.length === 0) {
+          // the usage chunk the request asked for: code that asks for it expects it
+          if (chunk.moderation) out.moderation = chunk.moderation;
+          out.usage = chunk.usage ?? null;
+          continue;
+        }
+        text += chunk.choices[0].delta.content ?? ""; // the unguarded line most code has
+        out.content = text;
+        if (chunk.choices[0].finish_reason) {
+          out.finish_reason = out.raw_finish_reason = chunk.choices[0].finish_reason;
+        }
+        if (chunk.moderation) out.moderation = chunk.moderation;
+        if (chunk.usage) out.usage = chunk.usage;
+      }
+      return;
+    }
+    for await (const chunk of stream) {
+      out.chunks += 1;
+      for (const choice of chunk.choices ?? []) {
+        if ((choice.index ?? 0) !== 0) continue;
+        const piece = choice.delta?.content;
+        if (typeof piece === "string") out.content = (out.content ?? "") + piece;
+        if (choice.finish_reason) out.finish_reason = out.raw_finish_reason = choice.finish_reason;
+      }
+      if (chunk.moderation) out.moderation = chunk.moderation;
+      if (chunk.usage) out.usage = chunk.usage;
+    }
+  } catch (err) {
+    out.error = openaiError(err);
+    if (out.action === null) out.action = headerOf(err?.headers, "x-guard-action");
+  }
+}
+
+// -- ai (Vercel AI SDK) ------------------------------------------------------------
+
+// The documented way to surface non-standard response fields: the provider's metadataExtractor
+// puts them into `providerMetadata[PROVIDER]`.
+const metadataExtractor = {
+  extractMetadata: async ({ parsedBody }) => ({
+    [PROVIDER]: { moderation: parsedBody?.moderation ?? null },
+  }),
+  createStreamExtractor: () => {
+    let moderation = null;
+    let errorModeration = null;
+    return {
+      processChunk(parsedChunk) {
+        if (isObject(parsedChunk?.moderation)) moderation = parsedChunk.moderation;
+        if (isObject(parsedChunk?.error?.moderation)) errorModeration = parsedChunk.error.moderation;
+      },
+      buildMetadata: () => ({ [PROVIDER]: { moderation, errorModeration } }),
+    };
+  },
+};
+
+function aiUsage(usage) {
+  if (!usage) return null;
+  const { inputTokens, outputTokens, totalTokens } = usage;
+  if (inputTokens == null && outputTokens == null && totalTokens == null) return null;
+  return usage;
+}
+
+function parseJson(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return null;
+  }
+}
+
+function aiError(err) {
+  const parsed = typeof err?.responseBody === "string" ? parseJson(err.responseBody) : null;
+  const inner = isObject(err) && !(err instanceof Error) ? err : null; // in-band: the error object
+  const moderation = parsed?.error?.moderation ?? parsed?.moderation ?? inner?.moderation ?? null;
+  const code = err?.data?.error?.code ?? parsed?.error?.code ?? inner?.code ?? null;
+  return {
+    name: className(err),
+    status: typeof err?.statusCode === "number" ? err.statusCode : null,
+    code: code === null ? null : String(code),
+    message: messageOf(err),
+    moderation: isObject(moderation) ? moderation : null,
+  };
+}
+
+async function runAI(input, out) {
+  const { stream_options: streamOptions, stream: _stream, ...extra } = input.body ?? {};
+  const provider = createOpenAICompatible({
+    name: PROVIDER,
+    baseURL: input.base_url,
+    apiKey: input.api_key,
+    includeUsage: streamOptions?.include_usage === true,
+    metadataExtractor,
+  });
+  const call = {
+    model: provider.chatModel(input.model),
+    messages: input.messages,
+    maxRetries: 0,
+    ...(Object.keys(extra).length ? { providerOptions: { [PROVIDER]: extra } } : {}),
+  };
+  if (!input.stream) {
+    try {
+      const result = await generateText(call);
+      out.content = result.text;
+      out.finish_reason = result.finishReason ?? null;
+      out.raw_finish_reason = result.rawFinishReason ?? null;
+      out.moderation = result.providerMetadata?.[PROVIDER]?.moderation ?? null;
+      out.action = headerOf(result.response?.headers, "x-guard-action");
+      out.usage = aiUsage(result.usage);
+    } catch (err) {
+      out.error = aiError(err);
+      out.action = headerOf(err?.responseHeaders, "x-guard-action");
+    }
+    return;
+  }
+  let errorModeration = null;
+  const result = streamText({ ...call, includeRawChunks: true, onError: () => {} });
+  try {
+    for await (const part of result.fullStream) {
+      switch (part.type) {
+        case "raw":
+          if (!(isObject(part.rawValue) && "error" in part.rawValue)) out.chunks += 1;
+          break;
+        case "text-delta":
+          out.content = (out.content ?? "") + part.text;
+          break;
+        case "finish-step": {
+          const meta = part.providerMetadata?.[PROVIDER];
+          if (meta?.moderation) out.moderation = meta.moderation;
+          if (meta?.errorModeration) errorModeration = meta.errorModeration;
+          out.action ??= headerOf(part.response?.headers, "x-guard-action");
+          break;
+        }
+        case "finish":
+          out.finish_reason = part.finishReason ?? null;
+          out.raw_finish_reason = part.rawFinishReason ?? null;
+          out.usage = aiUsage(part.totalUsage);
+          break;
+        case "error":
+          out.error ??= aiError(part.error);
+          out.action ??= headerOf(part.error?.responseHeaders, "x-guard-action");
+          break;
+        default:
+          break;
+      }
+    }
+  } catch (err) {
+    out.error ??= aiError(err);
+  }
+  if (out.error && out.error.moderation === null && errorModeration) {
+    out.error.moderation = errorModeration;
+  }
+}
+
+// -- main --------------------------------------------------------------------------
+
+async function main() {
+  let input;
+  try {
+    input = JSON.parse(await readStdin());
+    if (!isObject(input) || !["openai", "ai"].includes(input.client)) {
+      throw new Error('"client" must be "openai" or "ai"');
+    }
+  } catch (err) {
+    process.stderr.write(`drive.mjs: bad input: ${err.message}\n`);
+    process.exit(2);
+  }
+  const out = newResult();
+  try {
+    await (input.client === "openai" ? runOpenAI(input, out) : runAI(input, out));
+  } catch (err) {
+    out.error ??= { name: className(err), status: null, code: null, message: messageOf(err), moderation: null };
+  }
+  process.stdout.write(`${JSON.stringify(out)}\n`, () => process.exit(0));
+}
+
+main();
