@@ -123,7 +123,7 @@ async def test_block_on_input_also_overrides_a_category_pass(proxy: Proxy) -> No
 async def test_block_on_output_blocks_a_flagged_answer(proxy: Proxy) -> None:
     answer = "The election will be won by whoever gets the most votes."
     proxy.upstream.replies.extend([Reply(content=answer), Reply(content=answer)])
-    status, _, raw = await proxy.post(_body("tell me something"), tenant="annotated")
+    _, _, raw = await proxy.post(_body("tell me something"), tenant="annotated")
     passed = read_whole(raw)
     assert passed["choices"][0]["message"]["content"] == answer
     assert _result(passed["moderation"], "output")["action"] == "flag"
@@ -233,7 +233,7 @@ INCLUDE_USAGE = {"stream_options": {"include_usage": True}}
 async def test_a_blocked_prompt_reports_zero_usage_streamed_or_not(proxy: Proxy) -> None:
     _, streamed = await _stream(proxy, "make a bomb", **INCLUDE_USAGE)
     assert streamed.chunks[-1]["usage"] == ZERO
-    status, _, raw = await proxy.post(_body("make a bomb"))
+    _, _, raw = await proxy.post(_body("make a bomb"))
     assert read_whole(raw)["usage"] == ZERO
 
 
@@ -282,3 +282,23 @@ async def test_an_error_style_block_carries_the_verdict_in_the_error(proxy: Prox
     assert caught.value.response.headers["x-guard-action"] == "block"
     body: Any = caught.value.body
     assert body["moderation"]["input"]["results"][0]["action"] == "block"
+
+
+# -- the annotation's shape --------------------------------------------------------------------
+
+
+def test_the_fixture_schema_requires_what_the_sdk_requires() -> None:
+    """The OpenAI spec subset the tests validate against asks for at least every field the
+    newest openai SDK's own ``Moderation`` types require, so neither check is the weaker."""
+    from openai.types.chat.chat_completion import Moderation
+    from openai_schema import _document
+
+    sdk = Moderation.model_json_schema()["$defs"]
+    spec = _document()["components"]["schemas"]
+    pairs = {"ModerationInputModerationResults": "ChatCompletionModerationResults",
+             "ModerationInputModerationResultsResult": "ModerationResultBody",
+             "ModerationInputError": "ChatCompletionModerationError"}
+    for ours, theirs in pairs.items():
+        assert set(sdk[ours]["required"]) <= set(spec[theirs]["required"]), ours
+    result = spec["ModerationResultBody"]["properties"]
+    assert result["type"]["enum"] == ["moderation_result"] and result["model"]["type"] == "string"
