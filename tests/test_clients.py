@@ -21,15 +21,16 @@ import asyncio
 import os
 import shutil
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import openai
 import orjson
-import pytest
 import pyclients
+import pytest
 from emulators.upstream import Reply
 from harness import KEYS, Proxy
 
@@ -95,11 +96,26 @@ def _dump(value: Any) -> Json | None:
     return value.model_dump() if value is not None else None
 
 
-async def openai_raw(base: str, key: str, messages: Json, stream: bool, body: Json) -> Json:
-    """``with_raw_response.create``: the headers, then the parsed completion."""
+@asynccontextmanager
+async def _openai(base: str, key: str) -> AsyncIterator[tuple[openai.AsyncOpenAI, Json]]:
+    """An async client and the result it fills; the SDK's errors land in the result, as
+    an application that catches them would see them."""
     out = _blank()
     client = openai.AsyncOpenAI(base_url=base, api_key=key, max_retries=0)
     try:
+        yield client, out
+    except openai.ContentFilterFinishReasonError as exc:
+        out["error"] = {"name": type(exc).__name__, "status": None, "code": None,
+                        "message": str(exc), "moderation": None}
+    except openai.APIError as exc:
+        _openai_error(exc, out)
+    finally:
+        await client.close()
+
+
+async def openai_raw(base: str, key: str, messages: Json, stream: bool, body: Json) -> Json:
+    """``with_raw_response.create``: the headers, then the parsed completion."""
+    async with _openai(base, key) as (client, out):
         raw = await client.chat.completions.with_raw_response.create(
             model=MODEL, messages=messages["messages"], **body)
         out["action"] = raw.headers.get("x-guard-action")
@@ -107,10 +123,6 @@ async def openai_raw(base: str, key: str, messages: Json, stream: bool, body: Js
         choice = completion.choices[0]
         out.update(content=choice.message.content, finish_reason=choice.finish_reason,
                    moderation=_dump(completion.moderation), usage=_dump(completion.usage))
-    except openai.APIError as exc:
-        _openai_error(exc, out)
-    finally:
-        await client.close()
     return out
 
 
@@ -118,9 +130,7 @@ async def openai_naive_stream(base: str, key: str, messages: Json, stream: bool,
                               body: Json) -> Json:
     """``create(stream=True)`` read the way most code reads it: ``chunk.choices[0]``
     unguarded, so an empty ``choices`` would raise ``IndexError``."""
-    out = _blank()
-    client = openai.AsyncOpenAI(base_url=base, api_key=key, max_retries=0)
-    try:
+    async with _openai(base, key) as (client, out):
         chunks = await client.chat.completions.create(
             model=MODEL, messages=messages["messages"], stream=True, **body)
         out["action"] = chunks.response.headers.get("x-guard-action")
@@ -134,10 +144,6 @@ async def openai_naive_stream(base: str, key: str, messages: Json, stream: bool,
             out["finish_reason"] = chunk.choices[0].finish_reason or out["finish_reason"]
             out["moderation"] = _dump(chunk.moderation) or out["moderation"]
         out["content"] = text
-    except openai.APIError as exc:
-        _openai_error(exc, out)
-    finally:
-        await client.close()
     return out
 
 
@@ -145,27 +151,17 @@ async def openai_stream_helper(base: str, key: str, messages: Json, stream: bool
                                body: Json) -> Json:
     """``client.chat.completions.stream(...)``: the verdict from its chunk events, the text
     from ``get_final_completion()`` (which raises on a ``content_filter`` finish)."""
-    out = _blank()
-    client = openai.AsyncOpenAI(base_url=base, api_key=key, max_retries=0)
-    try:
-        async with client.chat.completions.stream(
-                model=MODEL, messages=messages["messages"], **body) as events:
-            async for event in events:
-                if event.type == "chunk":
-                    out["chunks"] += 1
-                    out["moderation"] = _dump(event.chunk.moderation) or out["moderation"]
-                    for choice in event.chunk.choices:
-                        out["finish_reason"] = choice.finish_reason or out["finish_reason"]
-                elif event.type == "content.delta":
-                    out["content"] = event.snapshot
-            await events.get_final_completion()
-    except openai.ContentFilterFinishReasonError as exc:
-        out["error"] = {"name": type(exc).__name__, "status": None, "code": None,
-                        "message": str(exc), "moderation": None}
-    except openai.APIError as exc:
-        _openai_error(exc, out)
-    finally:
-        await client.close()
+    async with _openai(base, key) as (client, out), client.chat.completions.stream(
+            model=MODEL, messages=messages["messages"], **body) as events:
+        async for event in events:
+            if event.type == "chunk":
+                out["chunks"] += 1
+                out["moderation"] = _dump(event.chunk.moderation) or out["moderation"]
+                for choice in event.chunk.choices:
+                    out["finish_reason"] = choice.finish_reason or out["finish_reason"]
+            elif event.type == "content.delta":
+                out["content"] = event.snapshot
+        await events.get_final_completion()
     return out
 
 
