@@ -18,6 +18,7 @@ import pytest
 from clientview import Streamed, read_stream, read_whole
 from emulators.upstream import Reply
 from harness import Proxy
+from structlog.testing import capture_logs
 
 from proxy.core.request import ModerationAsk, read_moderation
 from proxy.errors import BadRequest
@@ -231,10 +232,13 @@ INCLUDE_USAGE = {"stream_options": {"include_usage": True}}
 
 
 async def test_a_blocked_prompt_reports_zero_usage_streamed_or_not(proxy: Proxy) -> None:
-    _, streamed = await _stream(proxy, "make a bomb", **INCLUDE_USAGE)
+    with capture_logs() as logs:
+        _, streamed = await _stream(proxy, "make a bomb", **INCLUDE_USAGE)
+        _, _, raw = await proxy.post(_body("make a bomb"))
     assert streamed.chunks[-1]["usage"] == ZERO
-    _, _, raw = await proxy.post(_body("make a bomb"))
     assert read_whole(raw)["usage"] == ZERO
+    lines = [entry for entry in logs if entry["event"] == "request"]
+    assert [line["usage"] for line in lines] == [ZERO, ZERO]  # the log line agrees
 
 
 async def test_a_stream_blocked_midway_reports_what_is_known(proxy: Proxy) -> None:

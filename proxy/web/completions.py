@@ -109,8 +109,9 @@ async def blocked_prompt(request: web.Request, checks: Checks, headers: dict[str
                           param="messages", moderation=moderation)
         return _json(body, status=400, headers=headers)
     if not chat.stream:
-        return _json(orjson.dumps(blocked_completion(
-            model=chat.model, message=message, moderation=moderation)), headers=headers)
+        completion = blocked_completion(model=chat.model, message=message, moderation=moderation)
+        checks.record.usage = completion["usage"]  # zeros: nothing was generated
+        return _json(orjson.dumps(completion), headers=headers)
     state = StreamState(model=chat.model, choices_allowed=chat.n)
     ending = checks.ending()
     checks.record.usage = state.usage_for(ending.usage)  # nothing was generated: zeros
