@@ -445,7 +445,7 @@ POLICY_CASES = [
     pytest.param(
         {"acme.yaml": "tennant: acme\n" + POLICY.split("\n", 1)[1]},
         ["POL/acme.yaml:1: unknown key 'tennant' at top level (valid: tenant, keys, upstream, "
-         "models, prompt, response, on_guard_error, block, limits, annotate, log_content)",
+         "models, prompt, response, on_guard_error, block, limits, annotate, apis, log_content)",
          "POL/acme.yaml:1: missing required key 'tenant' at top level"],
         id="unknown-key-policy",
     ),

@@ -116,7 +116,7 @@ def test_every_declared_key_is_read(tmp_path: Path) -> None:
     (ServerConfig, ("listen", "policies", "guard", "upstreams", "limits", "log", "reload",
                     "admin", "cache")),
     (Policy, ("tenant", "keys", "upstream", "models", "prompt", "response", "on_guard_error",
-              "block", "limits", "annotate", "log_content")),
+              "block", "limits", "annotate", "apis", "log_content")),
 ])
 def test_valid_keys_come_from_the_model(cls: type[Any], keys: tuple[str, ...]) -> None:
     assert keys_of(cls) == keys

@@ -1,4 +1,5 @@
-"""The OpenAI-compatible upstream: chat completions (whole or streamed) and models.
+"""The upstream LLM server: chat completions, responses and messages (whole or
+streamed, each at its own path under the configured base URL) and models.
 
 Transport errors are translated here, once, into the ``UpstreamError`` tree.  The
 client's own headers never travel upstream: the upstream gets its configured key.
@@ -30,6 +31,10 @@ from proxy.errors import (
 
 MAX_ANSWER_BYTES = 64 << 20  # a whole chat answer larger than this is an upstream error
 MAX_ERROR_BYTES = 1 << 20
+#: Each API's path under the upstream's base URL (``.../v1``).
+API_PATHS = {"chat": "/chat/completions", "responses": "/responses", "messages": "/messages"}
+#: What Anthropic-style servers ask of a Messages request besides the key.
+ANTHROPIC_VERSION = "2023-06-01"
 
 
 class Upstream:
@@ -37,23 +42,29 @@ class Upstream:
         self.name = config.name
         self._config = config
         self._session = session
-        self._chat_url = yarl.URL(f"{config.url}/chat/completions")  # parsed once
         self._headers = {"Content-Type": "application/json"}
         if config.api_key is not None:
             self._headers["Authorization"] = f"Bearer {config.api_key.get()}"
         # Whole answers take the lean client; streams keep aiohttp's.
         self._origin = Origin(config.url, limit=MAX_ANSWER_BYTES)
-        self._head = self._origin.head(self._chat_url.raw_path, {
-            "Accept": "application/json", **self._headers})
-        self._stream_head = self._origin.head(self._chat_url.raw_path, {
-            "Accept": "text/event-stream", **self._headers})
+        self._heads = {api: (self._api_head(api, "application/json"),
+                             self._api_head(api, "text/event-stream")) for api in API_PATHS}
         self._whole = aiohttp.ClientTimeout(total=config.timeout_s)
 
-    async def complete(self, body: bytes, request_id: str) -> bytes:
-        """POST a chat request and return the body of a 200 answer."""
+    def _api_head(self, api: str, accept: str) -> bytes:
+        headers = {"Accept": accept, **self._headers}
+        if api == "messages":  # Anthropic's own servers read the key from x-api-key
+            headers["anthropic-version"] = ANTHROPIC_VERSION
+            if self._config.api_key is not None:
+                headers["x-api-key"] = self._config.api_key.get()
+        path = yarl.URL(f"{self._config.url}{API_PATHS[api]}").raw_path  # parsed once
+        return self._origin.head(path, headers)
+
+    async def complete(self, body: bytes, request_id: str, api: str = "chat") -> bytes:
+        """POST a request and return the body of a 200 answer."""
         try:
             answer = await self._origin.post(
-                self._head, body, b"X-Request-Id: %s\r\n" % request_id.encode(),
+                self._heads[api][0], body, b"X-Request-Id: %s\r\n" % request_id.encode(),
                 within_s=self._config.timeout_s)
         except TimeoutError as exc:
             raise self._timeout() from exc
@@ -63,13 +74,14 @@ class Upstream:
             raise self._error(answer.status, answer.body, answer.retry_after)
         return answer.body
 
-    async def open_stream(self, body: bytes, request_id: str) -> StreamedAnswer:
-        """POST a streaming chat request; returns the 200 answer with its head read (the
+    async def open_stream(self, body: bytes, request_id: str, api: str = "chat"
+                          ) -> StreamedAnswer:
+        """POST a streaming request; returns the 200 answer with its head read (the
         caller reads the body and releases it), or raises with the upstream's error."""
         extra = b"X-Request-Id: %s\r\n" % request_id.encode()
         try:
             async with asyncio.timeout(self._config.timeout_s):
-                answer = await self._origin.stream(self._stream_head, body, extra)
+                answer = await self._origin.stream(self._heads[api][1], body, extra)
                 try:
                     await self._raise_for_answer(answer)
                 except BaseException:
@@ -128,11 +140,11 @@ class UpstreamCall:
     or at once, beside the prompt check (``parallel``), its answer unread until the
     verdict, and abandoned — the connection dropped — when the prompt is blocked."""
 
-    def __init__(self, upstream: Upstream, body: bytes, request_id: str, *, stream: bool
-                 ) -> None:
+    def __init__(self, upstream: Upstream, body: bytes, request_id: str, *, stream: bool,
+                 api: str = "chat") -> None:
         self._upstream = upstream
         self.secrets = upstream.secrets
-        self._args = (body, request_id)
+        self._args = (body, request_id, api)
         self._stream = stream
         self._task: asyncio.Task[Any] | None = None
         self.started = 0.0

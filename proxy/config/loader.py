@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 from proxy.config.model import (
+    API_NAMES,
     CATEGORIES,
     RESPONSE_CATEGORIES,
     Action,
@@ -519,6 +520,7 @@ def _policy(f: _File, root: Node, upstreams: Sequence[str] | None) -> _LoadedPol
         limits=PolicyLimits(**read_plain(top.sub("limits", keys_of(PolicyLimits)), PolicyLimits)),
         annotate=AnnotatePolicy(**read_plain(top.sub("annotate", keys_of(AnnotatePolicy)),
                                              AnnotatePolicy)),
+        apis=_apis(top, upstreams),
         source=f.path,
     )
     tenant_line = top.fields["tenant"].key_line if "tenant" in top.fields else 1
@@ -567,6 +569,25 @@ def _upstream_ref(top: _Section, upstreams: Sequence[str] | None) -> str:
         top.f.error(top.fields["upstream"].key_line,
                     f"upstream: {name!r} is not a configured upstream (configured: {configured})")
     return name
+
+
+def _apis(top: _Section, upstreams: Sequence[str] | None) -> dict[str, str]:
+    """``apis``: each enabled API and the configured upstream that serves it."""
+    if "apis" not in top.fields:
+        return {}
+    sec = top.sub("apis", API_NAMES)
+    found = {}
+    for api in sec.fields:
+        name = sec.text(api)
+        if name and upstreams is not None and name not in upstreams:
+            configured = ", ".join(upstreams) or "none"
+            sec.f.error(sec.fields[api].key_line, f"apis.{api}: {name!r} is not a configured "
+                        f"upstream (configured: {configured})")
+        elif name:
+            found[api] = name
+    if not sec.fields and isinstance(top.fields["apis"].value, Map):
+        top.bad("apis", "expected at least one of " + ", ".join(API_NAMES), "an empty mapping")
+    return found
 
 
 def _models(top: _Section) -> frozenset[str] | None:

@@ -136,6 +136,11 @@ class PolicyLimits:
     guard_wait_s: float = 5.0
 
 
+#: The client APIs the proxy serves: ``/v1/chat/completions``, ``/v1/responses``, ``/v1/messages``.
+API_NAMES: tuple[str, ...] = ("chat", "responses", "messages")
+ApiName = Literal["chat", "responses", "messages"]
+
+
 @dataclass(frozen=True, kw_only=True)
 class AnnotatePolicy:
     # the trailing ``choices: []`` chunk of a stream: only when the client asks for it
@@ -158,8 +163,17 @@ class Policy:
     limits: PolicyLimits = field(default_factory=PolicyLimits, metadata=key("limits", own=1))
     annotate: AnnotatePolicy = field(default_factory=AnnotatePolicy,
                                      metadata=key("annotate", own=1))
+    # the APIs this tenant may use, each with the upstream that serves it; empty: chat
+    # completions only, on ``upstream``
+    apis: Mapping[str, str] = field(default_factory=dict, metadata=key("apis", own=1))
     log_content: bool = False
     source: Path = field(default=Path("<memory>"), metadata=SPECIAL)
+
+    def upstream_for(self, api: str) -> str | None:
+        """The upstream that serves ``api`` for this tenant; None: not enabled."""
+        if not self.apis:
+            return self.upstream if api == "chat" else None
+        return self.apis.get(api)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,7 +12,7 @@ with a value is counted in ``removed``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -74,6 +74,19 @@ class PlainShape:
         return text if type(text) is str else None
 
 
+class Encoder(Protocol):
+    """Another API's stream format (``/v1/responses``, ``/v1/messages``): the chat chunks
+    a ``StreamState`` releases, rewritten as that API's events."""
+
+    def chunk(self, head: StreamHead, choices: list[dict[str, Any]]) -> bytes:
+        """The events for one released chat chunk's choices."""
+        ...
+
+    def close(self, head: StreamHead, moderation: dict[str, Any], usage: Any) -> bytes:
+        """The events that end the stream, the verdict and the usage on the last one."""
+        ...
+
+
 #: One event as kept until released: the common case, text for the first choice
 #: only, as a plain string; anything else as its choices' deltas.
 Event = str | list[Delta]
@@ -107,6 +120,14 @@ class StreamState:
     removed: Removed = field(default_factory=Removed)
     shape: PlainShape | None = None  # learned from the stream's first plain text chunk
     _learning: int = 4  # plain chunks that may still teach one (a server may not fit)
+    # another API's wire format: what the released chunks become (None: chat chunks)
+    encoder: Encoder | None = None
+
+    def feed_chunk(self, chunk: dict[str, Any], size: int) -> None:
+        """Take one chat chunk another API's event was read into (``size``: its bytes)."""
+        if self.head is None:
+            self.head = StreamHead.of(head_fields(chunk, self.removed), self.model)
+        self._feed(chunk, chunk.get("choices"), size)
 
     def feed(self, data: bytes) -> None:
         """Take one upstream ``data:`` payload (not ``[DONE]``)."""
@@ -136,7 +157,7 @@ class StreamState:
                     self._learning -= 1
                     self.shape = PlainShape.learn(data, text) or self.shape
                 return
-        self._feed(chunk, choices, data)
+        self._feed(chunk, choices, len(data), data)
 
     def _add_text(self, text: str, size: int) -> None:
         first = self.choices.get(0) or self._choice(0)
@@ -148,7 +169,7 @@ class StreamState:
         self.ends.append(first.length)
         self.held += size
 
-    def _feed(self, chunk: dict[str, Any], choices: Any, data: bytes) -> None:
+    def _feed(self, chunk: dict[str, Any], choices: Any, size: int, data: bytes = b"") -> None:
         if self.head is None:  # the first chunk: its head, then as any other
             self.head = StreamHead.of(head_fields(chunk, self.removed), self.model)
             self._take_chunk(chunk, data)
@@ -165,15 +186,15 @@ class StreamState:
             event, held = self._event(choices)
         except ShapeError as exc:
             raise StreamFault(str(exc)) from exc
-        self._keep(event, data, self.length(), held=held)
+        self._keep(event, size, self.length(), held=held)
 
-    def _keep(self, event: Event, data: bytes, length: int, *, held: bool) -> None:
+    def _keep(self, event: Event, size: int, length: int, *, held: bool) -> None:
         if held and self.barrier is None:
             self.barrier = len(self.events)
         self.events.append(event)
-        self.sizes.append(len(data))
+        self.sizes.append(size)
         self.ends.append(length)
-        self.held += len(data)
+        self.held += size
 
     def _event(self, choices: list[Any]) -> tuple[Event, bool]:
         deltas, held = [], False
@@ -273,6 +294,8 @@ class StreamState:
         self.started.add(0)
         self.released_any = True
         choice = delta_choice(0, delta, finish_reason)
+        if self.encoder is not None:
+            return self.encoder.chunk(self.stream_head(), [choice])
         if last:
             return encode(self.stream_head().chunk([choice], **last))
         return encode(self.stream_head().chunk([choice]))
@@ -288,13 +311,15 @@ class StreamState:
                 ) -> bytes:
         """One chunk per list of choices, ``last``'s fields on the last one."""
         head = self.stream_head()
+        if self.encoder is not None:
+            return b"".join(self.encoder.chunk(head, one) for one in choices)
         out = [encode(head.chunk(one)) for one in choices[:-1]]
         return b"".join(out) + encode(head.chunk(choices[-1], **(last or {})))
 
     def _verdict_chunk(self, last: dict[str, Any] | None) -> bytes:
         """Nothing left to send, but the verdict must ride on a chunk with choices: an
         empty delta of the first choice."""
-        if not last:
+        if not last or self.encoder is not None:
             return b""
         delta = {} if 0 in self.started else {"role": "assistant", "content": ""}
         self.started.add(0)
@@ -331,6 +356,9 @@ class StreamState:
         last = {"moderation": moderation}
         body = (self.release_all(last) if blocked is None
                 else self.blocked_tail(blocked, last))
+        if self.encoder is not None:  # the API's own last event carries the verdict
+            return body + self.encoder.close(self.stream_head(), moderation,
+                                             self.usage_for(True))
         if ending.trailing:
             body += self.closing_chunk(moderation, self.usage_for(ending.usage))
         return body
