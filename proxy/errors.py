@@ -75,6 +75,12 @@ class Unauthorized(ProxyError):
     code = "invalid_api_key"
 
 
+class ApiNotEnabled(ProxyError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
 class ModelNotAllowed(ProxyError):
     status = 404
     type = "invalid_request_error"

@@ -30,10 +30,11 @@ from typing import Any, Literal
 
 from proxy.clients.guard import Guard
 from proxy.config import Action, Policy, StagePolicy
+from proxy.core.apis import CHAT, Api
 from proxy.core.cache import VerdictCache
 from proxy.core.conversation import Conversation, Turn, prompt_view, response_view
 from proxy.core.longinput import fit
-from proxy.core.moderation import Ending
+from proxy.core.moderation import Ending, StreamState
 from proxy.core.policy import Outcome, strictest_index
 from proxy.core.protocol import annotation
 from proxy.core.request import ChatRequest
@@ -52,6 +53,14 @@ class Checks:
     cache_scope: str = ""  # the tenant, unless verdicts are shared across tenants
     request_slots: asyncio.Semaphore | None = None  # this request's share of the guard
     tenant_slots: asyncio.Semaphore | None = None  # the tenant's share of the guard
+    api: Api = CHAT  # the client's API: how its shapes translate
+
+    def stream_state(self, secrets: tuple[str, ...] = ()) -> StreamState:
+        """The moderation state of this request's stream, writing the client's API."""
+        encoder = self.api.encoder() if self.api.encoder is not None else None
+        return StreamState(model=self.chat.model, choices_allowed=self.chat.n,
+                           prefill=self.chat.conversation.prefill, secrets=secrets,
+                           encoder=encoder)
 
     async def check_prompt(self) -> Outcome:
         stage = self.policy.prompt

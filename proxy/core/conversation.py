@@ -239,13 +239,14 @@ class _Reader:
 
 
 def read_messages(messages: Sequence[Any], *, non_text: NonText = "block",
-                  allowed: Collection[str] = ()) -> Conversation:
+                  allowed: Collection[str] = (), names: Sequence[str] = ()) -> Conversation:
     """Validate ``messages`` and flatten them; raises ``BadRequest`` naming the field.
 
-    ``allowed`` holds ``messages.<key>`` names a tenant lets through unjudged."""
+    ``allowed`` holds ``messages.<key>`` names a tenant lets through unjudged; ``names``
+    what each message is called in the client's request, when it was another API's."""
     reader = _Reader(non_text=non_text, allowed=allowed)
     for index, message in enumerate(messages):
-        reader.message(message, f"messages[{index}]")
+        reader.message(message, names[index] if names else f"messages[{index}]")
     return reader.finish()
 
 

@@ -28,7 +28,7 @@ from proxy.core.answer import (
     usage_numbers,
 )
 from proxy.core.protocol import StreamHead, clean_error, delta_choice
-from proxy.core.sse import encode
+from proxy.core.sse import DONE_EVENT, encode
 from proxy.errors import ShapeError, StreamFault
 
 
@@ -86,6 +86,11 @@ class Encoder(Protocol):
         """The events that end the stream, the verdict and the usage on the last one."""
         ...
 
+    def failure(self, head: StreamHead, error: dict[str, Any], moderation: dict[str, Any]
+                ) -> bytes:
+        """The events that end a stream the upstream broke."""
+        ...
+
 
 #: One event as kept until released: the common case, text for the first choice
 #: only, as a plain string; anything else as its choices' deltas.
@@ -122,6 +127,20 @@ class StreamState:
     _learning: int = 4  # plain chunks that may still teach one (a server may not fit)
     # another API's wire format: what the released chunks become (None: chat chunks)
     encoder: Encoder | None = None
+
+    @property
+    def done(self) -> bytes:
+        """What follows the last event: chat's ``[DONE]``; nothing for other APIs."""
+        return DONE_EVENT if self.encoder is None else b""
+
+    def failure(self, error: dict[str, Any], ending: Ending, moderation: dict[str, Any],
+                usage: Any) -> bytes:
+        """An in-band error ending a started stream, the verdict inside it, then (chat,
+        when asked for) the trailing chunk."""
+        if self.encoder is not None:
+            return self.encoder.failure(self.stream_head(), error, moderation)
+        body = b"data: " + orjson.dumps({"error": {**error, "moderation": moderation}}) + b"\n\n"
+        return body + (self.closing_chunk(moderation, usage) if ending.trailing else b"")
 
     def feed_chunk(self, chunk: dict[str, Any], size: int) -> None:
         """Take one chat chunk another API's event was read into (``size``: its bytes)."""

@@ -48,7 +48,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _enum(*choices: str) -> Check:
+def enum_check(*choices: str) -> Check:
     return (lambda value: value in choices), "one of " + ", ".join(choices)
 
 
@@ -76,9 +76,9 @@ STRUCTURAL: dict[str, Check] = {
     "logprobs": _BOOL, "top_logprobs": _INT, "seed": _INT, "user": _STR,
     "tool_choice": _ANY, "parallel_tool_calls": _BOOL, "function_call": _ANY,
     "metadata": _OBJ, "store": _BOOL,
-    "service_tier": _enum("auto", "default", "flex", "scale", "priority", "fast"),
-    "reasoning_effort": _enum("none", "minimal", "low", "medium", "high", "xhigh", "max"),
-    "verbosity": _enum("low", "medium", "high"),
+    "service_tier": enum_check("auto", "default", "flex", "scale", "priority", "fast"),
+    "reasoning_effort": enum_check("none", "minimal", "low", "medium", "high", "xhigh", "max"),
+    "verbosity": enum_check("low", "medium", "high"),
     "modalities": _ANY, "audio": _OBJ, "safety_identifier": _STR,
     "prompt_cache_key": _STR, "prompt_cache_retention": _STR, "prompt_cache_options": _OBJ,
     # vLLM and SGLang sampling extras
@@ -133,7 +133,7 @@ class ChatRequest:
 def parse_chat_request(body: bytes, *, non_text: NonText = "block",
                        allowed: Collection[str] = ()) -> ChatRequest:
     """Read a chat request; ``allowed`` names fields a tenant forwards unjudged."""
-    data = _object_body(body)
+    data = object_body(body)
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("'model' is required and must be a non-empty string", param="model")
@@ -194,7 +194,7 @@ def _keys_of(value: Any, where: str, known: tuple[str, ...]) -> None:
                              param=f"{where}.{name}")
 
 
-def _object_body(body: bytes) -> dict[str, Any]:
+def object_body(body: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -206,14 +206,31 @@ def _object_body(body: bytes) -> dict[str, Any]:
 
 
 def _check_fields(data: dict[str, Any], allowed: Collection[str]) -> None:
+    check_fields(data, allowed, STRUCTURAL, (*JUDGED_EXTRAS, "messages"), TEMPLATE_CONTROL)
+    n = data.get("n")
+    if n is not None and n < 1:
+        raise BadRequest("'n' must be a positive integer", param="n")
+
+
+def check_fields(data: dict[str, Any], allowed: Collection[str],
+                 structural: dict[str, Check], judged: Collection[str],
+                 template: Collection[str], *, refused: Collection[str] = ()) -> None:
+    """Each top-level field has one treatment: ``structural`` (its type checked),
+    ``judged`` (read by the caller), forwarded unjudged because the tenant ``allowed``
+    it, or refused: ``template`` controls, ``refused`` server-side state, and anything
+    unknown."""
     for name, value in data.items():
-        check = STRUCTURAL.get(name)
+        check = structural.get(name)
         if check is not None:
             if value is not None and not check[0](value):
                 raise BadRequest(f"'{name}' must be {check[1]}", param=name)
-        elif name in allowed or name in JUDGED_EXTRAS or name == "messages":
+        elif name in allowed or name in judged:
             continue
-        elif name in TEMPLATE_CONTROL:
+        elif name in refused:
+            raise UnsupportedParameter(
+                f"'{name}' makes the upstream read stored state the proxy never sees; send "
+                "the whole conversation instead", param=name)
+        elif name in template:
             raise UnsupportedParameter(
                 f"'{name}' changes how the upstream renders the conversation and is not "
                 "accepted for this key (a tenant may allow it with prompt.allow_fields)",
@@ -223,9 +240,6 @@ def _check_fields(data: dict[str, Any], allowed: Collection[str]) -> None:
                 f"unknown parameter '{name}': the proxy forwards only fields it judges or "
                 "knows to be structural (a tenant may allow it with prompt.allow_fields)",
                 param=name)
-    n = data.get("n")
-    if n is not None and n < 1:
-        raise BadRequest("'n' must be a positive integer", param="n")
 
 
 def extras_text(data: dict[str, Any]) -> str:

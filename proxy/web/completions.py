@@ -1,5 +1,6 @@
-"""``POST /v1/chat/completions`` after authentication: the stages of
-``pipeline`` wired to the upstream and to the client's connection."""
+"""``POST /v1/chat/completions`` and ``/v1/responses`` after authentication: the stages
+of ``pipeline`` wired to the upstream and to the client's connection, each API's
+shapes translated by its adapter (``core.apis``)."""
 
 from __future__ import annotations
 
@@ -13,18 +14,24 @@ from aiohttp import web
 from proxy.clients.upstream import UpstreamCall
 from proxy.config import Action, Policy
 from proxy.core.answer import read_completion
-from proxy.core.moderation import StreamState
+from proxy.core.apis import CHAT, Api
 from proxy.core.policy import Outcome, tightened
-from proxy.core.protocol import blocked_choice, blocked_completion, error_body
-from proxy.core.request import parse_chat_request
-from proxy.core.sse import DONE_EVENT
-from proxy.errors import BodyTooLarge, GuardBusy, ModelNotAllowed, UpstreamError
+from proxy.core.protocol import blocked_choice, error_body
+from proxy.errors import (
+    ApiNotEnabled,
+    BodyTooLarge,
+    GuardBusy,
+    ModelNotAllowed,
+    ShapeError,
+    UpstreamError,
+)
 from proxy.obs.log import RequestRecord
 from proxy.pipeline import Checks
 from proxy.web.relay import StreamRelay
 from proxy.web.state import RUNTIME, Runtime
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+ZERO_USAGE = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -42,23 +49,25 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 async def chat_completions(request: web.Request, runtime: Runtime, policy: Policy,
-                           record: RequestRecord) -> web.StreamResponse:
+                           record: RequestRecord, api: Api = CHAT) -> web.StreamResponse:
+    upstream = policy.upstream_for(api.name)
+    if upstream is None:
+        raise ApiNotEnabled(f"{request.path} is not enabled for this key")
     body = await read_body(request, runtime.config.server.max_body_bytes)
-    chat = parse_chat_request(body, non_text=policy.prompt.non_text,
-                              allowed=policy.prompt.allow_fields)
+    chat = api.parse(body, non_text=policy.prompt.non_text, allowed=policy.prompt.allow_fields)
     record.model, record.stream = chat.model, chat.stream
     policy = tightened(policy, chat.moderation)  # a client may ask for more, never less
     record.unchecked_parts = len(chat.conversation.unchecked)
     if policy.models is not None and chat.model not in policy.models:
         raise ModelNotAllowed(f"model {chat.model!r} is not available to this key", param="model")
     shared = runtime.config.server.cache_shared_across_tenants
-    checks = Checks(guard=runtime.guard, policy=policy, chat=chat, record=record,
+    checks = Checks(guard=runtime.guard, policy=policy, chat=chat, record=record, api=api,
                     cache=runtime.cache, cache_scope="" if shared else policy.tenant,
                     request_slots=asyncio.Semaphore(
                         runtime.config.server.guard.max_concurrency_per_request),
                     tenant_slots=runtime.guard_share(policy))
-    call = UpstreamCall(runtime.upstreams[policy.upstream], chat.body, record.request_id,
-                        stream=chat.stream)
+    call = UpstreamCall(runtime.upstreams[upstream], chat.body, record.request_id,
+                        stream=chat.stream, api=api.name)
     try:
         return await _answer(request, checks, call)
     finally:
@@ -109,16 +118,16 @@ async def blocked_prompt(request: web.Request, checks: Checks, headers: dict[str
                           param="messages", moderation=moderation)
         return _json(body, status=400, headers=headers)
     if not chat.stream:
-        completion = blocked_completion(model=chat.model, message=message, moderation=moderation)
-        checks.record.usage = completion["usage"]  # zeros: nothing was generated
-        return _json(orjson.dumps(completion), headers=headers)
-    state = StreamState(model=chat.model, choices_allowed=chat.n)
+        checks.record.usage = ZERO_USAGE  # nothing was generated
+        return _json(orjson.dumps(checks.api.blocked(chat.model, message, moderation)),
+                     headers=headers)
+    state = checks.stream_state()
     ending = checks.ending()
     checks.record.usage = state.usage_for(ending.usage)  # nothing was generated: zeros
     response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
     try:
         await response.prepare(request)
-        await response.write(state.ending(moderation, ending, blocked=message) + DONE_EVENT)
+        await response.write(state.ending(moderation, ending, blocked=message) + state.done)
         checks.record.mark_first_byte()
         await response.write_eof()
     except ConnectionResetError:
@@ -130,7 +139,7 @@ async def complete(call: UpstreamCall, checks: Checks, headers: dict[str, str]
                    ) -> web.Response:
     raw = await call.whole()
     checks.record.upstream_ms = round((time.perf_counter() - call.started) * 1000, 3)
-    answer = read_completion(_completion(raw), model=checks.chat.model,
+    answer = read_completion(_completion(raw, checks.api), model=checks.chat.model,
                              prefill=checks.chat.conversation.prefill)
     checks.record.removed_fields = answer.removed
     choices = answer.body["choices"]
@@ -139,16 +148,21 @@ async def complete(call: UpstreamCall, checks: Checks, headers: dict[str, str]
         if outcome.action is Action.BLOCK:
             choices[position] = blocked_choice(choices[position]["index"],
                                                checks.policy.block.text_for(outcome.error_code))
-    answer.body["moderation"] = checks.annotation(outputs)
     checks.record.usage = answer.body.get("usage")
-    return _json(orjson.dumps(answer.body), headers=headers)
+    body = checks.api.answer(answer.body, checks.chat, checks.annotation(outputs))
+    return _json(orjson.dumps(body), headers=headers)
 
 
-def _completion(raw: bytes) -> dict[str, Any]:
+def _completion(raw: bytes, api: Api) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise UpstreamError("upstream answered with invalid JSON") from exc
+    if isinstance(data, dict) and api is not CHAT:
+        try:
+            data = api.to_chat(data)
+        except ShapeError as exc:
+            raise UpstreamError(str(exc)) from exc
     if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
         raise UpstreamError("upstream answer is not a chat completion")
     if not all(isinstance(choice, dict) for choice in data["choices"]):

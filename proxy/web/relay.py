@@ -36,10 +36,9 @@ from aiohttp import web
 
 from proxy.clients.http1 import StreamedAnswer
 from proxy.config import Action, StreamMode
-from proxy.core.moderation import StreamState, WindowSchedule
+from proxy.core.moderation import WindowSchedule
 from proxy.core.policy import Outcome, strictest, worst
-from proxy.core.protocol import error_body
-from proxy.core.sse import DONE, DONE_EVENT, SSEDecoder
+from proxy.core.sse import DONE, SSEDecoder
 from proxy.errors import HTTPFormatError, SSEError, StreamFault
 from proxy.pipeline import Checks
 
@@ -59,9 +58,9 @@ class StreamRelay:
         stage = checks.policy.response
         self.response = response
         self.checks = checks
-        chat = checks.chat
-        self.state = StreamState(model=chat.model, choices_allowed=chat.n,
-                                 prefill=chat.conversation.prefill, secrets=secrets)
+        self.state = checks.stream_state(secrets)
+        reader = checks.api.reader
+        self.reader = reader(secrets) if reader is not None else None
         self.checking = stage.check
         self.mode: StreamMode = mode if stage.check else "async"
         windowed = self.checking and mode != "buffer"
@@ -127,11 +126,16 @@ class StreamRelay:
 
     def _feed(self, events: list[bytes]) -> bool:
         """Feed decoded events' data; True once ``[DONE]`` arrived."""
-        feed = self.state.feed
+        feed, reader = self.state.feed, self.reader
         for data in events:
             if data == DONE:
                 return True
-            feed(data)
+            if reader is None:
+                feed(data)
+                continue
+            chunk = reader.read(data)
+            if chunk is not None:
+                self.state.feed_chunk(chunk, len(data))
         return False
 
     async def _check_ended(self) -> bool:
@@ -196,7 +200,7 @@ class StreamRelay:
         ending = self.checks.ending()
         record.usage = state.usage_for(ending.usage)
         await self._write(state.ending(self.checks.annotation(), ending, blocked=blocked)
-                          + DONE_EVENT)
+                          + state.done)
 
     async def _end_with_error(self, exc: BaseException) -> None:
         """After the first byte the status is sent: the error goes in-band, with the
@@ -212,10 +216,9 @@ class StreamRelay:
         record.removed_fields = state.removed.count
         moderation, ending = self.checks.annotation(), self.checks.ending()
         record.usage = state.usage_for(ending.usage)
-        body = b"data: " + error_body(message, type="upstream_error",
-                                      code="upstream_stream_error", moderation=moderation)
-        trailing = state.closing_chunk(moderation, record.usage) if ending.trailing else b""
-        await self._write(body + b"\n\n" + trailing + DONE_EVENT)
+        error = {"message": message, "type": "upstream_error", "param": None,
+                 "code": "upstream_stream_error"}
+        await self._write(state.failure(error, ending, moderation, record.usage) + state.done)
 
     async def _write(self, data: bytes) -> None:
         if data:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy.core.answer import model_list
+from proxy.core.apis import RESPONSES
 from proxy.obs.metrics import CONTENT_TYPE
 from proxy.web.completions import chat_completions
 from proxy.web.state import POLICY, RECORD, RUNTIME, SERVED
@@ -12,6 +13,11 @@ from proxy.web.state import POLICY, RECORD, RUNTIME, SERVED
 
 async def post_chat_completions(request: web.Request) -> web.StreamResponse:
     return await chat_completions(request, request.app[RUNTIME], request[POLICY], request[RECORD])
+
+
+async def post_responses(request: web.Request) -> web.StreamResponse:
+    return await chat_completions(request, request.app[RUNTIME], request[POLICY], request[RECORD],
+                                  RESPONSES)
 
 
 async def get_models(request: web.Request) -> web.Response:
@@ -45,6 +51,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", post_chat_completions)
+    app.router.add_post("/v1/responses", post_responses)
     app.router.add_get("/v1/models", get_models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

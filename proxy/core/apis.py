@@ -1,0 +1,54 @@
+"""The client APIs the proxy serves, each a protocol adapter around the same stages.
+
+An ``Api`` says how its requests read into the ``ChatRequest`` the stages judge, how a
+whole upstream answer reads into a chat completion (which ``answer.read_completion``
+rebuilds from judged text) and back into the client's shape, what a blocked prompt
+looks like, and how its streams are read and written around the chat ``StreamState``.
+Chat completions are the identity; ``responses`` adds an adapter.  No I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.core import responses
+from proxy.core.moderation import Encoder
+from proxy.core.protocol import blocked_completion
+from proxy.core.request import ChatRequest, parse_chat_request
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Api:
+    name: str  # the key in a tenant's ``apis``
+    parse: Callable[..., ChatRequest]
+    to_chat: Callable[[Json], Json]  # a whole upstream answer, as a chat completion
+    answer: Callable[[Json, ChatRequest, Json], Json]  # rebuilt chat, request, verdict
+    blocked: Callable[[str, str, Json], Json]  # model, block message, verdict
+    # secrets -> what reads each upstream stream event into a chat chunk (None: nothing
+    # for the client); None: the events are chat chunks
+    reader: Callable[[tuple[str, ...]], Any] | None = None
+    encoder: Callable[[], Encoder] | None = None
+
+
+def _chat_answer(chat: Json, request: ChatRequest, moderation: Json) -> Json:
+    chat["moderation"] = moderation
+    return chat
+
+
+def _chat_blocked(model: str, message: str, moderation: Json) -> Json:
+    return blocked_completion(model=model, message=message, moderation=moderation)
+
+
+def _identity(data: Json) -> Json:
+    return data
+
+
+CHAT = Api("chat", parse_chat_request, _identity, _chat_answer, _chat_blocked)
+RESPONSES = Api("responses", responses.parse_responses_request, responses.chat_of_response,
+                responses.response_of_chat, responses.blocked_response,
+                reader=lambda secrets: responses.ResponsesEvents(secrets=secrets),
+                encoder=responses.ResponsesEncoder)

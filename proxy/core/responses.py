@@ -1,0 +1,682 @@
+"""The OpenAI Responses API (``POST /v1/responses``) as a protocol adapter.  No I/O.
+
+The stages, the policy, the verdict cache and the stream moderation are chat
+completions' own: this module only translates at the edges.
+
+- **Request**: every field has one treatment, as for chat (``request.py``).  ``input``
+  items and ``instructions`` become chat messages, validated key by key, and the
+  conversation is read from those (``read_messages``); function tools and a
+  ``text.format`` JSON schema are the judged extras.  What makes the upstream read text
+  the proxy never sees — stored state (``previous_response_id``, ``conversation``, a
+  stored ``prompt``), encrypted reasoning, item references, built-in tools that fetch or
+  run things — is refused.  The body is forwarded as received, without ``moderation``.
+- **Whole answer**: the upstream's response is read into a chat completion (reasoning,
+  output text, refusal, function calls), which ``answer.read_completion`` rebuilds from
+  judged text and type-checked fields; the client's response is built back from that.
+- **Stream**: ``ResponsesEvents`` reads each upstream event into the chat chunk it
+  amounts to (``StreamState.feed_chunk``); ``ResponsesEncoder`` writes what the stream
+  state releases as Responses events, items opened and closed around the released text.
+  Every event the client gets is the proxy's own; ``*.done`` events and the final
+  response carry exactly the released text.
+- **Block**: ``status: "incomplete"``, ``incomplete_details.reason: "content_filter"``
+  (and ``response.incomplete`` as a stream's last event), the verdict in ``moderation``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from proxy.core.conversation import NonText, read_messages
+from proxy.core.protocol import StreamHead, clean_error
+from proxy.core.request import (
+    STRUCTURAL,
+    TEMPLATE_CONTROL,
+    ChatRequest,
+    Check,
+    check_fields,
+    enum_check,
+    object_body,
+    read_moderation,
+)
+from proxy.errors import (
+    BadRequest,
+    ShapeError,
+    StreamFault,
+    UnsupportedContent,
+    UnsupportedParameter,
+)
+
+Json = dict[str, Any]
+
+_OBJ: Check = STRUCTURAL["metadata"]
+_STRUCTURAL: dict[str, Check] = {
+    **{name: STRUCTURAL[name] for name in (
+        "model", "stream", "temperature", "top_p", "parallel_tool_calls", "tool_choice",
+        "metadata", "store", "user", "safety_identifier", "prompt_cache_key",
+        "prompt_cache_retention", "prompt_cache_options", "service_tier", "top_logprobs",
+        "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty",
+        "seed", "stop", "logit_bias", "ignore_eos", "skip_special_tokens",
+        "include_stop_str_in_output", "request_id", "priority", "moderation")},
+    "stream_options": _OBJ,
+    "max_output_tokens": STRUCTURAL["max_tokens"],
+    "max_tool_calls": STRUCTURAL["max_tokens"],
+    "truncation": enum_check("auto", "disabled"),
+    "background": (lambda value: value is False, "false (background responses are fetched "
+                   "later, outside the moderated stream)"),
+    "include": (lambda value: value == [] or value == ["message.output_text.logprobs"],
+                "a list of nothing but message.output_text.logprobs"),
+    "reasoning": (lambda value: _reasoning_ok(value), "an object of effort (none, minimal, "
+                  "low, medium, high, xhigh, max) and summary (auto, concise, detailed)"),
+}
+#: Text the model reads besides the conversation: judged as one extra input.
+_JUDGED = ("input", "instructions", "tools", "text")
+#: Server-side state and stored text the proxy never sees.
+_STATE = frozenset({"previous_response_id", "conversation", "prompt", "context_management",
+                    "background_options", "previous_input_messages", "previous_response",
+                    "enable_response_messages"})
+_EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh", "max"})
+_SUMMARIES = frozenset({"auto", "concise", "detailed"})
+
+
+def _reasoning_ok(value: Any) -> bool:
+    if not isinstance(value, dict) or not value.keys() <= {"effort", "summary",
+                                                           "generate_summary"}:
+        return False
+    effort, summary = value.get("effort"), value.get("summary", value.get("generate_summary"))
+    return (effort is None or effort in _EFFORTS) and (summary is None or summary in _SUMMARIES)
+
+
+# -- the request -------------------------------------------------------------------------
+
+
+def parse_responses_request(body: bytes, *, non_text: NonText = "block",
+                            allowed: Collection[str] = ()) -> ChatRequest:
+    """Read a Responses request into the chat request the stages judge."""
+    data = object_body(body)
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required and must be a non-empty string", param="model")
+    check_fields(data, allowed, _STRUCTURAL, _JUDGED, TEMPLATE_CONTROL, refused=_STATE)
+    messages, names = _messages(data)
+    moderation = read_moderation(data.get("moderation"))
+    if "moderation" in data:
+        body = orjson.dumps({name: value for name, value in data.items() if name != "moderation"})
+    return ChatRequest(
+        body=body, model=model, stream=bool(data.get("stream")), include_usage=False,
+        conversation=read_messages(messages, non_text=non_text, allowed=allowed, names=names),
+        extras=_extras(data), moderation=moderation)
+
+
+def _messages(data: Json) -> tuple[list[Json], list[str]]:
+    """The chat messages ``instructions`` and ``input`` amount to, and each one's name."""
+    messages, names = [], []
+    instructions = data.get("instructions")
+    if instructions is not None:
+        if not isinstance(instructions, str):
+            raise BadRequest("'instructions' must be a string", param="instructions")
+        messages.append({"role": "system", "content": instructions})
+        names.append("instructions")
+    given = data.get("input")
+    if isinstance(given, str):
+        messages.append({"role": "user", "content": given})
+        names.append("input")
+    elif isinstance(given, list) and given:
+        for index, item in enumerate(given):
+            where = f"input[{index}]"
+            messages.append(_item(item, where))
+            names.append(where)
+    else:
+        raise BadRequest("'input' is required: a string or a non-empty array of items",
+                         param="input")
+    return messages, names
+
+
+_MESSAGE_KEYS = frozenset({"type", "role", "content", "id", "status", "phase"})
+_CALL_KEYS = frozenset({"type", "call_id", "name", "arguments", "id", "namespace", "status"})
+_OUTPUT_KEYS = frozenset({"type", "call_id", "output", "id", "status"})
+_REASONING_KEYS = frozenset({"type", "id", "summary", "content", "encrypted_content", "status"})
+_ROLES = frozenset({"user", "system", "developer", "assistant"})
+
+
+def _item(item: Any, where: str) -> Json:
+    if not isinstance(item, dict):
+        raise BadRequest(f"{where} must be an object", param=where)
+    kind = item.get("type", "message")
+    reader = _ITEMS.get(kind) if isinstance(kind, str) else None
+    if reader is None:
+        raise UnsupportedContent(
+            f"{where}: items of type {kind!r} are not accepted (the proxy judges messages, "
+            "function calls and their outputs, and reasoning text; stored, encrypted and "
+            "built-in tool items hold text it cannot see)", param=where)
+    return reader(item, where)
+
+
+def _keys(item: Json, known: frozenset[str], where: str) -> None:
+    for key in item:
+        if key not in known:
+            raise UnsupportedParameter(f"{where}.{key} is not supported (the proxy relays "
+                                       "only fields it judges or knows to be structural)",
+                                       param=f"{where}.{key}")
+
+
+def _string(item: Json, key: str, where: str, *, required: bool = True) -> str:
+    value = item.get(key)
+    if isinstance(value, str) and (value or not required):
+        return value
+    if value is None and not required:
+        return ""
+    raise BadRequest(f"{where}.{key} must be a{' non-empty' if required else ''} string",
+                     param=f"{where}.{key}")
+
+
+def _message_item(item: Json, where: str) -> Json:
+    _keys(item, _MESSAGE_KEYS, where)
+    role = item.get("role")
+    if role not in _ROLES:
+        raise BadRequest(f"{where}.role must be one of user, system, developer, assistant",
+                         param=f"{where}.role")
+    content = item.get("content")
+    if isinstance(content, list):
+        content = [_part(part, f"{where}.content[{index}]") for index, part in enumerate(content)]
+    elif not isinstance(content, str):
+        raise BadRequest(f"{where}.content must be a string or a list of content parts",
+                         param=f"{where}.content")
+    return {"role": role, "content": content}
+
+
+#: Content parts: the keys each may hold.  Their text keys are read by ``read_messages``.
+_PARTS: dict[str, frozenset[str]] = {
+    "input_text": frozenset({"type", "text", "prompt_cache_breakpoint"}),
+    "output_text": frozenset({"type", "text", "annotations", "logprobs"}),
+    "refusal": frozenset({"type", "refusal"}),
+    "input_image": frozenset({"type", "detail", "image_url", "prompt_cache_breakpoint"}),
+    "input_file": frozenset({"type", "detail", "file_data", "file_url", "filename",
+                             "prompt_cache_breakpoint"}),
+    "input_audio": frozenset({"type", "input_audio"}),
+}
+
+
+def _part(part: Any, where: str) -> Any:
+    if not isinstance(part, dict):
+        return part  # read_messages names the problem
+    known = _PARTS.get(part.get("type"))  # type: ignore[arg-type]
+    if known is None:
+        return part  # read_messages refuses an unknown type, naming it
+    _keys(part, known, where)
+    if part.get("annotations"):  # citations the upstream does not render: unjudged text
+        raise UnsupportedContent(f"{where}.annotations must be empty in input",
+                                 param=f"{where}.annotations")
+    if part["type"] == "output_text":
+        return {"type": "output_text", "text": part.get("text")}
+    return part
+
+
+def _call_item(item: Json, where: str) -> Json:
+    _keys(item, _CALL_KEYS, where)
+    name = _string(item, "name", where)
+    namespace = _string(item, "namespace", where, required=False)
+    arguments = _string(item, "arguments", where, required=False)
+    _string(item, "call_id", where)
+    return {"role": "assistant", "tool_calls": [{
+        "id": item["call_id"], "type": "function",
+        "function": {"name": f"{namespace}__{name}" if namespace else name,
+                     "arguments": arguments}}]}
+
+
+def _output_item(item: Json, where: str) -> Json:
+    _keys(item, _OUTPUT_KEYS, where)
+    output = item.get("output")
+    if isinstance(output, list):
+        output = [_part(part, f"{where}.output[{index}]") for index, part in enumerate(output)]
+    elif not isinstance(output, str):
+        raise BadRequest(f"{where}.output must be a string or a list of content parts",
+                         param=f"{where}.output")
+    return {"role": "tool", "content": output}
+
+
+def _reasoning_item(item: Json, where: str) -> Json:
+    _keys(item, _REASONING_KEYS, where)
+    if item.get("encrypted_content") is not None:
+        raise UnsupportedContent(f"{where}.encrypted_content is opaque to the guard",
+                                 param=f"{where}.encrypted_content")
+    texts = []
+    for key, kind in (("summary", "summary_text"), ("content", "reasoning_text")):
+        parts = item.get(key) or []
+        if not isinstance(parts, list):
+            raise BadRequest(f"{where}.{key} must be a list", param=f"{where}.{key}")
+        for index, part in enumerate(parts):
+            here = f"{where}.{key}[{index}]"
+            if not isinstance(part, dict) or part.get("type") != kind:
+                raise BadRequest(f"{here} must be a {kind} part", param=here)
+            _keys(part, frozenset({"type", "text"}), here)
+            texts.append(_string(part, "text", here, required=False))
+    return {"role": "assistant", "reasoning": "\n\n".join(t for t in texts if t)}
+
+
+_ITEMS: dict[str, Callable[[Json, str], Json]] = {
+    "message": _message_item, "function_call": _call_item,
+    "function_call_output": _output_item, "reasoning": _reasoning_item,
+}
+_TOOL_KEYS = frozenset({"type", "name", "description", "parameters", "strict"})
+
+
+def _extras(data: Json) -> str:
+    """The function tools and a JSON-schema text format, as the guard reads them."""
+    texts = []
+    tools = data.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise BadRequest("'tools' must be an array", param="tools")
+        for index, tool in enumerate(tools):
+            where = f"tools[{index}]"
+            if not isinstance(tool, dict) or tool.get("type") != "function":
+                kind = tool.get("type") if isinstance(tool, dict) else None
+                raise UnsupportedParameter(
+                    f"{where}: {kind!r} tools are not accepted (only function tools: "
+                    "built-in tools fetch or run things the guard never sees)", param=where)
+            _keys(tool, _TOOL_KEYS, where)
+            _string(tool, "name", where)
+        if tools:
+            texts.append(orjson.dumps(tools).decode())
+    text = data.get("text")
+    if text is not None:
+        if not isinstance(text, dict) or not text.keys() <= {"format", "verbosity"}:
+            raise BadRequest("'text' must be an object of format and verbosity", param="text")
+        form = text.get("format")
+        if isinstance(form, dict) and form.get("type") == "json_schema":
+            texts.append(orjson.dumps(form).decode())
+        elif form is not None and form not in ({"type": "text"}, {"type": "json_object"}):
+            raise BadRequest("'text.format' must be text, json_object or json_schema",
+                             param="text.format")
+    return "\n\n".join(texts)
+
+
+# -- whole answers -------------------------------------------------------------------------
+
+
+def chat_of_response(data: Json) -> Json:
+    """The chat completion a Responses answer amounts to (its judged and structural
+    fields; ``read_completion`` then rebuilds and types it)."""
+    if not isinstance(data.get("output"), list):
+        raise ShapeError("upstream answer is not a response")
+    message: Json = {"role": "assistant"}
+    reasoning, content, refusal, calls = [], [], [], []
+    for item in data["output"]:
+        kind = item.get("type") if isinstance(item, dict) else None
+        if kind == "reasoning":
+            reasoning.extend(_texts(item.get("summary")) + _texts(item.get("content")))
+        elif kind == "message":
+            for part in item.get("content") or []:
+                if isinstance(part, dict) and part.get("type") == "output_text":
+                    content.append(part.get("text"))
+                elif isinstance(part, dict) and part.get("type") == "refusal":
+                    refusal.append(part.get("refusal"))
+        elif kind == "function_call":
+            calls.append({"id": item.get("call_id"), "type": "function",
+                          "function": {"name": item.get("name"),
+                                       "arguments": item.get("arguments")}})
+    if reasoning:
+        message["reasoning_content"] = "".join(t for t in reasoning if isinstance(t, str))
+    message["content"] = "".join(t for t in content if isinstance(t, str)) if content else None
+    if refusal:
+        message["refusal"] = "".join(t for t in refusal if isinstance(t, str))
+    if calls:
+        message["tool_calls"] = calls
+    return {"id": data.get("id"), "object": "chat.completion", "created": data.get("created_at"),
+            "model": data.get("model"),
+            "choices": [{"index": 0, "message": message, "finish_reason": _finish(data, calls)}],
+            "usage": _chat_usage(data.get("usage"))}
+
+
+def _texts(parts: Any) -> list[str]:
+    return [part["text"] for part in parts or []
+            if isinstance(part, dict) and isinstance(part.get("text"), str)]
+
+
+def _finish(data: Json, calls: Collection[Any]) -> str:
+    details = data.get("incomplete_details")
+    if data.get("status") == "incomplete" and isinstance(details, dict) \
+            and details.get("reason") == "max_output_tokens":
+        return "length"
+    return "tool_calls" if calls else "stop"
+
+
+def _chat_usage(usage: Any) -> Json | None:
+    if not isinstance(usage, dict):
+        return None
+    return {"prompt_tokens": usage.get("input_tokens"),
+            "completion_tokens": usage.get("output_tokens"),
+            "total_tokens": usage.get("total_tokens")}
+
+
+def response_of_chat(chat: Json, request: ChatRequest, moderation: Json) -> Json:
+    """The client's response, built from the rebuilt (judged) chat completion."""
+    (choice,) = chat["choices"][:1] or [{"message": {}, "finish_reason": "stop"}]
+    builder = _Output()
+    message = choice["message"]
+    if message.get("reasoning_content"):
+        builder.reasoning(message["reasoning_content"])
+    if message.get("content") or message.get("refusal"):
+        builder.message(message.get("content") or "", message.get("refusal"))
+    for call in message.get("tool_calls") or []:
+        builder.call(call["id"], call["function"]["name"], call["function"]["arguments"])
+    return response_object(head=(chat["id"], chat["created"], chat["model"]), output=builder.items,
+                           finish=choice["finish_reason"], usage=chat.get("usage"),
+                           moderation=moderation)
+
+
+def blocked_response(model: str, message: str, moderation: Json) -> Json:
+    """A whole response standing in for a blocked prompt."""
+    builder = _Output()
+    builder.message(message, None)
+    zero = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    return response_object(head=(_new_id("resp"), int(time.time()), model), output=builder.items,
+                           finish="content_filter", usage=zero, moderation=moderation)
+
+
+def response_object(*, head: tuple[str, int, str], output: list[Json], finish: str | None,
+                    usage: Any, moderation: Json | None, status: str | None = None) -> Json:
+    reason = {"content_filter": "content_filter", "length": "max_output_tokens"}.get(finish or "")
+    body: Json = {
+        "id": head[0], "object": "response", "created_at": head[1], "model": head[2],
+        "status": status or ("incomplete" if reason else "completed"),
+        "incomplete_details": {"reason": reason} if reason else None,
+        "error": None, "output": output, "parallel_tool_calls": True, "tool_choice": "auto",
+        "tools": [], "usage": _responses_usage(usage),
+    }
+    if moderation is not None:
+        body["moderation"] = moderation
+    return body
+
+
+def _responses_usage(usage: Any) -> Json | None:
+    if not isinstance(usage, dict):
+        return None
+    prompt, completion = _count(usage, "prompt_tokens"), _count(usage, "completion_tokens")
+    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt + completion}
+
+
+def _count(usage: Json, key: str) -> int:
+    value = usage.get(key)
+    return value if type(value) is int else 0
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{os.urandom(16).hex()}"
+
+
+@dataclass
+class _Output:
+    """A response's ``output`` items, built from judged text."""
+
+    items: list[Json] = field(default_factory=list)
+
+    def reasoning(self, text: str) -> None:
+        self.items.append({"type": "reasoning", "id": _new_id("rs"), "summary": [],
+                           "content": [{"type": "reasoning_text", "text": text}]})
+
+    def message(self, text: str, refusal: str | None) -> None:
+        content: list[Json] = []
+        if text:
+            content.append({"type": "output_text", "text": text, "annotations": []})
+        if refusal:
+            content.append({"type": "refusal", "refusal": refusal})
+        self.items.append({"type": "message", "id": _new_id("msg"), "status": "completed",
+                           "role": "assistant", "content": content})
+
+    def call(self, call_id: str | None, name: str, arguments: str) -> None:
+        self.items.append({"type": "function_call", "id": _new_id("fc"),
+                           "call_id": call_id or _new_id("call"), "name": name,
+                           "arguments": arguments, "status": "completed"})
+
+
+# -- streams -------------------------------------------------------------------------------
+
+
+@dataclass
+class ResponsesEvents:
+    """Reads the upstream's Responses events into the chat chunks they amount to.  Only
+    deltas carry text into the stream state; the ``*.done`` events and the final
+    response repeat it and are not read (the client's are rebuilt from the deltas)."""
+
+    secrets: tuple[str, ...] = ()
+    calls: dict[int, int] = field(default_factory=dict)  # output_index -> tool-call index
+    head: Json = field(default_factory=dict)
+
+    def read(self, data: bytes) -> Json | None:
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise StreamFault("upstream sent an unreadable stream event") from exc
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+            raise StreamFault("upstream stream event is not a typed object")
+        kind = event["type"]
+        if kind in ("error", "response.failed"):
+            error = event.get("error") or (event.get("response") or {}).get("error") or event
+            raise StreamFault("upstream reported an error mid-stream",
+                              said=clean_error(error, self.secrets))
+        reader = _EVENTS.get(kind)
+        return reader(self, event) if reader is not None else None
+
+    def _started(self, event: Json) -> Json | None:
+        response = event.get("response")
+        if not isinstance(response, dict) or self.head:
+            return None
+        self.head = {"id": response.get("id"), "created": response.get("created_at"),
+                     "model": response.get("model")}
+        return {**self.head, "choices": []}
+
+    def _chunk(self, delta: Json, finish: str | None = None, **extra: Any) -> Json:
+        return {**self.head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra}
+
+    def _item_added(self, event: Json) -> Json | None:
+        item = event.get("item")
+        if not isinstance(item, dict) or item.get("type") != "function_call":
+            return None
+        index = self.calls[_int(event.get("output_index"))] = len(self.calls)
+        return self._chunk({"tool_calls": [{
+            "index": index, "id": item.get("call_id"), "type": "function",
+            "function": {"name": item.get("name"), "arguments": ""}}]})
+
+    def _arguments(self, event: Json) -> Json:
+        index = self.calls.get(_int(event.get("output_index")))
+        if index is None:
+            raise StreamFault("upstream sent arguments for a call it never started")
+        return self._chunk({"tool_calls": [{"index": index,
+                                            "function": {"arguments": event.get("delta")}}]})
+
+    def _ended(self, event: Json) -> Json:
+        response = event.get("response")
+        response = response if isinstance(response, dict) else {}
+        finish = _finish(response, self.calls)
+        return self._chunk({}, finish, usage=_chat_usage(response.get("usage")))
+
+
+def _int(value: Any) -> int:
+    if type(value) is not int:
+        raise StreamFault("upstream stream event has no valid output_index")
+    return value
+
+
+def _text_event(key: str) -> Callable[[ResponsesEvents, Json], Json]:
+    def read(events: ResponsesEvents, event: Json) -> Json:
+        return events._chunk({key: event.get("delta")})
+    return read
+
+
+_EVENTS: dict[str, Callable[[ResponsesEvents, Json], Json | None]] = {
+    "response.created": ResponsesEvents._started,
+    "response.in_progress": ResponsesEvents._started,
+    "response.output_item.added": ResponsesEvents._item_added,
+    "response.output_text.delta": _text_event("content"),
+    "response.refusal.delta": _text_event("refusal"),
+    "response.reasoning_text.delta": _text_event("reasoning_content"),
+    "response.reasoning_summary_text.delta": _text_event("reasoning_content"),
+    "response.function_call_arguments.delta": ResponsesEvents._arguments,
+    "response.completed": ResponsesEvents._ended,
+    "response.incomplete": ResponsesEvents._ended,
+}
+
+
+@dataclass
+class ResponsesEncoder:
+    """Writes released chat chunks as Responses events: ``response.created`` first, each
+    output item opened when its text begins and closed (``*.done`` with exactly the text
+    sent) when another begins or the stream ends, then ``response.completed`` — or
+    ``response.incomplete`` for a block — with the verdict in ``moderation``."""
+
+    sequence: int = 0
+    items: list[Json] = field(default_factory=list)  # closed and open, in order
+    open: Json | None = None  # the item text is flowing into
+    texts: list[str] = field(default_factory=list)  # the open item's text so far
+    calls: dict[int, Json] = field(default_factory=dict)  # tool-call index -> item
+    finish: str | None = None
+    started: bool = False
+
+    def chunk(self, head: StreamHead, choices: list[Json]) -> bytes:
+        out = [] if self.started else self._start(head)
+        for choice in choices:
+            delta = choice.get("delta") or {}
+            for key, kind in (("reasoning_content", "reasoning"), ("reasoning", "reasoning"),
+                              ("content", "message"), ("refusal", "refusal")):
+                if delta.get(key):
+                    out.extend(self._text(kind, delta[key]))
+            for call in delta.get("tool_calls") or []:
+                out.extend(self._call(call))
+            self.finish = choice.get("finish_reason") or self.finish
+        return b"".join(out)
+
+    def close(self, head: StreamHead, moderation: Json, usage: Any) -> bytes:
+        out = [] if self.started else self._start(head)
+        out.extend(self._close_open())
+        for item in self.calls.values():
+            item["status"] = "completed"
+            out.append(self._event("response.function_call_arguments.done", item_id=item["id"],
+                                   output_index=item["_index"], arguments=item["arguments"]))
+            out.append(self._event("response.output_item.done", output_index=item["_index"],
+                                   item=_public(item)))
+        response = response_object(head=(head.id, head.created, head.model),
+                                   output=[_public(item) for item in self.items],
+                                   finish=self.finish, usage=usage, moderation=moderation)
+        kind = ("response.incomplete" if response["status"] == "incomplete"
+                else "response.completed")
+        out.append(self._event(kind, response=response))
+        return b"".join(out)
+
+    def failure(self, head: StreamHead, error: Json, moderation: Json) -> bytes:
+        """``response.failed``: the upstream broke the stream; nothing unreleased is sent."""
+        out = [] if self.started else self._start(head)
+        response = response_object(head=(head.id, head.created, head.model),
+                                   output=[_public(item) for item in self.items], finish=None,
+                                   usage=None, moderation=moderation, status="failed")
+        response["error"] = {"code": "server_error", "message": error["message"]}
+        out.append(self._event("response.failed", response=response))
+        return b"".join(out)
+
+    def _start(self, head: StreamHead) -> list[bytes]:
+        self.started = True
+        response = response_object(head=(head.id, head.created, head.model), output=[],
+                                   finish=None, usage=None, moderation=None,
+                                   status="in_progress")
+        return [self._event("response.created", response=response),
+                self._event("response.in_progress", response=response)]
+
+    def _event(self, kind: str, **fields: Any) -> bytes:
+        event = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return b"event: %s\ndata: %s\n\n" % (kind.encode(), orjson.dumps(event))
+
+    def _text(self, kind: str, text: str) -> list[bytes]:
+        out = []
+        if self.open is None or self.open["_kind"] != kind:
+            out.extend(self._close_open())
+            out.extend(self._open(kind))
+        self.texts.append(text)
+        item = self.open
+        assert item is not None
+        name = {"reasoning": "response.reasoning_text.delta", "message":
+                "response.output_text.delta", "refusal": "response.refusal.delta"}[kind]
+        extra: Json = {"logprobs": []} if kind == "message" else {}
+        out.append(self._event(name, item_id=item["id"], output_index=item["_index"],
+                               content_index=0, delta=text, **extra))
+        return out
+
+    def _open(self, kind: str) -> list[bytes]:
+        index = len(self.items)
+        if kind == "reasoning":
+            item: Json = {"type": "reasoning", "id": _new_id("rs"), "summary": []}
+        else:
+            item = {"type": "message", "id": _new_id("msg"), "status": "in_progress",
+                    "role": "assistant", "content": []}
+        self.items.append(item)
+        self.open = {**item, "_kind": kind, "_index": index}
+        self.texts = []
+        out = [self._event("response.output_item.added", output_index=index, item=item)]
+        out.append(self._event("response.content_part.added", item_id=item["id"],
+                               output_index=index, content_index=0, part=_part_of(kind, "")))
+        return out
+
+    def _close_open(self) -> list[bytes]:
+        if self.open is None:
+            return []
+        item, text, kind = self.open, "".join(self.texts), self.open["_kind"]
+        self.open = None
+        index, part = item["_index"], _part_of(kind, text)
+        done = {"reasoning": ("response.reasoning_text.done", "text"),
+                "message": ("response.output_text.done", "text"),
+                "refusal": ("response.refusal.done", "refusal")}[kind]
+        extra: Json = {"logprobs": []} if kind == "message" else {}
+        out = [self._event(done[0], item_id=item["id"], output_index=index, content_index=0,
+                           **{done[1]: text}, **extra),
+               self._event("response.content_part.done", item_id=item["id"],
+                           output_index=index, content_index=0, part=part)]
+        final = self.items[index]
+        if kind == "reasoning":
+            final["content"] = [part]
+        else:
+            final["content"], final["status"] = [part], "completed"
+        out.append(self._event("response.output_item.done", output_index=index, item=final))
+        return out
+
+    def _call(self, call: Json) -> list[bytes]:
+        out: list[bytes] = []
+        index = call.get("index", 0)
+        function = call.get("function") or {}
+        item = self.calls.get(index)
+        if item is None:
+            out.extend(self._close_open())
+            item = self.calls[index] = {
+                "type": "function_call", "id": _new_id("fc"),
+                "call_id": call.get("id") or _new_id("call"), "name": function.get("name") or "",
+                "arguments": "", "status": "in_progress", "_index": len(self.items)}
+            self.items.append(item)
+            out.append(self._event("response.output_item.added", output_index=item["_index"],
+                                   item=_public(item)))
+        arguments = function.get("arguments") or ""
+        if arguments:
+            item["arguments"] += arguments
+            out.append(self._event("response.function_call_arguments.delta",
+                                   item_id=item["id"], output_index=item["_index"],
+                                   delta=arguments))
+        return out
+
+
+def _part_of(kind: str, text: str) -> Json:
+    if kind == "reasoning":
+        return {"type": "reasoning_text", "text": text}
+    if kind == "refusal":
+        return {"type": "refusal", "refusal": text}
+    return {"type": "output_text", "text": text, "annotations": []}
+
+
+def _public(item: Json) -> Json:
+    return {key: value for key, value in item.items() if not key.startswith("_")}
