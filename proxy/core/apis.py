@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.core import responses
+from proxy.core import messages, responses
 from proxy.core.moderation import Encoder
-from proxy.core.protocol import blocked_completion
+from proxy.core.protocol import blocked_completion, error_body
 from proxy.core.request import ChatRequest, parse_chat_request
 
 Json = dict[str, Any]
@@ -32,6 +32,10 @@ class Api:
     # for the client); None: the events are chat chunks
     reader: Callable[[tuple[str, ...]], Any] | None = None
     encoder: Callable[[], Encoder] | None = None
+    # status, message, type, code, param, verdict -> the API's error body
+    error: Callable[[int, str, str, str | None, str | None, Json | None], bytes] = (
+        lambda status, message, type, code, param, moderation: error_body(
+            message, type=type, code=code, param=param, moderation=moderation))
 
 
 def _chat_answer(chat: Json, request: ChatRequest, moderation: Json) -> Json:
@@ -52,3 +56,16 @@ RESPONSES = Api("responses", responses.parse_responses_request, responses.chat_o
                 responses.response_of_chat, responses.blocked_response,
                 reader=lambda secrets: responses.ResponsesEvents(secrets=secrets),
                 encoder=responses.ResponsesEncoder)
+
+
+def _anthropic_error(status: int, message: str, type: str, code: str | None, param: str | None,
+                     moderation: Json | None) -> bytes:
+    return messages.anthropic_error(status, message, moderation)
+
+
+MESSAGES = Api("messages", messages.parse_messages_request, messages.chat_of_message,
+               messages.message_of_chat, messages.blocked_message,
+               reader=lambda secrets: messages.MessagesEvents(secrets=secrets),
+               encoder=messages.MessagesEncoder, error=_anthropic_error)
+#: The API each route serves.
+BY_PATH = {"/v1/chat/completions": CHAT, "/v1/responses": RESPONSES, "/v1/messages": MESSAGES}

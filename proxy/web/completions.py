@@ -16,7 +16,7 @@ from proxy.config import Action, Policy
 from proxy.core.answer import read_completion
 from proxy.core.apis import CHAT, Api
 from proxy.core.policy import Outcome, tightened
-from proxy.core.protocol import blocked_choice, error_body
+from proxy.core.protocol import blocked_choice
 from proxy.errors import (
     ApiNotEnabled,
     BodyTooLarge,
@@ -107,15 +107,15 @@ async def blocked_prompt(request: web.Request, checks: Checks, headers: dict[str
     checks.record.output = [Outcome.not_checked("the upstream was not called")]
     checks.record.prompt_chars = chat.conversation.prompt_chars() + len(chat.extras)
     moderation = checks.annotation()
+    error = checks.api.error
     if block.style == "error" and prompt.error_code == "guard_unavailable":
         checks.record.error_code = "guard_unavailable"  # the guard failed: not a policy block
-        body = error_body(message, type="server_error", code="guard_unavailable",
-                          moderation=moderation)
+        body = error(503, message, "server_error", "guard_unavailable", None, moderation)
         return _json(body, status=503, headers={**headers, "Retry-After": "1"})
     if block.style == "error":
         checks.record.error_code = "content_filter"
-        body = error_body(message, type="invalid_request_error", code="content_filter",
-                          param="messages", moderation=moderation)
+        param = "input" if checks.api.name == "responses" else "messages"
+        body = error(400, message, "invalid_request_error", "content_filter", param, moderation)
         return _json(body, status=400, headers=headers)
     if not chat.stream:
         checks.record.usage = ZERO_USAGE  # nothing was generated

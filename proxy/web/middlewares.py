@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from proxy.core.apis import BY_PATH, CHAT, Api
 from proxy.core.protocol import error_body
 from proxy.errors import ProxyError, Unauthorized
 from proxy.obs.log import RequestRecord, logger
@@ -49,10 +50,10 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except ProxyError as exc:
         record.error_code = exc.code
-        return _error_response(exc)
+        return _error_response(exc, _api(request))
     except web.HTTPException as exc:
         record.error_code = _HTTP_CODES.get(exc.status, "http_error")
-        return _http_error(exc)
+        return _http_error(exc, _api(request))
     except Exception:
         logger.exception("unhandled_error", path=request.path)
         record.error_code = "internal_error"
@@ -65,8 +66,13 @@ def _request_id(request: web.Request) -> str:
     return given if _CLIENT_ID.fullmatch(given) else os.urandom(16).hex()
 
 
-def _error_response(exc: ProxyError) -> web.Response:
-    body = error_body(exc.message, type=exc.type, code=exc.code, param=exc.param)
+def _api(request: web.Request) -> Api:
+    """The API whose error shape this request gets: the route's, else OpenAI's."""
+    return BY_PATH.get(request.path, CHAT)
+
+
+def _error_response(exc: ProxyError, api: Api) -> web.Response:
+    body = api.error(exc.status, exc.message, exc.type, exc.code, exc.param, None)
     response = web.Response(status=exc.status, body=body, content_type="application/json")
     if exc.retry_after is not None:
         response.headers["Retry-After"] = exc.retry_after
@@ -76,9 +82,9 @@ def _error_response(exc: ProxyError) -> web.Response:
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
-def _http_error(exc: web.HTTPException) -> web.Response:
+def _http_error(exc: web.HTTPException, api: Api) -> web.Response:
     code = _HTTP_CODES.get(exc.status, "http_error")
-    body = error_body(exc.reason, type="invalid_request_error", code=code)
+    body = api.error(exc.status, exc.reason, "invalid_request_error", code, None, None)
     return web.Response(status=exc.status, body=body, content_type="application/json")
 
 
@@ -103,4 +109,4 @@ def _client_key(request: web.Request) -> str:
     scheme, _, token = auth.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return request.headers.get("api-key", "").strip()
+    return (request.headers.get("x-api-key") or request.headers.get("api-key") or "").strip()

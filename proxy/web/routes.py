@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy.core.answer import model_list
-from proxy.core.apis import RESPONSES
+from proxy.core.apis import BY_PATH
 from proxy.obs.metrics import CONTENT_TYPE
 from proxy.web.completions import chat_completions
 from proxy.web.state import POLICY, RECORD, RUNTIME, SERVED
@@ -15,9 +15,10 @@ async def post_chat_completions(request: web.Request) -> web.StreamResponse:
     return await chat_completions(request, request.app[RUNTIME], request[POLICY], request[RECORD])
 
 
-async def post_responses(request: web.Request) -> web.StreamResponse:
+async def post_api(request: web.Request) -> web.StreamResponse:
+    """``/v1/responses`` and ``/v1/messages``: the same stages, the route's adapter."""
     return await chat_completions(request, request.app[RUNTIME], request[POLICY], request[RECORD],
-                                  RESPONSES)
+                                  BY_PATH[request.path])
 
 
 async def get_models(request: web.Request) -> web.Response:
@@ -51,7 +52,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", post_chat_completions)
-    app.router.add_post("/v1/responses", post_responses)
+    app.router.add_post("/v1/responses", post_api)
+    app.router.add_post("/v1/messages", post_api)
     app.router.add_get("/v1/models", get_models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

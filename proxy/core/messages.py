@@ -1,0 +1,547 @@
+"""Anthropic's Messages API (``POST /v1/messages``) as a protocol adapter.  No I/O.
+
+Like ``responses``: the stages, policy and stream moderation are chat completions' own,
+and this module translates at the edges.
+
+- **Request**: ``system`` and ``messages`` (text, ``tool_use``, ``tool_result``,
+  ``thinking`` blocks; images follow ``prompt.non_text``) become chat messages the
+  conversation is read from; client tools and an ``output_config`` JSON schema are the
+  judged extras.  Server tools, containers, MCP servers, documents the upstream fetches,
+  ``redacted_thinking`` and any thinking ``signature`` that is not a plain 32-hex token
+  (Anthropic's carry the encrypted thinking itself) are refused.
+- **Answers** read into a chat completion and back: ``thinking``, ``text`` and
+  ``tool_use`` blocks built from judged text (a thinking block's signature is the
+  proxy's own token).
+- **Block**: ``stop_reason: "refusal"`` — what Anthropic's own streaming classifiers
+  send — with the verdict in ``moderation`` (on the message, or on the stream's
+  ``message_delta``).
+- **Errors** are Anthropic's shape: ``{"type": "error", "error": {"type", "message"}}``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from proxy.core.conversation import NonText, read_messages
+from proxy.core.protocol import StreamHead, clean_error
+from proxy.core.request import (
+    STRUCTURAL,
+    TEMPLATE_CONTROL,
+    ChatRequest,
+    Check,
+    check_fields,
+    enum_check,
+    object_body,
+    read_moderation,
+)
+from proxy.errors import (
+    BadRequest,
+    ShapeError,
+    StreamFault,
+    UnsupportedContent,
+    UnsupportedParameter,
+)
+
+Json = dict[str, Any]
+
+_OBJ: Check = STRUCTURAL["metadata"]
+_STRUCTURAL: dict[str, Check] = {
+    **{name: STRUCTURAL[name] for name in ("model", "stream", "temperature", "top_p", "top_k",
+                                           "moderation")},
+    "max_tokens": (lambda value: type(value) is int and value >= 1, "a positive integer"),
+    "stop_sequences": (lambda value: isinstance(value, list) and all(
+        isinstance(item, str) for item in value), "an array of strings"),
+    "metadata": (lambda value: isinstance(value, dict) and value.keys() <= {"user_id"},
+                 "an object of user_id"),
+    "tool_choice": _OBJ,
+    "thinking": (lambda value: isinstance(value, dict) and value.get("type") in (
+        "enabled", "disabled", "adaptive") and value.keys() <= {"type", "budget_tokens",
+                                                                 "display"},
+        "an object whose type is enabled, disabled or adaptive"),
+    "service_tier": enum_check("auto", "standard_only"),
+    "cache_control": _OBJ,
+    "cache_salt": STRUCTURAL["user"],
+}
+_JUDGED = ("messages", "system", "tools", "output_config")
+_STATE = frozenset({"container", "mcp_servers", "context_management", "compaction", "thread",
+                    "fallbacks", "fallback_credit_token", "billing_policy"})
+_SIGNATURE = re.compile(r"[0-9a-f]{32}")
+_STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
+         "tool_use": "tool_calls", "refusal": "content_filter"}
+_STOP_BACK = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
+              "content_filter": "refusal", "function_call": "tool_use"}
+
+
+# -- the request ---------------------------------------------------------------------------
+
+
+def parse_messages_request(body: bytes, *, non_text: NonText = "block",
+                           allowed: Collection[str] = ()) -> ChatRequest:
+    """Read a Messages request into the chat request the stages judge."""
+    data = object_body(body)
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required and must be a non-empty string", param="model")
+    if data.get("max_tokens") is None:
+        raise BadRequest("'max_tokens' is required", param="max_tokens")
+    check_fields(data, allowed, _STRUCTURAL, _JUDGED, TEMPLATE_CONTROL, refused=_STATE)
+    messages, names = _messages(data)
+    moderation = read_moderation(data.get("moderation"))
+    if "moderation" in data:
+        body = orjson.dumps({name: value for name, value in data.items() if name != "moderation"})
+    return ChatRequest(
+        body=body, model=model, stream=bool(data.get("stream")), include_usage=False,
+        conversation=read_messages(messages, non_text=non_text, allowed=allowed, names=names),
+        extras=_extras(data), moderation=moderation)
+
+
+def _messages(data: Json) -> tuple[list[Json], list[str]]:
+    messages: list[Json] = []
+    names: list[str] = []
+    system = data.get("system")
+    if system is not None:
+        messages.append({"role": "system", "content": _system(system)})
+        names.append("system")
+    given = data.get("messages")
+    if not isinstance(given, list) or not given:
+        raise BadRequest("'messages' must be a non-empty array", param="messages")
+    for index, message in enumerate(given):
+        where = f"messages[{index}]"
+        for built, name in _message(message, where):
+            messages.append(built)
+            names.append(name)
+    return messages, names
+
+
+def _system(system: Any) -> Any:
+    if isinstance(system, str):
+        return system
+    if isinstance(system, list):
+        return [_text_block(block, f"system[{index}]") for index, block in enumerate(system)]
+    raise BadRequest("'system' must be a string or a list of text blocks", param="system")
+
+
+def _keys(item: Json, known: Collection[str], where: str) -> None:
+    for key in item:
+        if key not in known:
+            raise UnsupportedParameter(f"{where}.{key} is not supported (the proxy relays "
+                                       "only fields it judges or knows to be structural)",
+                                       param=f"{where}.{key}")
+
+
+def _text_block(block: Any, where: str) -> Json:
+    if not isinstance(block, dict) or block.get("type") != "text":
+        raise BadRequest(f"{where} must be a text block", param=where)
+    _keys(block, ("type", "text", "cache_control", "citations"), where)
+    if block.get("citations"):
+        raise UnsupportedContent(f"{where}.citations hold text the guard does not judge",
+                                 param=f"{where}.citations")
+    return {"type": "text", "text": block.get("text")}
+
+
+def _message(message: Any, where: str) -> list[tuple[Json, str]]:
+    """One Messages message as chat messages: tool results become tool messages."""
+    if not isinstance(message, dict):
+        raise BadRequest(f"{where} must be an object", param=where)
+    _keys(message, ("role", "content"), where)
+    role, content = message.get("role"), message.get("content")
+    if role not in ("user", "assistant", "system"):
+        raise BadRequest(f"{where}.role must be user, assistant or system", param=f"{where}.role")
+    if isinstance(content, str):
+        return [({"role": role, "content": content}, where)]
+    if not isinstance(content, list):
+        raise BadRequest(f"{where}.content must be a string or a list of blocks",
+                         param=f"{where}.content")
+    out: list[tuple[Json, str]] = []
+    parts: list[Any] = []
+    built: Json = {"role": role}
+    for index, block in enumerate(content):
+        here = f"{where}.content[{index}]"
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "tool_result" and role == "user":
+            out.append((_tool_result(block, here), here))
+        elif kind == "tool_use" and role == "assistant":
+            built.setdefault("tool_calls", []).append(_tool_use(block, here))
+        elif kind == "thinking" and role == "assistant":
+            built["reasoning"] = "\n\n".join(filter(None, [built.get("reasoning"),
+                                                           _thinking(block, here)]))
+        elif kind == "text":
+            parts.append(_text_block(block, here))
+        elif kind == "image":
+            _keys(block, ("type", "source", "cache_control"), here)
+            parts.append({"type": "image_url"})  # non-text: prompt.non_text decides
+        else:
+            raise UnsupportedContent(
+                f"{here}: {kind!r} blocks are not accepted (the proxy judges text, tool_use, "
+                "tool_result and thinking blocks; server tools, documents the upstream "
+                "fetches and redacted thinking hold text it cannot see)", param=here)
+    if parts or len(built) > 1 or not out:
+        built["content"] = parts
+        out.append((built, where))
+    return out
+
+
+def _tool_result(block: Json, where: str) -> Json:
+    _keys(block, ("type", "tool_use_id", "content", "is_error", "cache_control"), where)
+    content = block.get("content")
+    if isinstance(content, list):
+        blocks = []
+        for index, item in enumerate(content):
+            here = f"{where}.content[{index}]"
+            if isinstance(item, dict) and item.get("type") == "image":
+                _keys(item, ("type", "source", "cache_control"), here)
+                blocks.append({"type": "image_url"})
+            else:
+                blocks.append(_text_block(item, here))
+        content = blocks
+    elif content is not None and not isinstance(content, str):
+        raise BadRequest(f"{where}.content must be a string or a list of blocks",
+                         param=f"{where}.content")
+    return {"role": "tool", "content": content or ""}
+
+
+def _tool_use(block: Json, where: str) -> Json:
+    _keys(block, ("type", "id", "name", "input", "cache_control"), where)
+    name, arguments = block.get("name"), block.get("input")
+    if not isinstance(name, str) or not name or not isinstance(arguments, dict):
+        raise BadRequest(f"{where} needs a name and an input object", param=where)
+    return {"id": block.get("id"), "type": "function",
+            "function": {"name": name, "arguments": orjson.dumps(arguments).decode()}}
+
+
+def _thinking(block: Json, where: str) -> str:
+    _keys(block, ("type", "thinking", "signature"), where)
+    signature = block.get("signature")
+    if signature not in (None, "") and not (isinstance(signature, str)
+                                            and _SIGNATURE.fullmatch(signature)):
+        raise UnsupportedContent(f"{where}.signature is opaque to the guard (only the plain "
+                                 "tokens this proxy and vLLM give are accepted)",
+                                 param=f"{where}.signature")
+    thinking = block.get("thinking")
+    if not isinstance(thinking, str):
+        raise BadRequest(f"{where}.thinking must be a string", param=f"{where}.thinking")
+    return thinking
+
+
+_TOOL_KEYS = ("type", "name", "description", "input_schema", "cache_control", "strict",
+              "input_examples")
+
+
+def _extras(data: Json) -> str:
+    texts = []
+    tools = data.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise BadRequest("'tools' must be an array", param="tools")
+        for index, tool in enumerate(tools):
+            where = f"tools[{index}]"
+            kind = tool.get("type", "custom") if isinstance(tool, dict) else None
+            if kind != "custom":
+                raise UnsupportedParameter(
+                    f"{where}: {kind!r} tools are not accepted (only client tools: server "
+                    "and built-in tools run or fetch things the guard never sees)", param=where)
+            _keys(tool, _TOOL_KEYS, where)
+        if tools:
+            texts.append(orjson.dumps(tools).decode())
+    config = data.get("output_config")
+    if config is not None:
+        if not isinstance(config, dict) or not config.keys() <= {"effort", "format"} or \
+                config.get("effort") not in (None, "low", "medium", "high", "xhigh", "max"):
+            raise BadRequest("'output_config' must be an object of effort and format",
+                             param="output_config")
+        if config.get("format") is not None:
+            texts.append(orjson.dumps(config["format"]).decode())
+    return "\n\n".join(texts)
+
+
+# -- whole answers ---------------------------------------------------------------------------
+
+
+def chat_of_message(data: Json) -> Json:
+    """The chat completion an Anthropic message amounts to."""
+    if not isinstance(data.get("content"), list):
+        raise ShapeError("upstream answer is not a message")
+    message: Json = {"role": "assistant"}
+    thinking, text, calls = [], [], []
+    for block in data["content"]:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "thinking" and isinstance(block.get("thinking"), str):
+            thinking.append(block["thinking"])
+        elif kind == "text" and isinstance(block.get("text"), str):
+            text.append(block["text"])
+        elif kind == "tool_use":
+            calls.append({"id": block.get("id"), "type": "function",
+                          "function": {"name": block.get("name"),
+                                       "arguments": orjson.dumps(block.get("input")).decode()}})
+    if thinking:
+        message["reasoning_content"] = "".join(thinking)
+    message["content"] = "".join(text) if text else None
+    if calls:
+        message["tool_calls"] = calls
+    usage: Json = data["usage"] if isinstance(data.get("usage"), dict) else {}
+    return {"id": data.get("id"), "object": "chat.completion", "created": int(time.time()),
+            "model": data.get("model"),
+            "choices": [{"index": 0, "message": message,
+                         "finish_reason": _STOP.get(data.get("stop_reason") or "", "stop")}],
+            "usage": {"prompt_tokens": usage.get("input_tokens"),
+                      "completion_tokens": usage.get("output_tokens")}}
+
+
+def message_of_chat(chat: Json, request: ChatRequest, moderation: Json) -> Json:
+    """The client's message, built from the rebuilt (judged) chat completion."""
+    choice = chat["choices"][0]
+    message = choice["message"]
+    content: list[Json] = []
+    if message.get("reasoning_content"):
+        content.append({"type": "thinking", "thinking": message["reasoning_content"],
+                        "signature": os.urandom(16).hex()})
+    if message.get("content") or message.get("refusal"):
+        content.append({"type": "text", "text": message.get("content") or message["refusal"]})
+    for call in message.get("tool_calls") or []:
+        content.append(_tool_use_block(call["id"], call["function"]["name"],
+                                       call["function"]["arguments"]))
+    return message_object(chat["id"], chat["model"], content, choice["finish_reason"],
+                          chat.get("usage"), moderation)
+
+
+def _tool_use_block(call_id: Any, name: str, arguments: str) -> Json:
+    try:
+        given = orjson.loads(arguments) if arguments else {}
+    except orjson.JSONDecodeError as exc:
+        raise ShapeError("upstream tool call input is not JSON") from exc
+    if not isinstance(given, dict):
+        raise ShapeError("upstream tool call input is not an object")
+    return {"type": "tool_use", "id": call_id or f"toolu_{os.urandom(12).hex()}",
+            "name": name, "input": given}
+
+
+def blocked_message(model: str, text: str, moderation: Json) -> Json:
+    return message_object(f"msg_{os.urandom(12).hex()}", model,
+                          [{"type": "text", "text": text}], "content_filter",
+                          {"prompt_tokens": 0, "completion_tokens": 0}, moderation)
+
+
+def message_object(message_id: str, model: str, content: list[Json], finish: str | None,
+                   usage: Any, moderation: Json | None) -> Json:
+    body: Json = {"id": message_id, "type": "message", "role": "assistant", "model": model,
+                  "content": content, "stop_reason": _STOP_BACK.get(finish or "", "end_turn"),
+                  "stop_sequence": None, "usage": _usage(usage)}
+    if moderation is not None:
+        body["moderation"] = moderation
+    return body
+
+
+def _usage(usage: Any) -> Json:
+    usage = usage if isinstance(usage, dict) else {}
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return {"input_tokens": prompt if type(prompt) is int else 0,
+            "output_tokens": completion if type(completion) is int else 0}
+
+
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                403: "permission_error", 404: "not_found_error", 405: "not_found_error",
+                413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+                502: "api_error", 503: "overloaded_error", 504: "timeout_error"}
+
+
+def anthropic_error(status: int, message: str, moderation: Json | None = None) -> bytes:
+    """Anthropic's error body for ``status``; a verdict goes inside ``error``."""
+    error: Json = {"type": _ERROR_TYPES.get(status, "api_error"), "message": message}
+    if moderation is not None:
+        error["moderation"] = moderation
+    return orjson.dumps({"type": "error", "error": error})
+
+
+# -- streams ------------------------------------------------------------------------------
+
+
+@dataclass
+class MessagesEvents:
+    """Reads the upstream's Messages events into the chat chunks they amount to."""
+
+    secrets: tuple[str, ...] = ()
+    head: Json = field(default_factory=dict)
+    calls: dict[int, int] = field(default_factory=dict)  # block index -> tool-call index
+    prompt_tokens: int = 0
+
+    def read(self, data: bytes) -> Json | None:
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise StreamFault("upstream sent an unreadable stream event") from exc
+        if not isinstance(event, dict):
+            raise StreamFault("upstream stream event is not an object")
+        kind = event.get("type")
+        if kind == "error":
+            raise StreamFault("upstream reported an error mid-stream",
+                              said=clean_error(event.get("error"), self.secrets))
+        if kind == "message_start":
+            return self._start(event.get("message"))
+        if kind == "content_block_start":
+            return self._block(event)
+        if kind == "content_block_delta":
+            return self._delta(event)
+        if kind == "message_delta":
+            return self._ended(event)
+        return None  # ping, content_block_stop, message_stop: the proxy writes its own
+
+    def _start(self, message: Any) -> Json:
+        message = message if isinstance(message, dict) else {}
+        usage = message.get("usage") if isinstance(message.get("usage"), dict) else {}
+        tokens = usage.get("input_tokens")
+        self.prompt_tokens = tokens if type(tokens) is int else 0
+        self.head = {"id": message.get("id"), "created": int(time.time()),
+                     "model": message.get("model")}
+        return {**self.head, "choices": []}
+
+    def _chunk(self, delta: Json, finish: str | None = None, **extra: Any) -> Json:
+        return {**self.head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra}
+
+    def _block(self, event: Json) -> Json | None:
+        block = event.get("content_block")
+        if not isinstance(block, dict) or block.get("type") != "tool_use":
+            return None
+        index = self.calls[_index(event)] = len(self.calls)
+        return self._chunk({"tool_calls": [{"index": index, "id": block.get("id"),
+                                            "type": "function",
+                                            "function": {"name": block.get("name"),
+                                                         "arguments": ""}}]})
+
+    def _delta(self, event: Json) -> Json | None:
+        delta = _object(event, "delta")
+        kind = delta.get("type")
+        if kind == "text_delta":
+            return self._chunk({"content": delta.get("text")})
+        if kind == "thinking_delta":
+            return self._chunk({"reasoning_content": delta.get("thinking")})
+        if kind == "input_json_delta":
+            index = self.calls.get(_index(event))
+            if index is None:
+                raise StreamFault("upstream sent input for a tool call it never started")
+            return self._chunk({"tool_calls": [{"index": index, "function": {
+                "arguments": delta.get("partial_json")}}]})
+        return None  # signatures (the proxy gives its own), citations (not relayed)
+
+    def _ended(self, event: Json) -> Json:
+        delta, usage = _object(event, "delta"), _object(event, "usage")
+        tokens = usage.get("output_tokens")
+        return self._chunk({}, _STOP.get(delta.get("stop_reason") or "", "stop"),
+                           usage={"prompt_tokens": self.prompt_tokens,
+                                  "completion_tokens": tokens if type(tokens) is int else 0})
+
+
+def _object(event: Json, key: str) -> Json:
+    value = event.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _index(event: Json) -> int:
+    index = event.get("index")
+    if type(index) is not int:
+        raise StreamFault("upstream stream event has no valid block index")
+    return index
+
+
+@dataclass
+class MessagesEncoder:
+    """Writes released chat chunks as Messages events: ``message_start``, a content block
+    per run of thinking, text or a tool call, then ``message_delta`` (the stop reason —
+    ``refusal`` for a block —, the usage and ``moderation``) and ``message_stop``."""
+
+    blocks: int = 0  # blocks started
+    open: str | None = None  # the kind of the open block: thinking, text, tool
+    calls: dict[int, int] = field(default_factory=dict)  # tool-call index -> block index
+    finish: str | None = None
+    started: bool = False
+
+    def chunk(self, head: StreamHead, choices: list[Json]) -> bytes:
+        out = [] if self.started else self._start(head)
+        for choice in choices:
+            delta = choice.get("delta") or {}
+            for key, kind in (("reasoning_content", "thinking"), ("reasoning", "thinking"),
+                              ("content", "text"), ("refusal", "text")):
+                if delta.get(key):
+                    out.extend(self._text(kind, delta[key]))
+            for call in delta.get("tool_calls") or []:
+                out.extend(self._call(call))
+            self.finish = choice.get("finish_reason") or self.finish
+        return b"".join(out)
+
+    def close(self, head: StreamHead, moderation: Json, usage: Any) -> bytes:
+        out = [] if self.started else self._start(head)
+        out.extend(self._stop())
+        counts = _usage(usage)
+        out.append(_event("message_delta", delta={
+            "stop_reason": _STOP_BACK.get(self.finish or "", "end_turn"), "stop_sequence": None},
+            usage={"output_tokens": counts["output_tokens"],
+                   "input_tokens": counts["input_tokens"]}, moderation=moderation))
+        out.append(_event("message_stop"))
+        return b"".join(out)
+
+    def failure(self, head: StreamHead, error: Json, moderation: Json) -> bytes:
+        out = [] if self.started else self._start(head)
+        out.append(_event("error", error={"type": "api_error", "message": error["message"],
+                                          "moderation": moderation}))
+        return b"".join(out)
+
+    def _start(self, head: StreamHead) -> list[bytes]:
+        self.started = True
+        message = message_object(head.id, head.model, [], None, None, None)
+        message["stop_reason"] = None
+        return [_event("message_start", message=message)]
+
+    def _text(self, kind: str, text: str) -> list[bytes]:
+        out = []
+        if self.open != kind:
+            out.extend(self._stop())
+            block = ({"type": "thinking", "thinking": "", "signature": ""} if kind == "thinking"
+                     else {"type": "text", "text": ""})
+            out.append(self._begin(kind, block))
+        delta = ({"type": "thinking_delta", "thinking": text} if kind == "thinking"
+                 else {"type": "text_delta", "text": text})
+        out.append(_event("content_block_delta", index=self.blocks - 1, delta=delta))
+        return out
+
+    def _begin(self, kind: str, block: Json) -> bytes:
+        self.open = kind
+        self.blocks += 1
+        return _event("content_block_start", index=self.blocks - 1, content_block=block)
+
+    def _stop(self) -> list[bytes]:
+        if self.open is None:
+            return []
+        out = []
+        if self.open == "thinking":
+            out.append(_event("content_block_delta", index=self.blocks - 1, delta={
+                "type": "signature_delta", "signature": os.urandom(16).hex()}))
+        out.append(_event("content_block_stop", index=self.blocks - 1))
+        self.open = None
+        return out
+
+    def _call(self, call: Json) -> list[bytes]:
+        out: list[bytes] = []
+        index = call.get("index", 0)
+        function = call.get("function") or {}
+        if index not in self.calls:
+            out.extend(self._stop())
+            out.append(self._begin("tool", {
+                "type": "tool_use", "id": call.get("id") or f"toolu_{os.urandom(12).hex()}",
+                "name": function.get("name") or "", "input": {}}))
+            self.calls[index] = self.blocks - 1
+        arguments = function.get("arguments") or ""
+        if arguments:
+            out.append(_event("content_block_delta", index=self.calls[index], delta={
+                "type": "input_json_delta", "partial_json": arguments}))
+        return out
+
+
+def _event(kind: str, **fields: Any) -> bytes:
+    return b"event: %s\ndata: %s\n\n" % (kind.encode(), orjson.dumps({"type": kind, **fields}))
