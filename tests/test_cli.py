@@ -75,7 +75,8 @@ BROKEN_ERRORS = [
     "Violent, Non-violent Illegal Acts, Sexual Content or Sexual Acts, PII, "
     "Suicide & Self-Harm, Unethical Acts, Politically Sensitive Topics, Copyright Violation)",
     "policies/b.yaml:8: unknown key 'on_guard_eror' at top level (valid: tenant, keys, "
-    "upstream, models, prompt, response, on_guard_error, block, limits, annotate, apis, log_content)",
+    "upstream, models, prompt, response, on_guard_error, block, limits, annotate, apis, "
+    "log_content)",
 ]
 
 
