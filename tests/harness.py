@@ -1,6 +1,8 @@
 """The proxy under test, on loopback, in front of the two emulators.
 
-Tenants (keys are their plaintext):
+Tenants (keys are their plaintext); ``strict``, ``lenient``, ``errors`` and ``thorough``
+serve every API (chat completions, responses, messages) from the one upstream, the others
+chat only:
 
 - ``strict`` (``sk-strict``): blocks unsafe and controversial, fails closed, block style message.
 - ``lenient`` (``sk-lenient``): flags controversial, ``Violent`` unsafe only flagged, fails open.
@@ -66,6 +68,7 @@ POLICIES = {
 tenant: strict
 keys: [{key}]
 upstream: local
+apis: {{chat: local, responses: local, messages: local}}
 prompt: {{unsafe: block, controversial: block}}
 response: {{unsafe: block, controversial: block, stream: {stream}}}
 on_guard_error: block
@@ -75,6 +78,7 @@ block: {{style: message, message: "Blocked by the strict policy."}}
 tenant: lenient
 keys: [{key}]
 upstream: local
+apis: {{chat: local, responses: local, messages: local}}
 prompt:
   unsafe: block
   controversial: flag
@@ -90,6 +94,7 @@ on_guard_error: pass
 tenant: errors
 keys: [{key}]
 upstream: local
+apis: {{chat: local, responses: local, messages: local}}
 models: [gpt-4.1-mini]
 response: {{stream: {stream}}}
 block: {{style: error, message: "Blocked (error style)."}}
@@ -106,6 +111,7 @@ block: {{style: message, message: "Blocked while racing."}}
 tenant: thorough
 keys: [{key}]
 upstream: local
+apis: {{chat: local, responses: local, messages: local}}
 prompt: {{unsafe: block, controversial: block, scope: all}}
 response: {{unsafe: block, controversial: block, stream: {stream}}}
 block: {{style: message, message: "Blocked by the thorough policy."}}

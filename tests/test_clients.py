@@ -93,7 +93,7 @@ def _openai_error(exc: Exception, out: Json) -> None:
 
 
 def _dump(value: Any) -> Json | None:
-    return value.model_dump() if value is not None else None
+    return value.model_dump(warnings=False) if value is not None else None
 
 
 @asynccontextmanager

@@ -1,13 +1,22 @@
 """An OpenAI-compatible chat LLM, emulated on loopback, scriptable reply by reply.
 
-Shapes follow the OpenAI API (spec 2.3.0, ``../shared/spec/openai-chat-schemas.json``) and what
-api.openai.com sends:
+Three APIs answer from the same :class:`Reply` scripts: ``POST /v1/chat/completions`` (here),
+``POST /v1/responses`` (:mod:`.responses_api`, OpenAI's Responses API) and ``POST /v1/messages``
+(:mod:`.messages_api`, Anthropic's Messages API); this module routes to them and sends what they
+draw, with the script's timing and faults.  ``UpstreamEmulator.dialect`` picks whose servers the
+two newer APIs imitate: ``"official"`` (api.openai.com, api.anthropic.com) or ``"vllm"``.
+
+Chat completions follow the OpenAI API (spec 2.3.0, ``../shared/spec/openai-chat-schemas.json``)
+and what api.openai.com sends:
 
 * non-stream: ``chat.completion`` with ``message{role, content, refusal, annotations}`` (plus
   ``tool_calls`` when there are some), ``usage`` with token details, ``service_tier``,
-  ``system_fingerprint``;
+  ``system_fingerprint``; a scripted ``reasoning`` adds ``message.reasoning_content`` (the key
+  SGLang, DeepSeek and vLLM before 0.17 use; ``shapes.vllm_reasoning`` has vLLM's newer
+  ``reasoning``) and counts in ``completion_tokens_details.reasoning_tokens``;
 * stream: ``data: {json}\\n\\n`` events of ``chat.completion.chunk``: first ``delta{role:
-  "assistant", content: "", refusal: null}``, then content pieces (or ``tool_calls`` fragments:
+  "assistant", content: "", refusal: null}`` (a scripted ``reasoning`` follows it as
+  ``delta{reasoning_content}`` pieces), then content pieces (or ``tool_calls`` fragments:
   the first of each call carries ``index``, ``id``, ``type``, ``function.name`` and empty
   ``arguments``, the next ones ``index`` and pieces of ``arguments``), then an empty delta with
   ``finish_reason``; with ``stream_options.include_usage`` every chunk has ``usage: null`` and a
@@ -28,13 +37,15 @@ import string
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
 from .loopback import LoopbackServer, read_json_body
+from .messages_api import MessagesAPI
+from .responses_api import ResponsesAPI
 
 Json = dict[str, Any]
 
@@ -79,12 +90,20 @@ class Reply:
     its first byte); ``gate``, when set, holds the reply until the test sets the event;
     ``cut_body`` sends a non-streamed answer's head and half its body, then
     aborts the connection.
+
+    ``reasoning`` is thinking that comes before the answer (streamed as ``reasoning_chunks``, by
+    default split like the content): chat's ``reasoning_content``, a Responses ``reasoning``
+    item, a Messages ``thinking`` block.  Errors are in each API's own shape, and the verbatim
+    ``events`` are framed as each API frames them (``event:`` lines and no ``[DONE]`` for
+    Responses and Messages).
     """
 
     content: str | None = None
     chunks: list[str] | None = None
+    reasoning: str | None = None
+    reasoning_chunks: list[str] | None = None
     tool_calls: list[ToolCall] | None = None
-    finish_reason: str | None = None  # default "stop", or "tool_calls"
+    finish_reason: str | None = None  # default "stop", or "tool_calls" (each API maps it)
     delay_s: float = 0.0  # between streamed events (non-stream: per event, summed)
     first_token_delay_s: float = 0.0
     status: int = 200
@@ -96,8 +115,9 @@ class Reply:
     cut_body: bool = False
     gate: asyncio.Event | None = None
     # Verbatim shapes (see ``shapes``): streamed chunks sent as they are, each as one
-    # ``data:`` event, then ``[DONE]``; a whole answer's body as it is; or a stream's raw
-    # bytes, framing and all.
+    # ``data:`` event, then ``[DONE]`` (Responses and Messages: ``event: <type>`` and
+    # ``data:``, no ``[DONE]``); a whole answer's body as it is; or a stream's raw bytes,
+    # framing and all.
     events: list[Json] | None = None
     completion: Json | None = None
     raw: bytes | None = None
@@ -177,6 +197,12 @@ def split_content(content: str) -> list[str]:
     return _PIECE_RE.findall(content) or ([content] if content else [])
 
 
+def _reasoning_pieces(reply: Reply) -> list[str]:
+    if reply.reasoning_chunks is not None:
+        return reply.reasoning_chunks
+    return split_content(reply.reasoning or "")
+
+
 def _argument_pieces(call: ToolCall) -> list[str]:
     if call.argument_chunks is not None:
         return call.argument_chunks
@@ -194,6 +220,7 @@ class _Answer:
     calls: list[tuple[str, ToolCall]]  # (id, call)
     finish_reason: str
     prompt_tokens: int
+    reasoning: list[str] = field(default_factory=list)
 
     @property
     def content(self) -> str:
@@ -201,13 +228,14 @@ class _Answer:
 
     def usage(self) -> Json:
         completion = len(self.pieces) + sum(len(_argument_pieces(c)) + 1 for _, c in self.calls)
+        completion += len(self.reasoning)
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
             "total_tokens": self.prompt_tokens + completion,
             "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
             "completion_tokens_details": {
-                "reasoning_tokens": 0,
+                "reasoning_tokens": len(self.reasoning),
                 "audio_tokens": 0,
                 "accepted_prediction_tokens": 0,
                 "rejected_prediction_tokens": 0,
@@ -227,6 +255,8 @@ def completion_body(answer: _Answer) -> Json:
             {"id": cid, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
             for cid, c in answer.calls
         ]
+    if answer.reasoning:
+        message["reasoning_content"] = "".join(answer.reasoning)
     return {
         "id": answer.chunk_id,
         "object": "chat.completion",
@@ -276,9 +306,11 @@ class _ChunkMaker:
 
     def events(self) -> Iterator[bytes]:
         answer = self.answer
-        tools_first = bool(answer.calls) and not answer.pieces
+        tools_first = bool(answer.calls) and not answer.pieces and not answer.reasoning
         if not tools_first:
             yield self.delta({"role": "assistant", "content": "", "refusal": None})
+        for piece in answer.reasoning:
+            yield self.delta({"reasoning_content": piece})
         for piece in answer.pieces:
             yield self.delta({"content": piece})
         yield from self._tool_events(with_role=tools_first)
@@ -305,9 +337,40 @@ class _ChunkMaker:
                 )
 
 
+@dataclass(frozen=True, kw_only=True)
+class Turn:
+    """A reply resolved against a Responses or Messages request: what their modules draw."""
+
+    model: str
+    pieces: list[str]  # the answer's text, piece by piece as streamed
+    reasoning: list[str]  # the thinking before it, likewise
+    calls: list[tuple[ToolCall, list[str]]]  # each call, with its arguments' streamed pieces
+    finish_reason: str | None  # as scripted; each API maps it onto its own stop reasons
+    prompt_tokens: int
+
+    @property
+    def output_tokens(self) -> int:
+        """One per streamed piece, one more per call (its name)."""
+        return len(self.pieces) + len(self.reasoning) + sum(len(p) + 1 for _, p in self.calls)
+
+
+class WireAPI(Protocol):
+    """What :mod:`.responses_api` and :mod:`.messages_api` each provide for a request."""
+
+    def user_text(self, body: Json) -> str: ...  # the last user turn: the default reply echoes it
+    def prompt_text(self, body: Json) -> str: ...  # all of the prompt, for ``usage``
+    def error_body(self, status: int) -> Json: ...
+    def headers(self) -> dict[str, str]: ...
+    def frame(self, event: Json) -> bytes: ...
+    def whole(self, turn: Turn, body: Json) -> Json: ...
+    def events(self, turn: Turn, body: Json) -> list[bytes]: ...
+
+
 @dataclass(kw_only=True)
 class UpstreamEmulator(LoopbackServer):
-    """An OpenAI-compatible upstream. Tests append :class:`Reply` objects to ``replies``."""
+    """An OpenAI-compatible (and Anthropic-compatible) upstream: chat completions, Responses,
+    Messages. Tests append :class:`Reply` objects to ``replies``; each request, whichever its
+    route, takes the next one and is recorded in ``requests``."""
 
     models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     replies: list[Reply] = field(default_factory=list)
@@ -317,12 +380,15 @@ class UpstreamEmulator(LoopbackServer):
     default_delay_s: float = 0.0  # between the default reply's events
     obfuscation: bool = True
     model_card_extra: Json = field(default_factory=dict)  # e.g. vLLM's root, permission
+    dialect: Literal["official", "vllm"] = "official"  # /v1/responses and /v1/messages as whom
     url: str = ""
     _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
 
     def make_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/responses", self._responses)
+        app.router.add_post("/v1/messages", self._messages)
         app.router.add_get("/v1/models", self._models)
         return app
 
@@ -335,6 +401,10 @@ class UpstreamEmulator(LoopbackServer):
         return record
 
     def _auth_error(self, request: web.Request) -> web.Response | None:
+        refusal = self._bearer_refusal(request)
+        return None if refusal is None else _json(refusal[1], refusal[0])
+
+    def _bearer_refusal(self, request: web.Request) -> tuple[int, Json] | None:
         if self.api_key is None:
             return None
         header = request.headers.get("Authorization", "")
@@ -343,21 +413,28 @@ class UpstreamEmulator(LoopbackServer):
                 "You didn't provide an API key. You need to provide your API key in an "
                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
             )
-            return _json(openai_error(401, message, code=None), 401)
+            return 401, openai_error(401, message, code=None)
         if header != f"Bearer {self.api_key}":
             key = header.removeprefix("Bearer ")
             message = f"Incorrect API key provided: {key[:3]}***{key[-4:]}."
-            return _json(openai_error(401, message), 401)
+            return 401, openai_error(401, message)
         return None
 
+    @staticmethod
+    def _unparsable_refusal(body: Any) -> tuple[int, Json] | None:
+        if isinstance(body, dict):
+            return None
+        message = (
+            "We could not parse the JSON body of your request. (HINT: This likely means "
+            "you aren't using your HTTP library correctly. The OpenAI API expects a JSON "
+            "payload, but what was sent was not valid JSON."
+        )
+        return 400, openai_error(400, message)
+
     def _body_error(self, body: Any) -> web.Response | None:
-        if not isinstance(body, dict):
-            message = (
-                "We could not parse the JSON body of your request. (HINT: This likely means "
-                "you aren't using your HTTP library correctly. The OpenAI API expects a JSON "
-                "payload, but what was sent was not valid JSON."
-            )
-            return _json(openai_error(400, message), 400)
+        refusal = self._unparsable_refusal(body)
+        if refusal is not None:
+            return _json(refusal[1], refusal[0])
         if "model" not in body:
             return _json(openai_error(400, "you must provide a model parameter"), 400)
         if not isinstance(body.get("messages"), list):
@@ -419,7 +496,94 @@ class UpstreamEmulator(LoopbackServer):
             calls=calls,
             finish_reason=reply.finish_reason or ("tool_calls" if calls else "stop"),
             prompt_tokens=sum(count_tokens(message_text(m)) + 4 for m in body["messages"]),
+            reasoning=_reasoning_pieces(reply),
         )
+
+    # -- the Responses and Messages APIs ---------------------------------------------------------
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        record = await self._record(request)
+        api = ResponsesAPI(dialect=self.dialect, obfuscation=self.obfuscation, error=openai_error)
+        refusal = (
+            self._bearer_refusal(request)
+            or self._unparsable_refusal(record.body)
+            or api.body_refusal(record.body)
+        )
+        return await self._serve(request, record, api, refusal)
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        record = await self._record(request)
+        api = MessagesAPI(dialect=self.dialect)
+        refusal = api.auth_refusal(record.headers, self.api_key) or api.body_refusal(
+            record.headers, record.body
+        )
+        return await self._serve(request, record, api, refusal)
+
+    async def _serve(
+        self,
+        request: web.Request,
+        record: RecordedRequest,
+        api: WireAPI,
+        refusal: tuple[int, Json] | None,
+    ) -> web.StreamResponse:
+        if refusal is not None:
+            return _json(refusal[1], refusal[0], api.headers())
+        reply = self.replies.pop(0) if self.replies else self._default_reply()
+        try:
+            response = await self._respond_with(api, request, record, reply)
+        except _Dropped:
+            raise asyncio.CancelledError from None
+        except (asyncio.CancelledError, ConnectionResetError):
+            record.cancelled, record.cancelled_at = True, time.monotonic()
+            raise
+        record.completed = True
+        return response
+
+    async def _respond_with(
+        self,
+        api: WireAPI,
+        request: web.Request,
+        record: RecordedRequest,
+        reply: Reply,
+    ) -> web.StreamResponse:
+        body: Json = record.body
+        stream = bool(body.get("stream"))
+        headers = {**api.headers(), **reply.headers}
+        if reply.gate is not None:
+            await reply.gate.wait()
+        await asyncio.sleep(reply.head_delay_s)
+        if reply.status != 200:
+            await asyncio.sleep(reply.first_token_delay_s)
+            return _json(reply.error_body or api.error_body(reply.status), reply.status, headers)
+        if reply.events is not None or reply.completion is not None or reply.raw is not None:
+            if not stream:
+                assert reply.completion is not None, "this reply has no whole-answer shape"
+                return _json(reply.completion, headers=headers)
+            if reply.raw is not None:
+                return await _stream(request, reply, [reply.raw], record, headers)
+            assert reply.events is not None, "this reply has no streamed shape"
+            return await _stream(request, reply, [api.frame(e) for e in reply.events], record,
+                                 headers)
+        if reply.chunks is not None:
+            pieces = reply.chunks
+        elif reply.content is not None or reply.tool_calls:
+            pieces = split_content(reply.content or "")
+        else:
+            pieces = split_content(f"You said: {api.user_text(body)}")
+        turn = Turn(
+            model=str(body["model"]),
+            pieces=pieces,
+            reasoning=_reasoning_pieces(reply),
+            calls=[(c, _argument_pieces(c)) for c in reply.tool_calls or ()],
+            finish_reason=reply.finish_reason,
+            prompt_tokens=count_tokens(api.prompt_text(body)) + 4,
+        )
+        if not stream:
+            await asyncio.sleep(reply.first_token_delay_s + reply.delay_s * turn.output_tokens)
+            if reply.cut_body:
+                await _cut(request, orjson.dumps(api.whole(turn, body)))
+            return _json(api.whole(turn, body), headers=headers)
+        return await _stream(request, reply, api.events(turn, body), record, headers)
 
     async def _respond(
         self, request: web.Request, record: RecordedRequest, reply: Reply
@@ -508,10 +672,15 @@ async def _cut(request: web.Request, payload: bytes) -> None:
 
 
 async def _stream(
-    request: web.Request, reply: Reply, events: list[bytes], record: RecordedRequest
+    request: web.Request,
+    reply: Reply,
+    events: list[bytes],
+    record: RecordedRequest,
+    headers: dict[str, str] | None = None,  # default: OpenAI's and the reply's
 ) -> web.StreamResponse:
-    headers = {"Content-Type": "text/event-stream; charset=utf-8", **_headers(reply)}
-    response = web.StreamResponse(headers=headers)
+    head = _headers(reply) if headers is None else headers
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8",
+                                           **head})
     response.enable_chunked_encoding()
     await response.prepare(request)
     await asyncio.sleep(reply.first_token_delay_s)
