@@ -406,8 +406,14 @@ class MessagesEvents:
                 **extra}
 
     def _block(self, event: Json) -> Json | None:
-        block = event.get("content_block")
-        if not isinstance(block, dict) or block.get("type") != "tool_use":
+        """A block's start; text already in it (servers send none) is read like a delta."""
+        block = _object(event, "content_block")
+        kind = block.get("type")
+        if kind == "text" and block.get("text"):
+            return self._chunk({"content": block["text"]})
+        if kind == "thinking" and block.get("thinking"):
+            return self._chunk({"reasoning_content": block["thinking"]})
+        if kind != "tool_use":
             return None
         index = self.calls[_index(event)] = len(self.calls)
         return self._chunk({"tool_calls": [{"index": index, "id": block.get("id"),
