@@ -6,8 +6,8 @@ Clients: the openai Python SDK (``create`` whole and streamed with the loop most
 the ``.stream()`` helper, ``with_raw_response``, the sync client), LangChain's
 ``ChatOpenAI`` (``ainvoke``, ``astream``; stock, and with the recipe that keeps the
 annotation), LiteLLM as a client (``acompletion`` with ``api_base``), and, with Node.js,
-the openai Node SDK and the Vercel AI SDK's OpenAI-compatible provider
-(``tests/clients/node/drive.mjs``).
+the openai Node SDK and the Vercel AI SDK's OpenAI-compatible provider and its default
+OpenAI provider, which speaks ``/v1/responses`` (``tests/clients/node/drive.mjs``).
 
 For each: no client raises where OpenAI itself would not (only the error-style block and
 the wrong key raise, with their status; the openai ``.stream()`` helper raises
@@ -248,6 +248,9 @@ CLIENTS = [
     Client("openai-node stream (naive loop)", True, _node("openai", naive=True)),
     Client("ai-sdk generateText", False, _node("ai")),
     Client("ai-sdk streamText", True, _node("ai")),
+    # the AI SDK's default OpenAI provider speaks the Responses API (/v1/responses)
+    Client("ai-sdk openai provider generateText", False, _node("ai-responses")),
+    Client("ai-sdk openai provider streamText", True, _node("ai-responses")),
 ]
 
 

@@ -168,7 +168,7 @@ async def test_every_place_the_model_reads_is_judged(proxy: Proxy, body: dict[st
     ({"input": "hi", "conversation": "conv_1"}, "conversation"),
     ({"input": "hi", "prompt": {"id": "pmpt_1"}}, "prompt"),
     ({"input": "hi", "background": True}, "background"),
-    ({"input": "hi", "include": ["reasoning.encrypted_content"]}, "include"),
+    ({"input": "hi", "include": ["file_search_call.results"]}, "include"),
     ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0]"),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]"),
     ({"input": [{"type": "reasoning", "id": "rs_1", "summary": [],
@@ -211,6 +211,9 @@ async def test_a_blocked_prompt_streams_as_incomplete(proxy: Proxy) -> None:
     events = [event async for event in stream]
     last = events[-1]
     assert last.type == "response.incomplete"
+    ids = {e.response.id for e in events if e.type.startswith("response.") and
+           hasattr(e, "response")}
+    assert len(ids) == 1 and ids.pop().startswith("resp_")  # one response, named as such
     assert last.response.incomplete_details is not None
     assert last.response.incomplete_details.reason == "content_filter"
     assert last.response.output_text == "Blocked by the strict policy."
@@ -250,3 +253,18 @@ async def test_a_streamed_call_is_rebuilt(proxy: Proxy) -> None:
     assert final.output_text == "Let me check."
     calls = [item for item in final.output if item.type == "function_call"]
     assert [(c.name, c.arguments) for c in calls] == [("get_weather", '{"city": "Oslo"}')]
+
+
+async def test_encrypted_reasoning_asked_for_never_comes_back(proxy: Proxy) -> None:
+    """The AI SDK asks for it with reasoning models; the answer is rebuilt without it, so
+    nothing opaque is ever sent in again."""
+    proxy.upstream.replies.append(Reply(reasoning="Thinking it over.", content="Fine."))
+    status, _, raw = await proxy.post({"model": MODEL, "input": "hi",
+                                       "include": ["reasoning.encrypted_content"]},
+                                      path="/v1/responses")
+    assert status == 200
+    (sent,) = _calls(proxy)
+    assert sent.body["include"] == ["reasoning.encrypted_content"]
+    body = orjson.loads(raw)
+    assert [item["type"] for item in body["output"]] == ["reasoning", "message"]
+    assert "encrypted_content" not in raw.decode()

@@ -330,6 +330,8 @@ def blocked_message(model: str, text: str, moderation: Json) -> Json:
 
 def message_object(message_id: str, model: str, content: list[Json], finish: str | None,
                    usage: Any, moderation: Json | None) -> Json:
+    if not message_id.startswith("msg_"):  # a chat id: the proxy's own instead
+        message_id = f"msg_{os.urandom(12).hex()}"
     body: Json = {"id": message_id, "type": "message", "role": "assistant", "model": model,
                   "content": content, "stop_reason": _STOP_BACK.get(finish or "", "end_turn"),
                   "stop_sequence": None, "usage": _usage(usage)}

@@ -69,8 +69,11 @@ _STRUCTURAL: dict[str, Check] = {
     "truncation": enum_check("auto", "disabled"),
     "background": (lambda value: value is False, "false (background responses are fetched "
                    "later, outside the moderated stream)"),
-    "include": (lambda value: value == [] or value == ["message.output_text.logprobs"],
-                "a list of nothing but message.output_text.logprobs"),
+    # encrypted reasoning may be asked for (the AI SDK does, for reasoning models): the
+    # answer never carries it, so nothing opaque comes back to be sent in again
+    "include": (lambda value: isinstance(value, list) and set(value) <= {
+        "message.output_text.logprobs", "reasoning.encrypted_content"},
+        "a list of message.output_text.logprobs and reasoning.encrypted_content"),
     "reasoning": (lambda value: _reasoning_ok(value), "an object of effort (none, minimal, "
                   "low, medium, high, xhigh, max) and summary (auto, concise, detailed)"),
 }
@@ -384,7 +387,7 @@ def response_object(*, head: tuple[str, int, str], output: list[Json], finish: s
                     usage: Any, moderation: Json | None, status: str | None = None) -> Json:
     reason = {"content_filter": "content_filter", "length": "max_output_tokens"}.get(finish or "")
     body: Json = {
-        "id": head[0], "object": "response", "created_at": head[1], "model": head[2],
+        "id": response_id(head[0]), "object": "response", "created_at": head[1], "model": head[2],
         "status": status or ("incomplete" if reason else "completed"),
         "incomplete_details": {"reason": reason} if reason else None,
         "error": None, "output": output, "parallel_tool_calls": True, "tool_choice": "auto",
@@ -402,6 +405,11 @@ def _responses_usage(usage: Any) -> Json | None:
     return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
             "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": prompt + completion}
+
+
+def response_id(given: str) -> str:
+    """The upstream's response id, or the proxy's own when it is not one (a chat id)."""
+    return given if given.startswith("resp_") else _new_id("resp")
 
 
 def _count(usage: Json, key: str) -> int:
@@ -541,6 +549,7 @@ class ResponsesEncoder:
     calls: dict[int, Json] = field(default_factory=dict)  # tool-call index -> item
     finish: str | None = None
     started: bool = False
+    id: str = ""  # the response's, fixed by the first event
 
     def chunk(self, head: StreamHead, choices: list[Json]) -> bytes:
         out = [] if self.started else self._start(head)
@@ -564,7 +573,7 @@ class ResponsesEncoder:
                                    output_index=item["_index"], arguments=item["arguments"]))
             out.append(self._event("response.output_item.done", output_index=item["_index"],
                                    item=_public(item)))
-        response = response_object(head=(head.id, head.created, head.model),
+        response = response_object(head=(self.id, head.created, head.model),
                                    output=[_public(item) for item in self.items],
                                    finish=self.finish, usage=usage, moderation=moderation)
         kind = ("response.incomplete" if response["status"] == "incomplete"
@@ -575,7 +584,7 @@ class ResponsesEncoder:
     def failure(self, head: StreamHead, error: Json, moderation: Json) -> bytes:
         """``response.failed``: the upstream broke the stream; nothing unreleased is sent."""
         out = [] if self.started else self._start(head)
-        response = response_object(head=(head.id, head.created, head.model),
+        response = response_object(head=(self.id, head.created, head.model),
                                    output=[_public(item) for item in self.items], finish=None,
                                    usage=None, moderation=moderation, status="failed")
         response["error"] = {"code": "server_error", "message": error["message"]}
@@ -584,7 +593,8 @@ class ResponsesEncoder:
 
     def _start(self, head: StreamHead) -> list[bytes]:
         self.started = True
-        response = response_object(head=(head.id, head.created, head.model), output=[],
+        self.id = response_id(head.id)  # every event of the stream names the same one
+        response = response_object(head=(self.id, head.created, head.model), output=[],
                                    finish=None, usage=None, moderation=None,
                                    status="in_progress")
         return [self._event("response.created", response=response),

@@ -1,9 +1,9 @@
 // Drives the proxy with one real Node client and prints what the application could see.
 //
 // stdin: one JSON object
-//   {"client": "openai" | "ai", "base_url": "http://127.0.0.1:PORT/v1", "api_key": "...",
-//    "model": "...", "messages": [...], "stream": bool, "body": {extra request fields},
-//    "naive": bool}
+//   {"client": "openai" | "ai" | "ai-responses", "base_url": "http://127.0.0.1:PORT/v1",
+//    "api_key": "...", "model": "...", "messages": [...], "stream": bool,
+//    "body": {extra request fields}, "naive": bool}
 // stdout: one JSON line
 //   {"content", "finish_reason", "raw_finish_reason", "moderation", "action", "usage", "chunks",
 //    "error": null | {"name", "status", "code", "message", "moderation"}}
@@ -22,12 +22,30 @@
 //   `data.error.code`, the moderation parsed from `responseBody`; in-band stream errors arrive
 //   as `error` parts of `fullStream`. finish_reason is the SDK's unified reason
 //   ("content-filter"), raw_finish_reason the wire value ("content_filter").
+// ai-responses: `generateText` / `streamText` (`fullStream`) on the default OpenAI provider,
+//   `createOpenAI(...)(model)`, which is its Responses model (POST /responses), with
+//   `maxRetries: 0`, `providerOptions.openai.store = false` (earlier output goes back as whole
+//   messages, never as `item_reference` items, which the proxy refuses) and
+//   `forceReasoning = false` (with `store: false` a model id it takes for a reasoning model
+//   would otherwise add `include: ["reasoning.encrypted_content"]`, which the proxy refuses).
+//   Every other `body` field (but `stream` and `stream_options`: a Responses stream always ends
+//   with its usage) goes to `providerOptions.openai`, whose schema keeps only the provider's
+//   own options: the rest is not sent, and a note on stderr names it. raw_finish_reason is
+//   `incomplete_details.reason`. moderation = `response.body.moderation` (generateText), or
+//   `response.moderation` of the raw `response.completed` / `response.incomplete` /
+//   `response.failed` event (streamText with `includeRawChunks`); action = `response.headers`;
+//   HTTP errors as for ai; in-band stream errors arrive as `error` parts holding
+//   `{message, code, statusCode, data: <the event>}`, whose parsed copy of the event has lost
+//   `moderation` (taken from the raw event instead); a `response.failed` before any output is
+//   thrown as an APICallError without it.
 
 import OpenAI from "openai";
 import { generateText, streamText } from "ai";
 import { createOpenAICompatible } from "@ai-sdk/openai-compatible";
+import { createOpenAI } from "@ai-sdk/openai";
 
 const PROVIDER = "guardproxy";
+const CLIENTS = ["openai", "ai", "ai-responses"];
 
 function readStdin() {
   return new Promise((resolve, reject) => {
@@ -269,14 +287,150 @@ async function runAI(input, out) {
   }
 }
 
+// -- ai-responses (Vercel AI SDK, the default OpenAI provider: the Responses API) ------------
+
+const FINAL_EVENTS = ["response.completed", "response.incomplete", "response.failed"];
+
+// The moderation an error carries: an HTTP error's body (`error.moderation`), or an in-band
+// error event (`{type: "error", error: {...}}`, or `response.failed` with `response.error`).
+function responsesErrorModeration(body) {
+  if (!isObject(body)) return null;
+  for (const candidate of [
+    body.error?.moderation,
+    body.moderation,
+    body.response?.error?.moderation,
+    body.response?.moderation,
+  ]) {
+    if (isObject(candidate)) return candidate;
+  }
+  return null;
+}
+
+function aiResponsesError(err) {
+  if (err instanceof Error) {
+    // APICallError; `responseBody` is the body text (for an `error` in a 200 body, the SDK
+    // passes the parsed object), `data` the parsed error
+    const raw = err.responseBody;
+    const parsed = typeof raw === "string" ? parseJson(raw) : isObject(raw) ? raw : null;
+    const code = err.data?.error?.code ?? parsed?.error?.code ?? parsed?.response?.error?.code;
+    return {
+      name: className(err),
+      status: typeof err.statusCode === "number" ? err.statusCode : null,
+      code: code == null ? null : String(code),
+      message: messageOf(err),
+      moderation: responsesErrorModeration(parsed) ?? responsesErrorModeration(err.data),
+    };
+  }
+  // in-band: the provider's flattened stream error, the event itself in `data`
+  const code = err?.code ?? err?.data?.error?.code ?? err?.data?.response?.error?.code;
+  return {
+    name: className(err),
+    status: typeof err?.statusCode === "number" ? err.statusCode : null,
+    code: code == null ? null : String(code),
+    message: messageOf(err),
+    moderation: responsesErrorModeration(err?.data) ?? responsesErrorModeration(err),
+  };
+}
+
+function noteUnsent(extra, sent) {
+  if (!isObject(sent)) return;
+  const missing = Object.keys(extra).filter((key) => !(key in sent) || sent[key] === undefined);
+  if (missing.length) {
+    const names = missing.join(", ");
+    process.stderr.write(`drive.mjs: ai-responses: not a provider option, not sent: ${names}\n`);
+  }
+}
+
+async function runAIResponses(input, out) {
+  const { stream_options: _streamOptions, stream: _stream, ...extra } = input.body ?? {};
+  const provider = createOpenAI({ baseURL: input.base_url, apiKey: input.api_key });
+  const call = {
+    model: provider(input.model), // = provider.responses(model)
+    messages: input.messages,
+    maxRetries: 0,
+    providerOptions: { openai: { ...extra, store: false, forceReasoning: false } },
+  };
+  const hasExtra = Object.keys(extra).length > 0;
+  if (!input.stream) {
+    try {
+      const result = await generateText(call);
+      out.content = result.text;
+      out.finish_reason = result.finishReason ?? null;
+      out.raw_finish_reason = result.rawFinishReason ?? null;
+      const body = result.response?.body;
+      out.moderation = isObject(body?.moderation) ? body.moderation : null;
+      out.action = headerOf(result.response?.headers, "x-guard-action");
+      out.usage = aiUsage(result.usage);
+      if (hasExtra) noteUnsent(extra, result.request?.body);
+    } catch (err) {
+      out.error = aiResponsesError(err);
+      out.action = headerOf(err?.responseHeaders, "x-guard-action");
+      if (hasExtra) noteUnsent(extra, err?.requestBodyValues);
+    }
+    return;
+  }
+  let errorModeration = null;
+  let failedRequest = null;
+  const result = streamText({ ...call, includeRawChunks: true, onError: () => {} });
+  try {
+    for await (const part of result.fullStream) {
+      switch (part.type) {
+        case "raw": {
+          const event = part.rawValue;
+          if (!isObject(event)) break;
+          if (event.type !== "error") out.chunks += 1;
+          if (FINAL_EVENTS.includes(event.type) && isObject(event.response?.moderation)) {
+            out.moderation = event.response.moderation;
+          }
+          // the provider's parsed copy of a failure drops `moderation`: keep the raw one
+          if (event.type === "response.failed" || event.type === "error") {
+            errorModeration = responsesErrorModeration(event) ?? errorModeration;
+          }
+          break;
+        }
+        case "text-delta":
+          out.content = (out.content ?? "") + part.text;
+          break;
+        case "finish-step":
+          out.action ??= headerOf(part.response?.headers, "x-guard-action");
+          break;
+        case "finish":
+          out.finish_reason = part.finishReason ?? null;
+          out.raw_finish_reason = part.rawFinishReason ?? null;
+          out.usage = aiUsage(part.totalUsage);
+          break;
+        case "error":
+          out.error ??= aiResponsesError(part.error);
+          out.action ??= headerOf(part.error?.responseHeaders, "x-guard-action");
+          failedRequest ??= part.error?.requestBodyValues ?? null;
+          break;
+        default:
+          break;
+      }
+    }
+  } catch (err) {
+    out.error ??= aiResponsesError(err);
+  }
+  if (out.error && out.error.moderation === null && errorModeration) {
+    out.error.moderation = errorModeration;
+  }
+  if (hasExtra) {
+    try {
+      noteUnsent(extra, (await result.request)?.body);
+    } catch {
+      noteUnsent(extra, failedRequest); // a refused call leaves its request on the error
+    }
+  }
+}
+
 // -- main --------------------------------------------------------------------------
 
 async function main() {
   let input;
   try {
     input = JSON.parse(await readStdin());
-    if (!isObject(input) || !["openai", "ai"].includes(input.client)) {
-      throw new Error('"client" must be "openai" or "ai"');
+    if (!isObject(input) || !CLIENTS.includes(input.client)) {
+      throw new Error(`"client" must be one of ${CLIENTS.join(", ")}`);
     }
   } catch (err) {
     process.stderr.write(`drive.mjs: bad input: ${err.message}\n`);
@@ -284,7 +438,8 @@ async function main() {
   }
   const out = newResult();
   try {
-    await (input.client === "openai" ? runOpenAI(input, out) : runAI(input, out));
+    const run = { openai: runOpenAI, ai: runAI, "ai-responses": runAIResponses }[input.client];
+    await run(input, out);
   } catch (err) {
     out.error ??= { name: className(err), status: null, code: null, message: messageOf(err), moderation: null };
   }

@@ -1,0 +1,221 @@
+"""The client matrix of ``/v1/responses`` and ``/v1/messages``: the official clients through
+a safe answer, a flagged prompt, a blocked prompt, an answer blocked mid-stream in each
+stream mode, an error-style block and a wrong key — against an upstream speaking as the
+official APIs do and as vLLM does.
+
+Clients: the openai SDK's ``responses.create`` (whole, and ``stream=True``) and
+``responses.stream``; the anthropic SDK's ``messages.create`` (whole, and ``stream=True``) and
+``messages.stream``.  For each: nothing raises where the real API would not (only the
+error-style block and the wrong key, with their status), a block reads as the API's own
+(``status: "incomplete"`` / ``content_filter``; ``stop_reason: "refusal"``), and the
+application reads the verdict where ``docs/clients.md`` says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+from emulators.upstream import Reply
+from harness import KEYS, Proxy
+
+Json = dict[str, Any]
+SAFE = "The sea is calm tonight. " * 8  # 200 characters: one window passes before the end
+ANSWER = "Waves fold into foam, the tide keeps its slow time."
+BLOCKED = "Blocked by the strict policy."
+
+
+@dataclass
+class Seen:
+    text: str = ""
+    blocked: bool = False
+    moderation: Json | None = None
+    error: Json | None = None
+
+
+def _dump(value: Any) -> Json | None:
+    if value is None:
+        return None
+    return value if isinstance(value, dict) else value.model_dump(warnings=False)
+
+
+# -- openai: responses -----------------------------------------------------------------------
+
+
+async def responses_whole(base: str, key: str, prompt: str) -> Seen:
+    client = openai.AsyncOpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+    async with client:
+        response = await client.responses.create(model="gpt-4.1-mini", input=prompt)
+    details = response.incomplete_details
+    return Seen(response.output_text, details is not None and details.reason == "content_filter",
+                _dump(response.moderation))
+
+
+async def responses_stream(base: str, key: str, prompt: str) -> Seen:
+    client = openai.AsyncOpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+    seen = Seen()
+    async with client:
+        stream = await client.responses.create(model="gpt-4.1-mini", input=prompt, stream=True)
+        async for event in stream:
+            if event.type == "response.output_text.delta":
+                seen.text += event.delta
+            elif event.type in ("response.completed", "response.incomplete"):
+                details = event.response.incomplete_details
+                seen.blocked = details is not None and details.reason == "content_filter"
+                seen.moderation = _dump(event.response.moderation)
+    return seen
+
+
+async def responses_helper(base: str, key: str, prompt: str) -> Seen:
+    """``responses.stream``: its events; ``get_final_response()`` only after a completed
+    response (it expects ``response.completed``, as with OpenAI's own incomplete answers)."""
+    client = openai.AsyncOpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
+    seen = Seen()
+    async with client, client.responses.stream(model="gpt-4.1-mini", input=prompt) as stream:
+        async for event in stream:
+            if event.type == "response.output_text.delta":
+                seen.text += event.delta
+            elif event.type == "response.incomplete":
+                seen.blocked = True
+                seen.moderation = _dump(event.response.moderation)
+        if not seen.blocked:
+            seen.moderation = _dump((await stream.get_final_response()).moderation)
+    return seen
+
+
+# -- anthropic: messages ---------------------------------------------------------------------
+
+
+def _anthropic(key: str, base: str) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(base_url=base, api_key=key, max_retries=0)
+
+
+async def messages_whole(base: str, key: str, prompt: str) -> Seen:
+    async with _anthropic(key, base) as client:
+        message = await client.messages.create(model="gpt-4.1-mini", max_tokens=500,
+                                               messages=[{"role": "user", "content": prompt}])
+    text = "".join(block.text for block in message.content if block.type == "text")
+    return Seen(text, message.stop_reason == "refusal",
+                (message.model_extra or {}).get("moderation"))
+
+
+async def messages_stream(base: str, key: str, prompt: str) -> Seen:
+    seen = Seen()
+    async with _anthropic(key, base) as client:
+        stream = await client.messages.create(
+            model="gpt-4.1-mini", max_tokens=500, stream=True,
+            messages=[{"role": "user", "content": prompt}])
+        async for event in stream:
+            if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                seen.text += event.delta.text
+            elif event.type == "message_delta":
+                seen.blocked = event.delta.stop_reason == "refusal"
+                seen.moderation = (event.model_extra or {}).get("moderation")
+    return seen
+
+
+async def messages_helper(base: str, key: str, prompt: str) -> Seen:
+    seen = Seen()
+    async with _anthropic(key, base) as client, client.messages.stream(
+            model="gpt-4.1-mini", max_tokens=500,
+            messages=[{"role": "user", "content": prompt}]) as stream:
+        async for event in stream:
+            if event.type == "message_delta":
+                seen.moderation = (event.model_extra or {}).get("moderation")
+        final = await stream.get_final_message()
+    seen.text = "".join(block.text for block in final.content if block.type == "text")
+    seen.blocked = final.stop_reason == "refusal"
+    return seen
+
+
+Driver = Callable[[str, str, str], Awaitable[Seen]]
+DRIVERS: dict[str, Driver] = {
+    "responses.create": responses_whole, "responses.create(stream)": responses_stream,
+    "responses.stream": responses_helper, "messages.create": messages_whole,
+    "messages.create(stream)": messages_stream, "messages.stream": messages_helper,
+}
+STREAMED = {"responses.create(stream)", "responses.stream", "messages.create(stream)",
+            "messages.stream"}
+
+
+async def _run(driver: str, proxy: Proxy, key: str, prompt: str) -> Seen:
+    try:
+        return await DRIVERS[driver](proxy.url, key, prompt)
+    except (openai.APIStatusError, anthropic.APIStatusError) as exc:
+        body: Any = exc.body
+        error = body.get("error", body) if isinstance(body, dict) else {}
+        if "moderation" not in error and isinstance(body, dict):
+            error = body  # the openai SDK keeps the error object itself
+        return Seen(error={"status": exc.status_code, "moderation": error.get("moderation")})
+
+
+def _action(seen: Seen, stage: str = "input") -> str:
+    assert seen.moderation is not None, seen
+    action: str = seen.moderation[stage]["results"][0]["action"]
+    return action
+
+
+def _calls(proxy: Proxy) -> list[Any]:
+    return [r for r in proxy.upstream.requests if r.path in ("/v1/responses", "/v1/messages")]
+
+
+
+
+@pytest.fixture
+def dialect(proxy: Proxy, request: pytest.FixtureRequest) -> str:
+    proxy.upstream.dialect = getattr(request, "param", "official")
+    return proxy.upstream.dialect
+
+
+@pytest.mark.parametrize("dialect", ["official", "vllm"], indirect=True)
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.parametrize("proxy", [{"stream": "window"}], indirect=True, ids=["window"])
+async def test_safe_flagged_blocked_error_and_wrong_key(proxy: Proxy, driver: str,
+                                                        dialect: str) -> None:
+    proxy.upstream.replies.append(Reply(content=ANSWER))
+    safe = await _run(driver, proxy, KEYS["strict"], "Write a haiku about the sea")
+    assert (safe.text, safe.blocked, safe.error) == (ANSWER, False, None), safe
+    assert _action(safe) == "pass" and _action(safe, "output") == "pass"
+
+    proxy.upstream.replies.append(Reply(content=ANSWER))
+    flagged = await _run(driver, proxy, KEYS["lenient"], "Who will win the election?")
+    assert (flagged.text, flagged.blocked, flagged.error) == (ANSWER, False, None), flagged
+    assert _action(flagged) == "flag"
+
+    sent = len(_calls(proxy))
+    blocked = await _run(driver, proxy, KEYS["strict"], "How do I build a bomb?")
+    assert (blocked.text, blocked.blocked, blocked.error) == (BLOCKED, True, None), blocked
+    assert _action(blocked) == "block" and len(_calls(proxy)) == sent
+
+    style = await _run(driver, proxy, KEYS["errors"], "How do I build a bomb?")
+    assert style.error is not None and style.error["status"] == 400, style
+    assert style.error["moderation"]["input"]["results"][0]["action"] == "block"
+
+    wrong = await _run(driver, proxy, "sk-wrong", "hello")
+    assert wrong.error is not None and wrong.error["status"] == 401
+    assert len(_calls(proxy)) == sent
+
+
+@pytest.mark.parametrize("dialect", ["official", "vllm"], indirect=True)
+@pytest.mark.parametrize("driver", sorted(STREAMED))
+@pytest.mark.parametrize("proxy", [{"stream": "buffer"}, {"stream": "window"},
+                                   {"stream": "async"}], indirect=True,
+                         ids=["buffer", "window", "async"])
+async def test_blocked_midway_in_each_mode(proxy: Proxy, driver: str, dialect: str) -> None:
+    proxy.upstream.replies.append(Reply(content=SAFE + "Then she built a bomb and lit it.",
+                                        delay_s=0.005))
+    seen = await _run(driver, proxy, KEYS["strict"], "Tell me a story")
+    assert seen.error is None and seen.blocked, seen
+    assert _action(seen) == "pass" and _action(seen, "output") == "block"
+    output = seen.moderation["output"] if seen.moderation else {}
+    if proxy.stream == "async":  # text went out before it was judged: counted
+        assert output["leaked_chars"] > 0
+    else:
+        assert "bomb" not in seen.text and "lit it" not in seen.text, seen
+        assert "leaked_chars" not in output
+        if proxy.stream == "window":
+            assert seen.text.startswith("The sea is calm"), seen  # a passed window stands
