@@ -1,4 +1,5 @@
-"""Two real Python client libraries driving the proxy: LangChain's ``ChatOpenAI``
+"""Real client libraries driving the proxy: two Python ones here, and the Node clients
+of ``tests/clients/node/drive.mjs`` (``node_chat``).  The Python ones: LangChain's ``ChatOpenAI``
 (``langchain-openai``) and LiteLLM used as a client (``litellm.acompletion`` with
 ``api_base``).  Each driver sends one chat request through the library's async API and
 returns what an application could see through that library's public API:
@@ -40,10 +41,17 @@ libraries' cached clients outlive the event loop of one test.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import shutil
+import subprocess
 from collections.abc import Mapping
 from functools import cache
+from pathlib import Path
 from typing import Any
+
+import orjson
+import pytest
 
 Json = dict[str, Any]
 
@@ -311,3 +319,42 @@ async def _litellm_stream(stream: Any, result: Json) -> None:
         result["action"] = result["action"] or _error_action(exc)
     if result["chunks"]:
         result["content"] = "".join(parts)
+
+
+# -- Node ------------------------------------------------------------------------------------
+
+NODE_DIR = Path(__file__).parent / "clients" / "node"
+
+
+def node_ready() -> bool:
+    """Node.js and the locked client packages (installed on first use with ``npm ci``).
+    Without Node the Node rows skip, except under CI, which installs it and must run them."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        if os.environ.get("CI"):
+            pytest.fail("Node.js is missing: .ci/run installs it for the Node client matrix")
+        return False
+    if not (NODE_DIR / "node_modules" / ".package-lock.json").exists():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                       cwd=NODE_DIR, check=True, timeout=300)
+    return True
+
+
+async def node_chat(client: str, base_url: str, api_key: str, model: str,
+                    messages: list[Json], *, stream: bool, body: Json | None = None,
+                    naive: bool = False) -> Json:
+    """One request through a Node client (``openai``, ``ai``: the AI SDK's
+    OpenAI-compatible provider, ``ai-responses``: its default OpenAI provider); the wire's
+    finish reason where the client renames it."""
+    if not node_ready():
+        pytest.skip("Node.js is not installed")
+    request = {"client": client, "base_url": base_url, "api_key": api_key, "model": model,
+               "messages": messages, "stream": stream, "body": body or {}, "naive": naive}
+    process = await asyncio.create_subprocess_exec(
+        "node", str(NODE_DIR / "drive.mjs"), stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(orjson.dumps(request)), 60)
+    assert process.returncode == 0, err.decode()
+    result: Json = orjson.loads(out)
+    if result.get("raw_finish_reason"):
+        result["finish_reason"] = result["raw_finish_reason"]
+    return result

@@ -19,9 +19,11 @@ from typing import Any
 
 import anthropic
 import openai
+import pyclients
 import pytest
 from emulators.upstream import Reply
 from harness import KEYS, Proxy
+from structlog.testing import capture_logs
 
 Json = dict[str, Any]
 SAFE = "The sea is calm tonight. " * 8  # 200 characters: one window passes before the end
@@ -219,3 +221,62 @@ async def test_blocked_midway_in_each_mode(proxy: Proxy, driver: str, dialect: s
         assert "leaked_chars" not in output
         if proxy.stream == "window":
             assert seen.text.startswith("The sea is calm"), seen  # a passed window stands
+
+
+@pytest.mark.parametrize("proxy", [{"stream": "buffer"}, {"stream": "window"},
+                                   {"stream": "async"}], indirect=True,
+                         ids=["buffer", "window", "async"])
+async def test_the_ai_sdk_default_provider_blocked_midway_in_each_mode(proxy: Proxy) -> None:
+    """The Vercel AI SDK's default OpenAI provider (``/v1/responses``), streamed."""
+    proxy.upstream.replies.append(Reply(content=SAFE + "Then she built a bomb and lit it.",
+                                        delay_s=0.005))
+    seen = await pyclients.node_chat(
+        "ai-responses", proxy.url + "/v1", KEYS["strict"], "gpt-4.1-mini",
+        [{"role": "user", "content": "Tell me a story"}], stream=True)
+    assert seen["error"] is None and seen["finish_reason"] == "content_filter", seen
+    output = seen["moderation"]["output"]
+    assert output["results"][0]["action"] == "block"
+    if proxy.stream == "async":
+        assert output["leaked_chars"] > 0
+    else:
+        assert "bomb" not in (seen["content"] or "") and "leaked_chars" not in output
+
+
+async def test_the_guard_reads_every_api_the_same_way(proxy: Proxy) -> None:
+    """One conversation — instructions, a user turn, a tool call and its result, the user
+    again — in each API's words: the guard's inputs are byte-identical."""
+    chat = {"model": "m", "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [{
+            "id": "c1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "Sunny, 21 degrees."},
+        {"role": "user", "content": "And tomorrow?"}]}
+    responses = {"model": "m", "instructions": "Be brief.", "input": [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"type": "function_call", "call_id": "c1", "name": "get_weather",
+         "arguments": '{"city":"Oslo"}'},
+        {"type": "function_call_output", "call_id": "c1", "output": "Sunny, 21 degrees."},
+        {"role": "user", "content": "And tomorrow?"}]}
+    messages = {"model": "m", "max_tokens": 50, "system": "Be brief.", "messages": [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "c1",
+                                           "name": "get_weather", "input": {"city": "Oslo"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "c1",
+                                      "content": "Sunny, 21 degrees."},
+                                     {"type": "text", "text": "And tomorrow?"}]}]}
+    counts = []
+    for path, body in (("/v1/chat/completions", chat), ("/v1/responses", responses),
+                       ("/v1/messages", messages)):
+        proxy.upstream.replies.append(Reply(content=ANSWER))
+        with capture_logs() as logs:
+            status, headers, _ = await proxy.post(body, path=path, tenant="thorough")
+        assert status == 200 and headers["x-guard-action"] == "pass", path
+        (line,) = [entry for entry in logs if entry["event"] == "request"]
+        counts.append((line["guard_calls"], line["cache_hits"]))
+    # the verdict cache is keyed by the exact guard input: the chat request's checks answer
+    # every check of the other two, so each guard input was the same, byte for byte
+    checks = counts[0][0]
+    assert checks >= 3 and counts == [(checks, 0), (0, checks), (0, checks)], counts
+    assert any("get_weather" in r.prompt and "Sunny" in r.prompt for r in proxy.guard.requests)

@@ -18,17 +18,12 @@ own filter), and the application can read the verdict where ``docs/clients.md`` 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import openai
-import orjson
 import pyclients
 import pytest
 from emulators.upstream import Reply
@@ -36,7 +31,6 @@ from harness import KEYS, Proxy
 
 Json = dict[str, Any]
 MODEL = "gpt-4.1-mini"
-NODE_DIR = Path(__file__).parent / "clients" / "node"
 SAFE = "The sea is calm tonight. " * 8  # 200 characters: one window passes before the end
 SAFE_ANSWER = "Waves fold into foam, the tide keeps its slow time."
 
@@ -201,35 +195,10 @@ async def litellm(base: str, key: str, messages: Json, stream: bool, body: Json)
 # -- Node ------------------------------------------------------------------------------------
 
 
-def _node_ready() -> bool:
-    """Node.js and the locked client packages (installed on first use with ``npm ci``).
-    Without Node the Node rows skip, except under CI, which installs it and must run them."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        if os.environ.get("CI"):
-            pytest.fail("Node.js is missing: .ci/run installs it for the Node client matrix")
-        return False
-    if not (NODE_DIR / "node_modules" / ".package-lock.json").exists():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-                       cwd=NODE_DIR, check=True, timeout=300)
-    return True
-
-
 def _node(client: str, naive: bool = False) -> Callable[..., Awaitable[Json]]:
     async def run(base: str, key: str, messages: Json, stream: bool, body: Json) -> Json:
-        if not _node_ready():
-            pytest.skip("Node.js is not installed")
-        request = {"client": client, "base_url": base, "api_key": key, "model": MODEL,
-                   "messages": messages["messages"], "stream": stream, "body": body,
-                   "naive": naive}
-        process = await asyncio.create_subprocess_exec(
-            "node", str(NODE_DIR / "drive.mjs"), stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(process.communicate(orjson.dumps(request)), 60)
-        assert process.returncode == 0, err.decode()
-        result: Json = orjson.loads(out)
-        if result.get("raw_finish_reason"):
-            result["finish_reason"] = result["raw_finish_reason"]
-        return result
+        return await pyclients.node_chat(client, base, key, MODEL, messages["messages"],
+                                         stream=stream, body=body, naive=naive)
     return run
 
 
