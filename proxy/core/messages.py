@@ -29,17 +29,17 @@ from typing import Any
 
 import orjson
 
-from proxy.core.conversation import NonText, read_messages
-from proxy.core.protocol import StreamHead, clean_error
+from proxy.core.conversation import NonText
+from proxy.core.moderation import EventReader
+from proxy.core.protocol import StreamHead
 from proxy.core.request import (
     STRUCTURAL,
-    TEMPLATE_CONTROL,
     ChatRequest,
     Check,
-    check_fields,
+    Translation,
     enum_check,
-    object_body,
-    read_moderation,
+    known_keys,
+    read_translated,
 )
 from proxy.errors import (
     BadRequest,
@@ -85,21 +85,7 @@ _STOP_BACK = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_us
 def parse_messages_request(body: bytes, *, non_text: NonText = "block",
                            allowed: Collection[str] = ()) -> ChatRequest:
     """Read a Messages request into the chat request the stages judge."""
-    data = object_body(body)
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("'model' is required and must be a non-empty string", param="model")
-    if data.get("max_tokens") is None:
-        raise BadRequest("'max_tokens' is required", param="max_tokens")
-    check_fields(data, allowed, _STRUCTURAL, _JUDGED, TEMPLATE_CONTROL, refused=_STATE)
-    messages, names = _messages(data)
-    moderation = read_moderation(data.get("moderation"))
-    if "moderation" in data:
-        body = orjson.dumps({name: value for name, value in data.items() if name != "moderation"})
-    return ChatRequest(
-        body=body, model=model, stream=bool(data.get("stream")), include_usage=False,
-        conversation=read_messages(messages, non_text=non_text, allowed=allowed, names=names),
-        extras=_extras(data), moderation=moderation)
+    return read_translated(body, _TRANSLATION, non_text=non_text, allowed=allowed)
 
 
 def _messages(data: Json) -> tuple[list[Json], list[str]]:
@@ -128,18 +114,10 @@ def _system(system: Any) -> Any:
     raise BadRequest("'system' must be a string or a list of text blocks", param="system")
 
 
-def _keys(item: Json, known: Collection[str], where: str) -> None:
-    for key in item:
-        if key not in known:
-            raise UnsupportedParameter(f"{where}.{key} is not supported (the proxy relays "
-                                       "only fields it judges or knows to be structural)",
-                                       param=f"{where}.{key}")
-
-
 def _text_block(block: Any, where: str) -> Json:
     if not isinstance(block, dict) or block.get("type") != "text":
         raise BadRequest(f"{where} must be a text block", param=where)
-    _keys(block, ("type", "text", "cache_control", "citations"), where)
+    known_keys(block, ("type", "text", "cache_control", "citations"), where)
     if block.get("citations"):
         raise UnsupportedContent(f"{where}.citations hold text the guard does not judge",
                                  param=f"{where}.citations")
@@ -150,7 +128,7 @@ def _message(message: Any, where: str) -> list[tuple[Json, str]]:
     """One Messages message as chat messages: tool results become tool messages."""
     if not isinstance(message, dict):
         raise BadRequest(f"{where} must be an object", param=where)
-    _keys(message, ("role", "content"), where)
+    known_keys(message, ("role", "content"), where)
     role, content = message.get("role"), message.get("content")
     if role not in ("user", "assistant", "system"):
         raise BadRequest(f"{where}.role must be user, assistant or system", param=f"{where}.role")
@@ -175,7 +153,7 @@ def _message(message: Any, where: str) -> list[tuple[Json, str]]:
         elif kind == "text":
             parts.append(_text_block(block, here))
         elif kind == "image":
-            _keys(block, ("type", "source", "cache_control"), here)
+            known_keys(block, ("type", "source", "cache_control"), here)
             parts.append({"type": "image_url"})  # non-text: prompt.non_text decides
         else:
             raise UnsupportedContent(
@@ -189,14 +167,14 @@ def _message(message: Any, where: str) -> list[tuple[Json, str]]:
 
 
 def _tool_result(block: Json, where: str) -> Json:
-    _keys(block, ("type", "tool_use_id", "content", "is_error", "cache_control"), where)
+    known_keys(block, ("type", "tool_use_id", "content", "is_error", "cache_control"), where)
     content = block.get("content")
     if isinstance(content, list):
         blocks = []
         for index, item in enumerate(content):
             here = f"{where}.content[{index}]"
             if isinstance(item, dict) and item.get("type") == "image":
-                _keys(item, ("type", "source", "cache_control"), here)
+                known_keys(item, ("type", "source", "cache_control"), here)
                 blocks.append({"type": "image_url"})
             else:
                 blocks.append(_text_block(item, here))
@@ -208,7 +186,7 @@ def _tool_result(block: Json, where: str) -> Json:
 
 
 def _tool_use(block: Json, where: str) -> Json:
-    _keys(block, ("type", "id", "name", "input", "cache_control"), where)
+    known_keys(block, ("type", "id", "name", "input", "cache_control"), where)
     name, arguments = block.get("name"), block.get("input")
     if not isinstance(name, str) or not name or not isinstance(arguments, dict):
         raise BadRequest(f"{where} needs a name and an input object", param=where)
@@ -217,7 +195,7 @@ def _tool_use(block: Json, where: str) -> Json:
 
 
 def _thinking(block: Json, where: str) -> str:
-    _keys(block, ("type", "thinking", "signature"), where)
+    known_keys(block, ("type", "thinking", "signature"), where)
     signature = block.get("signature")
     if signature not in (None, "") and not (isinstance(signature, str)
                                             and _SIGNATURE.fullmatch(signature)):
@@ -247,7 +225,7 @@ def _extras(data: Json) -> str:
                 raise UnsupportedParameter(
                     f"{where}: {kind!r} tools are not accepted (only client tools: server "
                     "and built-in tools run or fetch things the guard never sees)", param=where)
-            _keys(tool, _TOOL_KEYS, where)
+            known_keys(tool, _TOOL_KEYS, where)
         if tools:
             texts.append(orjson.dumps(tools).decode())
     config = data.get("output_config")
@@ -259,6 +237,10 @@ def _extras(data: Json) -> str:
         if config.get("format") is not None:
             texts.append(orjson.dumps(config["format"]).decode())
     return "\n\n".join(texts)
+
+
+_TRANSLATION = Translation(_STRUCTURAL, _JUDGED, _STATE, _messages, _extras,
+                           required=("max_tokens",))
 
 
 # -- whole answers ---------------------------------------------------------------------------
@@ -365,25 +347,17 @@ def anthropic_error(status: int, message: str, moderation: Json | None = None) -
 
 
 @dataclass
-class MessagesEvents:
+class MessagesEvents(EventReader):
     """Reads the upstream's Messages events into the chat chunks they amount to."""
 
-    secrets: tuple[str, ...] = ()
-    head: Json = field(default_factory=dict)
     calls: dict[int, int] = field(default_factory=dict)  # block index -> tool-call index
     prompt_tokens: int = 0
 
     def read(self, data: bytes) -> Json | None:
-        try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise StreamFault("upstream sent an unreadable stream event") from exc
-        if not isinstance(event, dict):
-            raise StreamFault("upstream stream event is not an object")
-        kind = event.get("type")
+        event = self.load(data)
+        kind = event["type"]
         if kind == "error":
-            raise StreamFault("upstream reported an error mid-stream",
-                              said=clean_error(event.get("error"), self.secrets))
+            raise self.failed(event.get("error"))
         if kind == "message_start":
             return self._start(event.get("message"))
         if kind == "content_block_start":
@@ -403,22 +377,18 @@ class MessagesEvents:
                      "model": message.get("model")}
         return {**self.head, "choices": []}
 
-    def _chunk(self, delta: Json, finish: str | None = None, **extra: Any) -> Json:
-        return {**self.head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                **extra}
-
     def _block(self, event: Json) -> Json | None:
         """A block's start; text already in it (servers send none) is read like a delta."""
         block = _object(event, "content_block")
         kind = block.get("type")
         if kind == "text" and block.get("text"):
-            return self._chunk({"content": block["text"]})
+            return self.chunk({"content": block["text"]})
         if kind == "thinking" and block.get("thinking"):
-            return self._chunk({"reasoning_content": block["thinking"]})
+            return self.chunk({"reasoning_content": block["thinking"]})
         if kind != "tool_use":
             return None
         index = self.calls[_index(event)] = len(self.calls)
-        return self._chunk({"tool_calls": [{"index": index, "id": block.get("id"),
+        return self.chunk({"tool_calls": [{"index": index, "id": block.get("id"),
                                             "type": "function",
                                             "function": {"name": block.get("name"),
                                                          "arguments": ""}}]})
@@ -427,21 +397,21 @@ class MessagesEvents:
         delta = _object(event, "delta")
         kind = delta.get("type")
         if kind == "text_delta":
-            return self._chunk({"content": delta.get("text")})
+            return self.chunk({"content": delta.get("text")})
         if kind == "thinking_delta":
-            return self._chunk({"reasoning_content": delta.get("thinking")})
+            return self.chunk({"reasoning_content": delta.get("thinking")})
         if kind == "input_json_delta":
             index = self.calls.get(_index(event))
             if index is None:
                 raise StreamFault("upstream sent input for a tool call it never started")
-            return self._chunk({"tool_calls": [{"index": index, "function": {
+            return self.chunk({"tool_calls": [{"index": index, "function": {
                 "arguments": delta.get("partial_json")}}]})
         return None  # signatures (the proxy gives its own), citations (not relayed)
 
     def _ended(self, event: Json) -> Json:
         delta, usage = _object(event, "delta"), _object(event, "usage")
         tokens = usage.get("output_tokens")
-        return self._chunk({}, _STOP.get(delta.get("stop_reason") or "", "stop"),
+        return self.chunk({}, _STOP.get(delta.get("stop_reason") or "", "stop"),
                            usage={"prompt_tokens": self.prompt_tokens,
                                   "completion_tokens": tokens if type(tokens) is int else 0})
 

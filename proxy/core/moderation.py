@@ -92,6 +92,34 @@ class Encoder(Protocol):
         ...
 
 
+@dataclass
+class EventReader:
+    """What another API's stream adapter builds on: each upstream event read (a typed JSON
+    object, or a ``StreamFault``) into the chat chunk it amounts to, under the stream's
+    head (``id``, ``created``, ``model``)."""
+
+    secrets: tuple[str, ...] = ()
+    head: dict[str, Any] = field(default_factory=dict)
+
+    def load(self, data: bytes) -> dict[str, Any]:
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise StreamFault("upstream sent an unreadable stream event") from exc
+        if type(event) is not dict or not isinstance(event.get("type"), str):
+            raise StreamFault("upstream stream event is not a typed object")
+        return event
+
+    def failed(self, error: Any) -> StreamFault:
+        return StreamFault("upstream reported an error mid-stream",
+                           said=clean_error(error, self.secrets))
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any
+              ) -> dict[str, Any]:
+        return {**self.head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra}
+
+
 #: One event as kept until released: the common case, text for the first choice
 #: only, as a plain string; anything else as its choices' deltas.
 Event = str | list[Delta]

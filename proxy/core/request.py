@@ -242,6 +242,51 @@ def check_fields(data: dict[str, Any], allowed: Collection[str],
                 param=name)
 
 
+@dataclass(frozen=True, slots=True)
+class Translation:
+    """Another API's request as chat: each top-level field's treatment, and how its body
+    reads into chat messages (with each one's name in the client's request) and extras."""
+
+    structural: dict[str, Check]
+    judged: tuple[str, ...]
+    refused: frozenset[str]
+    messages: Callable[[dict[str, Any]], tuple[list[Any], list[str]]]
+    extras: Callable[[dict[str, Any]], str]
+    required: tuple[str, ...] = ()
+
+
+def read_translated(body: bytes, how: Translation, *, non_text: NonText = "block",
+                    allowed: Collection[str] = ()) -> ChatRequest:
+    """Read another API's request into the chat request the stages judge; the body is
+    forwarded as received, without ``moderation`` (the proxy's to act on)."""
+    data = object_body(body)
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required and must be a non-empty string", param="model")
+    for name in how.required:
+        if data.get(name) is None:
+            raise BadRequest(f"'{name}' is required", param=name)
+    check_fields(data, allowed, how.structural, how.judged, TEMPLATE_CONTROL,
+                 refused=how.refused)
+    messages, names = how.messages(data)
+    moderation = read_moderation(data.get("moderation"))
+    if "moderation" in data:
+        body = orjson.dumps({name: value for name, value in data.items() if name != "moderation"})
+    return ChatRequest(
+        body=body, model=model, stream=bool(data.get("stream")), include_usage=False,
+        conversation=read_messages(messages, non_text=non_text, allowed=allowed, names=names),
+        extras=how.extras(data), moderation=moderation)
+
+
+def known_keys(item: dict[str, Any], known: Collection[str], where: str) -> None:
+    """Refuse a key the proxy neither judges nor knows to be structural, naming it."""
+    for key in item:
+        if key not in known:
+            raise UnsupportedParameter(f"{where}.{key} is not supported (the proxy relays "
+                                       "only fields it judges or knows to be structural)",
+                                       param=f"{where}.{key}")
+
+
 def extras_text(data: dict[str, Any]) -> str:
     """Every judged extra as the guard reads it: each value as compact JSON (keys,
     descriptions, enum values and all), one per paragraph."""

@@ -32,17 +32,17 @@ from typing import Any
 
 import orjson
 
-from proxy.core.conversation import NonText, read_messages
-from proxy.core.protocol import StreamHead, clean_error
+from proxy.core.conversation import NonText
+from proxy.core.moderation import EventReader
+from proxy.core.protocol import StreamHead
 from proxy.core.request import (
     STRUCTURAL,
-    TEMPLATE_CONTROL,
     ChatRequest,
     Check,
-    check_fields,
+    Translation,
     enum_check,
-    object_body,
-    read_moderation,
+    known_keys,
+    read_translated,
 )
 from proxy.errors import (
     BadRequest,
@@ -101,19 +101,7 @@ def _reasoning_ok(value: Any) -> bool:
 def parse_responses_request(body: bytes, *, non_text: NonText = "block",
                             allowed: Collection[str] = ()) -> ChatRequest:
     """Read a Responses request into the chat request the stages judge."""
-    data = object_body(body)
-    model = data.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("'model' is required and must be a non-empty string", param="model")
-    check_fields(data, allowed, _STRUCTURAL, _JUDGED, TEMPLATE_CONTROL, refused=_STATE)
-    messages, names = _messages(data)
-    moderation = read_moderation(data.get("moderation"))
-    if "moderation" in data:
-        body = orjson.dumps({name: value for name, value in data.items() if name != "moderation"})
-    return ChatRequest(
-        body=body, model=model, stream=bool(data.get("stream")), include_usage=False,
-        conversation=read_messages(messages, non_text=non_text, allowed=allowed, names=names),
-        extras=_extras(data), moderation=moderation)
+    return read_translated(body, _TRANSLATION, non_text=non_text, allowed=allowed)
 
 
 def _messages(data: Json) -> tuple[list[Json], list[str]]:
@@ -160,14 +148,6 @@ def _item(item: Any, where: str) -> Json:
     return reader(item, where)
 
 
-def _keys(item: Json, known: frozenset[str], where: str) -> None:
-    for key in item:
-        if key not in known:
-            raise UnsupportedParameter(f"{where}.{key} is not supported (the proxy relays "
-                                       "only fields it judges or knows to be structural)",
-                                       param=f"{where}.{key}")
-
-
 def _string(item: Json, key: str, where: str, *, required: bool = True) -> str:
     value = item.get(key)
     if isinstance(value, str) and (value or not required):
@@ -179,7 +159,7 @@ def _string(item: Json, key: str, where: str, *, required: bool = True) -> str:
 
 
 def _message_item(item: Json, where: str) -> Json:
-    _keys(item, _MESSAGE_KEYS, where)
+    known_keys(item, _MESSAGE_KEYS, where)
     role = item.get("role")
     if role not in _ROLES:
         raise BadRequest(f"{where}.role must be one of user, system, developer, assistant",
@@ -211,7 +191,7 @@ def _part(part: Any, where: str) -> Any:
     known = _PARTS.get(part.get("type"))  # type: ignore[arg-type]
     if known is None:
         return part  # read_messages refuses an unknown type, naming it
-    _keys(part, known, where)
+    known_keys(part, known, where)
     if part.get("annotations"):  # citations the upstream does not render: unjudged text
         raise UnsupportedContent(f"{where}.annotations must be empty in input",
                                  param=f"{where}.annotations")
@@ -221,7 +201,7 @@ def _part(part: Any, where: str) -> Any:
 
 
 def _call_item(item: Json, where: str) -> Json:
-    _keys(item, _CALL_KEYS, where)
+    known_keys(item, _CALL_KEYS, where)
     name = _string(item, "name", where)
     namespace = _string(item, "namespace", where, required=False)
     arguments = _string(item, "arguments", where, required=False)
@@ -233,7 +213,7 @@ def _call_item(item: Json, where: str) -> Json:
 
 
 def _output_item(item: Json, where: str) -> Json:
-    _keys(item, _OUTPUT_KEYS, where)
+    known_keys(item, _OUTPUT_KEYS, where)
     output = item.get("output")
     if isinstance(output, list):
         output = [_part(part, f"{where}.output[{index}]") for index, part in enumerate(output)]
@@ -244,7 +224,7 @@ def _output_item(item: Json, where: str) -> Json:
 
 
 def _reasoning_item(item: Json, where: str) -> Json:
-    _keys(item, _REASONING_KEYS, where)
+    known_keys(item, _REASONING_KEYS, where)
     if item.get("encrypted_content") is not None:
         raise UnsupportedContent(f"{where}.encrypted_content is opaque to the guard",
                                  param=f"{where}.encrypted_content")
@@ -257,7 +237,7 @@ def _reasoning_item(item: Json, where: str) -> Json:
             here = f"{where}.{key}[{index}]"
             if not isinstance(part, dict) or part.get("type") != kind:
                 raise BadRequest(f"{here} must be a {kind} part", param=here)
-            _keys(part, frozenset({"type", "text"}), here)
+            known_keys(part, frozenset({"type", "text"}), here)
             texts.append(_string(part, "text", here, required=False))
     return {"role": "assistant", "reasoning": "\n\n".join(t for t in texts if t)}
 
@@ -283,7 +263,7 @@ def _extras(data: Json) -> str:
                 raise UnsupportedParameter(
                     f"{where}: {kind!r} tools are not accepted (only function tools: "
                     "built-in tools fetch or run things the guard never sees)", param=where)
-            _keys(tool, _TOOL_KEYS, where)
+            known_keys(tool, _TOOL_KEYS, where)
             _string(tool, "name", where)
         if tools:
             texts.append(orjson.dumps(tools).decode())
@@ -298,6 +278,9 @@ def _extras(data: Json) -> str:
             raise BadRequest("'text.format' must be text, json_object or json_schema",
                              param="text.format")
     return "\n\n".join(texts)
+
+
+_TRANSLATION = Translation(_STRUCTURAL, _JUDGED, _STATE, _messages, _extras)
 
 
 # -- whole answers -------------------------------------------------------------------------
@@ -450,27 +433,19 @@ class _Output:
 
 
 @dataclass
-class ResponsesEvents:
+class ResponsesEvents(EventReader):
     """Reads the upstream's Responses events into the chat chunks they amount to.  Only
     deltas carry text into the stream state; the ``*.done`` events and the final
     response repeat it and are not read (the client's are rebuilt from the deltas)."""
 
-    secrets: tuple[str, ...] = ()
     calls: dict[int, int] = field(default_factory=dict)  # output_index -> tool-call index
-    head: Json = field(default_factory=dict)
 
     def read(self, data: bytes) -> Json | None:
-        try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise StreamFault("upstream sent an unreadable stream event") from exc
-        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-            raise StreamFault("upstream stream event is not a typed object")
+        event = self.load(data)
         kind = event["type"]
         if kind in ("error", "response.failed"):
-            error = event.get("error") or (event.get("response") or {}).get("error") or event
-            raise StreamFault("upstream reported an error mid-stream",
-                              said=clean_error(error, self.secrets))
+            raise self.failed(event.get("error") or (event.get("response") or {}).get("error")
+                              or event)
         reader = _EVENTS.get(kind)
         return reader(self, event) if reader is not None else None
 
@@ -482,16 +457,12 @@ class ResponsesEvents:
                      "model": response.get("model")}
         return {**self.head, "choices": []}
 
-    def _chunk(self, delta: Json, finish: str | None = None, **extra: Any) -> Json:
-        return {**self.head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                **extra}
-
     def _item_added(self, event: Json) -> Json | None:
         item = event.get("item")
         if not isinstance(item, dict) or item.get("type") != "function_call":
             return None
         index = self.calls[_int(event.get("output_index"))] = len(self.calls)
-        return self._chunk({"tool_calls": [{
+        return self.chunk({"tool_calls": [{
             "index": index, "id": item.get("call_id"), "type": "function",
             "function": {"name": item.get("name"), "arguments": ""}}]})
 
@@ -499,14 +470,14 @@ class ResponsesEvents:
         index = self.calls.get(_int(event.get("output_index")))
         if index is None:
             raise StreamFault("upstream sent arguments for a call it never started")
-        return self._chunk({"tool_calls": [{"index": index,
+        return self.chunk({"tool_calls": [{"index": index,
                                             "function": {"arguments": event.get("delta")}}]})
 
     def _ended(self, event: Json) -> Json:
         response = event.get("response")
         response = response if isinstance(response, dict) else {}
         finish = _finish(response, self.calls)
-        return self._chunk({}, finish, usage=_chat_usage(response.get("usage")))
+        return self.chunk({}, finish, usage=_chat_usage(response.get("usage")))
 
 
 def _int(value: Any) -> int:
@@ -517,7 +488,7 @@ def _int(value: Any) -> int:
 
 def _text_event(key: str) -> Callable[[ResponsesEvents, Json], Json]:
     def read(events: ResponsesEvents, event: Json) -> Json:
-        return events._chunk({key: event.get("delta")})
+        return events.chunk({key: event.get("delta")})
     return read
 
 
