@@ -25,7 +25,7 @@ from proxy.core.policy import decide
 from proxy.core.verdict import Verdict
 from proxy.errors import ConfigError, GuardError
 from proxy.obs import log
-from proxy.web.app import create_app, make_guard, with_admin_listener
+from proxy.web.app import create_app, make_guard, make_shared_cache, with_admin_listener
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,7 +118,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 async def _probe(config: Config) -> int:
-    """Contact the guard and every upstream; each failure is one line naming it."""
+    """Contact the guard, every upstream and Redis (``cache.redis_url``); each failure is
+    one line naming it."""
     problems = []
     async with aiohttp.ClientSession() as session:
         problem = await _probe_guard(config, session)
@@ -128,10 +129,19 @@ async def _probe(config: Config) -> int:
             problem = await _probe_upstream(upstream, session)
             if problem:
                 problems.append(problem)
+    shared = make_shared_cache(config.server)
+    if shared is not None:
+        try:
+            reason = await shared.check()
+        finally:
+            await shared.close()
+        if reason is not None:
+            problems.append(f"redis {shared.url}: {reason}")
     for problem in problems:
         print(problem, file=sys.stderr)
     if not problems:
-        print(f"ok: probed the guard and {len(config.server.upstreams)} upstream(s)")
+        also = " and redis" if shared is not None else ""
+        print(f"ok: probed the guard and {len(config.server.upstreams)} upstream(s){also}")
     return 1 if problems else 0
 
 

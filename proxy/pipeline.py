@@ -16,8 +16,9 @@
 of its own beyond calling the guard.  Every guard input is first fitted into the
 guard's context window (``longinput.fit``): older context is trimmed, an over-long
 message is judged in overlapping pieces.  Several checks of one stage (pieces, turns)
-run concurrently, each answered from the verdict cache when it ran before, and the
-strictest outcome speaks for the stage.
+run concurrently, each answered from the verdict cache when it ran before (this process's,
+then the one replicas share in Redis, if configured), and the strictest outcome speaks for the
+stage.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from proxy.clients.guard import Guard
+from proxy.clients.sharedcache import SharedVerdicts
 from proxy.config import Action, Policy, StagePolicy
 from proxy.core.apis import CHAT, Api
 from proxy.core.cache import VerdictCache
@@ -51,6 +53,7 @@ class Checks:
     record: RequestRecord
     cache: VerdictCache | None = None
     cache_scope: str = ""  # the tenant, unless verdicts are shared across tenants
+    shared: SharedVerdicts | None = None  # the replicas' cache (Redis), behind ``cache``
     request_slots: asyncio.Semaphore | None = None  # this request's share of the guard
     tenant_slots: asyncio.Semaphore | None = None  # the tenant's share of the guard
     api: Api = CHAT  # the client's API: how its shapes translate
@@ -120,15 +123,20 @@ class Checks:
 
     async def _judge_input(self, stage: StagePolicy, turns: Sequence[Turn]) -> Outcome:
         """One guard input's outcome; the cache is keyed by the exact input."""
-        key = self.cache.key(turns, self.cache_scope) if self.cache is not None else None
+        cache = self.cache
+        key = cache.key(turns, self.cache_scope) if cache is not None else None
         verdict = self._cached(key)
+        if verdict is None and key is not None and self.shared is not None:
+            verdict = await self._shared_cached(self.shared, key)
         if verdict is None:
             try:
                 verdict = await self._ask(turns)
             except GuardError as exc:
                 return Outcome.guard_failed(self.policy, exc)
-            if self.cache is not None and key is not None:
-                self.cache.put(key, verdict)
+            if cache is not None and key is not None:
+                cache.put(key, verdict)
+                if self.shared is not None:
+                    self.shared.put(key, verdict)  # in the background
         return Outcome.judged(stage, verdict)
 
     def _cached(self, key: bytes | None) -> Verdict | None:
@@ -137,6 +145,16 @@ class Checks:
         verdict = self.cache.get(key)
         if verdict is not None:
             self.record.cache_hits += 1
+        return verdict
+
+    async def _shared_cached(self, shared: SharedVerdicts, key: bytes) -> Verdict | None:
+        """On a miss in this process's cache, the replicas' (a failure there is a miss);
+        a hit is kept in this process's cache too."""
+        verdict = await shared.get(key)
+        if verdict is not None:
+            self.record.cache_hits += 1
+            if self.cache is not None:
+                self.cache.put(key, verdict)
         return verdict
 
     async def _ask(self, turns: Sequence[Turn]) -> Verdict:

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
@@ -205,11 +206,44 @@ def test_compose_config_takes_the_upstream_from_the_environment(tmp_path: Path) 
     assert {policy.tenant for policy in config.policies} == {"acme", "studio"}
 
 
+def uncommented_cache(text: str) -> str:
+    """A shipped config with its commented-out ``cache:`` line (the Redis option) in force."""
+    lines = text.splitlines()
+    found = [n for n, line in enumerate(lines) if line.lstrip().startswith("# cache: {")]
+    assert len(found) == 1, "one commented cache: line"
+    lines[found[0]] = lines[found[0]].replace("# cache:", "cache:", 1)
+    return "\n".join(lines) + "\n"
+
+
+def redis_address(config: Config) -> tuple[str | None, int]:
+    url = config.server.cache_redis_url
+    assert url is not None
+    parts = urlsplit(url)
+    return parts.hostname, parts.port or 6379
+
+
+def test_compose_offers_redis_as_an_opt_in_profile(tmp_path: Path) -> None:
+    spec = compose()
+    redis = spec["services"]["redis"]
+    assert redis["profiles"] == ["redis"]  # not started unless asked for
+    assert re.fullmatch(r"redis:\d+\.\d+\.\d+-alpine", redis["image"])
+    assert "ports" not in redis and redis["read_only"] is True
+    assert redis["command"][:5] == ["redis-server", "--save", "", "--appendonly", "no"]
+    assert "redis" not in spec["services"]["guardproxy"]["depends_on"]  # a cache, optional
+    env = {"UPSTREAM_URL": "https://llm.example.com/v1", "UPSTREAM_API_KEY": "sk-up"}
+    text = interpolate(spec["configs"]["proxy-config"]["content"], env)
+    policies = {path.name: path.read_text(encoding="utf-8")
+                for path in (ROOT / "policies").glob("*.yaml")}
+    config, _ = load_deployment_config(uncommented_cache(text), policies, tmp_path, env)
+    assert redis_address(config) == ("redis", 6379)  # the service, on Redis's port
+
+
 # =========================================================================== Kubernetes
 
 
 def k8s_documents() -> Iterator[tuple[str, Doc]]:
-    files = sorted(KUBERNETES.glob("*.yaml"))
+    """Every manifest's documents: those applied by default, then the optional ones."""
+    files = sorted(KUBERNETES.glob("*.yaml")) + sorted(KUBERNETES.glob("optional/*.yaml"))
     assert files, "no manifests"
     for path in files:
         for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
@@ -246,7 +280,7 @@ def test_every_kubernetes_document_is_valid(version: str) -> None:
         assert doc["metadata"].get("namespace", "guardproxy") == "guardproxy"
         checked.append(doc["kind"])
     assert sorted(set(checked)) == [
-        "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Namespace",
+        "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Namespace", "NetworkPolicy",
         "PodDisruptionBudget", "Role", "RoleBinding", "Service", "ServiceAccount"]
 
 
@@ -363,3 +397,32 @@ def test_guardproxy_guard_url_is_the_router_service(tmp_path: Path) -> None:
         p["containerPort"] for p in container(router)["ports"] if p["name"] == port["targetPort"])
     assert config.server.guard.api == "generate"
 
+
+
+def test_the_optional_redis_is_reached_by_the_proxy_pods_only(tmp_path: Path) -> None:
+    config_map = k8s("ConfigMap", "guardproxy-config")
+    policies = k8s("ConfigMap", "guardproxy-policies")["data"]
+    env = {"UPSTREAM_API_KEY": "sk-up", "REDIS_PASSWORD": "pw"}
+    config, _ = load_deployment_config(uncommented_cache(config_map["data"]["proxy.yaml"]),
+                                       policies, tmp_path, env)
+    deployment, service = k8s("Deployment", "redis"), k8s("Service", "redis")
+    assert selects(service["spec"]["selector"], deployment)
+    assert redis_address(config) == (service["metadata"]["name"], service["spec"]["ports"][0][
+        "port"])
+    redis = container(deployment)
+    assert "--requirepass" in redis["args"] and flag(redis["args"], "--requirepass") == (
+        "$(REDIS_PASSWORD)")
+    secret = {"name": "guardproxy-redis", "key": "password"}
+    assert {item["name"]: item for item in redis["env"]}["REDIS_PASSWORD"]["valueFrom"][
+        "secretKeyRef"] == secret
+    proxy_env = {item["name"]: item for item in container(k8s("Deployment", "guardproxy"))["env"]}
+    assert proxy_env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {**secret,
+                                                                         "optional": True}
+    assert config.server.cache_redis_password is not None
+    assert config.server.cache_redis_password.get() == "pw"
+    policy = k8s("NetworkPolicy", "redis")["spec"]
+    assert selects(policy["podSelector"]["matchLabels"], deployment)
+    (rule,) = policy["ingress"]
+    (source,) = rule["from"]
+    assert selects(source["podSelector"]["matchLabels"], k8s("Deployment", "guardproxy"))
+    assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]

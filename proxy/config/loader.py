@@ -5,6 +5,7 @@ and turned into the typed objects of ``model``.  Every problem is collected as a
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
@@ -410,6 +411,9 @@ def _load_server(f: _File, env: Mapping[str, str]) -> _LoadedServer | None:
         nested.update(read_plain(sec, ServerConfig, f"{name}."))
         if name == "admin":
             nested["admin_token"] = sec.secret("token_env", env)
+        if name == "cache":
+            nested["cache_redis_url"] = _redis_url(sec)
+            nested["cache_redis_password"] = sec.secret("redis_password_env", env)
     server = ServerConfig(
         policies_dir=folder or Path(),
         guard=_guard(top, env),
@@ -420,6 +424,47 @@ def _load_server(f: _File, env: Mapping[str, str]) -> _LoadedServer | None:
     files = None if folder is None else _policy_files(f, top.fields["policies"].key_line, folder)
     names = None if upstreams is None else tuple(upstreams)
     return _LoadedServer(server, names, files)
+
+
+def _redis_url(sec: _Section) -> str | None:
+    """``cache.redis_url``: a redis:// or rediss:// URL without credentials, and the redis
+    package installed to use it."""
+    raw = sec.text("redis_url")
+    if not raw:
+        return None
+    line = sec.fields["redis_url"].key_line
+    problem = _redis_url_problem(raw)
+    if problem is None and not _redis_installed():
+        problem = "needs the redis package: pip install 'guardproxy[redis]'"
+    if problem is not None:
+        sec.f.error(line, f"{sec.path('redis_url')}: {problem}")
+        return None
+    return raw
+
+
+def _redis_url_problem(raw: str) -> str | None:
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        parts = None
+    if parts is not None and (parts.username or parts.password):
+        return ("must not contain credentials (user:password@); name the variable that holds "
+                "the password in cache.redis_password_env")
+    if parts is None or parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        return f"{raw!r} is not a redis:// or rediss:// URL"
+    if parts.query or parts.fragment:
+        return f"{raw!r}: no ?query or #fragment (name the database as the path, like /0)"
+    if parts.path not in ("", "/") and not re.fullmatch(r"/\d{1,5}", parts.path):
+        return f"{raw!r}: the path is a database number, like /0"
+    return None
+
+
+def _redis_installed() -> bool:
+    try:
+        return importlib.util.find_spec("redis.asyncio") is not None
+    except (ImportError, ValueError):  # a parent that is not a package, or None in sys.modules
+        return False
 
 
 def _policies_folder(top: _Section) -> Path | None:

@@ -224,6 +224,13 @@ class ServerConfig:
     # one tenant's cached verdicts may answer another's checks (a cross-tenant oracle)
     cache_shared_across_tenants: bool = field(default=False,
                                               metadata=key("cache.shared_across_tenants"))
+    # a verdict cache shared by replicas, behind each process's own: redis:// or rediss://,
+    # no credentials (the password comes from the environment); None: none
+    cache_redis_url: str | None = field(default=None, metadata=key("cache.redis_url", own=1))
+    cache_redis_password: Secret | None = field(default=None,
+                                                metadata=key("cache.redis_password_env", own=1))
+    # the longest a check waits for Redis; slower is a miss
+    cache_redis_timeout_s: float = field(default=0.05, metadata=key("cache.redis_timeout_s"))
     source: Path = field(default=Path("<memory>"), metadata=SPECIAL)
 
 

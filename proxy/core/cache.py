@@ -13,19 +13,32 @@ The key is taken of the input as it is sent, after ``longinput.fit``: a piece of
 over-long message, or a conversation with its oldest turns trimmed, is cached as
 such.  A user turn judged as the last one of a request is the same input when a
 later request (``prompt.scope: all``) judges it again as history, so it hits.
+
+Replicas may share their verdicts through Redis (``cache.redis_url``, the client is
+``proxy.clients.sharedcache``): under the same keys, each verdict stored as
+``encode_verdict`` writes it and read back by ``decode_verdict``, which takes nothing it
+did not write: a malformed value is a miss, never a wrong verdict.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import orjson
 
+from proxy.config import CATEGORIES
 from proxy.core.conversation import Turn
-from proxy.core.verdict import Verdict
+from proxy.core.verdict import Severity, Verdict
+
+_SEVERITIES: tuple[Severity, ...] = ("safe", "controversial", "unsafe")
+_KNOWN = frozenset(CATEGORIES)
+#: The longest stored value read back: every category named, each with a score, fits.
+MAX_ENCODED = 1024
 
 
 class VerdictCache:
@@ -64,3 +77,39 @@ class VerdictCache:
         self._entries.move_to_end(key)
         while len(self._entries) > self._size:
             self._entries.popitem(last=False)
+
+
+def encode_verdict(verdict: Verdict) -> bytes:
+    """A verdict as compact JSON: ``[severity, [categories], refusal, {category: score}]``."""
+    return orjson.dumps([verdict.severity, list(verdict.categories), verdict.refusal,
+                         dict(verdict.scores)])
+
+
+def decode_verdict(data: bytes) -> Verdict | None:
+    """What ``encode_verdict`` wrote, read strictly; None for anything else."""
+    if len(data) > MAX_ENCODED:
+        return None
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(value, list) or len(value) != 4:
+        return None
+    severity, categories, refusal, scores = value
+    if not isinstance(severity, str) or severity not in _SEVERITIES:
+        return None
+    if not isinstance(categories, list) or not all(
+            isinstance(name, str) and name in _KNOWN for name in categories):
+        return None
+    if refusal is not None and not isinstance(refusal, bool):
+        return None
+    if not isinstance(scores, dict) or not all(
+            name in categories and _is_probability(score) for name, score in scores.items()):
+        return None
+    return Verdict(severity=severity, categories=tuple(categories), refusal=refusal,
+                   scores={name: float(score) for name, score in scores.items()})
+
+
+def _is_probability(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and 0 <= value <= 1)

@@ -72,6 +72,16 @@ class Metrics:
         self.cache_hits = Counter(
             "guardproxy_verdict_cache_hits", "Guard inputs answered from the verdict cache.",
             registry=r)
+        self.redis_hits = Counter(
+            "guardproxy_verdict_cache_redis_hits", "Guard inputs answered from the verdict "
+            "cache shared through Redis (cache.redis_url), a part of the cache hits.",
+            registry=r)
+        self.redis_errors = Counter(
+            "guardproxy_verdict_cache_redis_errors", "Redis operations of the shared verdict "
+            "cache that failed, by operation (get, set, ping) and kind (timeout, error, "
+            "malformed: a stored value that is not a verdict, busy: a read or write skipped "
+            "because too many were in flight); each is a miss, never a failed request.",
+            ["op", "kind"], registry=r)
         self.upstream_latency = Histogram(
             "guardproxy_upstream_latency_seconds",
             "Upstream time: the whole answer, or the whole stream.",

@@ -1,5 +1,6 @@
 """``create_app(config)``: routes, middlewares, and one client session for the guard
-and one per upstream, opened and closed with the app, with its metrics and its live
+and one per upstream (and, with ``cache.redis_url``, the Redis client of the verdict cache
+the replicas share), opened and closed with the app, with its metrics and its live
 policy reload.  At start-up the guard is asked for its context window
 (``/v1/models``), unless the config names it.
 
@@ -20,6 +21,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from proxy.clients.guard import ChatGuard, GenerateGuard, Guard
+from proxy.clients.sharedcache import SharedVerdicts
 from proxy.clients.upstream import Upstream
 from proxy.config import Config, GuardConfig, ServerConfig
 from proxy.config.reload import PolicyReloader
@@ -84,11 +86,25 @@ def _session() -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
 
 
-def make_cache(config: GuardConfig) -> VerdictCache | None:
-    if config.cache_size <= 0:
+def make_cache(config: GuardConfig, *, shared: bool = False) -> VerdictCache | None:
+    """This process's verdict cache; None when it is off and no Redis is shared (with one,
+    a cache of size 0 keeps nothing but still makes the keys)."""
+    if config.cache_size <= 0 and not shared:
         return None
     return VerdictCache(size=config.cache_size, ttl_s=config.cache_ttl_s,
                         namespace=f"{config.api}\0{config.model}\0")
+
+
+def make_shared_cache(server: ServerConfig, metrics: Metrics | None = None
+                      ) -> SharedVerdicts | None:
+    """The replicas' verdict cache in Redis (``cache.redis_url``), not yet connected."""
+    if server.cache_redis_url is None:
+        return None
+    password = server.cache_redis_password
+    return SharedVerdicts(url=server.cache_redis_url,
+                          password=password.get() if password is not None else None,
+                          timeout_s=server.cache_redis_timeout_s,
+                          ttl_s=server.guard.cache_ttl_s, metrics=metrics)
 
 
 def make_reloader(server: ServerConfig, runtime: Runtime) -> PolicyReloader:
@@ -117,9 +133,13 @@ def _clients(config: Config) -> Callable[[web.Application], AsyncIterator[None]]
             for name, upstream in config.server.upstreams.items()
         }
         metrics = Metrics()
+        shared = make_shared_cache(config.server, metrics)
         runtime = app[RUNTIME] = Runtime(config=config, guard=guard, upstreams=upstreams,
-                                         cache=make_cache(config.server.guard),
-                                         metrics=metrics)
+                                         cache=make_cache(config.server.guard,
+                                                          shared=shared is not None),
+                                         shared_cache=shared, metrics=metrics)
+        if shared is not None:
+            shared.start()
         reloader = make_reloader(config.server, runtime)
         reloader.start()
         # Asked beside start-up, not before it: the socket opens at once, and a check that
@@ -131,6 +151,8 @@ def _clients(config: Config) -> Callable[[web.Application], AsyncIterator[None]]
             logger.info("stopped", tenants=len(runtime.policies))  # the shutdown line
             await reloader.stop()
             window.cancel()
+            if shared is not None:
+                await shared.close()
             guard.close()
             for upstream in upstreams.values():
                 upstream.close()

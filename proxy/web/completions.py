@@ -63,6 +63,7 @@ async def chat_completions(request: web.Request, runtime: Runtime, policy: Polic
     shared = runtime.config.server.cache_shared_across_tenants
     checks = Checks(guard=runtime.guard, policy=policy, chat=chat, record=record, api=api,
                     cache=runtime.cache, cache_scope="" if shared else policy.tenant,
+                    shared=runtime.shared_cache,
                     request_slots=asyncio.Semaphore(
                         runtime.config.server.guard.max_concurrency_per_request),
                     tenant_slots=runtime.guard_share(policy))

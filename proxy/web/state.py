@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from proxy.clients.guard import Guard
+from proxy.clients.sharedcache import SharedVerdicts
 from proxy.clients.upstream import Upstream
 from proxy.config import Config, Policy
 from proxy.core.cache import VerdictCache
@@ -26,6 +27,7 @@ class Runtime:
     guard: Guard
     upstreams: dict[str, Upstream] = field(default_factory=dict)
     cache: VerdictCache | None = None
+    shared_cache: SharedVerdicts | None = None  # the replicas' cache in Redis, if configured
     metrics: Metrics | None = None
     policies: tuple[Policy, ...] = ()
     _keys: tuple[tuple[bytes, Policy], ...] = ()
