@@ -3,22 +3,24 @@
     python bench/baseline.py --port 9100 --guard http://127.0.0.1:9002 \
         --upstream http://127.0.0.1:9001/v1 [--guards 1]
 
-Per ``POST /v1/chat/completions``: parse the body (orjson), one guard POST shaped like
-guardproxy's chat guard request (the conversation, ``temperature: 0``, ``max_tokens: 32``,
-``logprobs``), then the body goes upstream byte for byte.  A non-streamed answer is returned
-as the upstream sent it; a streamed one is relayed chunk by chunk as it arrives.  With
-``--guards 2`` a second guard POST (a response check: the conversation, the assistant's text
-and an empty ``tool`` message) follows the upstream's answer, before the client's response
-ends: for a stream, after the last byte was relayed, with a fixed assistant text (no SSE
-parsing here).  No moderation logic, no auth, no logging; one shared ``ClientSession``.
-``--loop auto`` (the default) runs on uvloop when it is installed, as guardproxy does.
-"""
+Per ``POST /v1/chat/completions`` or ``POST /v1/responses``: parse the body (orjson), one
+guard POST shaped like guardproxy's chat guard request (the conversation: chat's
+``messages``, or a Responses request's ``instructions`` and ``input`` as chat messages;
+``temperature: 0``, ``max_tokens: 32``, ``logprobs``), then the body goes upstream byte for
+byte, to the same path.  A non-streamed answer is returned as the upstream sent it; a streamed
+one is relayed chunk by chunk as it arrives.  With ``--guards 2`` a second guard POST (a
+response check: the conversation, the assistant's text and an empty ``tool`` message) follows
+the upstream's answer, before the client's response ends: for a stream, after the last byte
+was relayed, with a fixed assistant text (no SSE parsing here).  No moderation logic, no auth,
+no logging; one shared ``ClientSession``.  ``--loop auto`` (the default) runs on uvloop when it
+is installed, as guardproxy does."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import importlib.util
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -39,9 +41,39 @@ def guard_payload(messages: list[dict[str, Any]], answer: str | None) -> bytes:
                          "top_logprobs": 5, "stream": False})
 
 
+def chat_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = body["messages"]
+    return messages
+
+
+def chat_text(answer: dict[str, Any]) -> str:
+    text: str = answer["choices"][0]["message"]["content"]
+    return text
+
+
+def responses_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Responses request's ``instructions`` and ``input`` as chat messages: a string input
+    is one user message, a list of message items is taken as it is (no other items)."""
+    given = body["input"]
+    messages = [{"role": "user", "content": given}] if isinstance(given, str) else list(given)
+    if body.get("instructions") is not None:
+        messages.insert(0, {"role": "system", "content": body["instructions"]})
+    return messages
+
+
+def responses_text(answer: dict[str, Any]) -> str:
+    return "".join(part["text"] for item in answer["output"] if item["type"] == "message"
+                   for part in item["content"] if part["type"] == "output_text")
+
+
+Conversation = Callable[[dict[str, Any]], list[dict[str, Any]]]
+AnswerText = Callable[[dict[str, Any]], str]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 def make_app(*, guard: str, upstream: str, guards: int) -> web.Application:
     guard_url = guard.rstrip("/") + "/v1/chat/completions"
-    chat_url = upstream.rstrip("/") + "/chat/completions"
+    upstream = upstream.rstrip("/")
 
     async def check(session: aiohttp.ClientSession, messages: list[dict[str, Any]],
                     answer: str | None) -> None:
@@ -51,30 +83,34 @@ def make_app(*, guard: str, upstream: str, guards: int) -> web.Application:
         if resp.status != 200 or "choices" not in verdict:
             raise web.HTTPBadGateway(text="guard failed")
 
-    async def chat(request: web.Request) -> web.StreamResponse:
-        session = request.app[SESSION]
-        raw = await request.read()
-        body = orjson.loads(raw)
-        messages = body["messages"]
-        await check(session, messages, None)
-        async with session.post(chat_url, data=raw, headers=JSON) as upstream_resp:
-            if not body.get("stream"):
-                answer = await upstream_resp.read()
-                if guards > 1:
-                    text = orjson.loads(answer)["choices"][0]["message"]["content"]
-                    await check(session, messages, text)
-                return web.Response(body=answer, status=upstream_resp.status,
-                                    content_type="application/json")
-            resp = web.StreamResponse(status=upstream_resp.status,
-                                      headers={"Content-Type": "text/event-stream",
-                                               "Cache-Control": "no-cache"})
-            await resp.prepare(request)
-            async for data in upstream_resp.content.iter_any():
-                await resp.write(data)
-        if guards > 1:
-            await check(session, messages, STREAMED_TEXT)
-        await resp.write_eof()
-        return resp
+    def relay(url: str, conversation: Conversation, answer_text: AnswerText) -> Handler:
+        """The handler of one API: the same work whatever the API, only the shapes differ."""
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            session = request.app[SESSION]
+            raw = await request.read()
+            body = orjson.loads(raw)
+            messages = conversation(body)
+            await check(session, messages, None)
+            async with session.post(url, data=raw, headers=JSON) as upstream_resp:
+                if not body.get("stream"):
+                    answer = await upstream_resp.read()
+                    if guards > 1:
+                        await check(session, messages, answer_text(orjson.loads(answer)))
+                    return web.Response(body=answer, status=upstream_resp.status,
+                                        content_type="application/json")
+                resp = web.StreamResponse(status=upstream_resp.status,
+                                          headers={"Content-Type": "text/event-stream",
+                                                   "Cache-Control": "no-cache"})
+                await resp.prepare(request)
+                async for data in upstream_resp.content.iter_any():
+                    await resp.write(data)
+            if guards > 1:
+                await check(session, messages, STREAMED_TEXT)
+            await resp.write_eof()
+            return resp
+
+        return handler
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -85,7 +121,10 @@ def make_app(*, guard: str, upstream: str, guards: int) -> web.Application:
         await app[SESSION].close()
 
     app = web.Application()
-    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/chat/completions",
+                        relay(upstream + "/chat/completions", chat_messages, chat_text))
+    app.router.add_post("/v1/responses",
+                        relay(upstream + "/responses", responses_messages, responses_text))
     app.router.add_get("/healthz", healthz)
     app.cleanup_ctx.append(session_ctx)
     return app

@@ -1,5 +1,8 @@
--- wrk script: POST an OpenAI chat request whose prompt is unique on every request.
+-- wrk script: POST an OpenAI chat (or Responses) request whose prompt is unique on every request.
 --   BENCH_STREAM=1  ask for a streamed answer (default: not streamed)
+--   BENCH_API=...   "chat" (default): a chat completions body, for /v1/chat/completions;
+--                   "responses": the same request as a Responses body (instructions + input),
+--                   for /v1/responses
 --   BENCH_KEY=...   sent as "Authorization: Bearer ..." (default: none)
 --   BENCH_RUN=...   a token unique to this wrk run, so that prompts never repeat across runs
 --                   against one proxy process (its verdict cache would answer them)
@@ -22,10 +25,18 @@ end
 
 local run = os.getenv("BENCH_RUN") or tostring(os.time())
 local counter = 0
-local template = '{"model":"bench-model","stream":' .. stream .. ',"temperature":0.7,'
-  .. '"messages":[{"role":"system","content":"You are a helpful assistant."},'
-  .. '{"role":"user","content":"Request %d of thread %d, run %s: write two short '
-  .. 'sentences about the weather in a coastal town in spring."}]}'
+local system = "You are a helpful assistant."
+local prompt = "Request %d of thread %d, run %s: write two short sentences about the weather "
+  .. "in a coastal town in spring."
+local template
+if os.getenv("BENCH_API") == "responses" then
+  template = '{"model":"bench-model","stream":' .. stream .. ',"temperature":0.7,'
+    .. '"instructions":"' .. system .. '","input":"' .. prompt .. '"}'
+else
+  template = '{"model":"bench-model","stream":' .. stream .. ',"temperature":0.7,'
+    .. '"messages":[{"role":"system","content":"' .. system .. '"},'
+    .. '{"role":"user","content":"' .. prompt .. '"}]}'
+end
 
 function request()
   counter = counter + 1

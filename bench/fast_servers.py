@@ -9,6 +9,10 @@ Content-Length only (no chunked request bodies).  JSON answers carry a Content-L
 answers use ``Transfer-Encoding: chunked``, one HTTP chunk per event.  Answers on one
 connection go out in request order, also when they are delayed.
 
+The upstream serves ``POST /v1/chat/completions`` and ``POST /v1/responses`` (OpenAI's
+Responses API), whole or streamed: both streams carry the same ``--chunks`` one-token
+``"tok "`` deltas, each prebuilt once, so the two APIs cost the emulator the same.
+
 Both count requests per path; ``GET /stats`` (not counted) returns the counters as JSON.
 """
 
@@ -17,10 +21,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import itertools
 import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -143,6 +149,25 @@ class Counters:
 # -- upstream --------------------------------------------------------------------------
 
 
+@dataclass
+class Stream:
+    """A prebuilt SSE answer: the head, the events before the first token, one event per
+    token, the events after the last (with the closing chunk), and all of it at once."""
+
+    head: bytes
+    opening: bytes
+    tokens: list[bytes]
+    tail: bytes
+    whole: bytes = b""
+
+    def __post_init__(self) -> None:
+        self.whole = self.head + self.opening + b"".join(self.tokens) + self.tail
+
+
+SSE_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+
 class Upstream(Counters):
     def __init__(self, *, chunks: int, ttft_s: float, token_s: float) -> None:
         super().__init__()
@@ -150,6 +175,7 @@ class Upstream(Counters):
         created = int(time.time())
         self.model = "bench-model"
         text = "tok " * chunks
+        usage = {"prompt_tokens": 20, "completion_tokens": chunks, "total_tokens": 20 + chunks}
 
         def event(delta: dict[str, str], finish: str | None) -> bytes:
             return chunk(b"data: " + orjson.dumps({
@@ -158,20 +184,20 @@ class Upstream(Counters):
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
             }) + b"\n\n")
 
-        self.head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-                     b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
-        self.role = event({"role": "assistant", "content": ""}, None)
-        self.tokens = [event({"content": "tok "}, None) for _ in range(chunks)]
-        self.tail = event({}, "stop") + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n"
-        self.stream_whole = self.head + self.role + b"".join(self.tokens) + self.tail
-        self.whole = http_response(200, orjson.dumps({
+        self.chat = Stream(
+            SSE_HEAD, event({"role": "assistant", "content": ""}, None),
+            [event({"content": "tok "}, None) for _ in range(chunks)],
+            event({}, "stop") + chunk(b"data: [DONE]\n\n") + b"0\r\n\r\n")
+        self.chat_whole = http_response(200, orjson.dumps({
             "id": "chatcmpl-bench", "object": "chat.completion", "created": created,
             "model": self.model,
             "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
                          "message": {"role": "assistant", "content": text.rstrip()}}],
-            "usage": {"prompt_tokens": 20, "completion_tokens": chunks,
-                      "total_tokens": 20 + chunks},
+            "usage": usage,
         }))
+        self.responses = responses_stream(self.model, created, chunks, usage)
+        self.responses_whole = http_response(200, orjson.dumps(
+            response_object(self.model, created, "completed", text, usage)))
         self.models = json_response({"object": "list", "data": [
             {"id": self.model, "object": "model", "created": created, "owned_by": "bench"}]})
 
@@ -179,28 +205,76 @@ class Upstream(Counters):
         if target == "/stats":
             return self.stats()
         self.paths[target] += 1
-        if method == "POST" and target.endswith("/chat/completions"):
+        if method == "POST" and target.endswith(("/chat/completions", "/responses")):
             try:
                 stream = orjson.loads(body).get("stream") is True
             except (orjson.JSONDecodeError, AttributeError):
                 return json_response({"error": {"message": "bad JSON"}}, 400)
+            chat = target.endswith("/chat/completions")
             if not stream:
-                return [(self.ttft_s, self.whole)]
-            return self._stream()
+                return [(self.ttft_s, self.chat_whole if chat else self.responses_whole)]
+            return self._stream(self.chat if chat else self.responses)
         if method == "GET" and target.endswith("/models"):
             return self.models
         return json_response({"error": {"message": "not found"}}, 404)
 
-    def _stream(self) -> Segments:
+    def _stream(self, stream: Stream) -> Segments:
         if self.ttft_s == 0 and self.token_s == 0:
-            return [(0.0, self.stream_whole)]
+            return [(0.0, stream.whole)]
         if self.token_s == 0:
-            return [(0.0, self.head), (self.ttft_s, self.stream_whole[len(self.head):])]
-        first, *rest = self.tokens or [b""]
-        segments: Segments = [(0.0, self.head), (self.ttft_s, self.role + first)]
+            return [(0.0, stream.head), (self.ttft_s, stream.whole[len(stream.head):])]
+        first, *rest = stream.tokens or [b""]
+        segments: Segments = [(0.0, stream.head), (self.ttft_s, stream.opening + first)]
         segments += [(self.token_s, token) for token in rest]
-        segments.append((0.0, self.tail))
+        segments.append((0.0, stream.tail))
         return segments
+
+
+def response_object(model: str, created: int, status: str, text: str,
+                    usage: dict[str, int]) -> dict[str, Any]:
+    """A Responses API ``response``: one assistant message (empty while in progress)."""
+    done = status == "completed"
+    content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
+    return {
+        "id": "resp_bench", "object": "response", "created_at": created, "model": model,
+        "status": status, "error": None, "incomplete_details": None,
+        "output": [{"type": "message", "id": "msg_1", "role": "assistant",
+                    "status": "completed", "content": content}] if done else [],
+        "usage": {"input_tokens": usage["prompt_tokens"],
+                  "output_tokens": usage["completion_tokens"],
+                  "total_tokens": usage["total_tokens"]} if done else None,
+    }
+
+
+def responses_stream(model: str, created: int, chunks: int, usage: dict[str, int]) -> Stream:
+    """A streamed Responses answer: ``event:`` + ``data:`` per event, sequence numbers from
+    0, one ``response.output_text.delta`` per token, ``response.completed`` last (no
+    ``[DONE]``)."""
+    sequence = itertools.count()
+    text = "tok " * chunks
+
+    def event(kind: str, **fields: Any) -> bytes:
+        data = orjson.dumps({"type": kind, "sequence_number": next(sequence), **fields})
+        return chunk(b"event: %s\ndata: %s\n\n" % (kind.encode(), data))
+
+    opening = response_object(model, created, "in_progress", "", usage)
+    at = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+    part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+    head = (event("response.created", response=opening)
+            + event("response.in_progress", response=opening)
+            + event("response.output_item.added", output_index=0, item={
+                "type": "message", "id": "msg_1", "role": "assistant",
+                "status": "in_progress", "content": []})
+            + event("response.content_part.added", **at, part=part))
+    tokens = [event("response.output_text.delta", **at, delta="tok ", logprobs=[])
+              for _ in range(chunks)]
+    final = response_object(model, created, "completed", text, usage)
+    tail = (event("response.output_text.done", **at, text=text, logprobs=[])
+            + event("response.content_part.done", **at, part={**part, "text": text})
+            + event("response.output_item.done", output_index=0, item=final["output"][0])
+            + event("response.completed", response=final)
+            + b"0\r\n\r\n")
+    return Stream(SSE_HEAD, head, tokens, tail)
 
 
 # -- guard -----------------------------------------------------------------------------
@@ -264,7 +338,7 @@ async def serve(handler: Handler, host: str, port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     kinds = parser.add_subparsers(dest="kind", required=True)
-    upstream = kinds.add_parser("upstream", help="OpenAI chat completions")
+    upstream = kinds.add_parser("upstream", help="OpenAI chat completions and responses")
     upstream.add_argument("--chunks", type=int, default=50, help="content chunks per stream")
     upstream.add_argument("--ttft-ms", type=float, default=0.0, help="time to first token")
     upstream.add_argument("--token-ms", type=float, default=0.0, help="time between tokens")

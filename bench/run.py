@@ -2,12 +2,15 @@
 
     python bench/run.py [--duration 15] [--warmup 3] [--connections 32] [--quick]
 
-Starts the fast emulators (bench/fast_servers.py), then, for non-streamed and streamed
-requests, each system under test in a fresh process: the minimal pass-through baseline with
-one guard hop, with two guard hops, guardproxy (prompt and response checked), and guardproxy
-with ``--workers 2``.  wrk drives each at ``--connections`` (throughput) and at one connection
-(unloaded latency; not for the 2 workers).  The load generator and the emulators are pinned to
-one CPU, the system under test to another; the 2 workers need both, so they share the load's.
+Starts the fast emulators (bench/fast_servers.py), then, for non-streamed and streamed chat
+completions and streamed ``/v1/responses``, each system under test in a fresh process: the
+minimal pass-through baseline with one guard hop, with two guard hops, guardproxy (prompt and
+response checked), and (chat only) guardproxy with ``--workers 2``.  wrk drives each at
+``--connections`` (throughput) and at one connection (unloaded latency; not for the 2 workers).
+The load generator and the emulators are pinned to one CPU, the system under test to another;
+the 2 workers need both, so they share the load's.  A ``/v1/responses`` stream carries the same
+tokens as a chat stream, and the baseline relays it the same way, so the two stream rows'
+ratios compare the APIs' cost in guardproxy.
 
 Prints markdown tables and writes bench/results/latest.json.  Exits non-zero when a server
 does not start, a sanity request fails, or wrk sees errors or non-2xx responses.
@@ -44,6 +47,7 @@ ROOT = BENCH.parent
 LUA = BENCH / "chat.lua"
 KEY = "sk-bench-0123456789"
 CHAT = "/v1/chat/completions"
+RESPONSES = "/v1/responses"
 TICK = os.sysconf("SC_CLK_TCK")
 #: a pinned CPU busier than its bench processes by more than this (percent) is flagged
 OTHER_CPU_WARN = 15.0
@@ -51,6 +55,23 @@ OTHER_CPU_WARN = 15.0
 
 class BenchError(Exception):
     """A failure that makes the run invalid."""
+
+
+@dataclass(frozen=True)
+class Mode:
+    """What the load asks for: an API, streamed or not."""
+
+    key: str  # --modes name, and the key of the mode in latest.json
+    label: str  # in the tables
+    stream: bool
+    api: str  # chat | responses (chat.lua's BENCH_API)
+    path: str
+
+
+MODES = (Mode("non-stream", "non-stream", False, "chat", CHAT),
+         Mode("stream", "stream", True, "chat", CHAT),
+         Mode("responses-stream", "stream (responses)", True, "responses", RESPONSES))
+MODE = {mode.key: mode for mode in MODES}
 
 
 # -- processes and pinning ---------------------------------------------------------------
@@ -313,12 +334,13 @@ def parse_wrk(output: str) -> Wrk:
     return result
 
 
-def run_wrk(port: int, *, connections: int, seconds: float, stream: bool,
+def run_wrk(port: int, *, connections: int, seconds: float, mode: Mode,
             cpu: str | None) -> Wrk:
     argv = pinned(cpu, ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
                         "--latency", "--timeout", "10s", "-s", str(LUA),
-                        f"http://127.0.0.1:{port}{CHAT}"])
-    env = {**os.environ, "BENCH_STREAM": "1" if stream else "0", "BENCH_KEY": KEY,
+                        f"http://127.0.0.1:{port}{mode.path}"])
+    env = {**os.environ, "BENCH_STREAM": "1" if mode.stream else "0", "BENCH_API": mode.api,
+           "BENCH_KEY": KEY,
            "BENCH_RUN": uuid.uuid4().hex[:8]}  # prompts unique across runs, not only within
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60,
@@ -338,6 +360,7 @@ POLICY = """\
 tenant: bench
 keys: [{digest}]
 upstream: local
+apis: {{chat: local, responses: local}}
 prompt: {{check: true, unsafe: block, controversial: block}}
 response: {{check: true, unsafe: block, controversial: block, stream: window}}
 on_guard_error: block
@@ -435,17 +458,24 @@ class Env:
         return server
 
 
-def sanity(server: Server, system: str, *, stream: bool) -> None:
+def sanity(server: Server, system: str, mode: Mode, *, chunks: int) -> None:
     """One request before the load: a complete, moderated (for the proxy) 200 answer."""
-    body = json.dumps({"model": "bench-model", "stream": stream, "messages": [
-        {"role": "user", "content": f"sanity check {time.time_ns()}"}]}).encode()
-    status, headers, raw = http_request(server.port, "POST", CHAT, body, {
+    prompt = f"sanity check {time.time_ns()}"
+    payload: dict[str, Any] = {"model": "bench-model", "stream": mode.stream}
+    if mode.api == "responses":
+        payload["input"] = prompt
+    else:
+        payload["messages"] = [{"role": "user", "content": prompt}]
+    status, headers, raw = http_request(server.port, "POST", mode.path,
+                                        json.dumps(payload).encode(), {
         "Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}, timeout=30)
-    what = f"{system} ({'stream' if stream else 'non-stream'}) sanity request"
+    what = f"{system} ({mode.key}) sanity request"
     if status != 200:
         raise BenchError(f"{what}: HTTP {status}: {raw[:500]!r}")
     text = raw.decode()
-    if stream:
+    if mode.api == "responses":
+        moderation = responses_sanity(text, what, chunks=chunks)
+    elif mode.stream:
         if not text.rstrip().endswith("data: [DONE]") or text.count("tok ") < 1:
             raise BenchError(f"{what}: incomplete stream: {text[-300:]!r}")
         events = [json.loads(line[6:]) for line in text.splitlines()
@@ -462,10 +492,56 @@ def sanity(server: Server, system: str, *, stream: bool) -> None:
             raise BenchError(f"{what}: {stage} not checked: {moderation.get(stage)!r}")
 
 
+#: the event types of a streamed Responses answer with one message, in order (the deltas
+#: collapsed into one)
+RESPONSES_EVENTS = ("response.created", "response.in_progress", "response.output_item.added",
+                    "response.content_part.added", "response.output_text.delta",
+                    "response.output_text.done", "response.content_part.done",
+                    "response.output_item.done", "response.completed")
+
+
+def responses_sanity(text: str, what: str, *, chunks: int) -> Any:
+    """Checks a streamed Responses answer (``event:`` and ``data:`` per event, sequence
+    numbers from 0, the expected event types in order, the deltas adding up to the upstream's
+    ``--chunks`` tokens and to the text of ``response.completed``, no ``[DONE]``); returns
+    the final response's ``moderation`` (None when it has none)."""
+    if "[DONE]" in text:
+        raise BenchError(f"{what}: a Responses stream ends without [DONE]: {text[-300:]!r}")
+    events = []
+    for block in text.strip().split("\n\n"):
+        lines = {name: value for name, _, value in
+                 (line.partition(": ") for line in block.splitlines())}
+        try:
+            event = json.loads(lines["data"])
+        except (KeyError, ValueError) as exc:
+            raise BenchError(f"{what}: unreadable event {block[:300]!r}") from exc
+        if lines.get("event") != event.get("type"):
+            raise BenchError(f"{what}: event {lines.get('event')!r} carries "
+                             f"{event.get('type')!r}")
+        events.append(event)
+    kinds = [e["type"] for e in events]
+    collapsed = tuple(k for i, k in enumerate(kinds) if i == 0 or k != kinds[i - 1])
+    if collapsed != RESPONSES_EVENTS:
+        raise BenchError(f"{what}: events {collapsed}, expected {RESPONSES_EVENTS}")
+    if [e.get("sequence_number") for e in events] != list(range(len(events))):
+        raise BenchError(f"{what}: sequence numbers are not 0..{len(events) - 1}")
+    deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    response = events[-1]["response"]
+    final = "".join(part.get("text", "") for item in response.get("output") or []
+                    for part in item.get("content") or [])
+    if deltas != "tok " * chunks or final != deltas or response.get("status") != "completed" \
+            or not response.get("usage"):
+        raise BenchError(f"{what}: incomplete answer: {len(deltas)} characters streamed, "
+                         f"{len(final)} in the response, status {response.get('status')!r}")
+    return response.get("moderation")
+
+
 @dataclass
 class Row:
     system: str
     label: str
+    mode: str  # Mode.key
+    api: str  # chat | responses
     stream: bool
     connections: int
     rps: float
@@ -504,10 +580,10 @@ class Row:
 
 
 GUARD_PATHS = ("/v1/chat/completions", "/generate")
-UPSTREAM_PATHS = ("/v1/chat/completions",)
+UPSTREAM_PATHS = ("/v1/chat/completions", "/v1/responses")
 
 
-def measure(env: Env, port: int, system: System, *, stream: bool, connections: int,
+def measure(env: Env, port: int, system: System, *, mode: Mode, connections: int,
             seconds: float, warmup: float, sut: Server | None) -> Row:
     """Warm-up, then a measured wrk run, with counters and CPU times around it.
 
@@ -515,14 +591,14 @@ def measure(env: Env, port: int, system: System, *, stream: bool, connections: i
     CPU is repeated (``--retries``); the least disturbed attempt is kept."""
     wait_quiet(env.pinning, limit_s=env.args.quiet_wait)
     if warmup > 0:
-        warm = run_wrk(port, connections=connections, seconds=warmup, stream=stream,
+        warm = run_wrk(port, connections=connections, seconds=warmup, mode=mode,
                        cpu=env.pinning.load)
         if warm.errors:
             raise BenchError(f"{system.key} warm-up: {', '.join(warm.errors)}")
     best: Row | None = None
     errors: list[str] = []
     for attempt in range(1, env.args.retries + 2):
-        row = measured_run(env, port, system, stream=stream, connections=connections,
+        row = measured_run(env, port, system, mode=mode, connections=connections,
                            seconds=seconds, sut=sut)
         row.attempts = attempt
         errors += row.errors
@@ -537,7 +613,7 @@ def measure(env: Env, port: int, system: System, *, stream: bool, connections: i
     return best
 
 
-def measured_run(env: Env, port: int, system: System, *, stream: bool, connections: int,
+def measured_run(env: Env, port: int, system: System, *, mode: Mode, connections: int,
                  seconds: float, sut: Server | None) -> Row:
     idle_before = wait_quiet(env.pinning, limit_s=env.args.quiet_wait)
     time.sleep(0.2)  # let stragglers of the warm-up finish before the counters are read
@@ -550,7 +626,7 @@ def measured_run(env: Env, port: int, system: System, *, stream: bool, connectio
     cpu0 = {name: cpu_seconds(pid) for name, pid in procs.items()}
     tree0 = {pid: cpu_seconds(pid) for pid in tree}
     stat0 = cpu_times()
-    result = run_wrk(port, connections=connections, seconds=seconds, stream=stream,
+    result = run_wrk(port, connections=connections, seconds=seconds, mode=mode,
                      cpu=env.pinning.load)
     stat1 = cpu_times()
     cpu1 = {name: cpu_seconds(pid) for name, pid in procs.items()}
@@ -592,7 +668,8 @@ def measured_run(env: Env, port: int, system: System, *, stream: bool, connectio
         peak_rss = sum(peak_rss_kib(pid) for pid in tree) / 1024 if tree \
             else peak_rss_kib(sut.pid) / 1024
     return Row(
-        system=system.key, label=system.label, stream=stream, connections=connections,
+        system=system.key, label=system.label, mode=mode.key, api=mode.api,
+        stream=mode.stream, connections=connections,
         rps=result.rps, p50_ms=result.p50_ms, p99_ms=result.p99_ms, requests=result.requests,
         guard_calls_per_request=calls(g0, g1, GUARD_PATHS) / n,
         upstream_calls_per_request=calls(u0, u1, UPSTREAM_PATHS) / n,
@@ -631,11 +708,11 @@ def throughput_table(rows: list[Row], ratios: dict[str, dict[str, float]]) -> st
            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
            "| ---: | ---: |"]
     for r in rows:
-        mode = "stream" if r.stream else "non-stream"
-        ratio = ratios.get(mode, {}) if r.system == "proxy" else {}
-        scaling = ratios.get(mode, {}).get("proxy2/proxy") if r.system == "proxy2" else None
+        ratio = ratios.get(r.mode, {}) if r.system == "proxy" else {}
+        scaling = ratios.get(r.mode, {}).get("proxy2/proxy") if r.system == "proxy2" else None
         out.append(
-            f"| {r.label} | {mode} | {_rps(r)} | {r.p50_ms:.2f} ms | {r.p99_ms:.2f} ms | "
+            f"| {r.label} | {MODE[r.mode].label} | {_rps(r)} | {r.p50_ms:.2f} ms | "
+            f"{r.p99_ms:.2f} ms | "
             f"{r.guard_calls_per_request:.2f} | {r.upstream_calls_per_request:.2f} | "
             f"{r.sut_cpu_ms_per_request:.3f} ms | {r.sut_cpu_percent:.0f} % | "
             f"{fmt(r.load_cpu_percent, '.0f', ' %')} | {fmt(r.peak_rss_mib, '.1f', ' MiB')} | "
@@ -657,7 +734,7 @@ def latency_table(latency: dict[str, Any]) -> str:
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for mode, m in latency.items():
         out.append(
-            f"| {mode} | {m['upstream_p50_ms']:.3f} ms | {m['guard_p50_ms']:.3f} ms | "
+            f"| {MODE[mode].label} | {m['upstream_p50_ms']:.3f} ms | {m['guard_p50_ms']:.3f} ms | "
             f"{m['guard_calls_per_request']:.2f} | {fmt(m.get('baseline1_p50_ms'), '.3f', ' ms')}"
             f" | {fmt(m.get('baseline2_p50_ms'), '.3f', ' ms')} | {m['proxy_p50_ms']:.3f} ms | "
             f"{m['proxy_p99_ms']:.3f} ms | {m['added_p50_ms']:.3f} ms |")
@@ -665,10 +742,10 @@ def latency_table(latency: dict[str, Any]) -> str:
 
 
 def proxy_fingerprint() -> str:
-    """A digest of proxy/*.py: other people edit the proxy, maybe during a run."""
+    """A digest of proxy/**/*.py: other people edit the proxy, maybe during a run."""
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "proxy").glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in sorted((ROOT / "proxy").rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
 
 
@@ -715,8 +792,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--systems", default="baseline1,baseline2,proxy,proxy2",
                         help="comma-separated subset of baseline1, baseline2, proxy, proxy2 "
                         "(guardproxy serve --workers 2, on both CPUs)")
-    parser.add_argument("--modes", default="non-stream,stream",
-                        help="comma-separated subset of non-stream, stream")
+    parser.add_argument("--modes", default=",".join(m.key for m in MODES),
+                        help="comma-separated subset of non-stream, stream (chat completions) "
+                        "and responses-stream (/v1/responses; not run on proxy2)")
     parser.add_argument("--no-latency", action="store_true", help="skip the c=1 runs")
     parser.add_argument("--python", default=default_python(),
                         help="interpreter for the servers (default: the repo's .venv)")
@@ -725,6 +803,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.systems.split(",")) - {s.key for s in SYSTEMS}
     if unknown:
         parser.error(f"unknown --systems {', '.join(sorted(unknown))}")
+    unknown = set(args.modes.split(",")) - set(MODE)
+    if unknown:
+        parser.error(f"unknown --modes {', '.join(sorted(unknown))}")
     if args.quick:
         args.duration, args.warmup = 3.0, 1.0
     return args
@@ -766,22 +847,22 @@ def run(args: argparse.Namespace) -> int:
     direct_runs: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="guardproxy-bench-") as tmp, \
             emulators(args, pinning, Path(tmp)) as env:
-        modes = args.modes.split(",")
+        modes = [m for m in MODES if m.key in args.modes.split(",")]
         for repeat in range(1, args.repeat + 1):
             if args.repeat > 1:
                 print(f"# round {repeat} of {args.repeat}", file=sys.stderr)
-            for stream in [m == "stream" for m in ("non-stream", "stream") if m in modes]:
-                one_round(env, stream, rows, c1, direct_runs)
+            for mode in modes:
+                one_round(env, mode, rows, c1, direct_runs, guard=mode == modes[0])
     codes = sorted({r.proxy_code for r in [*rows, *c1]})
     rows, c1 = combine(rows), combine(c1)
-    direct = {f"{r.system}/{'stream' if r.stream else 'non-stream'}": r
-              for r in combine(direct_runs)}
+    direct = {f"{r.system}/{r.mode}": r for r in combine(direct_runs)}
     ratios = _ratios(rows)
+    apis = _apis(rows, ratios)
     latency = _latency(c1, direct)
-    errors = [f"{r.system} {'stream' if r.stream else 'non-stream'} c={r.connections}: {e}"
+    errors = [f"{r.system} {r.mode} c={r.connections}: {e}"
               for r in [*rows, *c1, *direct.values()] for e in r.errors]
     warnings = [
-        f"{r.system} {'stream' if r.stream else 'non-stream'} c={r.connections}: "
+        f"{r.system} {r.mode} c={r.connections}: "
         f"{other:.0f} % of the {where} CPU went to processes outside the bench"
         for r in [*rows, *c1, *direct.values()]
         for where, other in (("load", r.other_load_cpu_percent),
@@ -790,7 +871,7 @@ def run(args: argparse.Namespace) -> int:
     git_after = git_state()
     if len(codes) > 1 or git_after != git_before:
         warnings.append(f"proxy/ changed during the run (git {git_before['commit'][:8]} -> "
-                        f"{git_after['commit'][:8]}, proxy/*.py digests {', '.join(codes)}): "
+                        f"{git_after['commit'][:8]}, proxy/**/*.py digests {', '.join(codes)}): "
                         "rows may measure different code")
     report = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
@@ -805,6 +886,7 @@ def run(args: argparse.Namespace) -> int:
                        "guardproxy": "uvloop when installed (proxy/cli.py)"},
         "throughput": [asdict(r) for r in rows],
         "ratios": ratios,
+        "apis": apis,
         "latency_c1": latency,
         "latency_c1_runs": [asdict(r) for r in [*c1, *direct.values()]],
         "errors": errors,
@@ -813,7 +895,7 @@ def run(args: argparse.Namespace) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\n{pinning.note}; wrk -t1 -c{args.connections}, {args.warmup:g} s warm-up, "
-          f"{args.duration:g} s measured; streams of {args.chunks} chunks "
+          f"{args.duration:g} s measured; streams (chat and responses) of {args.chunks} chunks "
           f"(ttft {args.ttft_ms:g} ms, {args.token_ms:g} ms/token); guard {args.guard_ms:g} ms, "
           f"guardproxy guard.api {args.guard_api}; uvloop "
           f"{'installed' if uvloop else 'not installed'}, baseline loop {args.baseline_loop}; "
@@ -826,6 +908,13 @@ def run(args: argparse.Namespace) -> int:
               f"{pinning.both or 'unpinned'}, sharing CPU {pinning.load or '-'} with wrk and the "
               "emulators, so 2.0 is out of reach): "
               + ", ".join(f"{mode} {value:.2f}" for mode, value in scaling.items()))
+    if apis:
+        print("\nResponses vs chat, streamed: guardproxy/baseline 1-hop "
+              f"{fmt(apis.get('proxy/baseline1 chat'), '.2f')} (chat) vs "
+              f"{fmt(apis.get('proxy/baseline1 responses'), '.2f')} (responses); "
+              "responses rps / chat rps: baseline 1-hop "
+              f"{fmt(apis.get('baseline1 responses/chat'), '.2f')}, guardproxy "
+              f"{fmt(apis.get('proxy responses/chat'), '.2f')}")
     if latency:
         print("\nUnloaded latency (wrk -t1 -c1); proxy added p50 = guardproxy p50 - "
               "(guard calls/req * guard p50 + upstream p50)\n")
@@ -840,18 +929,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def one_round(env: Env, stream: bool, rows: list[Row], c1: list[Row], direct: list[Row]
-              ) -> None:
-    """Every system in one mode, each in a fresh process; then the direct c=1 runs."""
+def one_round(env: Env, mode: Mode, rows: list[Row], c1: list[Row], direct: list[Row],
+              *, guard: bool) -> None:
+    """Every system in one mode, each in a fresh process; then the direct c=1 runs (the
+    guard's only with ``guard``: its answer does not depend on the mode).
+    ``/v1/responses`` is not run on proxy2: worker scaling does not depend on the API."""
     args = env.args
-    mode = "stream" if stream else "non-stream"
-    for system in [s for s in SYSTEMS if s.key in args.systems.split(",")]:
+    systems = [s for s in SYSTEMS if s.key in args.systems.split(",")
+               and (mode.api == "chat" or s.workers == 1)]
+    for system in systems:
         code = proxy_fingerprint()
         server = env.start(system)
         try:
-            sanity(server, system.key, stream=stream)
-            print(f"# {system.key} {mode}: c={args.connections} …", file=sys.stderr)
-            row = measure(env, server.port, system, stream=stream,
+            sanity(server, system.key, mode, chunks=args.chunks)
+            print(f"# {system.key} {mode.key}: c={args.connections} …", file=sys.stderr)
+            row = measure(env, server.port, system, mode=mode,
                           connections=args.connections, seconds=args.duration,
                           warmup=args.warmup, sut=server)
             row.proxy_code = code
@@ -859,7 +951,7 @@ def one_round(env: Env, stream: bool, rows: list[Row], c1: list[Row], direct: li
             _progress(row)
             # proxy2 at c=1: one connection reaches one worker, as for proxy; skipped
             if not args.no_latency and system.workers == 1:
-                row = measure(env, server.port, system, stream=stream, connections=1,
+                row = measure(env, server.port, system, mode=mode, connections=1,
                               seconds=args.duration, warmup=min(args.warmup, 1.0), sut=server)
                 row.proxy_code = code
                 c1.append(row)
@@ -869,9 +961,9 @@ def one_round(env: Env, stream: bool, rows: list[Row], c1: list[Row], direct: li
     if args.no_latency:
         return
     for name, port in (("upstream", env.upstream.port), ("guard", env.guard.port)):
-        if name == "guard" and stream:
-            continue  # the guard's answer does not depend on the mode
-        row = measure(env, port, System(name, f"{name} direct"), stream=stream,
+        if name == "guard" and not guard:
+            continue
+        row = measure(env, port, System(name, f"{name} direct"), mode=mode,
                       connections=1, seconds=args.duration, warmup=min(args.warmup, 1.0),
                       sut=None)
         direct.append(row)
@@ -881,9 +973,9 @@ def one_round(env: Env, stream: bool, rows: list[Row], c1: list[Row], direct: li
 def combine(runs: list[Row]) -> list[Row]:
     """One row per (system, mode, connections) over ``--repeat`` rounds: medians of rps,
     p50, p99 and CPU per request, the largest peak RSS, all errors, every round's rps."""
-    groups: dict[tuple[str, bool, int], list[Row]] = {}
+    groups: dict[tuple[str, str, int], list[Row]] = {}
     for row in runs:
-        groups.setdefault((row.system, row.stream, row.connections), []).append(row)
+        groups.setdefault((row.system, row.mode, row.connections), []).append(row)
     out = []
     for group in groups.values():
         middle = statistics.median(r.rps for r in group)
@@ -900,7 +992,7 @@ def combine(runs: list[Row]) -> list[Row]:
 
 
 def _progress(row: Row) -> None:
-    print(f"#   {row.system} {'stream' if row.stream else 'non-stream'} c={row.connections}: "
+    print(f"#   {row.system} {row.mode} c={row.connections}: "
           f"{row.rps:,.0f} rps, p50 {row.p50_ms:.2f} ms, p99 {row.p99_ms:.2f} ms, "
           f"other CPU load/SUT {fmt(row.other_load_cpu_percent)}/"
           f"{fmt(row.other_sut_cpu_percent)} %"
@@ -909,28 +1001,43 @@ def _progress(row: Row) -> None:
 
 def _ratios(rows: list[Row]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
-    for stream in (False, True):
-        by = {r.system: r.rps for r in rows if r.stream is stream}
+    for mode in MODES:
+        by = {r.system: r.rps for r in rows if r.mode == mode.key}
         if by.get("proxy"):
-            mode = out["stream" if stream else "non-stream"] = {
+            ratios = out[mode.key] = {
                 base: by["proxy"] / by[base] for base in ("baseline1", "baseline2")
                 if by.get(base)}
             if "proxy2" in by:  # worker scaling: 2 processes on both CPUs / 1 on one
-                mode["proxy2/proxy"] = by["proxy2"] / by["proxy"]
+                ratios["proxy2/proxy"] = by["proxy2"] / by["proxy"]
+    return out
+
+
+def _apis(rows: list[Row], ratios: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Streamed ``/v1/responses`` beside streamed chat: each one's ratio to its baseline, and
+    each system's responses rps over its chat rps (the baseline's should be near 1: the
+    emulators and the relay do the same work for both)."""
+    chat, responses = ratios.get("stream", {}), ratios.get("responses-stream", {})
+    out: dict[str, float] = {}
+    if "baseline1" in chat and "baseline1" in responses:
+        out["proxy/baseline1 chat"] = chat["baseline1"]
+        out["proxy/baseline1 responses"] = responses["baseline1"]
+    for system in ("baseline1", "baseline2", "proxy"):
+        by = {r.mode: r.rps for r in rows if r.system == system}
+        if by.get("stream") and "responses-stream" in by:
+            out[f"{system} responses/chat"] = by["responses-stream"] / by["stream"]
     return out
 
 
 def _latency(c1: list[Row], direct: dict[str, Row]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    guard = direct.get("guard/non-stream")
-    for stream in (False, True):
-        mode = "stream" if stream else "non-stream"
-        by = {r.system: r for r in c1 if r.stream is stream}
-        upstream, proxy = direct.get(f"upstream/{mode}"), by.get("proxy")
+    guard = next((row for key, row in direct.items() if key.startswith("guard/")), None)
+    for mode in MODES:
+        by = {r.system: r for r in c1 if r.mode == mode.key}
+        upstream, proxy = direct.get(f"upstream/{mode.key}"), by.get("proxy")
         if guard is None or upstream is None or proxy is None:
             continue
         hops = proxy.guard_calls_per_request
-        out[mode] = {
+        out[mode.key] = {
             "upstream_p50_ms": upstream.p50_ms, "guard_p50_ms": guard.p50_ms,
             "guard_calls_per_request": hops,
             "baseline1_p50_ms": by["baseline1"].p50_ms if "baseline1" in by else None,

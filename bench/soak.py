@@ -182,7 +182,7 @@ class SoakUpstream(Upstream):
                 "code": None}})))]
         if fault == "reset":
             return [(1e-6, ABORT)]
-        whole = self.stream_whole if stream else self.whole
+        whole = self.chat.whole if stream else self.chat_whole
         if fault == "cut":
             return [(1e-6, whole[: len(whole) // 2]), (0.0, ABORT)]
         return super().__call__(method, target, body)
