@@ -353,9 +353,16 @@ class MessagesEvents(EventReader):
     calls: dict[int, int] = field(default_factory=dict)  # block index -> tool-call index
     prompt_tokens: int = 0
 
-    def read(self, data: bytes) -> Json | None:
+    def read(self, data: bytes) -> Json | str | None:
+        """The chat chunk ``data`` amounts to; answer text as a plain string."""
         event = self.load(data)
         kind = event["type"]
+        if kind == "content_block_delta":
+            delta = event.get("delta")
+            if type(delta) is dict and delta.get("type") == "text_delta" and self.head:
+                text = delta.get("text")
+                if type(text) is str:
+                    return text
         if kind == "error":
             raise self.failed(event.get("error"))
         if kind == "message_start":

@@ -170,6 +170,13 @@ class StreamState:
         body = b"data: " + orjson.dumps({"error": {**error, "moderation": moderation}}) + b"\n\n"
         return body + (self.closing_chunk(moderation, usage) if ending.trailing else b"")
 
+    def feed_text(self, text: str, size: int) -> None:
+        """Take text of the first choice's answer that another API's event carried (its
+        most common event, read without building a chunk)."""
+        if self.head is None:
+            raise StreamFault("upstream stream sent text before it began")
+        self._add_text(text, size)
+
     def feed_chunk(self, chunk: dict[str, Any], size: int) -> None:
         """Take one chat chunk another API's event was read into (``size``: its bytes)."""
         if self.head is None:

@@ -440,9 +440,14 @@ class ResponsesEvents(EventReader):
 
     calls: dict[int, int] = field(default_factory=dict)  # output_index -> tool-call index
 
-    def read(self, data: bytes) -> Json | None:
+    def read(self, data: bytes) -> Json | str | None:
+        """The chat chunk ``data`` amounts to; answer text as a plain string."""
         event = self.load(data)
         kind = event["type"]
+        if kind == "response.output_text.delta":
+            text = event.get("delta")
+            if type(text) is str and self.head:
+                return text
         if kind in ("error", "response.failed"):
             raise self.failed(event.get("error") or (event.get("response") or {}).get("error")
                               or event)

@@ -134,7 +134,9 @@ class StreamRelay:
                 feed(data)
                 continue
             chunk = reader.read(data)
-            if chunk is not None:
+            if type(chunk) is str:  # answer text: the usual event
+                self.state.feed_text(chunk, len(data))
+            elif chunk is not None:
                 self.state.feed_chunk(chunk, len(data))
         return False
 
