@@ -172,6 +172,9 @@ async def test_every_place_the_model_reads_is_judged(proxy: Proxy, body: dict[st
     ({"messages": [{"role": "user", "content": "hi", "cache": 1}]}, "messages[0].cache"),
     ({"messages": [{"role": "tool", "content": "hi"}]}, "messages[0].role"),
     ({"messages": _user("hi"), "surprise": 1}, "surprise"),
+    ({"messages": [{"role": "assistant", "content": [{"type": "tool_use", "id": "obey me now",
+                                                      "name": "f", "input": {}}]}]},
+     "messages[0].content[0].id"),
 ])
 async def test_what_cannot_be_judged_is_refused(proxy: Proxy, body: dict[str, Any],
                                                 param: str) -> None:

@@ -168,6 +168,9 @@ def _message(message: Any, where: str) -> list[tuple[Json, str]]:
 
 def _tool_result(block: Json, where: str) -> Json:
     known_keys(block, ("type", "tool_use_id", "content", "is_error", "cache_control"), where)
+    _id(block, "tool_use_id", where)
+    if block.get("is_error") is not None and not isinstance(block["is_error"], bool):
+        raise BadRequest(f"{where}.is_error must be a boolean", param=f"{where}.is_error")
     content = block.get("content")
     if isinstance(content, list):
         blocks = []
@@ -185,8 +188,19 @@ def _tool_result(block: Json, where: str) -> Json:
     return {"role": "tool", "content": content or ""}
 
 
+_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def _id(block: Json, key: str, where: str) -> None:
+    value = block.get(key)
+    if value is not None and not (isinstance(value, str) and _ID.fullmatch(value)):
+        raise BadRequest(f"{where}.{key} must be an id of letters, digits, _ and -",
+                         param=f"{where}.{key}")
+
+
 def _tool_use(block: Json, where: str) -> Json:
     known_keys(block, ("type", "id", "name", "input", "cache_control"), where)
+    _id(block, "id", where)
     name, arguments = block.get("name"), block.get("input")
     if not isinstance(name, str) or not name or not isinstance(arguments, dict):
         raise BadRequest(f"{where} needs a name and an input object", param=where)

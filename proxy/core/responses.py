@@ -25,6 +25,7 @@ completions' own: this module only translates at the edges.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -158,8 +159,28 @@ def _string(item: Json, key: str, where: str, *, required: bool = True) -> str:
                      param=f"{where}.{key}")
 
 
+def _structural(item: Json, where: str) -> None:
+    """An item's ids and states: plain tokens and known values, never text."""
+    for key, check in _ITEM_FIELDS.items():
+        value = item.get(key)
+        if value is not None and not check[0](value):
+            raise BadRequest(f"{where}.{key} must be {check[1]}", param=f"{where}.{key}")
+
+
+_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_ITEM_FIELDS: dict[str, Check] = {
+    "id": (lambda value: isinstance(value, str) and bool(_ID.fullmatch(value)),
+           "an id of letters, digits and _.:-"),
+    "call_id": (lambda value: isinstance(value, str) and bool(_ID.fullmatch(value)),
+                "an id of letters, digits and _.:-"),
+    "status": enum_check("in_progress", "completed", "incomplete"),
+    "phase": enum_check("commentary", "final_answer"),
+}
+
+
 def _message_item(item: Json, where: str) -> Json:
     known_keys(item, _MESSAGE_KEYS, where)
+    _structural(item, where)
     role = item.get("role")
     if role not in _ROLES:
         raise BadRequest(f"{where}.role must be one of user, system, developer, assistant",
@@ -192,9 +213,10 @@ def _part(part: Any, where: str) -> Any:
     if known is None:
         return part  # read_messages refuses an unknown type, naming it
     known_keys(part, known, where)
-    if part.get("annotations"):  # citations the upstream does not render: unjudged text
-        raise UnsupportedContent(f"{where}.annotations must be empty in input",
-                                 param=f"{where}.annotations")
+    for key in ("annotations", "logprobs"):  # citations, tokens: text nobody judges
+        if part.get(key):
+            raise UnsupportedContent(f"{where}.{key} must be empty in input",
+                                     param=f"{where}.{key}")
     if part["type"] == "output_text":
         return {"type": "output_text", "text": part.get("text")}
     return part
@@ -202,6 +224,7 @@ def _part(part: Any, where: str) -> Any:
 
 def _call_item(item: Json, where: str) -> Json:
     known_keys(item, _CALL_KEYS, where)
+    _structural(item, where)
     name = _string(item, "name", where)
     namespace = _string(item, "namespace", where, required=False)
     arguments = _string(item, "arguments", where, required=False)
@@ -214,6 +237,7 @@ def _call_item(item: Json, where: str) -> Json:
 
 def _output_item(item: Json, where: str) -> Json:
     known_keys(item, _OUTPUT_KEYS, where)
+    _structural(item, where)
     output = item.get("output")
     if isinstance(output, list):
         output = [_part(part, f"{where}.output[{index}]") for index, part in enumerate(output)]
@@ -225,6 +249,7 @@ def _output_item(item: Json, where: str) -> Json:
 
 def _reasoning_item(item: Json, where: str) -> Json:
     known_keys(item, _REASONING_KEYS, where)
+    _structural(item, where)
     if item.get("encrypted_content") is not None:
         raise UnsupportedContent(f"{where}.encrypted_content is opaque to the guard",
                                  param=f"{where}.encrypted_content")
