@@ -279,18 +279,34 @@ class _Section:
         return _section(self.f, entry.value, self.path(key), entry.key_line, valid, required)
 
 
-def _url_problem(raw: str) -> str | None:
+@dataclass(frozen=True)
+class _UrlKind:
+    schemes: tuple[str, ...]
+    name: str  # "an http:// or https://"
+    secret: str  # where credentials go instead
+    query: str  # why a query is wrong
+
+
+_HTTP = _UrlKind(("http", "https"), "an http:// or https://", "use an api_key_env field",
+                 "a base URL cannot have a ?query or #fragment")
+_REDIS = _UrlKind(("redis", "rediss"), "a redis:// or rediss://",
+                  "name the variable that holds the password in cache.redis_password_env",
+                  "no ?query or #fragment (name the database as the path, like /0)")
+
+
+def _url_problem(raw: str, kind: _UrlKind = _HTTP) -> str | None:
+    """Why ``raw`` is not a plain URL of this kind (credentials go in the environment)."""
     try:
         parts = urlsplit(raw)
         parts.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
         parts = None
     if parts is not None and (parts.username or parts.password):
-        return "must not contain credentials (user:password@); use an api_key_env field"
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"{raw!r} is not an http:// or https:// URL"
+        return f"must not contain credentials (user:password@); {kind.secret}"
+    if parts is None or parts.scheme not in kind.schemes or not parts.hostname:
+        return f"{raw!r} is not {kind.name} URL"
     if parts.query or parts.fragment:
-        return f"{raw!r}: a base URL cannot have a ?query or #fragment"
+        return f"{raw!r}: {kind.query}"
     return None
 
 
@@ -443,21 +459,11 @@ def _redis_url(sec: _Section) -> str | None:
 
 
 def _redis_url_problem(raw: str) -> str | None:
-    try:
-        parts = urlsplit(raw)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        parts = None
-    if parts is not None and (parts.username or parts.password):
-        return ("must not contain credentials (user:password@); name the variable that holds "
-                "the password in cache.redis_password_env")
-    if parts is None or parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        return f"{raw!r} is not a redis:// or rediss:// URL"
-    if parts.query or parts.fragment:
-        return f"{raw!r}: no ?query or #fragment (name the database as the path, like /0)"
-    if parts.path not in ("", "/") and not re.fullmatch(r"/\d{1,5}", parts.path):
+    problem = _url_problem(raw, _REDIS)
+    path = urlsplit(raw).path if problem is None else ""
+    if path not in ("", "/") and not re.fullmatch(r"/\d{1,5}", path):
         return f"{raw!r}: the path is a database number, like /0"
-    return None
+    return problem
 
 
 def _redis_installed() -> bool:
