@@ -38,6 +38,7 @@ from proxy.core.request import (
     Check,
     Translation,
     enum_check,
+    is_tool_name,
     known_keys,
     read_translated,
 )
@@ -58,18 +59,43 @@ _STRUCTURAL: dict[str, Check] = {
     "max_tokens": (lambda value: type(value) is int and value >= 1, "a positive integer"),
     "stop_sequences": (lambda value: isinstance(value, list) and all(
         isinstance(item, str) for item in value), "an array of strings"),
-    "metadata": (lambda value: isinstance(value, dict) and value.keys() <= {"user_id"},
-                 "an object of user_id"),
-    "tool_choice": _OBJ,
+    "metadata": (lambda value: isinstance(value, dict) and value.keys() <= {"user_id"} and (
+        value.get("user_id") is None or isinstance(value["user_id"], str)),
+        "an object of user_id, a string"),
+    "tool_choice": (lambda value: _tool_choice_ok(value), "an object of type (auto, any, "
+                    "tool, none), a tool's name and disable_parallel_tool_use"),
     "thinking": (lambda value: isinstance(value, dict) and value.get("type") in (
         "enabled", "disabled", "adaptive") and value.keys() <= {"type", "budget_tokens",
                                                                  "display"},
         "an object whose type is enabled, disabled or adaptive"),
     "service_tier": enum_check("auto", "standard_only"),
-    "cache_control": _OBJ,
+    "cache_control": (lambda value: _cache_control_ok(value),
+                      "{type: ephemeral} with an optional ttl of 5m or 1h"),
     "cache_salt": STRUCTURAL["user"],
 }
 _JUDGED = ("messages", "system", "tools", "output_config")
+
+
+def _tool_choice_ok(value: Any) -> bool:
+    if not isinstance(value, dict) or not value.keys() <= {"type", "name",
+                                                           "disable_parallel_tool_use"}:
+        return False
+    named = value.get("type") == "tool" and is_tool_name(value.get("name"))
+    return (named or (value.get("type") in ("auto", "any", "none") and "name" not in value)) \
+        and isinstance(value.get("disable_parallel_tool_use", False), bool)
+
+
+def _block_keys(block: Json, known: Collection[str], where: str) -> None:
+    """A block's keys, each known; its ``cache_control`` a marker, never text."""
+    known_keys(block, known, where)
+    if "cache_control" in block and not _cache_control_ok(block["cache_control"]):
+        raise BadRequest(f"{where}.cache_control must be {{type: ephemeral}} with an optional "
+                         "ttl of 5m or 1h", param=f"{where}.cache_control")
+
+
+def _cache_control_ok(value: Any) -> bool:
+    return (isinstance(value, dict) and value.get("type") == "ephemeral"
+            and value.keys() <= {"type", "ttl"} and value.get("ttl") in (None, "5m", "1h"))
 _STATE = frozenset({"container", "mcp_servers", "context_management", "compaction", "thread",
                     "fallbacks", "fallback_credit_token", "billing_policy"})
 _SIGNATURE = re.compile(r"[0-9a-f]{32}")
@@ -117,7 +143,7 @@ def _system(system: Any) -> Any:
 def _text_block(block: Any, where: str) -> Json:
     if not isinstance(block, dict) or block.get("type") != "text":
         raise BadRequest(f"{where} must be a text block", param=where)
-    known_keys(block, ("type", "text", "cache_control", "citations"), where)
+    _block_keys(block, ("type", "text", "cache_control", "citations"), where)
     if block.get("citations"):
         raise UnsupportedContent(f"{where}.citations hold text the guard does not judge",
                                  param=f"{where}.citations")
@@ -128,7 +154,7 @@ def _message(message: Any, where: str) -> list[tuple[Json, str]]:
     """One Messages message as chat messages: tool results become tool messages."""
     if not isinstance(message, dict):
         raise BadRequest(f"{where} must be an object", param=where)
-    known_keys(message, ("role", "content"), where)
+    _block_keys(message, ("role", "content"), where)
     role, content = message.get("role"), message.get("content")
     if role not in ("user", "assistant", "system"):
         raise BadRequest(f"{where}.role must be user, assistant or system", param=f"{where}.role")
@@ -153,7 +179,7 @@ def _message(message: Any, where: str) -> list[tuple[Json, str]]:
         elif kind == "text":
             parts.append(_text_block(block, here))
         elif kind == "image":
-            known_keys(block, ("type", "source", "cache_control"), here)
+            _block_keys(block, ("type", "source", "cache_control"), here)
             parts.append({"type": "image_url"})  # non-text: prompt.non_text decides
         else:
             raise UnsupportedContent(
@@ -167,7 +193,7 @@ def _message(message: Any, where: str) -> list[tuple[Json, str]]:
 
 
 def _tool_result(block: Json, where: str) -> Json:
-    known_keys(block, ("type", "tool_use_id", "content", "is_error", "cache_control"), where)
+    _block_keys(block, ("type", "tool_use_id", "content", "is_error", "cache_control"), where)
     _id(block, "tool_use_id", where)
     if block.get("is_error") is not None and not isinstance(block["is_error"], bool):
         raise BadRequest(f"{where}.is_error must be a boolean", param=f"{where}.is_error")
@@ -177,7 +203,7 @@ def _tool_result(block: Json, where: str) -> Json:
         for index, item in enumerate(content):
             here = f"{where}.content[{index}]"
             if isinstance(item, dict) and item.get("type") == "image":
-                known_keys(item, ("type", "source", "cache_control"), here)
+                _block_keys(item, ("type", "source", "cache_control"), here)
                 blocks.append({"type": "image_url"})
             else:
                 blocks.append(_text_block(item, here))
@@ -199,7 +225,7 @@ def _id(block: Json, key: str, where: str) -> None:
 
 
 def _tool_use(block: Json, where: str) -> Json:
-    known_keys(block, ("type", "id", "name", "input", "cache_control"), where)
+    _block_keys(block, ("type", "id", "name", "input", "cache_control"), where)
     _id(block, "id", where)
     name, arguments = block.get("name"), block.get("input")
     if not isinstance(name, str) or not name or not isinstance(arguments, dict):
@@ -209,7 +235,7 @@ def _tool_use(block: Json, where: str) -> Json:
 
 
 def _thinking(block: Json, where: str) -> str:
-    known_keys(block, ("type", "thinking", "signature"), where)
+    _block_keys(block, ("type", "thinking", "signature"), where)
     signature = block.get("signature")
     if signature not in (None, "") and not (isinstance(signature, str)
                                             and _SIGNATURE.fullmatch(signature)):
@@ -239,7 +265,7 @@ def _extras(data: Json) -> str:
                 raise UnsupportedParameter(
                     f"{where}: {kind!r} tools are not accepted (only client tools: server "
                     "and built-in tools run or fetch things the guard never sees)", param=where)
-            known_keys(tool, _TOOL_KEYS, where)
+            _block_keys(tool, _TOOL_KEYS, where)
         if tools:
             texts.append(orjson.dumps(tools).decode())
     config = data.get("output_config")

@@ -52,6 +52,14 @@ def enum_check(*choices: str) -> Check:
     return (lambda value: value in choices), "one of " + ", ".join(choices)
 
 
+#: A tool's name as the APIs allow it: a token, never free text.
+TOOL_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+def is_tool_name(value: Any) -> bool:
+    return isinstance(value, str) and bool(TOOL_NAME.fullmatch(value))
+
+
 _NUM: Check = (_is_number, "a number")
 _INT: Check = (_is_int, "an integer")
 _BOOL: Check = (lambda value: isinstance(value, bool), "a boolean")

@@ -42,6 +42,7 @@ from proxy.core.request import (
     Check,
     Translation,
     enum_check,
+    is_tool_name,
     known_keys,
     read_translated,
 )
@@ -58,7 +59,7 @@ Json = dict[str, Any]
 _OBJ: Check = STRUCTURAL["metadata"]
 _STRUCTURAL: dict[str, Check] = {
     **{name: STRUCTURAL[name] for name in (
-        "model", "stream", "temperature", "top_p", "parallel_tool_calls", "tool_choice",
+        "model", "stream", "temperature", "top_p", "parallel_tool_calls",
         "metadata", "store", "user", "safety_identifier", "prompt_cache_key",
         "prompt_cache_retention", "prompt_cache_options", "service_tier", "top_logprobs",
         "top_k", "min_p", "presence_penalty", "frequency_penalty", "repetition_penalty",
@@ -68,6 +69,8 @@ _STRUCTURAL: dict[str, Check] = {
     "max_output_tokens": STRUCTURAL["max_tokens"],
     "max_tool_calls": STRUCTURAL["max_tokens"],
     "truncation": enum_check("auto", "disabled"),
+    "tool_choice": (lambda value: _tool_choice_ok(value), "none, auto, required, a function "
+                    "{type, name} or allowed_tools {type, mode, tools} naming functions"),
     "background": (lambda value: value is False, "false (background responses are fetched "
                    "later, outside the moderated stream)"),
     # encrypted reasoning may be asked for (the AI SDK does, for reasoning models): the
@@ -86,6 +89,19 @@ _STATE = frozenset({"previous_response_id", "conversation", "prompt", "context_m
                     "enable_response_messages"})
 _EFFORTS = frozenset({"none", "minimal", "low", "medium", "high", "xhigh", "max"})
 _SUMMARIES = frozenset({"auto", "concise", "detailed"})
+
+
+def _function_named(value: Any) -> bool:
+    return (isinstance(value, dict) and value.keys() == {"type", "name"}
+            and value["type"] == "function" and is_tool_name(value["name"]))
+
+
+def _tool_choice_ok(value: Any) -> bool:
+    if value in ("none", "auto", "required") or _function_named(value):
+        return True
+    return (isinstance(value, dict) and value.keys() == {"type", "mode", "tools"}
+            and value["type"] == "allowed_tools" and value["mode"] in ("auto", "required")
+            and isinstance(value["tools"], list) and all(map(_function_named, value["tools"])))
 
 
 def _reasoning_ok(value: Any) -> bool:
