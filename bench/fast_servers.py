@@ -281,6 +281,9 @@ def responses_stream(model: str, created: int, chunks: int, usage: dict[str, int
 
 PROMPT_VERDICT = "Safety: Safe\nCategories: None"
 RESPONSE_VERDICT = PROMPT_VERDICT + "\nRefusal: No"
+SEVERITY_TOKEN = " Safe"
+#: the end of a /generate text that hands the guard its answer's start, as JSON spells it
+ANSWER_START_JSON = b'</think>\\n\\nSafety:"'
 
 
 class Guard(Counters):
@@ -305,6 +308,9 @@ class Guard(Counters):
 
         self.chat = {False: chat(PROMPT_VERDICT), True: chat(RESPONSE_VERDICT)}
         self.generate = {False: generate(PROMPT_VERDICT), True: generate(RESPONSE_VERDICT)}
+        # guard.decoding one_token: the one token after the answer's start "Safety:"
+        self.chat_severity = chat(SEVERITY_TOKEN)
+        self.generate_severity = generate(SEVERITY_TOKEN)
 
     def __call__(self, method: str, target: str, body: bytes) -> Segments:
         if target == "/stats":
@@ -312,12 +318,16 @@ class Guard(Counters):
         self.paths[target] += 1
         if method == "POST" and target == "/v1/chat/completions":
             try:
-                messages = orjson.loads(body)["messages"]
-                response = messages[-1]["role"] in ("tool", "assistant")
+                request = orjson.loads(body)
+                response = request["messages"][-1]["role"] in ("tool", "assistant")
             except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
                 return json_response({"error": {"message": "bad request"}}, 400)
+            if request.get("continue_final_message"):
+                return [(self.latency_s, self.chat_severity)]
             return [(self.latency_s, self.chat[response])]
         if method == "POST" and target == "/generate":
+            if ANSWER_START_JSON in body:
+                return [(self.latency_s, self.generate_severity)]
             return [(self.latency_s, self.generate[b"THE LAST ASSISTANT" in body])]
         if method == "GET" and target in ("/health", "/v1/models"):
             return [(0.0, http_response(200, b"{}"))]

@@ -109,37 +109,50 @@ class GuardRecord:
 
 
 class SoakGuard:
-    """Qwen3Guard-Gen over the chat API: ``Unsafe`` for "bomb", faults on request."""
+    """Qwen3Guard-Gen over the chat API: ``Unsafe`` for "bomb", faults on request.  A request
+    that hands over the answer's start (``continue_final_message``) gets the one token after
+    ``Safety:``, or a flagged verdict's category; ``records`` has one entry per check."""
 
     def __init__(self, hang_s: float) -> None:
         self.hang_s = hang_s
         self.records: list[GuardRecord] = []
         self.answers = {v: _chat_answer(v) for v in (
             "Safety: Safe\nCategories: None", "Safety: Safe\nCategories: None\nRefusal: No",
-            "Safety: Unsafe\nCategories: Violent", "I think it's fine")}
+            "Safety: Unsafe\nCategories: Violent", "I think it's fine", " Safe", " Unsafe",
+            " Violent")}
 
     def __call__(self, method: str, target: str, body: bytes) -> Segments:
         if method == "GET":
             return [(0.0, http_response(200, b"{}"))]
-        messages = orjson.loads(body)["messages"]
+        request = orjson.loads(body)
+        messages = request["messages"]
+        # guard.decoding one_token: a final assistant message is the answer's start
+        start = messages.pop()["content"] if request.get("continue_final_message") else ""
         check = "response" if any(m["role"] == "assistant" for m in messages) else "prompt"
         prompt = next(m["content"] for m in messages if m["role"] == "user")
+        if start not in ("", "Safety:"):  # a flagged check continued: its categories
+            return [(0.0, self.answers[" Violent"])]
         marker = MARKER.search(prompt)
         fault = _directive(prompt, "gfault")
         kind = fault.split(":")[1] if fault and fault.startswith(check) else None
         outcome = f"fault:{kind}" if kind else ("unsafe" if "bomb" in prompt else "safe")
         self.records.append(GuardRecord(marker.group(0) if marker else "", check, outcome))
-        return self._segments(kind, check, outcome)
+        return self._segments(kind, check, outcome, one_token=bool(start))
 
-    def _segments(self, kind: str | None, check: str, outcome: str) -> Segments:
+    def _segments(self, kind: str | None, check: str, outcome: str, *, one_token: bool
+                  ) -> Segments:
         if kind == "500":
             return [(0.0, http_response(500, b'{"object":"error","message":"CUDA error"}'))]
         if kind == "hang":
             return [(self.hang_s, self.answers["I think it's fine"])]
         if kind == "garbage":
             return [(0.0, self.answers["I think it's fine"])]
-        verdict = "Safety: Unsafe\nCategories: Violent" if outcome == "unsafe" else (
-            "Safety: Safe\nCategories: None" + ("\nRefusal: No" if check == "response" else ""))
+        if one_token:
+            verdict = " Unsafe" if outcome == "unsafe" else " Safe"
+        else:
+            verdict = "Safety: Unsafe\nCategories: Violent" if outcome == "unsafe" else (
+                "Safety: Safe\nCategories: None"
+                + ("\nRefusal: No" if check == "response" else ""))
         answer = self.answers[verdict]
         if kind == "reset":
             return [(1e-6, answer[: len(answer) - 20]), (0.0, ABORT)]

@@ -262,7 +262,9 @@ async def _ask(config: Config, prompt: str, response: str | None, policy: Policy
         guard = make_guard(config.server.guard, session)
         started = time.perf_counter()
         try:
-            verdicts = [(stage, await guard.classify(turns)) for stage, turns in checks]
+            refusal = policy is None or policy.response.detect_refusal
+            verdicts = [(stage, await guard.classify(turns, refusal=refusal))
+                        for stage, turns in checks]
         except GuardError as exc:
             print(f"guard error ({exc.kind}): {exc.message}", file=sys.stderr)
             return 1

@@ -124,13 +124,15 @@ class Checks:
     async def _judge_input(self, stage: StagePolicy, turns: Sequence[Turn]) -> Outcome:
         """One guard input's outcome; the cache is keyed by the exact input."""
         cache = self.cache
-        key = cache.key(turns, self.cache_scope) if cache is not None else None
+        refusal = turns[-1].role == "assistant" and self.policy.response.detect_refusal
+        scope = self.cache_scope + ("\x00refusal" if refusal else "")
+        key = cache.key(turns, scope) if cache is not None else None
         verdict = self._cached(key)
         if verdict is None and key is not None and self.shared is not None:
             verdict = await self._shared_cached(self.shared, key)
         if verdict is None:
             try:
-                verdict = await self._ask(turns)
+                verdict = await self._ask(turns, refusal=refusal)
             except GuardError as exc:
                 return Outcome.guard_failed(self.policy, exc)
             if cache is not None and key is not None:
@@ -157,7 +159,7 @@ class Checks:
                 self.cache.put(key, verdict)
         return verdict
 
-    async def _ask(self, turns: Sequence[Turn]) -> Verdict:
+    async def _ask(self, turns: Sequence[Turn], *, refusal: bool) -> Verdict:
         """A guard call, once a slot of its request's share (a long input's pieces, every
         turn of a chat) and of its tenant's (all its requests) is free."""
         request = self.request_slots
@@ -168,7 +170,7 @@ class Checks:
             if tenant is not None:
                 await self._tenant_slot(tenant)
             try:
-                return await self._classify(turns)
+                return await self._classify(turns, refusal=refusal)
             finally:
                 if tenant is not None:
                     tenant.release()
@@ -190,11 +192,11 @@ class Checks:
             self.record.guard_rejected = True
             raise GuardError("busy", "the tenant's guard calls are all in use") from None
 
-    async def _classify(self, turns: Sequence[Turn]) -> Verdict:
+    async def _classify(self, turns: Sequence[Turn], *, refusal: bool) -> Verdict:
         started = time.perf_counter()
         self.record.guard_calls += 1
         try:
-            return await self.guard.classify(turns)
+            return await self.guard.classify(turns, refusal=refusal)
         finally:
             seconds = time.perf_counter() - started
             self.record.guard_ms += seconds * 1000

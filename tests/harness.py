@@ -16,6 +16,8 @@ chat only:
 - ``annotated`` (``sk-annotated``): like lenient (fails open), answers checked in windows of
   40 characters, and the trailing ``choices: []`` chunk on every stream
   (``annotate.stream_chunk: always``).
+- ``refusals`` (``sk-refusals``): like strict, and asks the guard whether each answer refuses
+  (``response.detect_refusal: true``).
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ from proxy.web.app import create_admin_app, create_app
 UPSTREAM_KEY = "sk-upstream-secret-0123456789"
 KEYS = {"strict": "sk-strict", "lenient": "sk-lenient", "errors": "sk-errors",
         "audited": "sk-audited", "racer": "sk-racer", "thorough": "sk-thorough",
-        "permissive": "sk-permissive", "limited": "sk-limited", "annotated": "sk-annotated"}
+        "permissive": "sk-permissive", "limited": "sk-limited", "annotated": "sk-annotated",
+        "refusals": "sk-refusals"}
 
 
 def _digest(key: str) -> str:
@@ -54,7 +57,8 @@ def _digest(key: str) -> str:
 SERVER = """\
 listen: {{host: 127.0.0.1, port: 8080}}
 policies: policies
-guard: {{url: "{guard}", model: Qwen/Qwen3Guard-Gen-0.6B, api: {api}, timeout_s: {timeout}}}
+guard: {{url: "{guard}", model: Qwen/Qwen3Guard-Gen-0.6B, api: {api}, timeout_s: {timeout},
+        decoding: {decoding}}}
 upstreams:
   local: {{url: "{upstream}/v1", api_key_env: UPSTREAM_KEY, timeout_s: {upstream_timeout}}}
 limits: {{max_body_bytes: {max_body}}}
@@ -98,6 +102,15 @@ apis: {{chat: local, responses: local, messages: local}}
 models: [gpt-4.1-mini]
 response: {{stream: {stream}}}
 block: {{style: error, message: "Blocked (error style)."}}
+""",
+    "refusals": """\
+tenant: refusals
+keys: [{key}]
+upstream: local
+prompt: {{unsafe: block, controversial: block}}
+response: {{unsafe: block, controversial: block, stream: {stream}, detect_refusal: true}}
+on_guard_error: block
+block: {{style: message, message: "Blocked by the refusals policy."}}
 """,
     "racer": """\
 tenant: racer
@@ -191,7 +204,8 @@ async def wait_until(condition: Callable[[], bool]) -> None:
 def write_config(root: Path, *, guard: str, upstream: str, stream: str = "buffer",
                  timeout: float = 2.0, max_body: int = 65536, api: str = "chat",
                  upstream_timeout: float = 10.0, poll: float = 1.0,
-                 shared_cache: bool = False, admin_port: int = 0) -> Path:
+                 shared_cache: bool = False, admin_port: int = 0,
+                 decoding: str = "one_token") -> Path:
     (root / "policies").mkdir(parents=True, exist_ok=True)
     for name, text in POLICIES.items():
         policy = text.format(key=_digest(KEYS[name]), stream=stream)
@@ -201,7 +215,7 @@ def write_config(root: Path, *, guard: str, upstream: str, stream: str = "buffer
                                   max_body=max_body, api=api,
                                   upstream_timeout=upstream_timeout, poll=poll,
                                   shared_cache=str(shared_cache).lower(),
-                                  admin_port=admin_port))
+                                  admin_port=admin_port, decoding=decoding))
     return path
 
 

@@ -100,7 +100,7 @@ async def test_a_cached_block_still_blocks(proxy: Proxy) -> None:
     await proxy.post(body)
     _, headers, _ = await proxy.post(body)
     assert headers["x-guard-action"] == "block" and proxy.upstream_chats() == []
-    assert len(proxy.guard.requests) == 1
+    assert len(proxy.guard.checks) == 1  # one check: its severity token and its categories
 
 
 async def test_a_new_turn_is_a_new_guard_input(proxy: Proxy) -> None:

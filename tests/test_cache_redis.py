@@ -271,7 +271,7 @@ async def test_a_turn_judged_by_one_replica_is_not_judged_again_by_another(
     assert all(key.startswith(PREFIX) and len(key) == len(PREFIX) + 32 for key in keys)
     # the values are the prompt's verdict and the answer's, expiring with guard.cache_ttl_s
     verdicts = [decode_verdict(await redis_server.client.get(key)) for key in keys]
-    assert sorted(verdicts, key=repr) == [Verdict("safe", refusal=False), Verdict("safe")]
+    assert verdicts == [Verdict("safe"), Verdict("safe")]  # no refusal asked for
     for key in keys:
         assert 590_000 < await redis_server.client.pttl(key) <= 600_000
 

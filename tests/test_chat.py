@@ -41,12 +41,13 @@ async def test_safe_prompt_passes_and_is_annotated(proxy: Proxy) -> None:
     (answer,) = moderation["output"]["results"]
     assert prompt["severity"] == "safe" and prompt["action"] == "pass" and not prompt["flagged"]
     assert "Jailbreak" in prompt["categories"] and "Jailbreak" not in answer["categories"]
-    assert answer["refusal"] is False
+    assert answer["refusal"] is None  # the tenant does not ask for it
     # one prompt check and one response check went to the guard, in SGLang's chat format
     calls = [r for r in proxy.guard.requests if r.path == "/v1/chat/completions"]
     assert len(calls) == 2
     assert all(c.body["temperature"] == 0 for c in calls)
-    assert calls[0].body["messages"] == _user("What is the capital of France?")
+    assert calls[0].body["messages"] == [*_user("What is the capital of France?"),
+                                         {"role": "assistant", "content": "Safety:"}]
     assert "THE LAST USER's query" in calls[0].prompt
     assert "THE LAST ASSISTANT's response" in calls[1].prompt
     assert "ASSISTANT: Paris is the capital of France." in calls[1].prompt
@@ -111,10 +112,25 @@ async def test_unsafe_response_is_blocked_and_never_sent(proxy: Proxy) -> None:
     validate("CreateChatCompletionResponse", body)
 
 
-async def test_refusal_is_reported(proxy: Proxy) -> None:
+async def test_refusal_is_reported_to_a_tenant_that_asks(proxy: Proxy) -> None:
+    proxy.upstream.replies.append(Reply(content="I can't help with that."))
+    _, body = await _create(proxy, "hello", tenant="refusals")
+    assert body["moderation"]["output"]["results"][0]["refusal"] is True
+    validate("ChatCompletionModeration", body["moderation"])
+    # the guard was asked: the severity, then the one token after "Refusal:"
+    prefixes = [call.answer_prefix for call in proxy.guard.calls]
+    assert prefixes == ["Safety:", "Safety:", "Safety: Safe\nCategories: None\nRefusal:"]
+    proxy.upstream.replies.append(Reply(content="Sure, here it is."))
+    _, body = await _create(proxy, "hello again", tenant="refusals")
+    assert body["moderation"]["output"]["results"][0]["refusal"] is False
+
+
+async def test_refusal_is_not_asked_for_by_default(proxy: Proxy) -> None:
     proxy.upstream.replies.append(Reply(content="I can't help with that."))
     _, body = await _create(proxy, "hello")
-    assert body["moderation"]["output"]["results"][0]["refusal"] is True
+    assert body["moderation"]["output"]["results"][0]["refusal"] is None
+    validate("ChatCompletionModeration", body["moderation"])
+    assert [call.decoded_tokens for call in proxy.guard.calls] == [1, 1]
 
 
 async def test_block_style_error(proxy: Proxy) -> None:

@@ -104,7 +104,7 @@ CONFIG_CASES = [
     pytest.param(
         c("  timeout_s: 5", "  timout_s: 5"),
         ["CFG:7: unknown key 'timout_s' in guard "
-         "(valid: url, model, api, timeout_s, api_key_env, max_tokens, cache_size, "
+         "(valid: url, model, api, timeout_s, api_key_env, max_tokens, decoding, cache_size, "
          "cache_ttl_s, max_model_len, max_concurrency_per_request)"],
         id="unknown-key-guard",
     ),

@@ -112,7 +112,8 @@ def test_every_declared_key_is_read(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("cls", "keys"), [
     (GuardConfig, ("url", "model", "api", "timeout_s", "api_key_env", "max_tokens",
-                   "cache_size", "cache_ttl_s", "max_model_len", "max_concurrency_per_request")),
+                   "decoding", "cache_size", "cache_ttl_s", "max_model_len",
+                   "max_concurrency_per_request")),
     (ServerConfig, ("listen", "policies", "guard", "upstreams", "limits", "log", "reload",
                     "admin", "cache")),
     (Policy, ("tenant", "keys", "upstream", "models", "prompt", "response", "on_guard_error",
@@ -124,4 +125,5 @@ def test_valid_keys_come_from_the_model(cls: type[Any], keys: tuple[str, ...]) -
 
 def test_allowed_values_come_from_the_literal_types() -> None:
     assert choices_of(ResponsePolicy, "stream") == ("buffer", "window", "async")
+    assert choices_of(GuardConfig, "decoding") == ("one_token", "full")
     assert choices_of(ServerConfig, "log_level") == ("debug", "info", "warning", "error")

@@ -15,7 +15,13 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
+from aiohttp.test_utils import TestServer
 from clientview import read_stream
+
+from proxy.config import GuardConfig
+from proxy.core.conversation import Turn
+from proxy.demo.guard import make_app
+from proxy.web.app import make_guard
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,3 +103,25 @@ async def test_a_port_in_use_is_one_clear_line() -> None:
         _, err = await asyncio.wait_for(process.communicate(), timeout=30)
     assert process.returncode == 1 and b"Traceback" not in err
     assert f"cannot listen on 127.0.0.1:{port}".encode() in err and b"--port" in err
+
+
+@pytest.mark.parametrize("api", ["chat", "generate"])
+async def test_the_demo_guard_answers_one_token_verdicts_as_whole_ones(api: str) -> None:
+    server = TestServer(make_app(), host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    cases = [[Turn("user", text)] for text in ("hello", "a bomb", "the election")]
+    cases += [[Turn("user", "hi"), Turn("assistant", text)]
+              for text in ("Sure.", "I can't.", "a bomb", "I cannot discuss the election")]
+    try:
+        async with aiohttp.ClientSession() as session:
+            one, full = (make_guard(GuardConfig(url=url, api=api,  # type: ignore[arg-type]
+                                                decoding=decoding),  # type: ignore[arg-type]
+                                    session) for decoding in ("one_token", "full"))
+            verdicts = [await one.classify(turns, refusal=True) for turns in cases]
+            assert verdicts == [await full.classify(turns, refusal=True) for turns in cases]
+    finally:
+        await server.close()
+    assert [v.severity for v in verdicts] == ["safe", "unsafe", "controversial",
+                                              "safe", "safe", "unsafe", "controversial"]
+    assert [v.refusal for v in verdicts[3:]] == [False, True, False, True]

@@ -467,9 +467,13 @@ async def _hang_up(writer: asyncio.StreamWriter) -> float:
 
 def _response_checks(guard: GuardEmulator) -> list[RecordedRequest]:
     """Checks of an answer: their conversation has an assistant turn (read from the request,
-    since a hung check never gets as far as rendering its prompt)."""
+    since a hung check never gets as far as rendering its prompt).  The final assistant
+    message of a request that continues it is the start of the guard's answer, not a turn."""
+    def judged(body: dict[str, Any]) -> list[dict[str, Any]]:
+        return body["messages"][:-1] if body.get("continue_final_message") else body["messages"]
+
     return [r for r in _checks(guard)
-            if any(m.get("role") == "assistant" for m in r.body["messages"])]
+            if any(m.get("role") == "assistant" for m in judged(r.body))]
 
 
 async def test_disconnect_during_a_window_check_cancels_upstream_and_guard(

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from proxy.clients.guard import ChatGuard, GenerateGuard, chat_messages
 from proxy.config import GuardConfig
 from proxy.core.conversation import Turn
+from proxy.core.decoding import severity_ask
 from proxy.core.longinput import input_budget
 from proxy.core.template import render
 from proxy.core.verdict import parse_verdict, verdict_regex
@@ -120,23 +121,27 @@ async def test_controversial_is_read_from_its_split_token(
 
 async def test_response_check_reads_the_refusal(guard: ChatGuard | GenerateGuard,
                                                 guard_emulator: GuardEmulator) -> None:
-    verdict = await guard.classify([BOMB, REFUSAL])
+    verdict = await guard.classify([BOMB, REFUSAL], refusal=True)
     assert verdict.severity == "safe" and verdict.refusal is True
-    # the guard saw response moderation of exactly the template's render
-    assert guard_emulator.requests[-1].prompt == (FIXTURES / "render_response_moderation.txt"
-                                                  ).read_text()
+    # the guard saw response moderation of exactly the template's render, then the
+    # start of its answer: first "Safety:", then the safe verdict up to "Refusal:"
+    published = (FIXTURES / "render_response_moderation.txt").read_text()
+    assert [r.prompt for r in guard_emulator.requests] == [
+        published + "Safety:", published + "Safety: Safe\nCategories: None\nRefusal:"]
+    assert (await guard.classify([BOMB, REFUSAL])).refusal is None  # unless asked
 
 
 async def test_requests_are_deterministic_and_ask_for_logprobs(
         guard: ChatGuard | GenerateGuard, guard_emulator: GuardEmulator) -> None:
     await guard.classify([BOMB])
-    body = guard_emulator.requests[-1].body
-    if guard_emulator.requests[-1].path == "/generate":
+    body = guard_emulator.requests[0].body
+    if guard_emulator.requests[0].path == "/generate":
         params = body["sampling_params"]
-        assert params["temperature"] == 0 and params["regex"] == verdict_regex(response=False)
+        assert params["temperature"] == 0
+        assert params["regex"] == severity_ask(response=False).regex
         assert body["return_logprob"] and body["top_logprobs_num"] > 1
         assert body["return_text_in_logprobs"] and body["logprob_start_len"] == -1
-        assert body["text"] == render([BOMB])
+        assert body["text"] == render([BOMB]) + "Safety:"
     else:
         assert body["temperature"] == 0 and body["logprobs"] and body["top_logprobs"] > 1
 

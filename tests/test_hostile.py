@@ -123,7 +123,8 @@ async def test_thousands_of_messages_are_checked_and_served(proxy: Proxy) -> Non
     status, headers, _ = await proxy.post({"model": "m", "messages": messages})
     assert status == 200 and headers["x-guard-action"] == "pass"
     prompt = proxy.guard.requests[0].body["messages"]
-    assert prompt[-1] == {"role": "user", "content": "m4000"}  # judged, with what context fits
+    assert prompt[-1] == {"role": "assistant", "content": "Safety:"}  # the answer's start
+    assert prompt[-2] == {"role": "user", "content": "m4000"}  # judged, with what context fits
     assert len(proxy.upstream_chats()[0].body["messages"]) == 4001
 
 

@@ -67,7 +67,7 @@ async def test_each_request_is_counted_by_tenant_stage_and_action(proxy: Proxy) 
     assert _value(m, "guardproxy_blocked_upstream_tokens_total",
                   tenant="strict", kind="saved") == 22 // 4
     assert _value(m, "guardproxy_verdict_cache_hits_total") == 1
-    guard_calls = len(proxy.guard.requests)
+    guard_calls = len(proxy.guard.checks)  # a flagged check is two guard requests
     assert sum(_value(m, "guardproxy_guard_calls_total", check=check, api="chat")
                for check in ("prompt", "response")) == guard_calls
     assert _value(m, "guardproxy_guard_latency_seconds_count", check="prompt", api="chat") \

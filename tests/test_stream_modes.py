@@ -51,7 +51,9 @@ def _parse(raw: bytes) -> tuple[str, list[str], dict[str, Any], list[dict[str, A
 
 
 def _response_checks(guard: GuardEmulator) -> list[str]:
-    return [r.prompt for r in guard.requests if "THE LAST ASSISTANT" in r.prompt]
+    """The renders of the response checks (a flagged one's continuation is the same check)."""
+    return [r.render for r in guard.requests
+            if r.render and r.starts_check and "THE LAST ASSISTANT" in r.render]
 
 
 def _judged(prompt: str) -> str:
@@ -146,8 +148,10 @@ async def test_each_check_extends_the_last_one(proxy: Proxy) -> None:
         # everything before the template's closing text is a prefix of the next check
         assert later.startswith(earlier[: -len(RESPONSE_TAIL)])
     bodies = [r.body for r in proxy.guard.requests if r.path != "/health"][1:]
-    if "messages" in bodies[0]:  # chat: the same messages, only the last one grows
-        assert all(b["messages"][:-2] == bodies[0]["messages"][:-2] for b in bodies)
+    if "messages" in bodies[0]:  # chat: the same messages, only the judged answer grows
+        # (it is followed by the empty tool message and the answer's start, "Safety:")
+        assert all(b["messages"][:-3] == bodies[0]["messages"][:-3] for b in bodies)
+        assert all(b["messages"][-2:] == bodies[0]["messages"][-2:] for b in bodies)
         assert all(b.keys() == bodies[0].keys() for b in bodies)
 
 

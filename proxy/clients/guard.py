@@ -1,10 +1,13 @@
 """Guard clients: a conversation in, a ``Verdict`` out.  No policy here.
 
-``ChatGuard`` speaks the portable OpenAI chat API that SGLang serves at
-``{url}/v1/chat/completions``: the server applies Qwen3Guard-Gen's chat template.
-``GenerateGuard`` renders the template here and calls SGLang's native
-``/generate``, constraining the output to the verdict shapes with a regex.  Both
-ask for the log-probabilities at the severity token, so category scores are real
+``ChatGuard`` speaks the OpenAI chat API that SGLang serves at
+``{url}/v1/chat/completions``: the server applies Qwen3Guard-Gen's chat template, and
+a start of the answer goes as a final assistant message with SGLang's
+``continue_final_message``.  ``GenerateGuard`` renders the template here, the
+answer's start appended, and calls SGLang's native ``/generate``, constraining the
+new text to the verdict shapes with a regex.  What each call asks for — one token
+after ``Safety:``, or the whole verdict — is ``proxy.core.decoding``'s.  Both ask
+for the log-probabilities at the severity token, so category scores are real
 probabilities.  Every transport or format problem is translated once, here, into
 a ``GuardError`` whose ``kind`` names it.
 
@@ -28,16 +31,20 @@ import yarl
 from proxy.clients.http1 import Origin
 from proxy.config import GuardConfig
 from proxy.core.conversation import Turn
+from proxy.core.decoding import (
+    REFUSAL_ASK,
+    Ask,
+    categories_ask,
+    full_ask,
+    read_categories,
+    read_full,
+    read_refusal,
+    read_severity,
+    severity_ask,
+)
 from proxy.core.longinput import input_budget
 from proxy.core.template import render
-from proxy.core.verdict import (
-    TokenStep,
-    Verdict,
-    parse_verdict,
-    severity_probabilities,
-    verdict_regex,
-    with_scores,
-)
+from proxy.core.verdict import Severity, TokenStep, Verdict, severity_probabilities, with_scores
 from proxy.errors import GuardError, HTTPFormatError
 
 logger = structlog.get_logger("guardproxy")
@@ -45,14 +52,14 @@ logger = structlog.get_logger("guardproxy")
 TOP_LOGPROBS = 5
 #: A guard whose context window could not be read is asked again after this long.
 CONTEXT_RETRY_S = 30.0
-_REGEX = {False: verdict_regex(response=False), True: verdict_regex(response=True)}
 
 
 class Guard(Protocol):
     model: str
 
-    async def classify(self, turns: Sequence[Turn]) -> Verdict:
-        """Judge the last turn: a prompt if it is the user's, else a response."""
+    async def classify(self, turns: Sequence[Turn], *, refusal: bool = False) -> Verdict:
+        """Judge the last turn: a prompt if it is the user's, else a response (and, with
+        ``refusal``, whether that response refuses)."""
         ...
 
     async def input_budget(self) -> int | None:
@@ -93,6 +100,35 @@ class _HTTPGuard:
     def close(self) -> None:
         self._origin.close()
 
+    async def classify(self, turns: Sequence[Turn], *, refusal: bool = False) -> Verdict:
+        response = turns[-1].role == "assistant"
+        refusal = refusal and response
+        if self._config.decoding == "full":
+            text, steps = await self._complete(turns, full_ask(response=response))
+            return read_full(text, steps, response=response, refusal=refusal)
+        ask = severity_ask(response=response)
+        text, steps = await self._complete(turns, ask)
+        severity = read_severity(text)
+        probabilities = severity_probabilities(steps, emitted=ask.prefix)
+        return with_scores(await self._rest(turns, severity, refusal=refusal), probabilities)
+
+    async def _rest(self, turns: Sequence[Turn], severity: Severity, *, refusal: bool
+                    ) -> Verdict:
+        """What a verdict needs beyond its severity: a safe one nothing (or its refusal,
+        one more token), a flagged one its categories."""
+        if severity == "safe":
+            if not refusal:
+                return Verdict(severity="safe")
+            text, _ = await self._complete(turns, REFUSAL_ASK)
+            return Verdict(severity="safe", refusal=read_refusal(text))
+        ask = categories_ask(severity, response=turns[-1].role == "assistant", refusal=refusal)
+        text, _ = await self._complete(turns, ask)
+        return read_categories(ask, text, refusal=refusal)
+
+    async def _complete(self, turns: Sequence[Turn], ask: Ask) -> tuple[str, Iterator[TokenStep]]:
+        """The guard's new text for ``ask`` and its scored tokens, read lazily."""
+        raise NotImplementedError
+
     async def _post(self, payload: dict[str, Any]) -> Any:
         limit = self._config.timeout_s
         try:
@@ -115,42 +151,48 @@ class _HTTPGuard:
 class ChatGuard(_HTTPGuard):
     path = "/v1/chat/completions"
 
-    async def classify(self, turns: Sequence[Turn]) -> Verdict:
-        answer = await self._post({
+    async def _complete(self, turns: Sequence[Turn], ask: Ask) -> tuple[str, Iterator[TokenStep]]:
+        messages = chat_messages(turns)
+        payload: dict[str, Any] = {
             "model": self.model,
-            "messages": chat_messages(turns),
+            "messages": messages,
             "temperature": 0,
-            "max_tokens": self._config.max_tokens,
-            "logprobs": True,
-            "top_logprobs": TOP_LOGPROBS,
+            "max_tokens": ask.max_tokens or self._config.max_tokens,
             "stream": False,
-        })
-        choice = _first_choice(answer)
-        verdict = parse_verdict(_chat_text(choice), response=turns[-1].role == "assistant")
-        return with_scores(verdict, severity_probabilities(_chat_steps(choice)))
+        }
+        if ask.scored:
+            payload.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
+        if ask.prefix:
+            # SGLang takes a final assistant message as the start of the answer to continue
+            messages.append({"role": "assistant", "content": ask.prefix})
+            payload["continue_final_message"] = True
+        if ask.stop:
+            payload["stop"] = [ask.stop]
+        choice = _first_choice(await self._post(payload))
+        return _chat_text(choice), _chat_steps(choice)
 
 
 class GenerateGuard(_HTTPGuard):
     path = "/generate"
 
-    async def classify(self, turns: Sequence[Turn]) -> Verdict:
-        response = turns[-1].role == "assistant"
-        answer = await self._post({
-            "text": render(turns),
-            "sampling_params": {
-                "max_new_tokens": self._config.max_tokens,
-                "temperature": 0,
-                "regex": _REGEX[response],
-            },
-            "return_logprob": True,
-            "top_logprobs_num": TOP_LOGPROBS,
-            "logprob_start_len": -1,  # the output's log-probabilities only
-            "return_text_in_logprobs": True,
-        })
+    async def _complete(self, turns: Sequence[Turn], ask: Ask) -> tuple[str, Iterator[TokenStep]]:
+        sampling: dict[str, Any] = {
+            "max_new_tokens": ask.max_tokens or self._config.max_tokens,
+            "temperature": 0,
+            "regex": ask.regex,
+        }
+        if ask.stop:
+            sampling["stop"] = [ask.stop]
+        payload: dict[str, Any] = {"text": render(turns) + ask.prefix,
+                                   "sampling_params": sampling}
+        if ask.scored:
+            payload.update(return_logprob=True, top_logprobs_num=TOP_LOGPROBS,
+                           logprob_start_len=-1,  # the output's log-probabilities only
+                           return_text_in_logprobs=True)
+        answer = await self._post(payload)
         if not isinstance(answer, dict) or not isinstance(answer.get("text"), str):
             raise GuardError("bad_response", "guard answer has no 'text'")
-        verdict = parse_verdict(answer["text"], response=response)
-        return with_scores(verdict, severity_probabilities(_generate_steps(answer)))
+        return answer["text"], _generate_steps(answer)
 
 
 def chat_messages(turns: Sequence[Turn]) -> list[dict[str, str]]:

@@ -112,6 +112,8 @@ class ResponsePolicy(StagePolicy):
     controversial: Action = Action.PASS
     stream: StreamMode = "window"
     window_chars: int = 160
+    # ask the guard whether the answer refuses (one more guard token per safe answer)
+    detect_refusal: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -184,6 +186,8 @@ class GuardConfig:
     timeout_s: float = 5.0
     api_key: Secret | None = field(default=None, metadata=key("api_key_env", own=1))
     max_tokens: int = 32
+    # one_token: the severity from one token after "Safety:"; full: the whole verdict
+    decoding: Literal["one_token", "full"] = "one_token"
     # verdicts kept; 0 turns the cache off
     cache_size: int = field(default=10_000, metadata=key("cache_size", low=0))
     cache_ttl_s: float = 600.0

@@ -159,7 +159,7 @@ def _result(model: str, outcome: Outcome, verdict: Verdict, response: bool) -> d
         "action": outcome.action.value,
     }
     if response:
-        result["refusal"] = bool(verdict.refusal)
+        result["refusal"] = verdict.refusal  # null when the tenant does not ask
     return result
 
 

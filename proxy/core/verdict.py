@@ -23,7 +23,7 @@ from proxy.errors import GuardError
 
 Severity = Literal["safe", "controversial", "unsafe"]
 
-_SEVERITIES: dict[str, Severity] = {
+SEVERITY_WORDS: dict[str, Severity] = {
     "Safe": "safe",
     "Controversial": "controversial",
     "Unsafe": "unsafe",
@@ -52,7 +52,7 @@ def parse_verdict(text: str, *, response: bool) -> Verdict:
     lines = [line.strip() for line in text.strip().splitlines()]
     expected = 3 if response else 2
     if len(lines) != expected:
-        raise _unreadable(text, f"expected {expected} lines, got {len(lines)}")
+        raise unreadable(text, f"expected {expected} lines, got {len(lines)}")
     severity = _severity(lines[0], text)
     categories = _categories(lines[1], text)
     refusal = _refusal(lines[2], text) if response else None
@@ -62,31 +62,31 @@ def parse_verdict(text: str, *, response: bool) -> Verdict:
 def _severity(line: str, text: str) -> Severity:
     match = _SAFETY.fullmatch(line)
     if match is None:
-        raise _unreadable(text, "no 'Safety:' line")
-    return _SEVERITIES[match.group(1)]
+        raise unreadable(text, "no 'Safety:' line")
+    return SEVERITY_WORDS[match.group(1)]
 
 
 def _categories(line: str, text: str) -> tuple[str, ...]:
     match = _CATEGORIES.fullmatch(line)
     if match is None:
-        raise _unreadable(text, "no 'Categories:' line")
+        raise unreadable(text, "no 'Categories:' line")
     if match.group(1).strip() == "None":
         return ()
     names = tuple(name.strip() for name in match.group(1).split(","))
     unknown = [name for name in names if name not in _KNOWN]
     if unknown:
-        raise _unreadable(text, f"unknown category {unknown[0]!r}")
+        raise unreadable(text, f"unknown category {unknown[0]!r}")
     return names
 
 
 def _refusal(line: str, text: str) -> bool:
     match = _REFUSAL.fullmatch(line)
     if match is None:
-        raise _unreadable(text, "no 'Refusal:' line")
+        raise unreadable(text, "no 'Refusal:' line")
     return match.group(1) == "Yes"
 
 
-def _unreadable(text: str, why: str) -> GuardError:
+def unreadable(text: str, why: str) -> GuardError:
     # The output itself stays out of the message: it may echo user text into logs.
     return GuardError("unreadable", f"unreadable guard output ({why}, {len(text)} chars)")
 
@@ -96,10 +96,14 @@ def _unreadable(text: str, why: str) -> GuardError:
 
 def verdict_regex(*, response: bool) -> str:
     """The verdict shapes the model may emit, for SGLang's ``regex`` constraint."""
-    names = "|".join(RESPONSE_CATEGORIES if response else CATEGORIES)
-    categories = f"Categories: (None|({names})(, ({names}))*)"
-    regex = f"Safety: (Safe|Unsafe|Controversial)\n{categories}"
+    regex = f"Safety: (Safe|Unsafe|Controversial)\nCategories:{categories_regex(response=response)}"
     return regex + "\nRefusal: (Yes|No)" if response else regex
+
+
+def categories_regex(*, response: bool) -> str:
+    """What may follow ``Categories:``: None, or the stage's category names."""
+    names = "|".join(RESPONSE_CATEGORIES if response else CATEGORIES)
+    return f" (None|({names})(, ({names}))*)"
 
 
 #: One output token: its text and the alternatives the server returned, as
@@ -107,14 +111,15 @@ def verdict_regex(*, response: bool) -> str:
 TokenStep = tuple[str, Sequence[tuple[str, float]]]
 
 
-def severity_probabilities(steps: Iterable[TokenStep]) -> dict[Severity, float] | None:
-    """P(Safe), P(Controversial), P(Unsafe) at the token after ``Safety:``.
+def severity_probabilities(steps: Iterable[TokenStep], *, emitted: str = ""
+                           ) -> dict[Severity, float] | None:
+    """P(Safe), P(Controversial), P(Unsafe) at the token after ``Safety:``, in an answer
+    that began with ``emitted`` (the part of it given to the guard).
 
     The severity words are recognised from the token texts the server returned (a
     word may be split, as " Cont" + "roversial" is in Qwen3's vocabulary): each
     alternative counts for the one severity word it begins.
     """
-    emitted = ""
     for token, top in steps:
         if emitted.strip() == "Safety:":
             return _by_severity(top)
@@ -125,11 +130,17 @@ def severity_probabilities(steps: Iterable[TokenStep]) -> dict[Severity, float] 
 def _by_severity(top: Iterable[tuple[str, float]]) -> dict[Severity, float]:
     probabilities: dict[Severity, float] = {"safe": 0.0, "controversial": 0.0, "unsafe": 0.0}
     for text, logprob in top:
-        word = text.strip()
-        matches = [sev for name, sev in _SEVERITIES.items() if word and name.startswith(word)]
-        if len(matches) == 1:
-            probabilities[matches[0]] += math.exp(logprob)
+        severity = severity_begun(text)
+        if severity is not None:
+            probabilities[severity] += math.exp(logprob)
     return probabilities
+
+
+def severity_begun(token: str) -> Severity | None:
+    """The one severity word a token's text begins (" Cont" begins Controversial), if any."""
+    word = token.strip()
+    matches = [sev for name, sev in SEVERITY_WORDS.items() if word and name.startswith(word)]
+    return matches[0] if len(matches) == 1 else None
 
 
 def with_scores(verdict: Verdict, probabilities: Mapping[Severity, float] | None) -> Verdict:

@@ -79,3 +79,19 @@ def verdict_text(prompt: str, rules: tuple[Rule, ...] = DEFAULT_RULES) -> str:
         refused = any(re.search(p, text, re.IGNORECASE) for p in REFUSAL_PATTERNS)
         lines.append(f"Refusal: {'Yes' if refused else 'No'}")
     return "\n".join(lines)
+
+
+_TOKEN_RE = re.compile(r" ?[\w-]+|\n|.")
+
+
+def continued_verdict(prompt: str, prefix: str, *, max_tokens: int | None = None,
+                      stop: str | None = None, rules: tuple[Rule, ...] = DEFAULT_RULES) -> str:
+    """The rest of the verdict after ``prefix`` (the start of the answer the guard was
+    handed), at most ``max_tokens`` word-sized tokens, cut before ``stop``.  A prefix the
+    rules' verdict does not begin with is answered ``?``: the demo guard does not guess."""
+    text = verdict_text(prompt, rules)
+    if not text.startswith(prefix):
+        return "?"
+    tokens = _TOKEN_RE.findall(text[len(prefix):])
+    rest = "".join(tokens if max_tokens is None else tokens[:max_tokens])
+    return rest.split(stop, 1)[0] if stop else rest

@@ -61,10 +61,10 @@ class Metrics:
             "guardproxy_http_responses", "HTTP answers by tenant and status class.",
             ["tenant", "status"], registry=r)
         self.guard_calls = Counter(
-            "guardproxy_guard_calls", "Guard calls by check and guard API.",
+            "guardproxy_guard_calls", "Guard checks (verdicts asked) by check and guard API.",
             ["check", "api"], registry=r)
         self.guard_latency = Histogram(
-            "guardproxy_guard_latency_seconds", "Guard call latency by check and guard API.",
+            "guardproxy_guard_latency_seconds", "Guard check latency by check and guard API.",
             ["check", "api"], buckets=GUARD_BUCKETS, registry=r)
         self.guard_errors = Counter(
             "guardproxy_guard_errors", "Checks without a verdict by check and error kind.",

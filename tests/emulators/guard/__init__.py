@@ -20,10 +20,20 @@ The wire formats follow SGLang 0.5.x (sgl-project/sglang, python/sglang/srt/):
 * ``managers/tokenizer_manager.py`` - too long: "The input (N tokens) is longer than the model's
   context length (M tokens)."; ``meta_info`` and logprob entries ``[logprob, token_id, text]``, the
   text ``null`` unless ``return_text_in_logprobs``.
+* ``entrypoints/openai/serving_chat.py`` ``_apply_jinja_template`` /
+  ``_handle_last_assistant_message`` - with ``continue_final_message`` a final assistant
+  message is dropped from the messages, the template still renders with
+  ``add_generation_prompt=True``, and its content is appended to the rendered text (encoded
+  with it; SGLang before the change encoded it apart and appended the ids: the same ids here).
+* ``mem_cache/radix_cache.py`` + ``managers/schedule_batch.py`` - the prefix cache
+  (``radix``); ``meta_info.cached_tokens``, and ``usage.prompt_tokens_details`` with
+  ``--enable-cache-report`` (``entrypoints/openai/usage_processor.py``: only when not 0);
+  ``/flush_cache`` (GET or POST) answers a text, 400 while requests are in flight.
 
 The model itself is replaced by a rule table (``proxy.demo.rules``, shared with ``guardproxy demo``)
 applied to the judged message, and the
 tokenizer by :class:`FakeTokenizer`, which splits the severity word as Qwen3's vocabulary does.
+A prompt that ends with the start of the answer is continued from it (``continuation``).
 """
 
 from __future__ import annotations
@@ -42,6 +52,15 @@ from .constants import (
     Fault,
     Json,
 )
+from .continuation import (
+    ANSWER_START,
+    AnswerPrefix,
+    continue_verdict,
+    parse_answer_prefix,
+    regex_cut,
+    split_answer,
+    with_severity,
+)
 from .generation import (
     SAMPLING_KEYS,
     Generation,
@@ -51,6 +70,7 @@ from .generation import (
     sampling_from_dict,
 )
 from .model import SEVERITY_TOKENS, Verdict, severity_distribution
+from .radix import RadixCache
 from .requests import (
     GENERIC_ROLES,
     PART_TYPES,
@@ -63,7 +83,6 @@ from .requests import (
     validation_error,
 )
 from .responses import chat_logprobs, chat_response, generate_logprobs, generate_response
-from .server import GuardEmulator, RecordedRequest, main
+from .server import FLUSHED, GuardCall, GuardEmulator, RecordedRequest, main
 from .template import render_chat
 from .tokenizer import EOS_ID, EOS_TOKEN, SPECIAL_TOKENS, TOKENIZER, FakeTokenizer
-

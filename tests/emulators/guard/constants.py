@@ -16,4 +16,3 @@ DEFAULT_MAX_NEW_TOKENS = 128  # SamplingParams default
 WEIGHT_VERSION = "default"
 GARBAGE_TEXT = "I think it's fine"
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "qwen3guard"
-

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from .constants import DEFAULT_MAX_NEW_TOKENS, Json
 from .model import SEVERITY_TOKENS, Verdict
@@ -35,7 +34,8 @@ def _step_for(tokens: list[str], index: int, verdict: Verdict | None) -> Step:
     token, context = tokens[index], tuple(tokens[max(0, index - 2) : index])
     if verdict is not None and context == ("Safety", ":"):
         dist = [(SEVERITY_TOKENS[s], p) for s, p in verdict.distribution]
-        return _step(token, dict(dist)[token], dist)
+        if token in dict(dist):
+            return _step(token, dict(dist)[token], dist)
     if verdict is not None and context == ("Categories", ":"):
         return _step(token, 0.92, _CATEGORY_ALTERNATIVES)
     if verdict is not None and context == ("Refusal", ":"):
@@ -131,12 +131,16 @@ def _finish(steps: list[Step], sampling: Sampling) -> tuple[int, Json]:
     return len(steps), {"type": "length", "length": len(steps)}
 
 
-def generation_from(output: str, verdict: Verdict | None, sampling: Sampling) -> Generation:
+def generation_from(
+    output: str, verdict: Verdict | None, sampling: Sampling, lead: Sequence[str] = ()
+) -> Generation:
+    """``output`` and the stop token, as generated after the prompt tokens ``lead`` (the last
+    ones suffice: a token's distribution depends on the two before it)."""
     if sampling.max_new_tokens == 0:
         finish: Json = {"type": "length", "length": 0}
         return Generation(text="", output_ids=[], steps=[], finish_reason=finish, verdict=verdict)
-    tokens = [*TOKENIZER.tokenize(output), EOS_TOKEN]
-    steps = [_step_for(tokens, i, verdict) for i in range(len(tokens))]
+    tokens = [*lead, *TOKENIZER.tokenize(output), EOS_TOKEN]
+    steps = [_step_for(tokens, i, verdict) for i in range(len(lead), len(tokens))]
     count, finish = _finish(steps, sampling)
     steps = steps[:count]
     output_ids = [TOKENIZER.token_id(step.token) for step in steps]
@@ -147,15 +151,3 @@ def generation_from(output: str, verdict: Verdict | None, sampling: Sampling) ->
     return Generation(
         text=text, output_ids=output_ids, steps=steps, finish_reason=finish, verdict=verdict
     )
-
-
-def _constrained(verdict: Verdict, regex: str | None) -> Verdict:
-    """With ``regex`` set the model can only produce a matching output: the likeliest one wins."""
-    if regex is None or re.fullmatch(regex, verdict.text):
-        return verdict
-    for severity, _ in sorted(verdict.distribution, key=lambda entry: -entry[1]):
-        category = "None" if severity == "Safe" else verdict.category
-        candidate = replace(verdict, severity=severity, category=category)
-        if re.fullmatch(regex, candidate.text):
-            return candidate
-    return verdict

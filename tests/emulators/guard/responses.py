@@ -30,17 +30,22 @@ def chat_logprobs(steps: list[Step], top_k: int) -> Json:
     }
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> Json:
+def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None) -> Json:
+    """``UsageProcessor.calculate_response_usage``: the cached count only when reported (SGLang's
+    ``--enable-cache-report``) and not 0."""
     return {
         "prompt_tokens": prompt_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "completion_tokens": completion_tokens,
-        "prompt_tokens_details": None,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens} if cached_tokens else None,
         "reasoning_tokens": 0,
     }
 
 
-def chat_response(body: Json, rid: str, gen: Generation, prompt_tokens: int) -> Json:
+def chat_response(
+    body: Json, rid: str, gen: Generation, prompt_tokens: int, cached_tokens: int | None = None
+) -> Json:
+    """The completion; ``cached_tokens`` is reported in the usage unless None."""
     finish = gen.finish_reason
     logprobs = (
         chat_logprobs(gen.steps, body.get("top_logprobs") or 0) if body.get("logprobs") else None
@@ -63,7 +68,7 @@ def chat_response(body: Json, rid: str, gen: Generation, prompt_tokens: int) -> 
         "created": int(time.time()),
         "model": body.get("model", "default"),
         "choices": [choice],
-        "usage": _usage(prompt_tokens, len(gen.output_ids)),
+        "usage": _usage(prompt_tokens, len(gen.output_ids), cached_tokens),
         "metadata": {"weight_version": WEIGHT_VERSION},
     }
 
@@ -100,7 +105,13 @@ def generate_logprobs(prompt_ids: list[int], gen: Generation, req: Json) -> Json
 
 
 def generate_response(
-    rid: str, prompt_ids: list[int], gen: Generation, req: Json, started: float
+    rid: str,
+    prompt_ids: list[int],
+    gen: Generation,
+    req: Json,
+    started: float,
+    *,
+    cached_tokens: int = 0,
 ) -> Json:
     meta: Json = {
         "id": rid,
@@ -113,7 +124,7 @@ def generate_response(
         meta.update(generate_logprobs(prompt_ids, gen, req))
     meta.update(
         completion_tokens=len(gen.output_ids),
-        cached_tokens=0,
+        cached_tokens=cached_tokens,
         e2e_latency=time.monotonic() - started,
     )
     return {"text": gen.text, "output_ids": gen.output_ids, "meta_info": meta}

@@ -8,8 +8,8 @@ import random
 import re
 import time
 import uuid
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import orjson
 from aiohttp import web
@@ -35,8 +35,10 @@ from .constants import (
     Fault,
     Json,
 )
-from .generation import Generation, Sampling, _constrained, generation_from, sampling_from_dict
+from .continuation import continue_verdict, split_answer, with_severity
+from .generation import Generation, Sampling, generation_from, sampling_from_dict
 from .model import Verdict, severity_distribution
+from .radix import RadixCache
 from .requests import (
     RequestError,
     _error,
@@ -49,6 +51,36 @@ from .requests import (
 from .responses import _json_response, chat_response, generate_response
 from .tokenizer import TOKENIZER
 
+Api = Literal["chat", "generate"]
+# Where a fresh check starts: no answer given, or only the fixed first word.
+_CHECK_STARTS = ("", "Safety:")
+# http_server.flush_cache's answer (the same text with 400 when it refused)
+FLUSHED = (
+    "Cache flushed.\nPlease check backend logs for more details. "
+    "(When there are running or waiting requests, the operation will not be performed.)\n"
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuardCall:
+    """One generation and the model's work for it.
+
+    ``cached_tokens`` of the prompt were found in the radix cache, ``computed_tokens`` had to
+    be computed; ``decoded_tokens`` were generated (the stop token included).
+    """
+
+    api: Api
+    answer_prefix: str  # the start of the answer the prompt gave ("" if none)
+    prompt_tokens: int
+    cached_tokens: int
+    computed_tokens: int
+    decoded_tokens: int
+
+    @property
+    def starts_check(self) -> bool:
+        """A fresh check, not the continuation of an answer already begun."""
+        return self.answer_prefix in _CHECK_STARTS
+
 
 @dataclass
 class RecordedRequest:
@@ -60,10 +92,28 @@ class RecordedRequest:
     # The client closed the connection while this request was still unanswered, and when.
     dropped: bool = False
     dropped_at: float | None = None  # time.monotonic()
+    calls: list[GuardCall] = field(default_factory=list)  # the generations it asked for
 
     @property
     def prompt(self) -> str | None:
         return self.prompts[0] if self.prompts else None
+
+    @property
+    def render(self) -> str | None:
+        """The template's render: ``prompt`` without the start of the answer it handed over."""
+        return None if self.prompt is None else split_answer(self.prompt)[0]
+
+    @property
+    def answer_prefix(self) -> str:
+        """The start of the answer the prompt handed over ("" if none)."""
+        return "" if self.prompt is None else split_answer(self.prompt)[1]
+
+    @property
+    def starts_check(self) -> bool:
+        """Whether it asked for a fresh check (rather than only continuing an answer)."""
+        if self.prompt is None:
+            return any(call.starts_check for call in self.calls)
+        return self.answer_prefix in _CHECK_STARTS
 
 
 _RECORD = web.RequestKey("guard_record", RecordedRequest)
@@ -94,6 +144,12 @@ class GuardEmulator(LoopbackServer):
     ``requests`` records the model's work (verdicts, tokenizing, health probes);
     ``model_queries`` the model-card look-ups (``/v1/models``), which a client makes once at
     start-up to learn ``max_model_len``, kept apart so that tests count the guard's work.
+    ``calls`` has one :class:`GuardCall` per generation (each text of a ``/generate`` batch).
+
+    A prompt may end with the start of the answer (see ``continuation``); the model continues
+    it.  ``radix`` is SGLang's prefix cache over the prompts' token ids, holding at most
+    ``radix_capacity`` tokens (None: unbounded; SGLang's ``--max-total-tokens``), emptied by
+    :meth:`flush_cache`; ``enable_cache_report`` is SGLang's ``--enable-cache-report``.
     """
 
     model: str = MODEL_PATH
@@ -111,13 +167,31 @@ class GuardEmulator(LoopbackServer):
     healthy: bool = True
     requests: list[RecordedRequest] = field(default_factory=list)
     model_queries: list[RecordedRequest] = field(default_factory=list)
+    calls: list[GuardCall] = field(default_factory=list)
+    radix_capacity: int | None = None
+    enable_cache_report: bool = False
     url: str = ""
     seed: int = 0
+    radix: RadixCache = field(init=False, repr=False)
     _rng: random.Random = field(init=False, repr=False)
     _runner: web.AppRunner | None = field(default=None, init=False, repr=False)
+    _in_flight: int = field(default=0, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
+        self.radix = RadixCache(self.radix_capacity)
+
+    @property
+    def checks(self) -> list[GuardCall]:
+        """The calls that started a check (the rest continued an answer)."""
+        return [call for call in self.calls if call.starts_check]
+
+    def flush_cache(self) -> bool:
+        """Empty the radix cache; refused (False) while verdict requests are in flight."""
+        if self._in_flight:
+            return False
+        self.radix.reset()
+        return True
 
     # -- verdicts ------------------------------------------------------------------------------
 
@@ -145,18 +219,47 @@ class GuardEmulator(LoopbackServer):
         rng = random.Random(sampling.seed) if sampling.seed is not None else self._rng
         severities = [s for s, _ in verdict.distribution]
         weights = [p ** (1.0 / sampling.temperature) for _, p in verdict.distribution]
-        severity = rng.choices(severities, weights)[0]
-        if severity == verdict.severity:
-            return verdict
-        category = "None" if severity == "Safe" else verdict.category
-        category = "Unethical Acts" if category == "None" and severity != "Safe" else category
-        return replace(verdict, severity=severity, category=category)
+        return with_severity(verdict, rng.choices(severities, weights)[0])
 
     def generate(self, prompt: str, sampling: Sampling) -> Generation:
+        """What the model generates after ``prompt`` (continuing the answer it may begin)."""
+        render, prefix = split_answer(prompt)
+        lead = TOKENIZER.tokenize(prefix)[-2:]
         if self.fault == "garbage":
-            return generation_from(GARBAGE_TEXT, None, sampling)
-        verdict = _constrained(self._sample(self.judge(prompt), sampling), sampling.regex)
-        return generation_from(verdict.text, verdict, sampling)
+            return generation_from(GARBAGE_TEXT, None, sampling, lead)
+        greedy = self.judge(render)
+        verdict, output = continue_verdict(
+            greedy, self._sample(greedy, sampling), prefix, sampling.regex
+        )
+        return generation_from(output, verdict, sampling, lead)
+
+    def _work(
+        self,
+        prompt: str,
+        prompt_ids: list[int],
+        sampling: Sampling,
+        api: Api,
+        *,
+        reuse: int,
+        extra_key: str | None,
+    ) -> tuple[Generation, GuardCall]:
+        """Generate as SGLang's scheduler does: reuse at most ``reuse`` cached prompt tokens
+        (in the ``extra_key`` namespace), compute the rest, and cache the prompt and the output
+        but its last token."""
+        self.radix.capacity = self.radix_capacity
+        cached = self.radix.match(prompt_ids[: max(reuse, 0)], extra_key)
+        gen = self.generate(prompt, sampling)
+        self.radix.insert((prompt_ids + gen.output_ids)[:-1], extra_key)
+        call = GuardCall(
+            api=api,
+            answer_prefix=split_answer(prompt)[1],
+            prompt_tokens=len(prompt_ids),
+            cached_tokens=cached,
+            computed_tokens=len(prompt_ids) - cached,
+            decoded_tokens=len(gen.output_ids),
+        )
+        self.calls.append(call)
+        return gen, call
 
     # -- HTTP ----------------------------------------------------------------------------------
 
@@ -173,6 +276,8 @@ class GuardEmulator(LoopbackServer):
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/v1/models/{model:.+}", self._model)
         app.router.add_get("/get_model_info", self._model_info)
+        for method in ("GET", "POST"):
+            app.router.add_route(method, "/flush_cache", self._flush_cache)
         return app
 
     async def _record(
@@ -191,6 +296,13 @@ class GuardEmulator(LoopbackServer):
             await asyncio.Future()  # until the client goes away
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self._in_flight += 1
+        try:
+            return await self._chat_answer(request)
+        finally:
+            self._in_flight -= 1
+
+    async def _chat_answer(self, request: web.Request) -> web.StreamResponse:
         record = await self._record(request)
         await self._before_answer()
         if self.fault == "http_500":
@@ -225,8 +337,18 @@ class GuardEmulator(LoopbackServer):
             check_length(len(prompt_ids), sampling.max_new_tokens, self.max_model_len)
         except ValueError as exc:
             raise openai_error(str(exc), "BadRequest") from exc
-        gen = self.generate(prompt, sampling)
-        return orjson.dumps(chat_response(body, uuid.uuid4().hex, gen, len(prompt_ids)))
+        gen, call = self._work(
+            prompt,
+            prompt_ids,
+            sampling,
+            "chat",
+            reuse=len(prompt_ids) - 1,
+            extra_key=_extra_key(body, ("cache_salt", "extra_key")),
+        )
+        record.calls.append(call)
+        reported = call.cached_tokens if self.enable_cache_report else None
+        answer = chat_response(body, uuid.uuid4().hex, gen, len(prompt_ids), reported)
+        return orjson.dumps(answer)
 
     def _chat_sampling(self, body: Json) -> Sampling:
         temperature = body.get("temperature")
@@ -240,6 +362,13 @@ class GuardEmulator(LoopbackServer):
         )
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
+        self._in_flight += 1
+        try:
+            return await self._generate_answer(request)
+        finally:
+            self._in_flight -= 1
+
+    async def _generate_answer(self, request: web.Request) -> web.StreamResponse:
         record = await self._record(request)
         await self._before_answer()
         if self.fault == "http_500":
@@ -275,8 +404,18 @@ class GuardEmulator(LoopbackServer):
             check_length(len(prompt_ids), sampling.max_new_tokens, self.max_model_len)
         except ValueError as exc:
             raise RequestError(400, {"error": {"message": str(exc)}}) from exc
-        gen = self.generate(text, sampling)
-        return generate_response(uuid.uuid4().hex, prompt_ids, gen, req, started)
+        gen, call = self._work(
+            text,
+            prompt_ids,
+            sampling,
+            "generate",
+            reuse=_reuse_limit(req, prompt_ids),
+            extra_key=_extra_key(req, ("extra_key",)),
+        )
+        record.calls.append(call)
+        return generate_response(
+            uuid.uuid4().hex, prompt_ids, gen, req, started, cached_tokens=call.cached_tokens
+        )
 
     async def _answer(self, request: web.Request, payload: bytes) -> web.StreamResponse:
         if self.fault == "reset":
@@ -329,6 +468,10 @@ class GuardEmulator(LoopbackServer):
                 [_error("list_type", ("tokens",), "Input should be a valid list", tokens)]
             ).response()
         return _json_response({"text": text})
+
+    async def _flush_cache(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        return web.Response(status=200 if self.flush_cache() else 400, text=FLUSHED)
 
     async def _health(self, request: web.Request) -> web.Response:
         await self._record(request)
@@ -390,6 +533,22 @@ def _parsed(record: RecordedRequest) -> Any:
     return record.body
 
 
+def _reuse_limit(req: Json, prompt_ids: list[int]) -> int:
+    """``Req.adjust_max_prefix_ids``: all prompt tokens but the last at most, and with
+    ``return_logprob`` none from ``logprob_start_len`` on (the scheduler reads -1 as the last)."""
+    limit = len(prompt_ids) - 1
+    start = req.get("logprob_start_len")
+    if req.get("return_logprob") and isinstance(start, int) and start >= 0:
+        limit = min(limit, start)
+    return limit
+
+
+def _extra_key(body: Json, keys: tuple[str, ...]) -> str | None:
+    """``OpenAIServingBase._compute_extra_key``: the cache namespace a request asks for."""
+    parts = [value for key in keys if isinstance(value := body.get(key), str) and value]
+    return "".join(parts) or None
+
+
 def _is_batch(req: Json) -> bool:
     text, input_ids = req.get("text"), req.get("input_ids")
     return isinstance(text, list) or bool(input_ids and isinstance(input_ids[0], list))
@@ -426,8 +585,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=30000)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--max-model-len", type=int, default=CONTEXT_LEN)
+    parser.add_argument("--max-total-tokens", type=int, default=None, help="radix cache size")
+    parser.add_argument("--enable-cache-report", action="store_true")
     args = parser.parse_args(argv)
-    emulator = GuardEmulator(latency_s=args.latency_ms / 1000, max_model_len=args.max_model_len)
+    emulator = GuardEmulator(
+        latency_s=args.latency_ms / 1000,
+        max_model_len=args.max_model_len,
+        radix_capacity=args.max_total_tokens,
+        enable_cache_report=args.enable_cache_report,
+    )
     emulator.run(args.host, args.port)
 
 
