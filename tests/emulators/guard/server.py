@@ -139,7 +139,9 @@ class GuardEmulator(LoopbackServer):
 
     ``fault`` applies to ``/v1/chat/completions`` and ``/generate``: ``"http_500"`` (SGLang's 500
     shapes), ``"garbage"`` (200 with unreadable output), ``"hang"`` (never answers), ``"reset"``
-    (headers and half the body, then the connection is dropped). ``latency_s`` delays those routes.
+    (headers and half the body, then the connection is dropped). ``latency_s`` delays those routes;
+    ``decode_step_s`` and ``prefill_token_s`` add a GPU's time at batch 1 to each answer:
+    that much per decoded token and per computed (not cached) prompt token of its generations.
 
     ``requests`` records the model's work (verdicts, tokenizing, health probes);
     ``model_queries`` the model-card look-ups (``/v1/models``), which a client makes once at
@@ -163,6 +165,8 @@ class GuardEmulator(LoopbackServer):
     # Not SGLang: skip its content normalisation, so content None or a part list fails the render.
     strict_content: bool = False
     latency_s: float = 0.0
+    decode_step_s: float = 0.0
+    prefill_token_s: float = 0.0
     fault: Fault | None = None
     healthy: bool = True
     requests: list[RecordedRequest] = field(default_factory=list)
@@ -418,6 +422,11 @@ class GuardEmulator(LoopbackServer):
         )
 
     async def _answer(self, request: web.Request, payload: bytes) -> web.StreamResponse:
+        record = request.get(_RECORD)
+        if record is not None and (self.decode_step_s or self.prefill_token_s):
+            await asyncio.sleep(sum(self.decode_step_s * call.decoded_tokens
+                                    + self.prefill_token_s * call.computed_tokens
+                                    for call in record.calls))
         if self.fault == "reset":
             return await _reset(request, payload)
         return web.Response(body=payload, content_type="application/json")
