@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from emulators.upstream import Reply
 from harness import Proxy
@@ -128,6 +129,20 @@ async def test_one_tenants_verdicts_never_answer_anothers(proxy: Proxy) -> None:
 async def test_sharing_across_tenants_is_an_opt_in(proxy: Proxy) -> None:
     lines = await _same_prompt_from_two_tenants(proxy)
     assert [line["cache_hits"] for line in lines] == [0, 2]  # the prompt and the answer
+
+
+@pytest.mark.parametrize("proxy", [{"shared_cache": True}], indirect=True)
+async def test_an_answer_judged_without_its_refusal_is_judged_again_for_it(
+        proxy: Proxy) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "help me"}]}
+    proxy.upstream.replies.extend([Reply(content="I cannot do that."),
+                                   Reply(content="I cannot do that.")])
+    with capture_logs() as logs:
+        await proxy.post(body, tenant="strict")  # refusal not asked for
+        _, _, raw = await proxy.post(body, tenant="refusals")
+    lines = [entry for entry in logs if entry["event"] == "request"]
+    assert [line["cache_hits"] for line in lines] == [0, 1]  # only the prompt's verdict
+    assert orjson.loads(raw)["moderation"]["output"]["results"][0]["refusal"] is True
 
 
 async def _same_prompt_from_two_tenants(proxy: Proxy) -> list[Any]:

@@ -24,6 +24,7 @@ from proxy.clients.guard import CONTEXT_RETRY_S, ContextWindow, _context_length
 from proxy.config import load
 from proxy.core import longinput
 from proxy.core.conversation import Turn, prompt_view, response_view
+from proxy.core.decoding import PREFIX_TOKENS_MAX
 from proxy.core.longinput import (
     MARGIN_TOKENS,
     OVERLAP_DIVISOR,
@@ -45,8 +46,12 @@ FILLER = "a-" * 6000  # 12,000 bytes, about 6,000 emulated tokens: over the wind
 
 
 def test_the_budget_leaves_room_for_the_verdict_and_a_margin() -> None:
-    assert input_budget(32768, 32) == 32768 - 32 - MARGIN_TOKENS
+    # the new tokens asked for, the start of the answer handed over, a margin
+    assert input_budget(32768, 32) == 32768 - 32 - PREFIX_TOKENS_MAX - MARGIN_TOKENS
     assert input_budget(10, 32) == 0
+    longest = "Safety: Safe\nCategories: None\nRefusal:"
+    assert len(longest.encode()) == PREFIX_TOKENS_MAX
+    assert len(TOKENIZER.encode(longest)) < PREFIX_TOKENS_MAX
 
 
 _any_text = st.text(st.characters(blacklist_categories=["Cs"]), max_size=200)

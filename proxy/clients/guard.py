@@ -18,6 +18,7 @@ when configured, else the ``max_model_len`` of the model's card in the guard's
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -76,7 +77,7 @@ class Guard(Protocol):
         ...
 
 
-class _HTTPGuard:
+class _HTTPGuard(abc.ABC):
     path = ""
 
     def __init__(self, *, config: GuardConfig, session: aiohttp.ClientSession) -> None:
@@ -125,9 +126,9 @@ class _HTTPGuard:
         text, _ = await self._complete(turns, ask)
         return read_categories(ask, text, refusal=refusal)
 
+    @abc.abstractmethod
     async def _complete(self, turns: Sequence[Turn], ask: Ask) -> tuple[str, Iterator[TokenStep]]:
         """The guard's new text for ``ask`` and its scored tokens, read lazily."""
-        raise NotImplementedError
 
     async def _post(self, payload: dict[str, Any]) -> Any:
         limit = self._config.timeout_s

@@ -3,11 +3,12 @@
 A retried or regenerated message, or a conversation re-sent with one more turn
 (whose earlier prompt checks are then identical), is answered without a guard call.
 Entries are keyed by a 128-bit BLAKE2b digest of the exact guard input (every
-turn's role and text, and which API and model judge it) and of a *scope*, the tenant
-by default: one tenant's cached verdicts never answer another's checks, so a cache hit
-(and its speed) cannot tell a tenant what another one sent.  Sharing across tenants is
-an operator's opt-in (``cache.shared_across_tenants``).  The cache is a bounded LRU
-whose entries expire after a TTL.  No I/O.
+turn's role and text, and which API and model judge it) and of a *scope*: the tenant
+by default (and, for an answer, whether its refusal was asked for): one tenant's cached
+verdicts never answer another's checks, so a cache hit (and its speed) cannot tell a
+tenant what another one sent.  Sharing across tenants is an operator's opt-in
+(``cache.shared_across_tenants``).  The cache is a bounded LRU whose entries expire
+after a TTL.  No I/O.
 
 The key is taken of the input as it is sent, after ``longinput.fit``: a piece of an
 over-long message, or a conversation with its oldest turns trimmed, is cached as

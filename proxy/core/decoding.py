@@ -85,6 +85,10 @@ def categories_ask(severity: Severity, *, response: bool, refusal: bool) -> Ask:
 
 REFUSAL_ASK = Ask(prefix="Safety: Safe\nCategories: None\nRefusal:", max_tokens=1, stop=None,
                   regex=_REFUSAL_REGEX)
+#: A bound on the tokens any answer's start adds to a guard input (its UTF-8 length).
+PREFIX_TOKENS_MAX = max(len(prefix.encode()) for prefix in (
+    REFUSAL_ASK.prefix, *(categories_ask(sev, response=True, refusal=True).prefix
+                          for sev in ("controversial", "unsafe"))))
 
 
 def read_full(text: str, steps: Iterable[TokenStep], *, response: bool, refusal: bool) -> Verdict:

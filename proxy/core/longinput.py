@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from proxy.core.conversation import Turn
+from proxy.core.decoding import PREFIX_TOKENS_MAX
 from proxy.core.template import PROMPT_HEAD, PROMPT_TAIL, RESPONSE_HEAD, RESPONSE_TAIL, render
 
 #: Tokens kept free beyond the verdict's ``max_tokens``, for anything the server adds.
@@ -40,8 +41,9 @@ GuardInput = tuple[Turn, ...]
 
 
 def input_budget(max_model_len: int, max_tokens: int) -> int:
-    """The most UTF-8 bytes a rendered guard input may take in this context window."""
-    return max(0, max_model_len - max_tokens - MARGIN_TOKENS)
+    """The most UTF-8 bytes a rendered guard input may take in this context window, with
+    room for the start of the answer handed to the guard and the tokens asked for."""
+    return max(0, max_model_len - max_tokens - PREFIX_TOKENS_MAX - MARGIN_TOKENS)
 
 
 def rendered_size(turns: Sequence[Turn]) -> int:
