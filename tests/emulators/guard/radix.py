@@ -64,6 +64,18 @@ class RadixCache:
 
     def match(self, ids: list[int], extra_key: str | None = None) -> int:
         """How many leading tokens of ``ids`` are cached (``match_prefix``)."""
+        return self._descend(ids, extra_key)[1]
+
+    def insert(self, ids: list[int], extra_key: str | None = None) -> None:
+        """Cache ``ids``, then evict down to the capacity (``insert`` + ``evict``)."""
+        node, done = self._descend(ids, extra_key)
+        if done < len(ids):
+            self._add_leaf(node, ids[done:], extra_key)
+        self._evict()
+
+    def _descend(self, ids: list[int], extra_key: str | None) -> tuple[_Node, int]:
+        """The deepest node ``ids`` begins with, and how many tokens that is; a node the
+        match ends inside is split there.  Every node passed counts as used now."""
         self._clock += 1
         node, matched = self._root, 0
         while matched < len(ids):
@@ -74,26 +86,9 @@ class RadixCache:
             length = _common_length(child.key, ids, matched)
             matched += length
             if length < len(child.key):
-                self._split(child, length)
-                break
+                return self._split(child, length), matched
             node = child
-        return matched
-
-    def insert(self, ids: list[int], extra_key: str | None = None) -> None:
-        """Cache ``ids``, then evict down to the capacity (``insert`` + ``evict``)."""
-        self._clock += 1
-        node, done = self._root, 0
-        while done < len(ids):
-            child = node.children.get(_child_key(extra_key, ids[done]))
-            if child is None:
-                break
-            child.tick = self._clock
-            length = _common_length(child.key, ids, done)
-            done += length
-            node = self._split(child, length) if length < len(child.key) else child
-        if done < len(ids):
-            self._add_leaf(node, ids[done:], extra_key)
-        self._evict()
+        return node, matched
 
     def _add_leaf(self, parent: _Node, key: list[int], extra_key: str | None) -> None:
         leaf = _Node(key, parent, extra_key, self._clock)

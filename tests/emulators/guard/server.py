@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import re
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -300,9 +302,15 @@ class GuardEmulator(LoopbackServer):
             await asyncio.Future()  # until the client goes away
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        with self._running():
+            return await self._chat_answer(request)
+
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[None]:
+        """Counts the generation requests in flight (``flush_cache`` refuses while any are)."""
         self._in_flight += 1
         try:
-            return await self._chat_answer(request)
+            yield
         finally:
             self._in_flight -= 1
 
@@ -366,11 +374,8 @@ class GuardEmulator(LoopbackServer):
         )
 
     async def _generate(self, request: web.Request) -> web.StreamResponse:
-        self._in_flight += 1
-        try:
+        with self._running():
             return await self._generate_answer(request)
-        finally:
-            self._in_flight -= 1
 
     async def _generate_answer(self, request: web.Request) -> web.StreamResponse:
         record = await self._record(request)
