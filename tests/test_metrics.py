@@ -72,6 +72,12 @@ async def test_each_request_is_counted_by_tenant_stage_and_action(proxy: Proxy) 
                for check in ("prompt", "response")) == guard_calls
     assert _value(m, "guardproxy_guard_latency_seconds_count", check="prompt", api="chat") \
         == _value(m, "guardproxy_guard_calls_total", check="prompt", api="chat") == 4
+    # the guard's HTTP requests by step: every check's one token, and the two flagged
+    # prompts' categories ("bomb" unsafe, "the election" controversial)
+    requests = "guardproxy_guard_requests_total"
+    assert _value(m, requests, api="chat", step="severity") == guard_calls
+    assert _value(m, requests, api="chat", step="categories") == 2
+    assert guard_calls + 2 == len(proxy.guard.requests)
     assert _value(m, "guardproxy_time_to_first_token_seconds_count", tenant="strict") == 1
     assert _value(m, "guardproxy_upstream_latency_seconds_count",
                   tenant="strict", stream="false") == 2

@@ -80,9 +80,11 @@ class Guard(Protocol):
 class _HTTPGuard(abc.ABC):
     path = ""
 
-    def __init__(self, *, config: GuardConfig, session: aiohttp.ClientSession) -> None:
+    def __init__(self, *, config: GuardConfig, session: aiohttp.ClientSession,
+                 on_request: Callable[[str], None] | None = None) -> None:
         self.model = config.model
         self._config = config
+        self._on_request = on_request  # told each request's step (metrics)
         self._session = session  # for health probes; verdicts go through ``_origin``
         self._origin = Origin(config.url)
         headers = {"Content-Type": "application/json", "Accept": "application/json",
@@ -105,10 +107,10 @@ class _HTTPGuard(abc.ABC):
         response = turns[-1].role == "assistant"
         refusal = refusal and response
         if self._config.decoding == "full":
-            text, steps = await self._complete(turns, full_ask(response=response))
+            text, steps = await self._call(turns, full_ask(response=response))
             return read_full(text, steps, response=response, refusal=refusal)
         ask = severity_ask(response=response)
-        text, steps = await self._complete(turns, ask)
+        text, steps = await self._call(turns, ask)
         severity = read_severity(text)
         probabilities = severity_probabilities(steps, emitted=ask.prefix)
         return with_scores(await self._rest(turns, severity, refusal=refusal), probabilities)
@@ -120,11 +122,16 @@ class _HTTPGuard(abc.ABC):
         if severity == "safe":
             if not refusal:
                 return Verdict(severity="safe")
-            text, _ = await self._complete(turns, REFUSAL_ASK)
+            text, _ = await self._call(turns, REFUSAL_ASK)
             return Verdict(severity="safe", refusal=read_refusal(text))
         ask = categories_ask(severity, response=turns[-1].role == "assistant", refusal=refusal)
-        text, _ = await self._complete(turns, ask)
+        text, _ = await self._call(turns, ask)
         return read_categories(ask, text, refusal=refusal)
+
+    async def _call(self, turns: Sequence[Turn], ask: Ask) -> tuple[str, Iterator[TokenStep]]:
+        if self._on_request is not None:
+            self._on_request(ask.step)
+        return await self._complete(turns, ask)
 
     @abc.abstractmethod
     async def _complete(self, turns: Sequence[Turn], ask: Ask) -> tuple[str, Iterator[TokenStep]]:

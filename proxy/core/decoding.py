@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Literal
 
 from proxy.core.verdict import (
     SEVERITY_WORDS,
@@ -36,8 +35,6 @@ from proxy.core.verdict import (
     with_scores,
 )
 
-Decoding = Literal["one_token", "full"]
-
 _SEVERITY_REGEX = " (Safe|Unsafe|Controversial)"
 _REFUSAL_REGEX = " (Yes|No)"
 _NAMES: dict[Severity, str] = {sev: word for word, sev in SEVERITY_WORDS.items()}
@@ -50,8 +47,10 @@ class Ask:
     ``prefix`` is the start of the guard's answer, given to it; ``max_tokens`` caps the
     new tokens (None: ``guard.max_tokens``); ``stop`` ends the answer early; ``regex``
     is the shape the *new* text must have, for guards that constrain decoding;
-    ``scored`` asks for the top log-probabilities of the new tokens."""
+    ``scored`` asks for the top log-probabilities of the new tokens; ``step`` names the
+    call in metrics (``severity``, ``categories``, ``refusal`` or ``full``)."""
 
+    step: str
     prefix: str
     max_tokens: int | None
     stop: str | None
@@ -66,25 +65,26 @@ def _rest(*, response: bool) -> str:
 
 
 def full_ask(*, response: bool) -> Ask:
-    return Ask(prefix="", max_tokens=None, stop=None, regex=verdict_regex(response=response),
-               scored=True)
+    return Ask(step="full", prefix="", max_tokens=None, stop=None,
+               regex=verdict_regex(response=response), scored=True)
 
 
 def severity_ask(*, response: bool) -> Ask:
-    return Ask(prefix="Safety:", max_tokens=1, stop=None,
+    return Ask(step="severity", prefix="Safety:", max_tokens=1, stop=None,
                regex=_SEVERITY_REGEX + "\nCategories:" + _rest(response=response), scored=True)
 
 
 def categories_ask(severity: Severity, *, response: bool, refusal: bool) -> Ask:
     """The continuation naming the categories (and the refusal, when asked): an answer's
     ``Refusal:`` line is cut off by the stop unless it is wanted."""
-    return Ask(prefix=f"Safety: {_NAMES[severity]}\nCategories:", max_tokens=None,
+    return Ask(step="categories", prefix=f"Safety: {_NAMES[severity]}\nCategories:",
+               max_tokens=None,
                stop=None if refusal or not response else "\n",
                regex=_rest(response=response))
 
 
-REFUSAL_ASK = Ask(prefix="Safety: Safe\nCategories: None\nRefusal:", max_tokens=1, stop=None,
-                  regex=_REFUSAL_REGEX)
+REFUSAL_ASK = Ask(step="refusal", prefix="Safety: Safe\nCategories: None\nRefusal:",
+                  max_tokens=1, stop=None, regex=_REFUSAL_REGEX)
 #: A bound on the tokens any answer's start adds to a guard input (its UTF-8 length).
 PREFIX_TOKENS_MAX = max(len(prefix.encode()) for prefix in (
     REFUSAL_ASK.prefix, *(categories_ask(sev, response=True, refusal=True).prefix

@@ -17,7 +17,7 @@ and ``/metrics`` from any worker reports the sum over all of them.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import (
@@ -63,6 +63,11 @@ class Metrics:
         self.guard_calls = Counter(
             "guardproxy_guard_calls", "Guard checks (verdicts asked) by check and guard API.",
             ["check", "api"], registry=r)
+        self.guard_requests = Counter(
+            "guardproxy_guard_requests", "HTTP requests to the guard by guard API and step: "
+            "severity (the one token after 'Safety:'), categories (a flagged verdict "
+            "continued), refusal, or full (the whole verdict, guard.decoding: full).",
+            ["api", "step"], registry=r)
         self.guard_latency = Histogram(
             "guardproxy_guard_latency_seconds", "Guard check latency by check and guard API.",
             ["check", "api"], buckets=GUARD_BUCKETS, registry=r)
@@ -121,6 +126,12 @@ class Metrics:
         self.guard_rejections = Counter(
             "guardproxy_guard_rejections", "Requests refused (429) or blocked because their "
             "guard calls waited past limits.guard_wait_s.", ["tenant"], registry=r)
+
+    def guard_requests_by(self, api: str) -> Callable[[str], None]:
+        """What counts one guard request of ``api``, given its step."""
+        def count(step: str) -> None:
+            self.guard_requests.labels(api, step).inc()
+        return count
 
     def set_tenants(self, tenants: Iterable[str]) -> None:
         """After a policy reload: the tenants that may appear as labels."""

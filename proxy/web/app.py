@@ -117,9 +117,12 @@ def make_reloader(server: ServerConfig, runtime: Runtime) -> PolicyReloader:
     return PolicyReloader(server, runtime.set_policies, on_outcome=counted, interval_s=interval)
 
 
-def make_guard(config: GuardConfig, session: aiohttp.ClientSession) -> Guard:
+def make_guard(config: GuardConfig, session: aiohttp.ClientSession,
+               metrics: Metrics | None = None) -> Guard:
+    """The configured guard client; with ``metrics``, its requests are counted by step."""
     kind = GenerateGuard if config.api == "generate" else ChatGuard
-    return kind(config=config, session=session)
+    counted = None if metrics is None else metrics.guard_requests_by(config.api)
+    return kind(config=config, session=session, on_request=counted)
 
 
 def _clients(config: Config) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -127,12 +130,12 @@ def _clients(config: Config) -> Callable[[web.Application], AsyncIterator[None]]
         guard_session = _session()
         upstream_sessions = {name: _session() for name in config.server.upstreams}
         sessions = [guard_session, *upstream_sessions.values()]
-        guard = make_guard(config.server.guard, guard_session)
+        metrics = Metrics()
+        guard = make_guard(config.server.guard, guard_session, metrics)
         upstreams = {
             name: Upstream(config=upstream, session=upstream_sessions[name])
             for name, upstream in config.server.upstreams.items()
         }
-        metrics = Metrics()
         shared = make_shared_cache(config.server, metrics)
         runtime = app[RUNTIME] = Runtime(config=config, guard=guard, upstreams=upstreams,
                                          cache=make_cache(config.server.guard,
