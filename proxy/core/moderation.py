@@ -27,7 +27,7 @@ from proxy.core.answer import (
     read_delta,
     usage_numbers,
 )
-from proxy.core.protocol import StreamHead, clean_error, delta_choice
+from proxy.core.protocol import StreamHead, delta_choice, upstream_stream_fault
 from proxy.core.sse import DONE_EVENT, encode
 from proxy.errors import ShapeError, StreamFault
 
@@ -111,8 +111,7 @@ class EventReader:
         return event
 
     def failed(self, error: Any) -> StreamFault:
-        return StreamFault("upstream reported an error mid-stream",
-                           said=clean_error(error, self.secrets))
+        return upstream_stream_fault(error, self.secrets)
 
     def chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any
               ) -> dict[str, Any]:
@@ -275,8 +274,7 @@ class StreamState:
         if type(chunk) is not dict:
             raise StreamFault("upstream stream chunk is not an object")
         if "error" in chunk:
-            raise StreamFault("upstream reported an error mid-stream",
-                              said=clean_error(chunk["error"], self.secrets))
+            raise upstream_stream_fault(chunk["error"], self.secrets)
         return chunk
 
     def length(self) -> int:

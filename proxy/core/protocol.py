@@ -17,7 +17,7 @@ from proxy.config import CATEGORIES, RESPONSE_CATEGORIES
 from proxy.core.answer import new_completion_id
 from proxy.core.policy import Outcome
 from proxy.core.verdict import Verdict
-from proxy.errors import UpstreamHTTPError
+from proxy.errors import HTTPFormatError, SSEError, StreamFault, UpstreamHTTPError
 
 _TEXT_ONLY = ["text"]
 _INPUT_TYPES = {name: _TEXT_ONLY for name in CATEGORIES}
@@ -98,6 +98,27 @@ def clean_message(message: Any, secrets: Sequence[str] = ()) -> str:
             text = text.replace(secret, "[redacted]")
     text = _KEY_LIKE.sub("[redacted]", redact(_CONTROL.sub(" ", text))).strip()
     return text[:MAX_UPSTREAM_MESSAGE]
+
+
+def upstream_stream_fault(error: Any, secrets: Sequence[str] = ()) -> StreamFault:
+    """What an upstream's mid-stream error event (chat's ``{"error": ...}``, a Responses
+    ``error`` / ``response.failed``, a Messages ``error``) becomes: the stream's fault."""
+    return StreamFault("upstream reported an error mid-stream",
+                       said=clean_error(error, secrets))
+
+
+def stream_error(exc: BaseException) -> dict[str, Any]:
+    """The in-band error object that ends a started stream the upstream broke (``exc``:
+    the fault, an SSE or framing error, a timeout, or a failure nobody foresaw)."""
+    said = exc.said if isinstance(exc, StreamFault) else ""
+    message = getattr(exc, "message", None) if isinstance(exc, StreamFault | SSEError
+                                                           | HTTPFormatError
+                                                           | TimeoutError) else None
+    message = message or "the upstream stream failed"
+    if said:
+        message = f"{message}: {said}"
+    return {"message": message, "type": "upstream_error", "param": None,
+            "code": "upstream_stream_error"}
 
 
 def clean_error(error: Any, secrets: Sequence[str] = ()) -> str:

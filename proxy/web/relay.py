@@ -38,6 +38,7 @@ from proxy.clients.http1 import StreamedAnswer
 from proxy.config import Action, StreamMode
 from proxy.core.moderation import WindowSchedule
 from proxy.core.policy import Outcome, strictest, worst
+from proxy.core.protocol import stream_error
 from proxy.core.sse import DONE, SSEDecoder
 from proxy.errors import HTTPFormatError, SSEError, StreamFault
 from proxy.pipeline import Checks
@@ -208,18 +209,12 @@ class StreamRelay:
         """After the first byte the status is sent: the error goes in-band, with the
         verdict inside it, then the trailing chunk if asked for, then [DONE].  The error
         is the proxy's own: an upstream's words come only made safe."""
-        said = exc.said if isinstance(exc, StreamFault) else ""
-        message = getattr(exc, "message", None) if isinstance(exc, _UPSTREAM_ERRORS) else None
-        message = message or "the upstream stream failed"
-        if said:
-            message = f"{message}: {said}"
         record, state = self.checks.record, self.state
         record.output = [Outcome.not_checked("the upstream stream failed")]
         record.removed_fields = state.removed.count
         moderation, ending = self.checks.annotation(), self.checks.ending()
         record.usage = state.usage_for(ending.usage)
-        error = {"message": message, "type": "upstream_error", "param": None,
-                 "code": "upstream_stream_error"}
+        error = stream_error(exc)
         await self._write(state.failure(error, ending, moderation, record.usage) + state.done)
 
     async def _write(self, data: bytes) -> None:

@@ -31,10 +31,14 @@ _PRETOKEN_RE = re.compile(
 
 
 class FakeTokenizer:
-    """Splits text into Qwen-like tokens with ids stable across runs (a CRC of the token text)."""
+    """Splits text into Qwen-like tokens with ids stable across runs (a CRC of the token text).
+
+    Two tokens whose CRCs meet get different ids: the later one takes the next free id, so
+    decoding gives back every token's own text however many texts a process tokenized."""
 
     def __init__(self) -> None:
         self._tokens: dict[int, str] = {tid: tok for tok, tid in SPECIAL_TOKENS.items()}
+        self._ids: dict[str, int] = dict(SPECIAL_TOKENS)
 
     def tokenize(self, text: str) -> list[str]:
         tokens: list[str] = []
@@ -47,10 +51,14 @@ class FakeTokenizer:
         return tokens
 
     def token_id(self, token: str) -> int:
-        tid = SPECIAL_TOKENS.get(token)
-        if tid is None:
-            tid = 1000 + zlib.crc32(token.encode("utf-8")) % 150000
-            self._tokens.setdefault(tid, token)
+        tid = self._ids.get(token)
+        if tid is not None:
+            return tid
+        tid = 1000 + zlib.crc32(token.encode("utf-8")) % 150000
+        while tid in self._tokens:  # another token has it: the next free one
+            tid = 1000 + (tid - 999) % 150000
+        self._tokens[tid] = token
+        self._ids[token] = tid
         return tid
 
     def encode(self, text: str) -> list[int]:
