@@ -14,7 +14,7 @@ upstream error or an in-band stream error, a config error into ``file:line`` lin
     ├── UpstreamError               upstream trouble, translated once at the boundary
     │   ├── UpstreamUnreachable     502
     │   ├── UpstreamTimeout         504
-    │   └── UpstreamHTTPError       the upstream's error status, its message sanitised
+    │   └── UpstreamHTTPError       the upstream's error status, in the proxy's own words
     GuardError                      the guard could not give a verdict (never sent to clients
                                     directly: the tenant's on_guard_error decides)
     ConfigError                     every file:line problem of a config and its policies
@@ -104,18 +104,23 @@ class UpstreamTimeout(UpstreamError):
 
 class UpstreamHTTPError(UpstreamError):
     """The upstream answered with an error status.  Never relayed as it came: the
-    client gets the status where it helps (``upstream_status``), the upstream's own
-    type, code and param when they are plain words, and its message with every
-    configured secret and anything key-like removed (``protocol.upstream_error``)."""
+    client gets the status where it helps, a type and code of a fixed set, a ``param``
+    naming known fields, and the proxy's own message (``protocol.upstream_error``).
+    What the upstream said (``said``: made safe, bounded; ``said_chars``: its length as
+    it came) is for the request's log line only."""
 
     def __init__(self, status: int, message: str, *, type: str = "upstream_error",
                  code: str | None = None, param: str | None = None,
-                 retry_after: str | None = None) -> None:
+                 retry_after: str | None = None, upstream_status: int | None = None,
+                 said: str | None = None, said_chars: int = 0) -> None:
         super().__init__(message, param=param)
         self.status = status
         self.type = type
         self.code = code
         self.retry_after = retry_after
+        self.upstream_status = upstream_status
+        self.said = said
+        self.said_chars = said_chars
 
 
 class GuardError(Exception):
@@ -156,12 +161,18 @@ class ShapeError(WireError):
 
 
 class StreamFault(WireError):
-    """The upstream stream cannot be relayed: an error event or an unreadable chunk."""
+    """The upstream stream cannot be relayed: an error event or an unreadable chunk.
+    ``message`` and ``code`` are the proxy's own, for the client; ``said`` is what an
+    upstream's error event said (made safe, bounded; ``said_chars``: its length as it
+    came), for the request's log line only; None for a fault of the proxy's finding."""
 
-    def __init__(self, message: str, *, said: str = "") -> None:
+    def __init__(self, message: str, *, code: str = "upstream_stream_error",
+                 said: str | None = None, said_chars: int = 0) -> None:
         super().__init__(message)
         self.message = message
-        self.said = said  # the upstream's own error message, made safe to show
+        self.code = code
+        self.said = said
+        self.said_chars = said_chars
 
 
 class StaleConnection(ConnectionResetError):

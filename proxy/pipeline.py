@@ -35,6 +35,7 @@ from proxy.config import Action, Policy, StagePolicy
 from proxy.core.apis import CHAT, Api
 from proxy.core.cache import VerdictCache
 from proxy.core.conversation import Conversation, Turn, prompt_view, response_view
+from proxy.core.ledger import Ledger
 from proxy.core.longinput import fit
 from proxy.core.moderation import Ending, StreamState
 from proxy.core.policy import Outcome, strictest_index
@@ -63,7 +64,8 @@ class Checks:
         encoder = self.api.encoder() if self.api.encoder is not None else None
         return StreamState(model=self.chat.model, choices_allowed=self.chat.n,
                            prefill=self.chat.conversation.prefill, secrets=secrets,
-                           encoder=encoder)
+                           encoder=encoder,
+                           ledger=Ledger.for_stage(self.policy.response, self.chat.n))
 
     async def check_prompt(self) -> Outcome:
         stage = self.policy.prompt
@@ -84,7 +86,7 @@ class Checks:
         if not stage.check:
             outcomes = [Outcome.not_checked("response check disabled by policy")] * len(texts)
         else:
-            outcomes = await self._judge_all(texts)
+            outcomes = await self.judge_texts(texts)
         self.record.output = outcomes
         return outcomes
 
@@ -104,7 +106,8 @@ class Checks:
                           record.output if output is None else output,
                           unchecked=self.chat.conversation.unchecked, leaked=record.leaked_chars)
 
-    async def _judge_all(self, texts: Sequence[str]) -> list[Outcome]:
+    async def judge_texts(self, texts: Sequence[str]) -> list[Outcome]:
+        """Judge each choice's text (whole, or as far as it streamed), in order."""
         return await _all([self.judge_response(text) for text in texts])
 
     async def judge_response(self, text: str) -> Outcome:
@@ -225,6 +228,9 @@ def judged_prompts(conversation: Conversation, scope: Literal["last", "all"], ex
       an honest conversation re-sent with one more turn costs one new guard call.
     - With ``last``, each system or developer message outside the judged turn, alone:
       the same instructions in every request are one input, answered by the cache.
+    - Each run of adjacent text parts that splits a word (``Conversation.joined``: any
+      message's, with either scope), alone: the word as templates that concatenate the
+      parts show it.  Parts split at whitespace or punctuation add no input.
     - The request's extras (tool definitions, schemas, a prediction), alone."""
     turns, prefill = conversation.turns, conversation.prefill
     users = [index for index, turn in enumerate(turns) if turn.role == "user"]
@@ -237,6 +243,7 @@ def judged_prompts(conversation: Conversation, scope: Literal["last", "all"], ex
         judged = users[-1] if users else None
         views.extend((Turn("user", text),) for index, text in conversation.instructions
                      if index != judged)
+    views.extend((Turn("user", text),) for text in conversation.joined)
     if extras:
         views.append((Turn("user", extras),))
     return views

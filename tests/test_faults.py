@@ -302,8 +302,16 @@ async def test_upstream_http_error_keeps_its_status_not_its_body(
         await proxy.client().chat.completions.create(**_body(stream=stream))
     assert caught.value.status_code == sent
     body = orjson.loads(caught.value.response.content)
-    assert body == {"error": {"message": f"upstream error (HTTP {status}): upstream says {status}",
-                              "type": "server_error", "param": None, "code": f"e{status}"}}
+    # the proxy's own words, type and code: the upstream's never reach the client
+    said, error_type, code = {
+        400: ("the upstream refused the request", "invalid_request_error", "upstream_400"),
+        429: ("", "rate_limit_error", "rate_limit_exceeded"),
+        500: ("the upstream failed", "upstream_error", "upstream_500"),
+        503: ("the upstream failed", "upstream_error", "upstream_503")}[status]
+    said = (f"{said}; its own message is not shown" if said
+            else "the upstream's rate limit was reached; retry later")
+    assert body == {"error": {"message": f"upstream error (HTTP {status}): {said}",
+                              "type": error_type, "param": None, "code": code}}
 
 
 @pytest.mark.parametrize("proxy", [{"stream": "buffer"}, {"stream": "window"}], indirect=True,

@@ -18,10 +18,23 @@ import pytest
 from clientview import Streamed, read_stream, read_whole
 from emulators.upstream import Reply
 from harness import Proxy
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from proxy.config import (
+    CATEGORIES,
+    RESPONSE_CATEGORIES,
+    Action,
+    CategoryOverride,
+    Policy,
+    PromptPolicy,
+    ResponsePolicy,
+)
+from proxy.core.policy import Outcome, tightened
 from proxy.core.request import ModerationAsk, read_moderation
-from proxy.errors import BadRequest
+from proxy.core.verdict import Verdict
+from proxy.errors import BadRequest, GuardError
 
 MODEL = "gpt-4.1-mini"
 BLOCK_INPUT = {"model": "omni-moderation-latest", "policy": {"input": {"mode": "block"}}}
@@ -151,6 +164,93 @@ async def test_score_never_loosens_the_tenant(proxy: Proxy) -> None:
     assert status == 200 and headers["x-guard-action"] == "block"
     assert read_whole(raw)["choices"][0]["finish_reason"] == "content_filter"
     assert proxy.upstream_chats() == []
+
+
+# -- never looser: the tenant's policy is the floor -------------------------------------------
+
+
+def _stage(kind: type[PromptPolicy] | type[ResponsePolicy], names: tuple[str, ...]
+           ) -> st.SearchStrategy[Any]:
+    actions = st.sampled_from(list(Action))
+    override = st.builds(CategoryOverride, unsafe=st.none() | actions,
+                         controversial=st.none() | actions)
+    return st.builds(kind, check=st.booleans(), unsafe=actions, controversial=actions,
+                     categories=st.dictionaries(st.sampled_from(names), override, max_size=4))
+
+
+_POLICIES = st.builds(Policy, tenant=st.just("t"), keys=st.just(("k",)), upstream=st.just("u"),
+                      prompt=_stage(PromptPolicy, CATEGORIES),
+                      response=_stage(ResponsePolicy, RESPONSE_CATEGORIES),
+                      on_guard_error=st.sampled_from(["block", "pass"]))
+_MODES = st.sampled_from(["score", "block"])
+_ASKS = st.none() | st.builds(ModerationAsk, model=st.just("m"), input=_MODES, output=_MODES)
+
+
+def _verdicts(names: tuple[str, ...]) -> list[Verdict]:
+    """Every severity with no category, each category, and each pair of categories."""
+    named: list[tuple[str, ...]] = [
+        (), *((name,) for name in names),
+        *((a, b) for i, a in enumerate(names) for b in names[i + 1:])]
+    return [Verdict(severity, categories)
+            for severity in ("safe", "controversial", "unsafe") for categories in named]
+
+
+_STAGE_VERDICTS = {"prompt": _verdicts(CATEGORIES), "response": _verdicts(RESPONSE_CATEGORIES)}
+#: A guard that failed (``busy`` always blocks, so one kind that does not).
+_FAILED = GuardError("timeout", "the guard did not answer")
+
+
+def _effective(policy: Policy, stage: str, verdict: Verdict | None) -> Action:
+    """What a check of ``stage`` does with ``verdict`` (None: the guard failed), as the
+    proxy acts on it: a stage that does not check passes everything."""
+    rules = policy.prompt if stage == "prompt" else policy.response
+    if not rules.check:
+        return Action.PASS
+    if verdict is None:
+        return Outcome.guard_failed(policy, _FAILED).action
+    return Outcome.judged(rules, verdict).action
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(policy=_POLICIES, ask=_ASKS)
+def test_the_parameter_never_loosens_any_decision(policy: Policy,
+                                                  ask: ModerationAsk | None) -> None:
+    """For every stage, severity, category (overridden or not), check flag and fail mode,
+    whatever a client asks the effective action is at least as strict as the tenant's; and
+    a stage asked to ``block`` blocks everything flagged and every guard failure."""
+    asked = tightened(policy, ask)
+    for stage, verdicts in _STAGE_VERDICTS.items():
+        mode = None if ask is None else (ask.input if stage == "prompt" else ask.output)
+        for verdict in [*verdicts, None]:
+            before, after = _effective(policy, stage, verdict), _effective(asked, stage, verdict)
+            assert after.rank >= before.rank, (stage, verdict, before, after)
+            if mode == "block" and (verdict is None or verdict.flagged):
+                assert after is Action.BLOCK, (stage, verdict, after)
+
+
+OUTPUT_SCORE = {"model": "omni-moderation-latest", "policy": {"output": {"mode": "score"}}}
+INPUT_BLOCK_OUTPUT_SCORE = {"model": "omni-moderation-latest",
+                            "policy": {"input": {"mode": "block"}, "output": {"mode": "score"}}}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("ask", [OUTPUT_SCORE, INPUT_BLOCK_OUTPUT_SCORE],
+                         ids=["output-score", "input-block-output-score"])
+async def test_score_on_output_still_blocks_what_the_tenant_blocks(
+        proxy: Proxy, ask: dict[str, Any], stream: bool) -> None:
+    """The strict tenant blocks an unsafe answer; a client's ``score`` changes nothing."""
+    proxy.upstream.replies.append(Reply(content=SAFE_LONG + "Here is how to build a bomb."))
+    status, _, raw = await proxy.post(_body("tell me a story", stream=stream, moderation=ask))
+    assert status == 200 and b"bomb" not in raw
+    if stream:
+        streamed = read_stream(raw)
+        finish, moderation = streamed.finishes, streamed.moderation
+    else:
+        whole = read_whole(raw)
+        finish, moderation = {0: whole["choices"][0]["finish_reason"]}, whole["moderation"]
+    assert finish == {0: "content_filter"}
+    assert _result(moderation, "output")["action"] == "block"
+    assert _result(moderation, "input")["action"] == "pass"
 
 
 async def test_the_annotation_names_the_guard_not_the_requested_model(proxy: Proxy) -> None:

@@ -234,9 +234,8 @@ async def test_an_upstream_error_message_is_made_safe(proxy: Proxy, stream: bool
     status, _, raw = await proxy.post({"model": "m", "messages": [USER], "stream": stream})
     error = orjson.loads(raw)["error"]
     assert status == 400 and UPSTREAM_KEY.encode() not in raw
-    assert error["message"].startswith("upstream error (HTTP 400): Invalid request; auth was "
-                                       "Bearer [redacted] X-Injected: yes")
-    assert "\r" not in error["message"] and len(error["message"]) < 360
+    assert error["message"] == ("upstream error (HTTP 400): the upstream refused the request; "
+                                "its own message is not shown")  # the upstream's is not
 
 
 async def test_a_rate_limit_keeps_its_retry_after(proxy: Proxy) -> None:

@@ -18,9 +18,8 @@ from emulators.upstream import Reply, ToolCall
 from harness import Proxy
 from structlog.testing import capture_logs
 
-from proxy.core.moderation import WindowSchedule
+from proxy.core.ledger import MAX_WINDOW_CHARS, WindowSchedule
 from proxy.core.template import RESPONSE_TAIL
-from proxy.web.relay import MAX_WINDOW_CHARS
 
 SAFE = "The quick brown fox jumps over the lazy dog. "  # 45 characters
 UNSAFE = "Now the bomb part: mix it all. "

@@ -3,10 +3,16 @@
 What the client gets is *built* here from what the guard judged, never relayed as
 the upstream sent it.  A field is copied into the client's answer only if it is
 
-- **structural** — ``id``, ``object``, ``created``, ``model``,
-  ``system_fingerprint``, ``service_tier``, ``index``, ``role``, ``type``,
-  ``finish_reason`` (one of OpenAI's values), tool-call ids, usage numbers,
-  annotation offsets, audio ids, expiry times and base64 data — each type-checked;
+- **structural** — ``object``, ``created``, ``index``, ``role``, ``type``,
+  ``finish_reason`` (one of OpenAI's values), usage numbers (under OpenAI's keys),
+  annotation offsets, expiry times and base64 data, each type-checked; and the
+  strings that are not text: ids (``id``, tool-call and audio ids) and
+  ``system_fingerprint`` are *tokens* (``TOKEN``: letters, digits and ``_.:-``, at
+  most 128), ``model`` a token that may name its organization (``MODEL_NAME``),
+  ``service_tier`` one of OpenAI's values.  An id that is not a token is replaced
+  by the proxy's own, the same one wherever it recurs in one answer or stream (so a
+  tool call's id still matches its result); a model name that is not one gives way
+  to the model asked for; a fingerprint or tier that is not one is dropped;
 - **judged** — it is part of the text the response check reads (``text``):
   reasoning (``reasoning_content``, ``reasoning``), content (a string, or text
   parts), refusal, the audio transcript, tool calls and the legacy
@@ -27,10 +33,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.core.conversation import call_text
+from proxy.core.request import TOKEN  # what an id (or a fingerprint) may be
 from proxy.errors import ShapeError
 
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+#: What a model name may be: a token, which may name its organization (``Qwen/Qwen3-8B``).
+MODEL_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
+SERVICE_TIERS = frozenset({"auto", "default", "flex", "scale", "priority", "fast"})
 #: Known, free of text, and dropped without counting: OpenAI's per-chunk padding.
 QUIET = frozenset({"obfuscation"})
 _STREAMED = ("reasoning_content", "reasoning", "content", "refusal")
@@ -38,6 +48,10 @@ _STREAMED = ("reasoning_content", "reasoning", "content", "refusal")
 
 def new_completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def is_token(value: Any, pattern: re.Pattern[str] = TOKEN) -> bool:
+    return type(value) is str and pattern.fullmatch(value) is not None
 
 
 def _str(value: Any) -> str | None:
@@ -50,9 +64,25 @@ def _int(value: Any) -> int | None:
 
 @dataclass(slots=True)
 class Removed:
-    """How many fields with a value were left out of what the client got."""
+    """How many fields with a value were left out of what the client got, and the ids
+    the proxy gave in place of the upstream's (one answer or stream)."""
 
     count: int = 0
+    ids: dict[str, str] = field(default_factory=dict)  # upstream id -> the proxy's
+
+    def token(self, value: Any, prefix: str) -> str | None:
+        """An id as the client gets it: ``value`` if it is a token; else, for a string,
+        the proxy's own (``prefix`` + hex), the same each time this answer repeats it;
+        None for anything else."""
+        if value is None or is_token(value):
+            return value  # type: ignore[no-any-return]
+        self.count += 1
+        if type(value) is not str:
+            return None
+        given = self.ids.get(value)
+        if given is None:
+            given = self.ids[value] = f"{prefix}{uuid.uuid4().hex}"
+        return given
 
     def extra(self, data: dict[str, Any], known: frozenset[str]) -> None:
         for key, value in data.items():
@@ -171,8 +201,9 @@ def audio_fields(value: Any, removed: Removed) -> tuple[dict[str, Any], str]:
         return {}, ""
     removed.extra(value, frozenset({"id", "data", "expires_at", "transcript"}))
     kept: dict[str, Any] = {}
-    if _str(value.get("id")) is not None:
-        kept["id"] = value["id"]
+    audio_id = removed.token(value.get("id"), "audio_")
+    if audio_id is not None:
+        kept["id"] = audio_id
     data = _str(value.get("data"))
     if data is not None and _BASE64.fullmatch(data):
         kept["data"] = data
@@ -207,16 +238,35 @@ def token_logprobs(entries: Any, text: str, removed: Removed) -> list[dict[str, 
     return kept
 
 
-def usage_numbers(value: Any) -> Any:
-    """A usage object's numbers (nested details too); anything else is left out."""
+#: The usage counts the client gets: OpenAI's (and SGLang's ``reasoning_tokens``); the
+#: keys of a details object are the only ones it may hold.
+_USAGE: dict[str, frozenset[str] | None] = {
+    "prompt_tokens": None, "completion_tokens": None, "total_tokens": None,
+    "reasoning_tokens": None,
+    "prompt_tokens_details": frozenset({"cached_tokens", "audio_tokens"}),
+    "completion_tokens_details": frozenset({"reasoning_tokens", "audio_tokens",
+                                            "accepted_prediction_tokens",
+                                            "rejected_prediction_tokens"}),
+}
+
+
+def usage_numbers(value: Any, removed: Removed | None = None) -> Any:
+    """A usage object's numbers under known keys (details too); the rest is left out."""
     if not isinstance(value, dict):
         return None
+    removed = removed if removed is not None else Removed()
     kept: dict[str, Any] = {}
     for key, item in value.items():
-        if type(item) in (int, float):
+        details = _USAGE.get(key, frozenset())
+        if details is None and type(item) in (int, float):
             kept[key] = item
-        elif isinstance(item, dict):
-            kept[key] = usage_numbers(item)
+        elif details and isinstance(item, dict):
+            kept[key] = {name: count for name, count in item.items()
+                         if name in details and type(count) in (int, float)}
+            removed.count += sum(1 for name, count in item.items()
+                                 if name not in kept[key] and count is not None)
+        else:
+            removed.bad(item)
     return kept
 
 
@@ -237,14 +287,24 @@ _MESSAGE = frozenset({"role", "content", "refusal", "tool_calls", "function_call
 _LOGPROBS = frozenset({"content", "refusal"})
 
 
+_HEAD_CHECKS = (("id", TOKEN), ("model", MODEL_NAME), ("system_fingerprint", TOKEN))
+
+
 def head_fields(data: dict[str, Any], removed: Removed) -> dict[str, Any]:
-    """The structural fields of a completion or chunk that the client's copy keeps."""
+    """The structural fields of a completion or chunk that the client's copy keeps: an id
+    and a fingerprint that are tokens, a model name, a known service tier (what is
+    left out, the caller replaces: its own id, the model asked for)."""
     kept: dict[str, Any] = {}
-    for key in ("id", "model", "system_fingerprint", "service_tier"):
-        if _str(data.get(key)) is not None:
+    for key, pattern in _HEAD_CHECKS:
+        if is_token(data.get(key), pattern):
             kept[key] = data[key]
         else:
             removed.bad(data.get(key))
+    tier = data.get("service_tier")
+    if type(tier) is str and tier in SERVICE_TIERS:
+        kept["service_tier"] = tier
+    else:
+        removed.bad(tier)
     if _int(data.get("created")) is not None:
         kept["created"] = data["created"]
     return kept
@@ -274,7 +334,7 @@ def read_completion(data: dict[str, Any], *, model: str, prefill: str = "") -> C
         choices.append(built)
         texts.append(parts.text(prefill))
     body["choices"] = choices
-    usage = usage_numbers(data.get("usage"))
+    usage = usage_numbers(data.get("usage"), removed)
     if usage is not None:
         body["usage"] = usage
     return Completion(body=body, texts=texts, removed=removed.count)
@@ -341,7 +401,7 @@ def _call(call: Any, removed: Removed, state: Call | None = None) -> Call:
         removed.bad(call)
         return state
     removed.extra(call, frozenset({"index", "id", "type", "function", "custom"}))
-    state.id = _str(call.get("id")) or state.id
+    state.id = removed.token(call.get("id"), "call_") or state.id
     kind, key = ("custom", "input") if call.get("type") == "custom" else ("function", "arguments")
     state.type = kind
     function = call.get(kind)
@@ -378,11 +438,12 @@ def model_list(listing: Any, allowed: frozenset[str] | None) -> dict[str, Any]:
     models = []
     for item in data if isinstance(data, list) else []:
         name = item.get("id") if isinstance(item, dict) else None
-        if type(name) is not str or (allowed is not None and name not in allowed):
+        if not is_token(name, MODEL_NAME) or (allowed is not None and name not in allowed):
             continue
         model: dict[str, Any] = {"id": name, "object": "model"}
         model["created"] = _int(item.get("created")) or 0
-        model["owned_by"] = _str(item.get("owned_by")) or "unknown"
+        owner = item.get("owned_by")
+        model["owned_by"] = owner if is_token(owner) else "unknown"
         models.append(model)
     return {"object": "list", "data": models}
 
@@ -463,6 +524,9 @@ def _delta_extras(delta: dict[str, Any], out: Delta, removed: Removed) -> None:
             position = call.get("index", 0) if isinstance(call, dict) else 0
             if type(position) is not int or not 0 <= position < MAX_TOOL_CALLS:
                 raise ShapeError("upstream chunk has an invalid tool call index")
+            if isinstance(call, dict) and call.get("id") is not None:
+                # typed once, here: every later reading of the fragment sees a token
+                call = {**call, "id": removed.token(call["id"], "call_")}
             out.calls.append((position, call))
     else:
         removed.bad(calls)

@@ -21,7 +21,16 @@ so ``read_messages`` renders them all:
   ``input_text``, ``output_text``, ``refusal``, ``thinking``) are read; parts the
   guard cannot read (images, audio, files) are refused, or let through and listed
   as unchecked when the tenant's ``prompt.non_text`` is ``pass``; unknown part
-  types and unknown message keys are refused.
+  types and unknown message keys are refused;
+- a message's text parts are read a line apart, but many templates concatenate
+  them, so ``"how to make a bo"`` + ``"mb"`` reaches the model as one word.  When a
+  boundary between two adjacent text parts (empty ones skipped; a non-text part
+  ends the run) falls inside a word — the last character before it and the first
+  after it are both letters, marks, digits, ``_`` or invisible format characters
+  such as a zero-width space — the run's concatenation is kept in
+  ``Conversation.joined`` and judged as one more input of the prompt check.  A
+  boundary at whitespace, punctuation or a symbol splits no word: honest parts cost
+  no extra guard call.
 
 The template has no escaping: text that spells one of its control strings could
 end the conversation early, open a fake turn or forge a verdict.  Every ``Turn``
@@ -32,8 +41,10 @@ sends it on (see ``guard_text``).
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any, Literal
 
 from proxy.errors import BadRequest, UnsupportedContent, UnsupportedParameter
@@ -99,13 +110,15 @@ class Conversation:
 
     ``turns`` alternate USER and ASSISTANT (a trailing prefill is not among them);
     ``instructions`` are the system and developer messages' texts with the index of
-    the turn that holds each; ``unchecked`` names the non-text parts let through
-    unjudged (``prompt.non_text: pass``)."""
+    the turn that holds each; ``joined`` the runs of adjacent text parts that split a
+    word, each as one string (``split_word``); ``unchecked`` names the non-text parts
+    let through unjudged (``prompt.non_text: pass``)."""
 
     turns: tuple[Turn, ...]
     prefill: str = ""
     instructions: tuple[tuple[int, str], ...] = ()
     unchecked: tuple[str, ...] = ()
+    joined: tuple[str, ...] = ()
 
     def prompt_chars(self) -> int:
         return sum(len(turn.text) for turn in self.turns) + len(self.prefill)
@@ -150,6 +163,7 @@ class _Reader:
     pending_role: Role | None = None
     instructions: list[tuple[int, str]] = field(default_factory=list)
     unchecked: list[str] = field(default_factory=list)
+    joined: list[str] = field(default_factory=list)  # runs of parts that split a word
 
     def message(self, message: Any, where: str) -> None:
         role = _role(message, where)
@@ -185,10 +199,25 @@ class _Reader:
         if content is None or isinstance(content, str):
             return content
         if isinstance(content, list):
-            return "\n".join(self._parts(content, where))
+            texts = list(self._parts(content, where))
+            self._join_runs(texts)
+            return "\n".join(text for text in texts if text is not None)
         raise BadRequest(f"{where} must be a string or a list of content parts", param=where)
 
-    def _parts(self, parts: Iterable[Any], where: str) -> Iterable[str]:
+    def _join_runs(self, texts: Sequence[str | None]) -> None:
+        """Each run of adjacent text parts that splits a word is judged as one string too:
+        upstream templates often concatenate the parts the guard reads a line apart."""
+        run: list[str] = []
+        for text in [*texts, None]:  # a non-text part (None) ends a run
+            if text is None:
+                if split_word(run) and (joined := "".join(run)) not in self.joined:
+                    self.joined.append(joined)
+                run = []
+            elif text:
+                run.append(text)
+
+    def _parts(self, parts: Iterable[Any], where: str) -> Iterable[str | None]:
+        """Each part's text; None for a non-text part let through."""
         for index, part in enumerate(parts):
             here = f"{where}[{index}]"
             if not isinstance(part, dict) or not isinstance(part.get("type"), str):
@@ -206,6 +235,7 @@ class _Reader:
                     "accepts text only (prompt.non_text: block)", param=here)
             else:
                 self.unchecked.append(here)
+                yield None
 
     def _close(self) -> None:
         if self.pending and self.pending_role is not None:
@@ -235,7 +265,8 @@ class _Reader:
             self.turns.insert(0, Turn("user", ""))
             instructions = tuple((index + 1, text) for index, text in instructions)
         return Conversation(turns=tuple(self.turns), prefill=guard_text(prefill),
-                            instructions=instructions, unchecked=tuple(self.unchecked))
+                            instructions=instructions, unchecked=tuple(self.unchecked),
+                            joined=tuple(self.joined))
 
 
 def read_messages(messages: Sequence[Any], *, non_text: NonText = "block",
@@ -337,7 +368,24 @@ def call_text(name: str, arguments: str) -> str:
 
 
 def _part_text(part: dict[str, Any], keys: tuple[str, ...], where: str) -> str:
-    text = next((part[key] for key in keys if key in part), None)
-    if not isinstance(text, str):
+    given = [part[key] for key in keys if key in part]
+    if len(given) > 1:  # one would be read, the other forwarded unjudged
+        raise BadRequest(f"{where} must hold one of {' or '.join(keys)}", param=where)
+    if not given or not isinstance(given[0], str):
         raise BadRequest(f"{where}.{keys[0]} must be a string", param=where)
-    return text
+    return given[0]
+
+
+def split_word(texts: Sequence[str]) -> bool:
+    """Whether a boundary between two of ``texts`` (in order, none empty) falls inside a
+    word: the characters on both sides are word characters (``_in_word``).  A boundary
+    at whitespace, punctuation or a symbol splits no word."""
+    return any(_in_word(before[-1]) and _in_word(after[0])
+               for before, after in pairwise(texts))
+
+
+def _in_word(char: str) -> bool:
+    """A letter, mark, digit or ``_``, or an invisible format character (a zero-width
+    space or joiner): what a word may hold, or hide in, in any script."""
+    kind = unicodedata.category(char)
+    return kind[0] in "LMN" or kind in ("Pc", "Cf")

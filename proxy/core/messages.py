@@ -11,7 +11,8 @@ and this module translates at the edges.
   (Anthropic's carry the encrypted thinking itself) are refused.
 - **Answers** read into a chat completion and back: ``thinking``, ``text`` and
   ``tool_use`` blocks built from judged text (a thinking block's signature is the
-  proxy's own token).
+  proxy's own token; a ``tool_use`` id is the upstream's only if Anthropic's API takes
+  it back, and an ``input`` that is not an object is the upstream's error).
 - **Block**: ``stop_reason: "refusal"`` — what Anthropic's own streaming classifiers
   send — with the verdict in ``moderation`` (on the message, or on the stream's
   ``message_delta``).
@@ -29,6 +30,7 @@ from typing import Any
 
 import orjson
 
+from proxy.core.answer import is_token
 from proxy.core.conversation import NonText
 from proxy.core.moderation import EventReader
 from proxy.core.protocol import StreamHead
@@ -292,6 +294,7 @@ def chat_of_message(data: Json) -> Json:
         raise ShapeError("upstream answer is not a message")
     message: Json = {"role": "assistant"}
     thinking, text, calls = [], [], []
+    ids: dict[str, str] = {}
     for block in data["content"]:
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "thinking" and isinstance(block.get("thinking"), str):
@@ -299,9 +302,11 @@ def chat_of_message(data: Json) -> Json:
         elif kind == "text" and isinstance(block.get("text"), str):
             text.append(block["text"])
         elif kind == "tool_use":
-            calls.append({"id": block.get("id"), "type": "function",
+            if not isinstance(block.get("input"), dict):
+                raise ShapeError("upstream tool call input is not an object")
+            calls.append({**tool_use_id(block.get("id"), ids), "type": "function",
                           "function": {"name": block.get("name"),
-                                       "arguments": orjson.dumps(block.get("input")).decode()}})
+                                       "arguments": orjson.dumps(block["input"]).decode()}})
     if thinking:
         message["reasoning_content"] = "".join(thinking)
     message["content"] = "".join(text) if text else None
@@ -314,6 +319,19 @@ def chat_of_message(data: Json) -> Json:
                          "finish_reason": _STOP.get(data.get("stop_reason") or "", "stop")}],
             "usage": {"prompt_tokens": usage.get("input_tokens"),
                       "completion_tokens": usage.get("output_tokens")}}
+
+
+def tool_use_id(given: Any, ids: dict[str, str]) -> Json:
+    """A ``tool_use`` id as the client gets it (``{"id": ...}``): the upstream's if it is
+    an id Anthropic's API takes back (letters, digits, ``_`` and ``-``); else, for a
+    string, the proxy's own, the same for the same id within one answer (``ids``).  A
+    replaced id rides along as ``upstream_id``, a key the chat reader removes and counts."""
+    if given is None or (isinstance(given, str) and _ID.fullmatch(given)):
+        return {"id": given}
+    replaced = None
+    if isinstance(given, str):
+        replaced = ids.setdefault(given, f"toolu_{os.urandom(12).hex()}")
+    return {"id": replaced, "upstream_id": given}
 
 
 def message_of_chat(chat: Json, request: ChatRequest, moderation: Json) -> Json:
@@ -352,7 +370,7 @@ def blocked_message(model: str, text: str, moderation: Json) -> Json:
 
 def message_object(message_id: str, model: str, content: list[Json], finish: str | None,
                    usage: Any, moderation: Json | None) -> Json:
-    if not message_id.startswith("msg_"):  # a chat id: the proxy's own instead
+    if not (message_id.startswith("msg_") and is_token(message_id)):  # a chat id: its own
         message_id = f"msg_{os.urandom(12).hex()}"
     body: Json = {"id": message_id, "type": "message", "role": "assistant", "model": model,
                   "content": content, "stop_reason": _STOP_BACK.get(finish or "", "end_turn"),
@@ -392,6 +410,8 @@ class MessagesEvents(EventReader):
 
     calls: dict[int, int] = field(default_factory=dict)  # block index -> tool-call index
     prompt_tokens: int = 0
+    ids: dict[str, str] = field(default_factory=dict)  # upstream tool_use id -> the proxy's
+    inputs: dict[int, list[str]] = field(default_factory=dict)  # tool-call index -> its JSON
 
     def read(self, data: bytes) -> Json | str | None:
         """The chat chunk ``data`` amounts to; answer text as a plain string."""
@@ -435,7 +455,9 @@ class MessagesEvents(EventReader):
         if kind != "tool_use":
             return None
         index = self.calls[_index(event)] = len(self.calls)
-        return self.chunk({"tool_calls": [{"index": index, "id": block.get("id"),
+        self.inputs[index] = []
+        return self.chunk({"tool_calls": [{"index": index,
+                                            **tool_use_id(block.get("id"), self.ids),
                                             "type": "function",
                                             "function": {"name": block.get("name"),
                                                          "arguments": ""}}]})
@@ -451,11 +473,18 @@ class MessagesEvents(EventReader):
             index = self.calls.get(_index(event))
             if index is None:
                 raise StreamFault("upstream sent input for a tool call it never started")
+            piece = delta.get("partial_json")
+            if isinstance(piece, str):
+                self.inputs[index].append(piece)
             return self.chunk({"tool_calls": [{"index": index, "function": {
-                "arguments": delta.get("partial_json")}}]})
+                "arguments": piece}}]})
         return None  # signatures (the proxy gives its own), citations (not relayed)
 
     def _ended(self, event: Json) -> Json:
+        for pieces in self.inputs.values():  # each call's input, complete: an object?
+            given = "".join(pieces)
+            if given.strip() and not _json_object(given):
+                raise StreamFault("upstream tool call input is not a JSON object")
         delta, usage = _object(event, "delta"), _object(event, "usage")
         tokens = usage.get("output_tokens")
         return self.chunk({}, _STOP.get(delta.get("stop_reason") or "", "stop"),
@@ -466,6 +495,13 @@ class MessagesEvents(EventReader):
 def _object(event: Json, key: str) -> Json:
     value = event.get(key)
     return value if isinstance(value, dict) else {}
+
+
+def _json_object(text: str) -> bool:
+    try:
+        return isinstance(orjson.loads(text), dict)
+    except orjson.JSONDecodeError:
+        return False
 
 
 def _index(event: Json) -> int:

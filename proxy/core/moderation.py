@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from proxy.config import BlockPolicy
 from proxy.core.answer import (
     CHUNK_TOP,
     ChoiceText,
@@ -27,6 +28,8 @@ from proxy.core.answer import (
     read_delta,
     usage_numbers,
 )
+from proxy.core.ledger import Ledger, ReleaseError, Ticket, block_message
+from proxy.core.policy import Outcome
 from proxy.core.protocol import StreamHead, delta_choice, upstream_stream_fault
 from proxy.core.sse import DONE_EVENT, encode
 from proxy.errors import ShapeError, StreamFault
@@ -126,11 +129,12 @@ Event = str | list[Delta]
 
 @dataclass(slots=True)
 class StreamState:
-    """The upstream's events, read, and how many went to the client.
+    """The upstream's events, read, and what of them went to the client.
 
-    Text is released in event order up to a *barrier*: the first event that must
-    wait for the final check (a tool call, a function call, a citation, a finish
-    reason, or any choice but the first, whose text the windows do not judge).
+    What may go out, and when, is the ``ledger``'s to say (``proxy.core.ledger``): each
+    event is an entry there, judged input or not, held or not (a tool call, a function
+    call, a citation, a finish reason, or any choice but the first wait for the end).
+    ``drain`` writes what the ledger allows now, ``ending`` what ends the stream.
     """
 
     model: str
@@ -141,9 +145,7 @@ class StreamState:
     choices: dict[int, ChoiceText] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)  # bytes of each event as it came
-    ends: list[int] = field(default_factory=list)  # first choice's length after each event
-    sent: int = 0  # events released so far
-    barrier: int | None = None
+    ledger: Ledger = field(default_factory=Ledger)
     usage: Any = None  # the upstream's usage numbers, when it sent them
     generated: int = 0  # upstream chunks that carried generated output: tokens, about
     started: set[int] = field(default_factory=set)  # choices whose first delta went out
@@ -163,7 +165,8 @@ class StreamState:
     def failure(self, error: dict[str, Any], ending: Ending, moderation: dict[str, Any],
                 usage: Any) -> bytes:
         """An in-band error ending a started stream, the verdict inside it, then (chat,
-        when asked for) the trailing chunk."""
+        when asked for) the trailing chunk.  Nothing held back goes out any more."""
+        self.ledger.abandon()
         if self.encoder is not None:
             return self.encoder.failure(self.stream_head(), error, moderation)
         body = b"data: " + orjson.dumps({"error": {**error, "moderation": moderation}}) + b"\n\n"
@@ -219,7 +222,12 @@ class StreamState:
         self.generated += 1
         self.events.append(text)
         self.sizes.append(size)
-        self.ends.append(first.length)
+        ledger = self.ledger  # ``Ledger.add``, inlined: once per token
+        if ledger.closed:
+            raise ReleaseError("an event after the answer's end")
+        ledger.judged += 1
+        ledger.marks.append(ledger.judged)
+        ledger.ends.append(first.length)
         self.held += size
 
     def _feed(self, chunk: dict[str, Any], choices: Any, size: int, data: bytes = b"") -> None:
@@ -232,24 +240,24 @@ class StreamState:
         if not chunk.keys() <= CHUNK_TOP:
             self.removed.extra(chunk, CHUNK_TOP)
         if chunk.get("usage") is not None:
-            self.usage = usage_numbers(chunk["usage"])
+            self.usage = usage_numbers(chunk["usage"], self.removed)
         if not choices:
             return  # a usage chunk: its numbers join the closing chunk
         try:
             event, held = self._event(choices)
         except ShapeError as exc:
             raise StreamFault(str(exc)) from exc
-        self._keep(event, size, self.length(), held=held)
+        self._keep(event, size, held=held)
 
-    def _keep(self, event: Event, size: int, length: int, *, held: bool) -> None:
-        if held and self.barrier is None:
-            self.barrier = len(self.events)
-        self.events.append(event)
+    def _keep(self, deltas: list[Delta], size: int, *, held: bool) -> None:
+        text = _plain(deltas)  # a text delta of a chunk the fast path did not take
+        judged = bool(text) if text is not None else _carries_judged(deltas)
+        self.ledger.add(judged=judged, held=held, chars=self.length())
+        self.events.append(deltas if text is None else text)
         self.sizes.append(size)
-        self.ends.append(length)
         self.held += size
 
-    def _event(self, choices: list[Any]) -> tuple[Event, bool]:
+    def _event(self, choices: list[Any]) -> tuple[list[Delta], bool]:
         deltas, held = [], False
         for choice in choices:
             index = choice_index(choice, self.choices_allowed)
@@ -296,25 +304,60 @@ class StreamState:
     def finished(self) -> bool:
         return any(choice.finish_reason for choice in self.choices.values())
 
-    def release(self, upto: int) -> bytes:
-        """The events before ``upto`` not yet sent, stopping at the barrier."""
-        stop = upto if self.barrier is None else min(upto, self.barrier)
+    # -- checks and releases: the ledger decides, this side writes ---------------------
+
+    def check_due(self) -> bool:
+        """Whether a window check should start now."""
+        return self.ledger.due(self.length())
+
+    def start_check(self) -> tuple[Ticket, list[str]]:
+        """A window check: its ticket and the texts it judges (every choice's, whole)."""
+        return self.ledger.start(self.length()), self.texts()
+
+    def final_check(self) -> tuple[Ticket, list[str]] | None:
+        """The final check once the upstream's answer is all here, or None when a passing
+        check already covered all of it."""
+        self.ledger.close()
+        ticket = self.ledger.final()
+        return None if ticket is None else (ticket, self.texts())
+
+    def verdict(self) -> list[Outcome]:
+        """The outcomes that decide the answer: the blocking check's, else the last
+        passing check's (one per choice when it was the final check)."""
+        ledger = self.ledger
+        return ledger.blocked or ledger.passed or []
+
+    def drain(self) -> bytes:
+        """What the ledger lets go out now (a window's text ends at a word boundary)."""
+        ledger = self.ledger
+        stop = ledger.releasable()
+        if stop <= ledger.sent:
+            return b""
+        stop, at = ledger.word_cut(stop, self._plain_text_of)
+        if at is not None:
+            self._split(stop, at)
+            stop += 1
         return self._take(stop)
 
-    def release_all(self, last: dict[str, Any] | None = None) -> bytes:
-        """Every event not yet sent; ``last``: fields for the last chunk with choices
-        (the verdict, when no trailing chunk carries it), which is then never missing."""
-        return self._take(len(self.events), last)
+    def _plain_text_of(self, index: int) -> str | None:
+        event = self.events[index]
+        return event if type(event) is str else None
 
-    def released_chars(self) -> int:
-        return self.ends[self.sent - 1] if self.sent else 0
+    def _split(self, index: int, at: int) -> None:
+        text = self.events[index]
+        assert type(text) is str
+        self.events[index : index + 1] = [text[:at], text[at:]]
+        self.sizes[index : index + 1] = [0, self.sizes[index]]
+        self.ledger.split(index, at)
 
-    def _take(self, stop: int, last: dict[str, Any] | None = None) -> bytes:
-        if stop <= self.sent:
+    def _take(self, stop: int, last: dict[str, Any] | None = None, *,
+              ending: bool = False) -> bytes:
+        start = self.ledger.sent
+        if stop <= start:
             return self._verdict_chunk(last)
-        batch, start = self.events[self.sent : stop], self.sent
+        self.ledger.release(stop, ending=ending)  # refuses what it does not allow
+        batch = self.events[start:stop]
         self.held -= sum(self.sizes[start:stop])
-        self.sent = stop
         texts = [event for event in batch if type(event) is str]
         if len(texts) == len(batch):  # text of the first choice only: one plain chunk
             return self._text_chunk("".join(texts), None, last)
@@ -398,16 +441,29 @@ class StreamState:
         return {"prompt_tokens": 0, "completion_tokens": self.generated,
                 "total_tokens": self.generated}
 
-    def ending(self, moderation: dict[str, Any], ending: Ending, *,
-               blocked: str | None = None) -> bytes:
-        """What closes the stream, before ``[DONE]``: the rest of the answer (or, when
-        ``blocked`` holds the block message, the blocked ending) with the verdict on its
-        last chunk, which has choices; then, when the client asked for it, the trailing
-        ``choices: []`` chunk with the verdict again and the usage (a client library
-        that drops empty chunks still finds the verdict)."""
+    def ending(self, moderation: dict[str, Any], ending: Ending, block: BlockPolicy) -> bytes:
+        """What closes the stream, before ``[DONE]``: the rest of the answer once a
+        passing check covered all of it — or, when a check blocked it, the blocked
+        ending — with the verdict on its last chunk, which has choices; then, when the
+        client asked for it, the trailing ``choices: []`` chunk with the verdict again
+        and the usage (a client library that drops empty chunks still finds the verdict)."""
         last = {"moderation": moderation}
-        body = (self.release_all(last) if blocked is None
-                else self.blocked_tail(blocked, last))
+        blocked = self.ledger.blocked
+        if blocked is not None:
+            body = self.blocked_tail(block_message(blocked, block), last)
+        elif self.ledger.whole:
+            body = self._take(len(self.events), last, ending=True)
+        else:
+            raise ReleaseError("the end of an answer no passing check covered")
+        return self._closed(body, moderation, ending)
+
+    def prompt_blocked(self, moderation: dict[str, Any], ending: Ending, message: str) -> bytes:
+        """The whole stream of a request whose prompt was blocked: the block message."""
+        self.ledger.abandon()  # no answer: nothing of an upstream's can go out
+        return self._closed(self.blocked_tail(message, {"moderation": moderation}),
+                            moderation, ending)
+
+    def _closed(self, body: bytes, moderation: dict[str, Any], ending: Ending) -> bytes:
         if self.encoder is not None:  # the API's own last event carries the verdict
             return body + self.encoder.close(self.stream_head(), moderation,
                                              self.usage_for(True))
@@ -436,6 +492,26 @@ class Ending:
 
     trailing: bool = False
     usage: bool = False
+
+
+def _carries_judged(deltas: list[Delta]) -> bool:
+    """Whether an event holds input the response check reads (text of any field, a tool
+    call or function call fragment, a citation, a transcript)."""
+    return any(any(text for _, text in d.texts) or d.calls or d.function_call is not None
+               or d.annotations or d.transcript for d in deltas)
+
+
+def _plain(deltas: list[Delta]) -> str | None:
+    """The text of an event that is nothing but the first choice's answer text (kept as
+    a plain string: released the same way, and cut at a word boundary), else None."""
+    if len(deltas) != 1:
+        return None
+    delta = deltas[0]
+    if (delta.index or len(delta.texts) != 1 or delta.texts[0][0] != "content" or delta.calls
+            or delta.function_call is not None or delta.audio is not None or delta.transcript
+            or delta.annotations or delta.logprobs is not None or delta.finish_reason):
+        return None
+    return delta.texts[0][1]
 
 
 def _only_finish(deltas: list[Delta]) -> bool:
@@ -487,36 +563,3 @@ def _plain_extras(choice: dict[str, Any]) -> bool:
         if key not in _NULL_EXTRAS or choice[key] is not None:
             return False
     return True
-
-
-@dataclass(slots=True)
-class WindowSchedule:
-    """When the next check of a streamed response is due.
-
-    The first window is ``first`` characters; each later one doubles, up to
-    ``cap``.  A check covers all the text received when it starts, so with a slow
-    guard the windows widen by themselves; the next one is due ``size`` characters
-    after the end of the last.  ``never()`` is the buffer mode: one final check.
-    """
-
-    first: int
-    cap: int
-    size: int = 0
-    due_at: float = 0
-
-    def __post_init__(self) -> None:
-        self.size = self.first
-        self.due_at = self.first
-
-    @classmethod
-    def never(cls) -> WindowSchedule:
-        schedule = cls(first=1, cap=1)
-        schedule.due_at = float("inf")
-        return schedule
-
-    def due(self, length: int) -> bool:
-        return length >= self.due_at
-
-    def checked(self, length: int) -> None:
-        self.size = min(self.size * 2, self.cap)
-        self.due_at = length + self.size

@@ -16,8 +16,9 @@ import orjson
 from proxy.config import CATEGORIES, RESPONSE_CATEGORIES
 from proxy.core.answer import new_completion_id
 from proxy.core.policy import Outcome
+from proxy.core.request import JUDGED_EXTRAS, STRUCTURAL, TEMPLATE_CONTROL
 from proxy.core.verdict import Verdict
-from proxy.errors import HTTPFormatError, SSEError, StreamFault, UpstreamHTTPError
+from proxy.errors import StreamFault, UpstreamHTTPError
 
 _TEXT_ONLY = ["text"]
 _INPUT_TYPES = {name: _TEXT_ONLY for name in CATEGORIES}
@@ -46,7 +47,55 @@ def error_body(message: str, *, type: str, code: str | None, param: str | None =
 _KEPT_STATUS = {400: 400, 404: 404, 409: 409, 413: 413, 415: 400, 422: 400, 429: 429,
                 503: 503, 504: 504}
 _CREDENTIALS = (401, 403, 407)
-_PLAIN = re.compile(r"[A-Za-z0-9_.\-\[\]]{1,80}")  # a type, code or param worth keeping
+_PARAMETER = "the upstream refused a parameter of the request"
+#: The codes an upstream's error becomes (besides ``upstream_<status>``,
+#: ``upstream_auth_failed`` and ``upstream_stream_error``), each with the proxy's sentence.
+UPSTREAM_CODES: dict[str, str] = {
+    "context_length_exceeded": "the request does not fit the model's context window",
+    "rate_limit_exceeded": "the upstream's rate limit was reached; retry later",
+    "insufficient_quota": "the upstream's quota for this proxy is used up",
+    "model_not_found": "the upstream does not serve the requested model",
+    "request_too_large": "the request is too large for the upstream",
+    "content_policy_violation": "the upstream's own content policy refused the request",
+    "upstream_overloaded": "the upstream is overloaded; retry later",
+    "upstream_timeout": "the upstream timed out",
+    **{code: _PARAMETER for code in (
+        "invalid_value", "invalid_type", "missing_required_parameter", "unknown_parameter",
+        "unsupported_parameter", "unsupported_value", "integer_below_min_value",
+        "integer_above_max_value", "string_above_max_length", "array_above_max_length",
+        "empty_array")},
+}
+#: Well-known codes and types of OpenAI, vLLM, SGLang and Anthropic, lowercased, and the
+#: code each becomes (a name of ``UPSTREAM_CODES`` stands for itself).
+_UPSTREAM_ALIASES = {
+    "rate_limit_error": "rate_limit_exceeded", "billing_error": "insufficient_quota",
+    "not_found_error": "model_not_found", "notfounderror": "model_not_found",
+    "content_filter": "content_policy_violation", "invalid_prompt": "content_policy_violation",
+    "overloaded_error": "upstream_overloaded", "engine_overloaded": "upstream_overloaded",
+    "timeout_error": "upstream_timeout",
+}
+#: A status whose error names nothing known still says this much.
+_STATUS_CODES = {413: "request_too_large", 429: "rate_limit_exceeded",
+                 529: "upstream_overloaded"}
+# vLLM and SGLang say it in words only ("maximum context length is 4096 tokens", "longer
+# than the model's context length"): read to pick the code, never shown.
+_CONTEXT_WORDS = re.compile(r"(?i)\bcontext (?:length|window)\b")
+#: A ``param`` is kept only when it names fields of this vocabulary: a top-level field of
+#: one of the APIs, then known keys, each with ``[n]`` indices (``messages[2].content``).
+_PARAM_FIELDS = frozenset({
+    *STRUCTURAL, *JUDGED_EXTRAS, *TEMPLATE_CONTROL, "messages",
+    "input", "instructions", "text", "max_output_tokens", "max_tool_calls", "truncation",
+    "background", "include", "reasoning", "previous_response_id", "conversation",
+    "system", "stop_sequences", "thinking", "cache_control", "output_config", "cache_salt",
+})
+_PARAM_KEYS = frozenset({
+    "role", "content", "name", "text", "type", "refusal", "tool_calls", "tool_call_id",
+    "function", "arguments", "parameters", "description", "strict", "schema", "json_schema",
+    "image_url", "url", "detail", "input_audio", "audio", "data", "format", "file", "file_id",
+    "file_data", "filename", "call_id", "output", "id", "summary", "effort", "include_usage",
+    "source", "input_schema", "budget_tokens", "reasoning_content", "cache_control",
+})
+_PARAM_PART = re.compile(r"([A-Za-z0-9_]{1,40})?((?:\[\d{1,6}\])*)")
 _KEY_LIKE = re.compile(
     r"\S*\*{3,}\S*"  # a masked key still shows its ends
     r"|\b(?=[A-Za-z0-9_\-]*\d)(?=[A-Za-z0-9_\-]*[A-Za-z])[A-Za-z0-9_\-]{20,}")  # a token
@@ -64,31 +113,44 @@ def redact(text: str) -> str:
     return _BEARER.sub(r"\1 [redacted]", text) if "earer" in text else text
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 MAX_UPSTREAM_MESSAGE = 300
+_CLEANED = 4 * MAX_UPSTREAM_MESSAGE
+_TRAILING_TOKEN = re.compile(r"\S+\Z")
 
 
 def upstream_error(status: int, body: bytes, *, secrets: Sequence[str] = (),
                    retry_after: bytes = b"") -> UpstreamHTTPError:
-    """What the client learns of an upstream's error answer: never its body as it came.
+    """What the client learns of an upstream's error answer: the proxy's own words.
 
-    Credentials trouble is the operator's (the proxy's own upstream key) and says so
-    without the upstream's words; otherwise the message keeps the upstream's own,
-    with every configured secret and anything key-like removed, cut to a bound."""
+    The status where the client can act on it (and ``Retry-After``), a code of
+    ``UPSTREAM_CODES`` (or ``upstream_<status>``) with the proxy's sentence for it, and
+    ``param`` only when it names known fields.  The upstream's own words are never shown:
+    no guard judged them, and they may echo the prompt or a key.  They go to the log only
+    (``said``, made safe), and credentials trouble is the operator's, said as such."""
     error = _error_object(body)
+    said, chars = _said(error or body.decode("utf-8", "replace"), secrets)
     if status in _CREDENTIALS:
         return UpstreamHTTPError(502, f"the upstream refused the proxy's credentials "
                                  f"(HTTP {status}); the operator has been told",
-                                 code="upstream_auth_failed")
+                                 code="upstream_auth_failed", upstream_status=status,
+                                 said=said, said_chars=chars)
     kept = _KEPT_STATUS.get(status, 400 if status < 500 else 502)
-    said = clean_message(error.get("message"), secrets)
-    message = f"upstream error (HTTP {status})" + (f": {said}" if said else "")
+    code = _known_code(error) or _STATUS_CODES.get(status) or _status_code(status)
+    param = known_param(error.get("param"))
+    sentence = UPSTREAM_CODES.get(code) or (
+        "the upstream refused the request" if status < 500 else "the upstream failed"
+    ) + "; its own message is not shown"
+    if param is not None and sentence == _PARAMETER:
+        sentence = f"{sentence} ({param})"
     wait = retry_after.decode("latin-1") if retry_after.isdigit() else None
-    return UpstreamHTTPError(kept, message, type=_plain(error.get("type")) or "upstream_error",
-                             code=_plain(error.get("code")) or f"upstream_{status}",
-                             param=_plain(error.get("param")), retry_after=wait)
+    kind = "rate_limit_error" if kept == 429 else (
+        "invalid_request_error" if kept < 500 else "upstream_error")
+    return UpstreamHTTPError(kept, f"upstream error (HTTP {status}): {sentence}", type=kind,
+                             code=code, param=param, retry_after=wait, upstream_status=status,
+                             said=said, said_chars=chars)
 
 
 def clean_message(message: Any, secrets: Sequence[str] = ()) -> str:
-    """An upstream's error message made safe to show: secrets and key-like tokens
+    """An upstream's error text made safe for the log: secrets and key-like tokens
     removed, control characters folded, at most ``MAX_UPSTREAM_MESSAGE`` characters."""
     if not isinstance(message, str):
         return ""
@@ -96,34 +158,90 @@ def clean_message(message: Any, secrets: Sequence[str] = ()) -> str:
     for secret in secrets:
         if secret:
             text = text.replace(secret, "[redacted]")
+    if len(text) > _CLEANED:  # the patterns below are not linear: bound what they read,
+        text = _TRAILING_TOKEN.sub("", text[:_CLEANED])  # without half a token at the cut
     text = _KEY_LIKE.sub("[redacted]", redact(_CONTROL.sub(" ", text))).strip()
     return text[:MAX_UPSTREAM_MESSAGE]
 
 
 def upstream_stream_fault(error: Any, secrets: Sequence[str] = ()) -> StreamFault:
     """What an upstream's mid-stream error event (chat's ``{"error": ...}``, a Responses
-    ``error`` / ``response.failed``, a Messages ``error``) becomes: the stream's fault."""
-    return StreamFault("upstream reported an error mid-stream",
-                       said=clean_error(error, secrets))
+    ``error`` / ``response.failed``, a Messages ``error``) becomes: the stream's fault, in
+    the proxy's words, with a code of ``UPSTREAM_CODES`` when the event names a known one.
+    What the upstream said goes to the log only, as for an error status."""
+    said, chars = _said(error, secrets)
+    code = _known_code(error if isinstance(error, dict) else {"message": error})
+    message = "the upstream reported an error mid-stream"
+    if code is not None:
+        message = f"{message}: {UPSTREAM_CODES[code]}"
+    return StreamFault(message, code=code or "upstream_stream_error", said=said,
+                       said_chars=chars)
 
 
 def stream_error(exc: BaseException) -> dict[str, Any]:
     """The in-band error object that ends a started stream the upstream broke (``exc``:
-    the fault, an SSE or framing error, a timeout, or a failure nobody foresaw)."""
-    said = exc.said if isinstance(exc, StreamFault) else ""
-    message = getattr(exc, "message", None) if isinstance(exc, StreamFault | SSEError
-                                                           | HTTPFormatError
-                                                           | TimeoutError) else None
-    message = message or "the upstream stream failed"
-    if said:
-        message = f"{message}: {said}"
-    return {"message": message, "type": "upstream_error", "param": None,
+    the fault, an SSE or framing error, a timeout, or a failure nobody foresaw): the
+    proxy's own message and a code of a fixed set, never the upstream's words."""
+    if isinstance(exc, StreamFault):
+        return {"message": exc.message, "type": "upstream_error", "param": None,
+                "code": exc.code}
+    return {"message": "the upstream stream failed", "type": "upstream_error", "param": None,
             "code": "upstream_stream_error"}
 
 
-def clean_error(error: Any, secrets: Sequence[str] = ()) -> str:
-    """The message of an upstream's error object (or string), made safe to show."""
-    return clean_message(error.get("message") if isinstance(error, dict) else error, secrets)
+def known_param(value: Any) -> str | None:
+    """An upstream's ``param`` when it names fields of the proxy's vocabulary (a top-level
+    field of one of the APIs, then known keys, any with ``[n]`` indices), else None: a
+    free-text ``param`` could carry anything."""
+    if not isinstance(value, str) or len(value) > 120:
+        return None
+    parts = value.split(".")
+    for position, part in enumerate(parts):
+        match = _PARAM_PART.fullmatch(part)
+        if match is None or not part:
+            return None
+        name = match.group(1)
+        known = _PARAM_FIELDS if position == 0 else _PARAM_KEYS
+        if (name is None and position == 0) or (name is not None and name not in known):
+            return None
+    return value
+
+
+def _known_code(error: dict[str, Any]) -> str | None:
+    """The code of ``UPSTREAM_CODES`` an upstream's error object names, if any."""
+    for key in ("code", "type"):
+        name = error.get(key)
+        if isinstance(name, str):
+            name = name.lower()
+            if name in UPSTREAM_CODES:
+                return name
+            if name in _UPSTREAM_ALIASES:
+                return _UPSTREAM_ALIASES[name]
+    message = error.get("message")
+    if isinstance(message, str) and _CONTEXT_WORDS.search(message[:2000]):
+        return "context_length_exceeded"
+    return None
+
+
+def _status_code(status: int) -> str:
+    return f"upstream_{status}" if 400 <= status <= 599 else "upstream_error"
+
+
+def _said(error: Any, secrets: Sequence[str]) -> tuple[str, int]:
+    """What an upstream said, for the log only: its error's type, code and message (or the
+    error as it came, when it has no message), made safe; and its length as it came."""
+    text = error
+    if isinstance(error, dict):
+        label = "/".join(str(error[key]) for key in ("type", "code")
+                         if type(error.get(key)) in (str, int))
+        message = error.get("message")
+        if isinstance(message, str):
+            text = f"{label}: {message}" if label else message
+        else:
+            text = orjson.dumps(error).decode()
+    elif not isinstance(error, str):
+        text = orjson.dumps(error).decode()
+    return clean_message(text, secrets), len(text)
 
 
 def _error_object(body: bytes) -> dict[str, Any]:
@@ -134,10 +252,6 @@ def _error_object(body: bytes) -> dict[str, Any]:
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
         return dict(data["error"])
     return dict(data) if isinstance(data, dict) else {}  # vLLM: {"object": "error", ...}
-
-
-def _plain(value: Any) -> str | None:
-    return str(value) if isinstance(value, str) and _PLAIN.fullmatch(value) else None
 
 
 # -- the moderation annotation -------------------------------------------------------

@@ -25,7 +25,6 @@ completions' own: this module only translates at the edges.
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -33,10 +32,12 @@ from typing import Any
 
 import orjson
 
+from proxy.core.answer import is_token
 from proxy.core.conversation import NonText
 from proxy.core.moderation import EventReader
 from proxy.core.protocol import StreamHead
 from proxy.core.request import (
+    ID_CHECK,
     STRUCTURAL,
     ChatRequest,
     Check,
@@ -183,12 +184,9 @@ def _structural(item: Json, where: str) -> None:
             raise BadRequest(f"{where}.{key} must be {check[1]}", param=f"{where}.{key}")
 
 
-_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _ITEM_FIELDS: dict[str, Check] = {
-    "id": (lambda value: isinstance(value, str) and bool(_ID.fullmatch(value)),
-           "an id of letters, digits and _.:-"),
-    "call_id": (lambda value: isinstance(value, str) and bool(_ID.fullmatch(value)),
-                "an id of letters, digits and _.:-"),
+    "id": ID_CHECK,
+    "call_id": ID_CHECK,
     "status": enum_check("in_progress", "completed", "incomplete"),
     "phase": enum_check("commentary", "final_answer"),
 }
@@ -432,8 +430,9 @@ def _responses_usage(usage: Any) -> Json | None:
 
 
 def response_id(given: str) -> str:
-    """The upstream's response id, or the proxy's own when it is not one (a chat id)."""
-    return given if given.startswith("resp_") else _new_id("resp")
+    """The upstream's response id, or the proxy's own when it is not one (a chat id, or
+    not a token)."""
+    return given if given.startswith("resp_") and is_token(given) else _new_id("resp")
 
 
 def _count(usage: Json, key: str) -> int:

@@ -21,6 +21,7 @@ import structlog
 from proxy.config import Action
 from proxy.core.policy import Outcome, strictest, worst
 from proxy.core.protocol import redact
+from proxy.errors import StreamFault, UpstreamHTTPError
 
 logger = structlog.get_logger("guardproxy")
 
@@ -114,6 +115,19 @@ class RequestRecord:
     client_gone: int = 0  # 499 once the client disconnected mid-answer
     input_text: str | None = None
     output_texts: list[str] = field(default_factory=list)
+    # an upstream's error (an error status or a mid-stream error event): its HTTP status,
+    # the length of what it said, and what it said made safe (logged with log_content only)
+    upstream_status: int | None = None
+    upstream_said: str | None = None
+    upstream_said_chars: int = 0
+
+    def failed(self, code: str | None, exc: BaseException | None = None) -> None:
+        """The request ends in an error answer (or a stream in an in-band error) with this
+        code; an upstream's error ``exc`` also leaves what it said, for the log line."""
+        self.error_code = code
+        if isinstance(exc, UpstreamHTTPError | StreamFault) and exc.said is not None:
+            self.upstream_status = getattr(exc, "upstream_status", None)
+            self.upstream_said, self.upstream_said_chars = exc.said, exc.said_chars
 
     def elapsed_ms(self) -> float:
         return round((time.perf_counter() - self.started) * 1000, 3)
@@ -154,7 +168,18 @@ class RequestRecord:
         if self.log_content:
             line["input_text"] = self.input_text
             line["output_text"] = self.output_texts or None
+        if self.upstream_said is not None:
+            line["upstream_error"] = self.upstream_error()
         return line
+
+    def upstream_error(self) -> dict[str, Any]:
+        """What an upstream's error said: its size always, its words (made safe) only
+        for a tenant that logs content, since they may echo the prompt."""
+        said: dict[str, Any] = {"status": self.upstream_status,
+                                "chars": self.upstream_said_chars}
+        if self.log_content:
+            said["said"] = self.upstream_said
+        return said
 
 
 def stage_fields(outcomes: list[Outcome]) -> dict[str, Any] | None:

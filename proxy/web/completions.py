@@ -15,8 +15,8 @@ from proxy.clients.upstream import UpstreamCall
 from proxy.config import Action, Policy
 from proxy.core.answer import read_completion
 from proxy.core.apis import CHAT, Api
+from proxy.core.ledger import release_whole
 from proxy.core.policy import Outcome, tightened
-from proxy.core.protocol import blocked_choice
 from proxy.errors import (
     ApiNotEnabled,
     BodyTooLarge,
@@ -128,7 +128,7 @@ async def blocked_prompt(request: web.Request, checks: Checks, headers: dict[str
     response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
     try:
         await response.prepare(request)
-        await response.write(state.ending(moderation, ending, blocked=message) + state.done)
+        await response.write(state.prompt_blocked(moderation, ending, message) + state.done)
         checks.record.mark_first_byte()
         await response.write_eof()
     except ConnectionResetError:
@@ -143,14 +143,10 @@ async def complete(call: UpstreamCall, checks: Checks, headers: dict[str, str]
     answer = read_completion(_completion(raw, checks.api), model=checks.chat.model,
                              prefill=checks.chat.conversation.prefill)
     checks.record.removed_fields = answer.removed
-    choices = answer.body["choices"]
     outputs = await checks.check_response(answer.texts)
-    for position, outcome in enumerate(outputs):
-        if outcome.action is Action.BLOCK:
-            choices[position] = blocked_choice(choices[position]["index"],
-                                               checks.policy.block.text_for(outcome.error_code))
-    checks.record.usage = answer.body.get("usage")
-    body = checks.api.answer(answer.body, checks.chat, checks.annotation(outputs))
+    released = release_whole(answer.body, outputs, checks.policy.block)
+    checks.record.usage = released.get("usage")
+    body = checks.api.answer(released, checks.chat, checks.annotation(outputs))
     return _json(orjson.dumps(body), headers=headers)
 
 
@@ -180,8 +176,7 @@ async def relay_stream(request: web.Request, call: UpstreamCall, checks: Checks,
                        headers: dict[str, str]) -> web.StreamResponse:
     upstream_resp = await call.opened()
     response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
-    mode = checks.policy.response.stream if checks.chat.n == 1 else "buffer"
-    relay = StreamRelay(response=response, checks=checks, mode=mode, secrets=call.secrets)
+    relay = StreamRelay(response=response, checks=checks, secrets=call.secrets)
     streams = request.app[RUNTIME].metrics
     if streams is not None:
         streams.active_streams.inc()

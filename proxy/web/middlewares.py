@@ -49,7 +49,7 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ProxyError as exc:
-        record.error_code = exc.code
+        record.failed(exc.code, exc)
         return _error_response(exc, _api(request))
     except web.HTTPException as exc:
         record.error_code = _HTTP_CODES.get(exc.status, "http_error")

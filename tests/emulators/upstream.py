@@ -89,7 +89,9 @@ class Reply:
     ``head_delay_s`` waits before anything is sent, the status line included (a server slow to
     its first byte); ``gate``, when set, holds the reply until the test sets the event;
     ``cut_body`` sends a non-streamed answer's head and half its body, then
-    aborts the connection.
+    aborts the connection; ``pause`` (bytes and an event) stops a stream before the first write
+    that holds those bytes until the test sets the event (the request's ``paused`` says it
+    waits there).
 
     ``reasoning`` is thinking that comes before the answer (streamed as ``reasoning_chunks``, by
     default split like the content): chat's ``reasoning_content``, a Responses ``reasoning``
@@ -114,6 +116,7 @@ class Reply:
     head_delay_s: float = 0.0
     cut_body: bool = False
     gate: asyncio.Event | None = None
+    pause: tuple[bytes, asyncio.Event] | None = None
     # Verbatim shapes (see ``shapes``): streamed chunks sent as they are, each as one
     # ``data:`` event, then ``[DONE]`` (Responses and Messages: ``event: <type>`` and
     # ``data:``, no ``[DONE]``); a whole answer's body as it is; or a stream's raw bytes,
@@ -133,6 +136,7 @@ class RecordedRequest:
     completed: bool = False
     cancelled_at: float | None = None  # time.monotonic() when it was seen going away
     bytes_sent: int = 0  # streamed body bytes the client's connection has taken so far
+    paused: bool = False  # the stream waits at its scripted pause
 
 
 _ERRORS: dict[int, tuple[str, str, str | None]] = {
@@ -687,6 +691,10 @@ async def _stream(
     for count, data in enumerate(_writes(reply, events)):
         if count and reply.delay_s:
             await asyncio.sleep(reply.delay_s)
+        if reply.pause is not None and reply.pause[0] in data:
+            record.paused = True
+            await reply.pause[1].wait()
+            record.paused = False
         if reply.drop_after_events is not None and count >= reply.drop_after_events:
             if request.transport is not None:
                 request.transport.abort()

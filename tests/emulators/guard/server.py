@@ -154,6 +154,10 @@ class GuardEmulator(LoopbackServer):
     it.  ``radix`` is SGLang's prefix cache over the prompts' token ids, holding at most
     ``radix_capacity`` tokens (None: unbounded; SGLang's ``--max-total-tokens``), emptied by
     :meth:`flush_cache`; ``enable_cache_report`` is SGLang's ``--enable-cache-report``.
+
+    A test may hold answers open: ``hold`` maps the number of a response check (0: the first
+    check of an answer this emulator judged, 1: the next, ...) to an event that check's answer
+    waits for; ``holding`` lists the numbers of the checks waiting now.
     """
 
     model: str = MODEL_PATH
@@ -176,6 +180,9 @@ class GuardEmulator(LoopbackServer):
     calls: list[GuardCall] = field(default_factory=list)
     radix_capacity: int | None = None
     enable_cache_report: bool = False
+    hold: dict[int, asyncio.Event] = field(default_factory=dict)
+    holding: list[int] = field(default_factory=list)
+    response_checks: int = 0  # response checks started so far
     url: str = ""
     seed: int = 0
     radix: RadixCache = field(init=False, repr=False)
@@ -428,6 +435,8 @@ class GuardEmulator(LoopbackServer):
 
     async def _answer(self, request: web.Request, payload: bytes) -> web.StreamResponse:
         record = request.get(_RECORD)
+        if record is not None:
+            await self._held(record)
         if record is not None and (self.decode_step_s or self.prefill_token_s):
             await asyncio.sleep(sum(self.decode_step_s * call.decoded_tokens
                                     + self.prefill_token_s * call.computed_tokens
@@ -435,6 +444,21 @@ class GuardEmulator(LoopbackServer):
         if self.fault == "reset":
             return await _reset(request, payload)
         return web.Response(body=payload, content_type="application/json")
+
+    async def _held(self, record: RecordedRequest) -> None:
+        """Wait while a test holds this response check open (see ``hold``)."""
+        render = record.render
+        if not (render and record.starts_check and judged_message(render)[0] == "response"):
+            return
+        number, self.response_checks = self.response_checks, self.response_checks + 1
+        event = self.hold.get(number)
+        if event is None:
+            return
+        self.holding.append(number)
+        try:
+            await event.wait()
+        finally:
+            self.holding.remove(number)
 
     async def _tokenize(self, request: web.Request) -> web.Response:
         record = await self._record(request)
