@@ -27,6 +27,7 @@ from emulators.guard import GuardEmulator
 from emulators.loopback import LoopbackServer
 from emulators.upstream import UpstreamEmulator
 from harness import KEYS, UPSTREAM_KEY, Proxy, running_proxy
+from sdks import close_all
 
 Server = TypeVar("Server", bound=LoopbackServer)
 
@@ -66,6 +67,13 @@ async def proxy(
     options = getattr(request, "param", {})
     async with running_proxy(tmp_path, guard_emulator, upstream_emulator, **options) as running:
         yield running
+
+
+@pytest.fixture(autouse=True)
+async def _sdk_clients_closed() -> AsyncIterator[None]:
+    """The SDK clients a test opened (``sdks``) are closed after it."""
+    yield
+    await close_all()
 
 
 # -- the secrets scan -------------------------------------------------------------------------

@@ -269,6 +269,17 @@ def drawn(strategy: st.SearchStrategy[T], count: int) -> list[T]:
     return found
 
 
+def words(text: str) -> list[str]:
+    """Text cut the way a tokenizer cuts it into a stream's pieces: each word with its
+    trailing space."""
+    pieces, start = [], 0
+    for index, char in enumerate(text):
+        if char == " ":
+            pieces.append(text[start : index + 1])
+            start = index + 1
+    return pieces + ([text[start:]] if start < len(text) else [])
+
+
 def turns_of(messages: list[Any]) -> tuple[Turn, ...]:
     """All of a message list's turns, a trailing prefill as the ASSISTANT turn it is."""
     conversation = read_messages(messages, non_text="pass")

@@ -13,16 +13,15 @@ upstream error in Anthropic's shape (HTTP 502), or the stream's own error event.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
-import anthropic
-import openai
 import orjson
 import pytest
 from clientview import read_stream, read_whole
 from emulators.upstream import Reply
 from harness import KEYS, Proxy
+from sdks import anthropic_client as _anthropic
+from sdks import openai_client as _openai
 from structlog.testing import capture_logs
 
 Json = dict[str, Any]
@@ -37,28 +36,6 @@ EVERY_MODE = pytest.mark.parametrize("proxy", [{"stream": m} for m in MODES], in
                                      ids=MODES)
 CREATED = 1780000000
 ARGUMENTS = ('{"city": ', '"Oslo"}')
-
-_OPEN: list[openai.AsyncOpenAI | anthropic.AsyncAnthropic] = []
-
-
-@pytest.fixture(autouse=True)
-async def _closed() -> AsyncIterator[None]:
-    yield
-    while _OPEN:
-        await _OPEN.pop().close()
-
-
-def _openai(proxy: Proxy) -> openai.AsyncOpenAI:
-    client = proxy.client()
-    _OPEN.append(client)
-    return client
-
-
-def _anthropic(proxy: Proxy) -> anthropic.AsyncAnthropic:
-    client = anthropic.AsyncAnthropic(base_url=proxy.url, api_key=KEYS["strict"],
-                                      max_retries=0)
-    _OPEN.append(client)
-    return client
 
 
 def _line(logs: list[Any]) -> Any:

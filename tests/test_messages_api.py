@@ -8,7 +8,6 @@ in ``moderation``; errors are Anthropic-shaped; ``x-api-key`` authenticates as w
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
@@ -16,27 +15,10 @@ import orjson
 import pytest
 from emulators.upstream import Reply, ToolCall
 from harness import KEYS, Proxy
+from sdks import anthropic_client as _client
 
 MODEL = "claude-sonnet-4-5"
 SAFE = "The sea is calm tonight. " * 8  # 200 characters: one window passes before the end
-
-
-_OPEN: list[anthropic.AsyncAnthropic] = []
-
-
-@pytest.fixture(autouse=True)
-async def _closed() -> AsyncIterator[None]:
-    yield
-    while _OPEN:
-        await _OPEN.pop().close()
-
-
-def _client(proxy: Proxy, tenant: str = "strict", key: str | None = None
-            ) -> anthropic.AsyncAnthropic:
-    client = anthropic.AsyncAnthropic(base_url=proxy.url, api_key=key or KEYS[tenant],
-                                      max_retries=0)
-    _OPEN.append(client)
-    return client
 
 
 def _calls(proxy: Proxy) -> list[Any]:

@@ -24,7 +24,7 @@ import orjson
 import pytest
 from emulators.guard import judged_message
 from emulators.upstream import Reply, ToolCall
-from harness import KEYS, Proxy, wait_until
+from harness import KEYS, Proxy, wait_until, words
 
 from proxy.core.template import RESPONSE_TAIL
 
@@ -34,16 +34,6 @@ PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses",
          "messages": "/v1/messages"}
 SAFE = "The quick brown fox jumps over the lazy dog. "  # 45 characters
 WINDOW = 160  # the tenants' window_chars
-
-
-def words(text: str) -> list[str]:
-    """Pieces as a tokenizer cuts them: each word with its trailing space."""
-    pieces, start = [], 0
-    for index, char in enumerate(text):
-        if char == " ":
-            pieces.append(text[start : index + 1])
-            start = index + 1
-    return pieces + ([text[start:]] if start < len(text) else [])
 
 
 def request(api: str, text: str = "tell me") -> Json:

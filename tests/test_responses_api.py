@@ -9,34 +9,18 @@ A block is ``status: "incomplete"`` with ``incomplete_details.reason: "content_f
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
 import orjson
 import pytest
 from emulators.upstream import Reply, ToolCall
-from harness import KEYS, Proxy
+from harness import Proxy
 from openai.types.responses import Response
+from sdks import openai_client as _client
 
 MODEL = "gpt-4.1-mini"
 SAFE = "The sea is calm tonight. " * 8  # 200 characters: one window passes before the end
-
-
-_OPEN: list[openai.AsyncOpenAI] = []
-
-
-@pytest.fixture(autouse=True)
-async def _closed() -> AsyncIterator[None]:
-    yield
-    while _OPEN:
-        await _OPEN.pop().close()
-
-
-def _client(proxy: Proxy, tenant: str = "strict") -> openai.AsyncOpenAI:
-    client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=KEYS[tenant], max_retries=0)
-    _OPEN.append(client)
-    return client
 
 
 def _calls(proxy: Proxy) -> list[Any]:

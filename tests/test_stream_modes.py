@@ -15,7 +15,7 @@ import pytest
 from clientview import read_stream
 from emulators.guard import GuardEmulator
 from emulators.upstream import Reply, ToolCall
-from harness import Proxy
+from harness import Proxy, words
 from structlog.testing import capture_logs
 
 from proxy.core.ledger import MAX_WINDOW_CHARS, WindowSchedule
@@ -27,16 +27,6 @@ UNSAFE = "Now the bomb part: mix it all. "
 
 def _body(text: str = "tell me") -> dict[str, Any]:
     return {"model": "m", "stream": True, "messages": [{"role": "user", "content": text}]}
-
-
-def _words(text: str) -> list[str]:
-    """Split like a tokenizer would: each piece a word and its trailing space."""
-    pieces, start = [], 0
-    for index, char in enumerate(text):
-        if char == " ":
-            pieces.append(text[start : index + 1])
-            start = index + 1
-    return pieces + ([text[start:]] if start < len(text) else [])
 
 
 def _parse(raw: bytes) -> tuple[str, list[str], dict[str, Any], list[dict[str, Any]]]:
@@ -63,15 +53,15 @@ def _judged(prompt: str) -> str:
 MODES = ["buffer", "window", "async"]
 STREAMS = {
     # name: (chunks, unsafe?)
-    "unsafe at the start": (_words(UNSAFE + SAFE * 8), True),
-    "unsafe in the middle": (_words(SAFE * 8 + UNSAFE + SAFE * 8), True),
-    "unsafe at the end": (_words(SAFE * 12 + UNSAFE), True),
+    "unsafe at the start": (words(UNSAFE + SAFE * 8), True),
+    "unsafe in the middle": (words(SAFE * 8 + UNSAFE + SAFE * 8), True),
+    "unsafe at the end": (words(SAFE * 12 + UNSAFE), True),
     "unsafe split across chunks": (
-        [*_words(SAFE * 5), "Then a bo", "mb, and more. ", *_words(SAFE * 5)], True),
+        [*words(SAFE * 5), "Then a bo", "mb, and more. ", *words(SAFE * 5)], True),
     "multi-byte text, unsafe": (
-        [*_words("Grüße — café ✓ 日本語 " * 10), "a bomb. ", *_words(SAFE * 3)], True),
-    "multi-byte text, safe": (_words("Grüße — café ✓ 日本語 " * 20), False),
-    "safe long answer": (_words(SAFE * 50), False),
+        [*words("Grüße — café ✓ 日本語 " * 10), "a bomb. ", *words(SAFE * 3)], True),
+    "multi-byte text, safe": (words("Grüße — café ✓ 日本語 " * 20), False),
+    "safe long answer": (words(SAFE * 50), False),
 }
 
 
@@ -138,7 +128,7 @@ def _expected_checks(mode: str, chunks: list[str]) -> int:
                                    {"stream": "window", "api": "generate"}],
                          indirect=True, ids=["chat", "generate"])
 async def test_each_check_extends_the_last_one(proxy: Proxy) -> None:
-    chunks = _words(SAFE * 40)
+    chunks = words(SAFE * 40)
     proxy.upstream.replies.append(Reply(content="".join(chunks), chunks=chunks, delay_s=0.002))
     await proxy.post(_body("a question"))
     prompts = _response_checks(proxy.guard)
@@ -159,7 +149,7 @@ async def test_each_check_extends_the_last_one(proxy: Proxy) -> None:
 
 @pytest.mark.parametrize("proxy", [{"stream": "window"}], indirect=True)
 async def test_window_text_arrives_before_a_slow_upstream_finishes(proxy: Proxy) -> None:
-    chunks = _words(SAFE * 20)  # 900 characters, 180 tokens
+    chunks = words(SAFE * 20)  # 900 characters, 180 tokens
     proxy.upstream.replies.append(Reply(content="".join(chunks), chunks=chunks, delay_s=0.01))
     headers = {"Authorization": "Bearer sk-strict"}
     upstream_done_when_text_came: bool | None = None
@@ -224,7 +214,7 @@ async def test_async_leak_is_what_arrived_while_the_check_ran(proxy: Proxy) -> N
     # no check passed before the stream was cut: everything the client got leaked
     assert line["leaked_chars"] == len(text) > len(failing)
     # past the failing window, only whole tokens that arrived while it was judged
-    assert all(piece == "dddd " for piece in _words(text[len(failing):]))
+    assert all(piece == "dddd " for piece in words(text[len(failing):]))
     assert elapsed < 0.1 * len(chunks)  # the stream was cut, not run to its end
 
 
@@ -250,13 +240,13 @@ async def test_buffer_schedule_is_never_due() -> None:
 async def test_time_to_first_token_is_when_text_went_out(proxy: Proxy) -> None:
     """``ttft_ms`` is the first byte of the answer the client got, not of the headers: in
     buffer mode the whole answer's time, in window mode the first window's."""
-    words = _words(SAFE * 6)  # 270 characters, a token every 10 ms: ~0.54 s in all
-    proxy.upstream.replies.append(Reply(content="".join(words), chunks=words, delay_s=0.01))
+    pieces = words(SAFE * 6)  # 270 characters, a token every 10 ms: ~0.54 s in all
+    proxy.upstream.replies.append(Reply(content="".join(pieces), chunks=pieces, delay_s=0.01))
     with capture_logs() as logs:
         await proxy.post(_body())
     (line,) = [entry for entry in logs if entry["event"] == "request"]
     first_window = 10 * sum(1 for _ in itertools.takewhile(
-        lambda n: n < 160, itertools.accumulate(len(w) for w in words)))
-    floor = 10 * (len(words) - 1) if proxy.stream == "buffer" else first_window
+        lambda n: n < 160, itertools.accumulate(len(w) for w in pieces)))
+    floor = 10 * (len(pieces) - 1) if proxy.stream == "buffer" else first_window
     assert line["ttft_ms"] >= floor * 0.9
     assert line["ttft_ms"] <= line["total_ms"]

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
@@ -22,7 +21,9 @@ import openai
 import orjson
 import pytest
 from emulators.upstream import Reply
-from harness import KEYS, UPSTREAM_KEY, Proxy
+from harness import UPSTREAM_KEY, Proxy
+from sdks import anthropic_client as _anthropic
+from sdks import openai_client as _openai
 from structlog.testing import capture_logs
 
 MODEL = "gpt-4.1-mini"
@@ -44,29 +45,6 @@ REFUSED = "upstream error (HTTP 400): the upstream refused the request; its own 
 MID_STREAM = "the upstream reported an error mid-stream"
 MODES = [{"stream": "buffer"}, {"stream": "window"}, {"stream": "async"}]
 MODE_IDS = ["buffer", "window", "async"]
-
-_OPEN: list[openai.AsyncOpenAI | anthropic.AsyncAnthropic] = []
-
-
-@pytest.fixture(autouse=True)
-async def _closed() -> AsyncIterator[None]:
-    yield
-    while _OPEN:
-        await _OPEN.pop().close()
-
-
-def _openai(proxy: Proxy, tenant: str = "strict") -> openai.AsyncOpenAI:
-    client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=KEYS[tenant],
-                                max_retries=0)
-    _OPEN.append(client)
-    return client
-
-
-def _anthropic(proxy: Proxy) -> anthropic.AsyncAnthropic:
-    client = anthropic.AsyncAnthropic(base_url=proxy.url, api_key=KEYS["strict"],
-                                      max_retries=0)
-    _OPEN.append(client)
-    return client
 
 
 def _request(api: str, stream: bool) -> tuple[str, dict[str, Any]]:
