@@ -152,6 +152,17 @@ class LedgerMachine(RuleBasedStateMachine):
         self.fed = _accumulate(self.fed, delta)
 
     @precondition(lambda self: not self.done and not self.state.ledger.closed)
+    @rule(texts=st.lists(_words, min_size=1, max_size=4), kind=st.sampled_from(KINDS))
+    def feed_a_read(self, texts: list[str], kind: str) -> None:
+        """One read's events: plain text (one entry for the run), then another kind."""
+        self.state.feed_events([_chunk({"content": text}) for text in texts]
+                               + [_chunk(_delta(kind, texts[0], self.calls))])
+        for text in texts:
+            self.fed = _accumulate(self.fed, {"content": text})
+        self.fed = _accumulate(self.fed, _delta(kind, texts[0], self.calls))
+        self.calls += kind == "call"
+
+    @precondition(lambda self: not self.done and not self.state.ledger.closed)
     @rule()
     def upstream_ends(self) -> None:
         self.state.feed(_chunk({}, "stop"))

@@ -381,7 +381,12 @@ class _Chunked:
                     if end - pos > 4096:
                         raise HTTPFormatError("chunk size line too long")
                     break
-                left, pos = _chunk_size(buf[pos:eol]), eol + 2
+                line = buf[pos:eol]
+                if 0 < len(line) <= 8 and not line.strip(_HEX):  # _chunk_size's usual case
+                    left = int(line, 16)
+                else:
+                    left = _chunk_size(line)
+                pos = eol + 2
             if left == 0:  # the last chunk: trailers up to a blank line
                 close = pos + 2 if buf.startswith(b"\r\n", pos) else buf.find(b"\r\n\r\n", pos) + 4
                 self.done = close >= pos + 2

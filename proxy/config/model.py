@@ -16,7 +16,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 #: Category names exactly as Qwen3Guard-Gen emits them.  ``Jailbreak`` is judged
 #: for prompts only.
@@ -35,18 +35,19 @@ RESPONSE_CATEGORIES: tuple[str, ...] = CATEGORIES[:-1]
 
 
 class Action(enum.Enum):
-    """What a policy does with a verdict; the order is the strictness."""
+    """What a policy does with a verdict; the order is the strictness (``rank``)."""
 
     PASS = "pass"
     FLAG = "flag"
     BLOCK = "block"
 
-    @property
-    def rank(self) -> int:
-        return _RANK[self]
+    if TYPE_CHECKING:  # 0, 1, 2: set once below, read by every decision (an attribute)
+        @property
+        def rank(self) -> int: ...
 
 
-_RANK = {Action.PASS: 0, Action.FLAG: 1, Action.BLOCK: 2}
+for _rank, _action in enumerate(Action):
+    object.__setattr__(_action, "rank", _rank)
 
 
 class Secret:

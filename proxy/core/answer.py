@@ -26,9 +26,9 @@ upstream that sends what the proxy does not understand.
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +47,7 @@ _STREAMED = ("reasoning_content", "reasoning", "content", "refusal")
 
 
 def new_completion_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
+    return f"chatcmpl-{os.urandom(16).hex()}"
 
 
 def is_token(value: Any, pattern: re.Pattern[str] = TOKEN) -> bool:
@@ -81,7 +81,7 @@ class Removed:
             return None
         given = self.ids.get(value)
         if given is None:
-            given = self.ids[value] = f"{prefix}{uuid.uuid4().hex}"
+            given = self.ids[value] = f"{prefix}{os.urandom(16).hex()}"
         return given
 
     def extra(self, data: dict[str, Any], known: frozenset[str]) -> None:

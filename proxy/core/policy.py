@@ -80,10 +80,14 @@ class Outcome:
 
 def worst(outcomes: Sequence[Outcome]) -> Outcome:
     """The first of the outcomes with the strictest action (``outcomes`` not empty)."""
+    if len(outcomes) == 1:  # the usual case: one check
+        return outcomes[0]
     return max(outcomes, key=lambda o: o.action.rank)
 
 
 def strictest(outcomes: list[Outcome]) -> Action:
+    if len(outcomes) == 1:
+        return outcomes[0].action
     return max((o.action for o in outcomes), key=lambda action: action.rank, default=Action.PASS)
 
 
@@ -95,6 +99,8 @@ def strictest_index(outcomes: Sequence[Outcome]) -> int:
     the user turns of a conversation): the strictest action wins; on a tie, the outcome
     that explains it best — for a block the most severe verdict, for a pass a guard
     failure (some text went unchecked) — and then the earliest."""
+    if len(outcomes) == 1:
+        return 0
     return max(range(len(outcomes)), key=lambda index: _weight(outcomes[index]))
 
 

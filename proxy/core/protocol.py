@@ -357,10 +357,11 @@ class StreamHead:
     @classmethod
     def of(cls, fields: dict[str, Any], model: str) -> StreamHead:
         """The head of a stream whose first chunk had these (type-checked) fields."""
-        fresh = cls.new(model)
         extra = tuple((key, fields[key]) for key in ("system_fingerprint", "service_tier")
                       if key in fields)
-        return cls(id=fields.get("id", fresh.id), created=fields.get("created", fresh.created),
+        given, created = fields.get("id"), fields.get("created")
+        return cls(id=given if given is not None else new_completion_id(),
+                   created=created if created is not None else int(time.time()),
                    model=fields.get("model", model), extra=extra)
 
     def chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:

@@ -46,6 +46,22 @@ def multiprocess_dir() -> str | None:
     return os.environ.get(MULTIPROC_ENV) or None
 
 
+class _Children:
+    """A metric's children by their label values, each found once: ``labels()`` checks
+    the values and takes a lock on every call, and every request counts about ten of
+    them.  The labels are bounded (see above), and so is this."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self._found: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._found.get(values)
+        if child is None:
+            child = self._found[values] = self.metric.labels(*values)
+        return child
+
+
 class Metrics:
     """The proxy's metrics, in a registry of their own (one per app)."""
 
@@ -119,6 +135,10 @@ class Metrics:
             "guardproxy_removed_fields",
             "Upstream answer fields with a value that the proxy does not understand, "
             "removed from what the client got.", ["tenant"], registry=r)
+        self._of = {name: _Children(getattr(self, name)) for name in (
+            "requests", "responses", "guard_calls", "guard_requests", "guard_latency",
+            "upstream_latency", "ttft", "blocked", "blocked_tokens", "leaked_chars",
+            "removed_fields")}
 
         self.guard_waits = Counter(
             "guardproxy_guard_waits", "Guard calls that waited for a slot of their tenant's "
@@ -129,8 +149,10 @@ class Metrics:
 
     def guard_requests_by(self, api: str) -> Callable[[str], None]:
         """What counts one guard request of ``api``, given its step."""
+        children = self._of["guard_requests"]
+
         def count(step: str) -> None:
-            self.guard_requests.labels(api, step).inc()
+            children(api, step).inc()
         return count
 
     def set_tenants(self, tenants: Iterable[str]) -> None:
@@ -142,28 +164,28 @@ class Metrics:
 
     def observe(self, record: RequestRecord, status: int, api: str) -> None:
         """Count one finished request from its record."""
-        tenant = self.tenant(record.tenant)
-        self.responses.labels(tenant, f"{status // 100}xx").inc()
+        tenant, of = self.tenant(record.tenant), self._of
+        of["responses"](tenant, f"{status // 100}xx").inc()
         if record.tenant is None:
             return
         for stage, outcomes in (("prompt", record.input), ("response", record.output)):
             if outcomes:
                 self._stage(tenant, stage, outcomes)
         for check, seconds in record.guard_timings:
-            self.guard_calls.labels(check, api).inc()
-            self.guard_latency.labels(check, api).observe(seconds)
+            of["guard_calls"](check, api).inc()
+            of["guard_latency"](check, api).observe(seconds)
         if record.cache_hits:
             self.cache_hits.inc(record.cache_hits)
         if record.upstream_ms is not None:
-            self.upstream_latency.labels(tenant, str(record.stream).lower()).observe(
+            of["upstream_latency"](tenant, str(record.stream).lower()).observe(
                 record.upstream_ms / 1000)
         if record.stream and record.ttft_ms is not None:
-            self.ttft.labels(tenant).observe(record.ttft_ms / 1000)
+            of["ttft"](tenant).observe(record.ttft_ms / 1000)
         self._tokens(tenant, record)
         if record.leaked_chars:
-            self.leaked_chars.labels(tenant).inc(record.leaked_chars)
+            of["leaked_chars"](tenant).inc(record.leaked_chars)
         if record.removed_fields:
-            self.removed_fields.labels(tenant).inc(record.removed_fields)
+            of["removed_fields"](tenant).inc(record.removed_fields)
         if record.guard_waits:
             self.guard_waits.labels(tenant).inc(record.guard_waits)
         if record.guard_rejected:
@@ -171,18 +193,18 @@ class Metrics:
 
     def _stage(self, tenant: str, stage: str, outcomes: list[Outcome]) -> None:
         shown = worst(outcomes)
-        self.requests.labels(tenant, stage, _action_label(shown)).inc()
+        self._of["requests"](tenant, stage, _action_label(shown)).inc()
         for outcome in outcomes:
             if outcome.error_kind is not None:
                 self.guard_errors.labels(stage, outcome.error_kind).inc()
         if shown.action is Action.BLOCK:
-            self.blocked.labels(tenant, stage).inc()
+            self._of["blocked"](tenant, stage).inc()
 
     def _tokens(self, tenant: str, record: RequestRecord) -> None:
         if any(o.action is Action.BLOCK for o in record.input):
-            self.blocked_tokens.labels(tenant, "saved").inc(record.prompt_chars // 4)
+            self._of["blocked_tokens"](tenant, "saved").inc(record.prompt_chars // 4)
         elif any(o.action is Action.BLOCK for o in record.output):
-            self.blocked_tokens.labels(tenant, "cost").inc(_total_tokens(record.usage))
+            self._of["blocked_tokens"](tenant, "cost").inc(_total_tokens(record.usage))
 
     def render(self) -> bytes:
         """The exposition text: this process's registry, or all workers' files."""

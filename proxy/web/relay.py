@@ -22,7 +22,7 @@ from proxy.clients.http1 import StreamedAnswer
 from proxy.core.ledger import Ticket
 from proxy.core.policy import Outcome
 from proxy.core.protocol import stream_error
-from proxy.core.sse import DONE, SSEDecoder
+from proxy.core.sse import SSEDecoder
 from proxy.errors import HTTPFormatError, SSEError, StreamFault
 from proxy.pipeline import Checks
 
@@ -79,7 +79,7 @@ class StreamRelay:
             if data is None:
                 continue
             events = decoder.feed_data(data) if data else [e.data for e in decoder.close()]
-            self.read_to_end = self._feed(events)
+            self.read_to_end = state.feed_events(events, self.reader)
             if state.held > MAX_HELD_BYTES:
                 raise StreamFault(f"the answer held back for moderation exceeds "
                                   f"{MAX_HELD_BYTES} bytes")
@@ -95,22 +95,6 @@ class StreamRelay:
         if self._check is not None:  # the last window, before the final check
             await asyncio.wait([self._check])
             return await self._check_ended()
-        return False
-
-    def _feed(self, events: list[bytes]) -> bool:
-        """Feed decoded events' data; True once ``[DONE]`` arrived."""
-        feed, reader = self.state.feed, self.reader
-        for data in events:
-            if data == DONE:
-                return True
-            if reader is None:
-                feed(data)
-                continue
-            chunk = reader.read(data)
-            if type(chunk) is str:  # answer text: the usual event
-                self.state.feed_text(chunk, len(data))
-            elif chunk is not None:
-                self.state.feed_chunk(chunk, len(data))
         return False
 
     async def _check_ended(self) -> bool:
