@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.clients.http1 import _Chunked
-from proxy.core.moderation import PlainShape
+from proxy.core.chunks import PlainShape
 from proxy.core.sse import SSEDecoder
 from proxy.errors import HTTPFormatError, SSEError
 

@@ -157,15 +157,19 @@ class UpstreamCall:
         self._task = asyncio.create_task(call(*self._args), name="guardproxy-upstream")
 
     async def whole(self) -> bytes:
-        self.start()
-        assert self._task is not None and not self._stream
+        assert not self._stream
+        if self._task is None:  # not started beside the prompt check: no task needed
+            self.started = time.perf_counter()
+            return await self._upstream.complete(*self._args)
         answer: bytes = await self._task
         self._task = None
         return answer
 
     async def opened(self) -> StreamedAnswer:
-        self.start()
-        assert self._task is not None and self._stream
+        assert self._stream
+        if self._task is None:
+            self.started = time.perf_counter()
+            return await self._upstream.open_stream(*self._args)  # the caller releases it
         resp: StreamedAnswer = await self._task
         self._task = None  # the caller owns the answer now, and releases it
         return resp

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.core import messages, responses
-from proxy.core.moderation import Encoder
+from proxy.core import messages, messages_stream, responses, responses_stream
+from proxy.core.events import Encoder
 from proxy.core.protocol import blocked_completion, error_body
 from proxy.core.request import ChatRequest, parse_chat_request
 
@@ -54,8 +54,8 @@ def _identity(data: Json) -> Json:
 CHAT = Api("chat", parse_chat_request, _identity, _chat_answer, _chat_blocked)
 RESPONSES = Api("responses", responses.parse_responses_request, responses.chat_of_response,
                 responses.response_of_chat, responses.blocked_response,
-                reader=lambda secrets: responses.ResponsesEvents(secrets=secrets),
-                encoder=responses.ResponsesEncoder)
+                reader=lambda secrets: responses_stream.ResponsesEvents(secrets=secrets),
+                encoder=responses_stream.ResponsesEncoder)
 
 
 def _anthropic_error(status: int, message: str, type: str, code: str | None, param: str | None,
@@ -65,7 +65,7 @@ def _anthropic_error(status: int, message: str, type: str, code: str | None, par
 
 MESSAGES = Api("messages", messages.parse_messages_request, messages.chat_of_message,
                messages.message_of_chat, messages.blocked_message,
-               reader=lambda secrets: messages.MessagesEvents(secrets=secrets),
-               encoder=messages.MessagesEncoder, error=_anthropic_error)
+               reader=lambda secrets: messages_stream.MessagesEvents(secrets=secrets),
+               encoder=messages_stream.MessagesEncoder, error=_anthropic_error)
 #: The API each route serves.
 BY_PATH = {"/v1/chat/completions": CHAT, "/v1/responses": RESPONSES, "/v1/messages": MESSAGES}

@@ -13,6 +13,8 @@ and this module translates at the edges.
   ``tool_use`` blocks built from judged text (a thinking block's signature is the
   proxy's own token; a ``tool_use`` id is the upstream's only if Anthropic's API takes
   it back, and an ``input`` that is not an object is the upstream's error).
+- **Stream** (``messages_stream``): the upstream's events read into chat chunks, the
+  released chunks written back as Messages events.
 - **Block**: ``stop_reason: "refusal"`` — what Anthropic's own streaming classifiers
   send — with the verdict in ``moderation`` (on the message, or on the stream's
   ``message_delta``).
@@ -25,29 +27,16 @@ import os
 import re
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from proxy.core.answer import is_token
 from proxy.core.conversation import NonText
-from proxy.core.moderation import EventReader
-from proxy.core.protocol import StreamHead
-from proxy.core.request import (
-    STRUCTURAL,
-    ChatRequest,
-    Check,
-    Translation,
-    enum_check,
-    is_tool_name,
-    known_keys,
-    read_translated,
-)
+from proxy.core.fields import Check, enum_check, is_token, is_tool_name, known_keys
+from proxy.core.request import STRUCTURAL, ChatRequest, Translation, read_translated
 from proxy.errors import (
     BadRequest,
     ShapeError,
-    StreamFault,
     UnsupportedContent,
     UnsupportedParameter,
 )
@@ -101,9 +90,9 @@ def _cache_control_ok(value: Any) -> bool:
 _STATE = frozenset({"container", "mcp_servers", "context_management", "compaction", "thread",
                     "fallbacks", "fallback_credit_token", "billing_policy"})
 _SIGNATURE = re.compile(r"[0-9a-f]{32}")
-_STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
+STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length",
          "tool_use": "tool_calls", "refusal": "content_filter"}
-_STOP_BACK = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
+STOP_BACK = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
               "content_filter": "refusal", "function_call": "tool_use"}
 
 
@@ -316,7 +305,7 @@ def chat_of_message(data: Json) -> Json:
     return {"id": data.get("id"), "object": "chat.completion", "created": int(time.time()),
             "model": data.get("model"),
             "choices": [{"index": 0, "message": message,
-                         "finish_reason": _STOP.get(data.get("stop_reason") or "", "stop")}],
+                         "finish_reason": STOP.get(data.get("stop_reason") or "", "stop")}],
             "usage": {"prompt_tokens": usage.get("input_tokens"),
                       "completion_tokens": usage.get("output_tokens")}}
 
@@ -373,14 +362,14 @@ def message_object(message_id: str, model: str, content: list[Json], finish: str
     if not (message_id.startswith("msg_") and is_token(message_id)):  # a chat id: its own
         message_id = f"msg_{os.urandom(12).hex()}"
     body: Json = {"id": message_id, "type": "message", "role": "assistant", "model": model,
-                  "content": content, "stop_reason": _STOP_BACK.get(finish or "", "end_turn"),
-                  "stop_sequence": None, "usage": _usage(usage)}
+                  "content": content, "stop_reason": STOP_BACK.get(finish or "", "end_turn"),
+                  "stop_sequence": None, "usage": usage_of(usage)}
     if moderation is not None:
         body["moderation"] = moderation
     return body
 
 
-def _usage(usage: Any) -> Json:
+def usage_of(usage: Any) -> Json:
     usage = usage if isinstance(usage, dict) else {}
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
     return {"input_tokens": prompt if type(prompt) is int else 0,
@@ -399,210 +388,3 @@ def anthropic_error(status: int, message: str, moderation: Json | None = None) -
     if moderation is not None:
         error["moderation"] = moderation
     return orjson.dumps({"type": "error", "error": error})
-
-
-# -- streams ------------------------------------------------------------------------------
-
-
-@dataclass
-class MessagesEvents(EventReader):
-    """Reads the upstream's Messages events into the chat chunks they amount to."""
-
-    calls: dict[int, int] = field(default_factory=dict)  # block index -> tool-call index
-    prompt_tokens: int = 0
-    ids: dict[str, str] = field(default_factory=dict)  # upstream tool_use id -> the proxy's
-    inputs: dict[int, list[str]] = field(default_factory=dict)  # tool-call index -> its JSON
-
-    def read(self, data: bytes) -> Json | str | None:
-        """The chat chunk ``data`` amounts to; answer text as a plain string."""
-        event = self.load(data)
-        kind = event["type"]
-        if kind == "content_block_delta":
-            delta = event.get("delta")
-            if type(delta) is dict and delta.get("type") == "text_delta" and self.head:
-                text = delta.get("text")
-                if type(text) is str:
-                    return text
-        if kind == "error":
-            raise self.failed(event.get("error"))
-        if kind == "message_start":
-            return self._start(event.get("message"))
-        if kind == "content_block_start":
-            return self._block(event)
-        if kind == "content_block_delta":
-            return self._delta(event)
-        if kind == "message_delta":
-            return self._ended(event)
-        return None  # ping, content_block_stop, message_stop: the proxy writes its own
-
-    def _start(self, message: Any) -> Json:
-        message = message if isinstance(message, dict) else {}
-        usage = message.get("usage") if isinstance(message.get("usage"), dict) else {}
-        tokens = usage.get("input_tokens")
-        self.prompt_tokens = tokens if type(tokens) is int else 0
-        self.head = {"id": message.get("id"), "created": int(time.time()),
-                     "model": message.get("model")}
-        return {**self.head, "choices": []}
-
-    def _block(self, event: Json) -> Json | None:
-        """A block's start; text already in it (servers send none) is read like a delta."""
-        block = _object(event, "content_block")
-        kind = block.get("type")
-        if kind == "text" and block.get("text"):
-            return self.chunk({"content": block["text"]})
-        if kind == "thinking" and block.get("thinking"):
-            return self.chunk({"reasoning_content": block["thinking"]})
-        if kind != "tool_use":
-            return None
-        index = self.calls[_index(event)] = len(self.calls)
-        self.inputs[index] = []
-        return self.chunk({"tool_calls": [{"index": index,
-                                            **tool_use_id(block.get("id"), self.ids),
-                                            "type": "function",
-                                            "function": {"name": block.get("name"),
-                                                         "arguments": ""}}]})
-
-    def _delta(self, event: Json) -> Json | None:
-        delta = _object(event, "delta")
-        kind = delta.get("type")
-        if kind == "text_delta":
-            return self.chunk({"content": delta.get("text")})
-        if kind == "thinking_delta":
-            return self.chunk({"reasoning_content": delta.get("thinking")})
-        if kind == "input_json_delta":
-            index = self.calls.get(_index(event))
-            if index is None:
-                raise StreamFault("upstream sent input for a tool call it never started")
-            piece = delta.get("partial_json")
-            if isinstance(piece, str):
-                self.inputs[index].append(piece)
-            return self.chunk({"tool_calls": [{"index": index, "function": {
-                "arguments": piece}}]})
-        return None  # signatures (the proxy gives its own), citations (not relayed)
-
-    def _ended(self, event: Json) -> Json:
-        for pieces in self.inputs.values():  # each call's input, complete: an object?
-            given = "".join(pieces)
-            if given.strip() and not _json_object(given):
-                raise StreamFault("upstream tool call input is not a JSON object")
-        delta, usage = _object(event, "delta"), _object(event, "usage")
-        tokens = usage.get("output_tokens")
-        return self.chunk({}, _STOP.get(delta.get("stop_reason") or "", "stop"),
-                           usage={"prompt_tokens": self.prompt_tokens,
-                                  "completion_tokens": tokens if type(tokens) is int else 0})
-
-
-def _object(event: Json, key: str) -> Json:
-    value = event.get(key)
-    return value if isinstance(value, dict) else {}
-
-
-def _json_object(text: str) -> bool:
-    try:
-        return isinstance(orjson.loads(text), dict)
-    except orjson.JSONDecodeError:
-        return False
-
-
-def _index(event: Json) -> int:
-    index = event.get("index")
-    if type(index) is not int:
-        raise StreamFault("upstream stream event has no valid block index")
-    return index
-
-
-@dataclass
-class MessagesEncoder:
-    """Writes released chat chunks as Messages events: ``message_start``, a content block
-    per run of thinking, text or a tool call, then ``message_delta`` (the stop reason —
-    ``refusal`` for a block —, the usage and ``moderation``) and ``message_stop``."""
-
-    blocks: int = 0  # blocks started
-    open: str | None = None  # the kind of the open block: thinking, text, tool
-    calls: dict[int, int] = field(default_factory=dict)  # tool-call index -> block index
-    finish: str | None = None
-    started: bool = False
-
-    def chunk(self, head: StreamHead, choices: list[Json]) -> bytes:
-        out = [] if self.started else self._start(head)
-        for choice in choices:
-            delta = choice.get("delta") or {}
-            for key, kind in (("reasoning_content", "thinking"), ("reasoning", "thinking"),
-                              ("content", "text"), ("refusal", "text")):
-                if delta.get(key):
-                    out.extend(self._text(kind, delta[key]))
-            for call in delta.get("tool_calls") or []:
-                out.extend(self._call(call))
-            self.finish = choice.get("finish_reason") or self.finish
-        return b"".join(out)
-
-    def close(self, head: StreamHead, moderation: Json, usage: Any) -> bytes:
-        out = [] if self.started else self._start(head)
-        out.extend(self._stop())
-        counts = _usage(usage)
-        out.append(_event("message_delta", delta={
-            "stop_reason": _STOP_BACK.get(self.finish or "", "end_turn"), "stop_sequence": None},
-            usage={"output_tokens": counts["output_tokens"],
-                   "input_tokens": counts["input_tokens"]}, moderation=moderation))
-        out.append(_event("message_stop"))
-        return b"".join(out)
-
-    def failure(self, head: StreamHead, error: Json, moderation: Json) -> bytes:
-        out = [] if self.started else self._start(head)
-        out.append(_event("error", error={"type": "api_error", "message": error["message"],
-                                          "moderation": moderation}))
-        return b"".join(out)
-
-    def _start(self, head: StreamHead) -> list[bytes]:
-        self.started = True
-        message = message_object(head.id, head.model, [], None, None, None)
-        message["stop_reason"] = None
-        return [_event("message_start", message=message)]
-
-    def _text(self, kind: str, text: str) -> list[bytes]:
-        out = []
-        if self.open != kind:
-            out.extend(self._stop())
-            block = ({"type": "thinking", "thinking": "", "signature": ""} if kind == "thinking"
-                     else {"type": "text", "text": ""})
-            out.append(self._begin(kind, block))
-        delta = ({"type": "thinking_delta", "thinking": text} if kind == "thinking"
-                 else {"type": "text_delta", "text": text})
-        out.append(_event("content_block_delta", index=self.blocks - 1, delta=delta))
-        return out
-
-    def _begin(self, kind: str, block: Json) -> bytes:
-        self.open = kind
-        self.blocks += 1
-        return _event("content_block_start", index=self.blocks - 1, content_block=block)
-
-    def _stop(self) -> list[bytes]:
-        if self.open is None:
-            return []
-        out = []
-        if self.open == "thinking":
-            out.append(_event("content_block_delta", index=self.blocks - 1, delta={
-                "type": "signature_delta", "signature": os.urandom(16).hex()}))
-        out.append(_event("content_block_stop", index=self.blocks - 1))
-        self.open = None
-        return out
-
-    def _call(self, call: Json) -> list[bytes]:
-        out: list[bytes] = []
-        index = call.get("index", 0)
-        function = call.get("function") or {}
-        if index not in self.calls:
-            out.extend(self._stop())
-            out.append(self._begin("tool", {
-                "type": "tool_use", "id": call.get("id") or f"toolu_{os.urandom(12).hex()}",
-                "name": function.get("name") or "", "input": {}}))
-            self.calls[index] = self.blocks - 1
-        arguments = function.get("arguments") or ""
-        if arguments:
-            out.append(_event("content_block_delta", index=self.calls[index], delta={
-                "type": "input_json_delta", "partial_json": arguments}))
-        return out
-
-
-def _event(kind: str, **fields: Any) -> bytes:
-    return b"event: %s\ndata: %s\n\n" % (kind.encode(), orjson.dumps({"type": kind, **fields}))

@@ -12,123 +12,27 @@ with a value is counted in ``removed``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
 from proxy.config import BlockPolicy
-from proxy.core.answer import (
+from proxy.core.answer import Removed, head_fields, usage_numbers
+from proxy.core.chunks import PlainShape, plain_text
+from proxy.core.deltas import (
     CHUNK_TOP,
     ChoiceText,
     Delta,
     Outgoing,
-    Removed,
     choice_index,
-    head_fields,
     read_delta,
-    usage_numbers,
 )
+from proxy.core.events import Encoder, Reader
 from proxy.core.ledger import Ledger, ReleaseError, Ticket, block_message
 from proxy.core.policy import Outcome
 from proxy.core.protocol import StreamHead, delta_choice, upstream_stream_fault
 from proxy.core.sse import DONE, DONE_EVENT, encode
 from proxy.errors import ShapeError, StreamFault
-
-
-@dataclass(frozen=True, slots=True)
-class PlainShape:
-    """The bytes around the text of a plain text chunk, learned from one that was parsed.
-
-    Servers write every text chunk of a stream the same way, but for the text.  A chunk
-    whose bytes are ``before``, one JSON string and ``after`` parses exactly as the
-    learned chunk with that string as its text: JSON's grammar cannot tell one string
-    literal from another.  So such a chunk needs no parse but of its string."""
-
-    before: bytes
-    after: bytes
-
-    @classmethod
-    def learn(cls, data: bytes, text: str) -> PlainShape | None:
-        """The shape of ``data``, a parsed plain chunk whose text is ``text``; None when
-        its text is not written as orjson writes it (then no shape is learned)."""
-        key = data.rfind(b'"content":')  # the delta's: no other key of a plain chunk
-        if key < 0:
-            return None
-        start = key + len(b'"content":')
-        while data[start : start + 1] == b" ":
-            start += 1
-        literal = orjson.dumps(text)
-        if data[start : start + len(literal)] != literal:
-            return None
-        return cls(data[:start], data[start + len(literal) :])
-
-    def text(self, data: bytes) -> str | None:
-        """The text of ``data`` if it has this shape, else None."""
-        before, after = self.before, self.after
-        if not (data.startswith(before) and data.endswith(after)):
-            return None
-        middle = data[len(before) : len(data) - len(after)]
-        if len(middle) < 2 or middle[0] != 0x22:  # a string literal starts with a quote
-            return None
-        try:
-            text = orjson.loads(middle)
-        except orjson.JSONDecodeError:
-            return None
-        return text if type(text) is str else None
-
-
-class Encoder(Protocol):
-    """Another API's stream format (``/v1/responses``, ``/v1/messages``): the chat chunks
-    a ``StreamState`` releases, rewritten as that API's events."""
-
-    def chunk(self, head: StreamHead, choices: list[dict[str, Any]]) -> bytes:
-        """The events for one released chat chunk's choices."""
-        ...
-
-    def close(self, head: StreamHead, moderation: dict[str, Any], usage: Any) -> bytes:
-        """The events that end the stream, the verdict and the usage on the last one."""
-        ...
-
-    def failure(self, head: StreamHead, error: dict[str, Any], moderation: dict[str, Any]
-                ) -> bytes:
-        """The events that end a stream the upstream broke."""
-        ...
-
-
-class Reader(Protocol):
-    """Reads another API's stream event into the chat chunk it amounts to: answer text as
-    a plain string, or nothing for the client."""
-
-    def read(self, data: bytes) -> dict[str, Any] | str | None:
-        ...
-
-
-@dataclass
-class EventReader:
-    """What another API's stream adapter builds on: each upstream event read (a typed JSON
-    object, or a ``StreamFault``) into the chat chunk it amounts to, under the stream's
-    head (``id``, ``created``, ``model``)."""
-
-    secrets: tuple[str, ...] = ()
-    head: dict[str, Any] = field(default_factory=dict)
-
-    def load(self, data: bytes) -> dict[str, Any]:
-        try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise StreamFault("upstream sent an unreadable stream event") from exc
-        if type(event) is not dict or not isinstance(event.get("type"), str):
-            raise StreamFault("upstream stream event is not a typed object")
-        return event
-
-    def failed(self, error: Any) -> StreamFault:
-        return upstream_stream_fault(error, self.secrets)
-
-    def chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any
-              ) -> dict[str, Any]:
-        return {**self.head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                **extra}
-
 
 #: One event as kept until released: the common case, text for the first choice
 #: only, as a plain string; anything else as its choices' deltas.
@@ -258,7 +162,7 @@ class StreamState:
         # The common case first: a chunk of known keys only, one plain text delta.
         if (self.head is not None and type(choices) is list and len(choices) == 1
                 and chunk.keys() <= CHUNK_TOP and chunk.get("usage") is None):
-            text = _plain_text(choices[0])
+            text = plain_text(choices[0])
             if text is not None:
                 self._add_text(text, len(data))
                 if self._learning:  # no shape yet, or one this chunk did not have
@@ -581,37 +485,3 @@ def _outgoing(merged: dict[int, Outgoing], index: int) -> Outgoing:
     if out is None:
         out = merged[index] = Outgoing(index)
     return out
-
-
-def _plain_text(choice: Any) -> str | None:
-    """The text of an ordinary text delta of the first choice, else None: a dict with
-    nothing but ``index`` 0, a ``delta`` of ``content`` (and ``role``, or a null
-    ``refusal``), null ``logprobs`` and a null ``finish_reason``."""
-    if type(choice) is not dict:
-        return None
-    delta = choice.get("delta")
-    if type(delta) is not dict:
-        return None
-    content = delta.get("content")
-    if type(content) is not str or not delta.keys() <= _PLAIN_DELTA:
-        return None
-    if choice.get("finish_reason") is not None or choice.get("logprobs") is not None:
-        return None
-    if choice.get("index", 0) != 0 or delta.get("refusal") is not None:
-        return None
-    if not choice.keys() <= _PLAIN_CHOICE and not _plain_extras(choice):
-        return None
-    return content
-
-
-_PLAIN_DELTA = frozenset({"content", "role", "refusal"})
-_PLAIN_CHOICE = frozenset({"index", "delta", "logprobs", "finish_reason"})
-# What vLLM and SGLang add to every choice, null on text deltas: no text to lose.
-_NULL_EXTRAS = frozenset({"token_ids", "stop_reason", "matched_stop"})
-
-
-def _plain_extras(choice: dict[str, Any]) -> bool:
-    for key in choice.keys() - _PLAIN_CHOICE:
-        if key not in _NULL_EXTRAS or choice[key] is not None:
-            return False
-    return True

@@ -43,93 +43,20 @@ from typing import Any, Literal
 import orjson
 
 from proxy.core.conversation import Conversation, NonText, read_messages
+from proxy.core.fields import (
+    ANY,
+    BOOL,
+    INT,
+    INTS,
+    NUM,
+    OBJ,
+    STOP,
+    STR,
+    Check,
+    enum_check,
+)
+from proxy.core.shapes import AUDIO, FUNCTION_CALL, MODALITIES, TOOL_CHOICE, check_messages
 from proxy.errors import BadRequest, UnsupportedParameter
-
-Check = tuple[Callable[[Any], bool], str]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def enum_check(*choices: str) -> Check:
-    return (lambda value: value in choices), "one of " + ", ".join(choices)
-
-
-#: An id or a tool's name as the APIs allow it: a token, never free text.  Tool-call ids
-#: are shown to the model by some templates, so each API's ids are held to this shape.
-TOKEN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-
-
-def is_token(value: Any) -> bool:
-    return isinstance(value, str) and bool(TOKEN.fullmatch(value))
-
-
-is_tool_name = is_token
-ID_CHECK: Check = (is_token, "an id of letters, digits and _.:- (at most 128)")
-
-
-_NUM: Check = (_is_number, "a number")
-_INT: Check = (_is_int, "an integer")
-_BOOL: Check = (lambda value: isinstance(value, bool), "a boolean")
-_STR: Check = (lambda value: isinstance(value, str), "a string")
-_OBJ: Check = (lambda value: isinstance(value, dict), "an object")
-_ANY: Check = (lambda value: True, "")
-_STOP: Check = (lambda value: isinstance(value, str) or (
-    isinstance(value, list) and all(isinstance(v, str) for v in value)),
-    "a string or an array of strings")
-_INTS: Check = (lambda value: isinstance(value, list) and all(_is_int(v) for v in value),
-                "an array of integers")
-
-
-def _name_only(value: Any) -> bool:
-    return isinstance(value, dict) and value.keys() == {"name"} and is_tool_name(value["name"])
-
-
-def _tool_named(value: Any) -> bool:
-    """``{"type": "function", "function": {"name": ...}}``, or the same of a custom tool."""
-    return (isinstance(value, dict) and value.get("type") in ("function", "custom")
-            and value.keys() == {"type", value["type"]} and _name_only(value[value["type"]]))
-
-
-def _tool_choice_ok(value: Any) -> bool:
-    if value in ("none", "auto", "required") or _tool_named(value):
-        return True
-    if not (isinstance(value, dict) and value.keys() == {"type", "allowed_tools"}
-            and value["type"] == "allowed_tools"):
-        return False
-    allowed = value["allowed_tools"]
-    return (isinstance(allowed, dict) and allowed.keys() == {"mode", "tools"}
-            and allowed["mode"] in ("auto", "required") and isinstance(allowed["tools"], list)
-            and all(map(_tool_named, allowed["tools"])))
-
-
-def _audio_ok(value: Any) -> bool:
-    """The answer's voice (a name, or ``{"id": ...}``) and format."""
-    if not (isinstance(value, dict) and value.keys() <= {"voice", "format"}):
-        return False
-    voice = value.get("voice")
-    return ((voice is None or is_token(voice) or (isinstance(voice, dict)
-                                                    and voice.keys() == {"id"}
-                                                    and is_token(voice["id"])))
-            and value.get("format") in (None, "wav", "aac", "mp3", "flac", "opus", "pcm16"))
-
-
-_TOOL_CHOICE: Check = (_tool_choice_ok, "none, auto, required, {type: function, function: "
-                       "{name}}, {type: custom, custom: {name}} or {type: allowed_tools, "
-                       "allowed_tools: {mode: auto | required, tools: [{type: function, "
-                       "function: {name}}, ...]}}, each name a token")
-_FUNCTION_CALL: Check = ((lambda value: value in ("none", "auto") or _name_only(value)),
-                         "none, auto or {name}, the name a token")
-_MODALITIES: Check = ((lambda value: isinstance(value, list)
-                       and all(v in ("text", "audio") for v in value)),
-                      "an array of text and audio")
-_AUDIO: Check = (_audio_ok, "an object of voice (a name, or {id}) and format (wav, aac, mp3, "
-                 "flac, opus, pcm16)")
 
 #: Structural fields and what their value must be (``null`` is always accepted: the
 #: SDKs and vLLM read it as "not set").  None of these is shown to the upstream's
@@ -137,26 +64,26 @@ _AUDIO: Check = (_audio_ok, "an object of voice (a name, or {id}) and format (wa
 #: cache keys are stored or hashed, ``logit_bias`` maps token ids to numbers.
 STRUCTURAL: dict[str, Check] = {
     # OpenAI
-    "model": _STR, "stream": _BOOL, "stream_options": _OBJ, "n": _INT,
-    "temperature": _NUM, "top_p": _NUM, "max_tokens": _INT, "max_completion_tokens": _INT,
-    "stop": _STOP, "presence_penalty": _NUM, "frequency_penalty": _NUM, "logit_bias": _OBJ,
-    "logprobs": _BOOL, "top_logprobs": _INT, "seed": _INT, "user": _STR,
-    "tool_choice": _TOOL_CHOICE, "parallel_tool_calls": _BOOL, "function_call": _FUNCTION_CALL,
-    "metadata": _OBJ, "store": _BOOL,
+    "model": STR, "stream": BOOL, "stream_options": OBJ, "n": INT,
+    "temperature": NUM, "top_p": NUM, "max_tokens": INT, "max_completion_tokens": INT,
+    "stop": STOP, "presence_penalty": NUM, "frequency_penalty": NUM, "logit_bias": OBJ,
+    "logprobs": BOOL, "top_logprobs": INT, "seed": INT, "user": STR,
+    "tool_choice": TOOL_CHOICE, "parallel_tool_calls": BOOL, "function_call": FUNCTION_CALL,
+    "metadata": OBJ, "store": BOOL,
     "service_tier": enum_check("auto", "default", "flex", "scale", "priority", "fast"),
     "reasoning_effort": enum_check("none", "minimal", "low", "medium", "high", "xhigh", "max"),
     "verbosity": enum_check("low", "medium", "high"),
-    "modalities": _MODALITIES, "audio": _AUDIO, "safety_identifier": _STR,
-    "prompt_cache_key": _STR, "prompt_cache_retention": _STR, "prompt_cache_options": _OBJ,
+    "modalities": MODALITIES, "audio": AUDIO, "safety_identifier": STR,
+    "prompt_cache_key": STR, "prompt_cache_retention": STR, "prompt_cache_options": OBJ,
     # vLLM and SGLang sampling extras
-    "top_k": _INT, "min_p": _NUM, "repetition_penalty": _NUM, "length_penalty": _NUM,
-    "min_tokens": _INT, "ignore_eos": _BOOL, "skip_special_tokens": _BOOL,
-    "spaces_between_special_tokens": _BOOL, "include_stop_str_in_output": _BOOL,
-    "stop_token_ids": _INTS, "priority": _INT, "truncate_prompt_tokens": _INT,
-    "allowed_token_ids": _INTS, "bad_words": _STOP, "no_stop_trim": _BOOL,
-    "separate_reasoning": _BOOL, "stream_reasoning": _BOOL, "request_id": _STR, "rid": _STR,
+    "top_k": INT, "min_p": NUM, "repetition_penalty": NUM, "length_penalty": NUM,
+    "min_tokens": INT, "ignore_eos": BOOL, "skip_special_tokens": BOOL,
+    "spaces_between_special_tokens": BOOL, "include_stop_str_in_output": BOOL,
+    "stop_token_ids": INTS, "priority": INT, "truncate_prompt_tokens": INT,
+    "allowed_token_ids": INTS, "bad_words": STOP, "no_stop_trim": BOOL,
+    "separate_reasoning": BOOL, "stream_reasoning": BOOL, "request_id": STR, "rid": STR,
     # read by the proxy (``read_moderation``) and removed from what is forwarded
-    "moderation": _ANY,
+    "moderation": ANY,
 }
 #: Text the upstream shows its model besides the messages: judged as one extra input.
 JUDGED_EXTRAS = ("tools", "functions", "response_format", "prediction", "web_search_options")
@@ -222,109 +149,6 @@ def parse_chat_request(body: bytes, *, non_text: NonText = "block",
         n=data.get("n") or 1,
         moderation=moderation,
     )
-
-
-# -- the shapes inside chat messages ------------------------------------------------------
-
-#: Keys each content part type may hold: OpenAI's and vLLM's.  ``read_messages`` reads the
-#: text keys; the others are markers and references (``uuid`` names a media item for
-#: vLLM's cache), never text.  Non-text parts' payloads are what ``prompt.non_text`` decides.
-PART_KEYS: dict[str, frozenset[str]] = {kind: frozenset({"type", *keys}) for kind, keys in {
-    "text": ("text", "prompt_cache_breakpoint"),
-    "input_text": ("text", "prompt_cache_breakpoint"),
-    "output_text": ("text",),
-    "refusal": ("refusal",),
-    "thinking": ("thinking", "text", "closed"),
-    "reasoning": ("thinking", "text"),
-    "tool_reference": ("name",),
-    "image_url": ("image_url", "prompt_cache_breakpoint", "uuid"),
-    "input_image": ("image_url", "file_id", "detail", "prompt_cache_breakpoint", "uuid"),
-    "image_embeds": ("image_embeds", "uuid"),
-    "image_pil": ("image_pil", "uuid"),
-    "input_audio": ("input_audio", "prompt_cache_breakpoint", "uuid"),
-    "audio_url": ("audio_url", "uuid"),
-    "video_url": ("video_url", "uuid"),
-    "file": ("file", "prompt_cache_breakpoint"),
-    "input_file": ("file_id", "file_data", "file_url", "filename", "detail",
-                   "prompt_cache_breakpoint"),
-}.items()}
-#: The parts' keys that are neither text nor payload, and what each must be.
-_PART_MARKERS: dict[str, Check] = {
-    "prompt_cache_breakpoint": ((lambda value: isinstance(value, dict) and value.keys() <= {
-        "mode"} and value.get("mode") in (None, "explicit")), '{"mode": "explicit"}'),
-    "uuid": ID_CHECK,
-    "closed": _BOOL,
-}
-#: A tool call's keys by its type, and the keys of the object it calls.
-_CALL_KEYS = {"function": ("id", "type", "function"), "custom": ("id", "type", "custom")}
-_CALLED_KEYS = {"function": ("name", "arguments"), "custom": ("name", "input")}
-
-
-def check_messages(messages: list[Any], allowed: Collection[str] = ()) -> None:
-    """What a chat request's messages hold besides text: ids are tokens, and tool calls,
-    their functions, content parts and audio references hold only keys the proxy knows
-    (a part also those the tenant allows as ``messages.<key>``).  What ``read_messages``
-    cannot read at all is left to it, which names it."""
-    for index, message in enumerate(messages):
-        if isinstance(message, dict):
-            _check_message(message, f"messages[{index}]", allowed)
-
-
-def _check_message(message: dict[str, Any], where: str, allowed: Collection[str]) -> None:
-    """One message's ids, tool calls, legacy function call, audio reference and parts."""
-    _id(message, "tool_call_id", where)
-    calls = message.get("tool_calls")
-    for index, call in enumerate(calls if isinstance(calls, list) else ()):
-        if isinstance(call, dict):
-            _check_call(call, f"{where}.tool_calls[{index}]")
-    function = message.get("function_call")
-    if isinstance(function, dict):
-        known_keys(function, _CALLED_KEYS["function"], f"{where}.function_call")
-    audio = message.get("audio")
-    if isinstance(audio, dict):
-        known_keys(audio, ("id",), f"{where}.audio")
-        _id(audio, "id", f"{where}.audio")
-    content = message.get("content")
-    for index, part in enumerate(content if isinstance(content, list) else ()):
-        if isinstance(part, dict):
-            _check_part(part, f"{where}.content[{index}]", allowed)
-
-
-def _check_call(call: dict[str, Any], where: str) -> None:
-    """A function or custom tool call: its id, and only the keys of its type."""
-    kind = call.get("type")
-    if kind is None:  # untyped: the object it holds says which
-        kind = "custom" if "custom" in call and "function" not in call else "function"
-    if not isinstance(kind, str) or kind not in _CALL_KEYS:
-        raise BadRequest(f"{where}.type must be function or custom", param=f"{where}.type")
-    known_keys(call, _CALL_KEYS[kind], where)
-    called = call.get(kind)
-    if isinstance(called, dict):
-        known_keys(called, _CALLED_KEYS[kind], f"{where}.{kind}")
-    _id(call, "id", where)
-
-
-def _check_part(part: dict[str, Any], where: str, allowed: Collection[str]) -> None:
-    """A content part's keys, those of its type; its markers typed."""
-    kind = part.get("type")
-    known = PART_KEYS.get(kind) if isinstance(kind, str) else None
-    if known is None:
-        return  # not a part type the proxy reads: read_messages refuses it
-    for key, value in part.items():
-        if key not in known and f"messages.{key}" not in allowed:
-            raise UnsupportedParameter(
-                f"{where}.{key} is not supported in a part of type {kind!r} (the proxy "
-                "relays only fields it judges or knows to be structural)", param=f"{where}.{key}")
-        marker = _PART_MARKERS.get(key)
-        if marker is not None and value is not None and not marker[0](value):
-            raise BadRequest(f"{where}.{key} must be {marker[1]}", param=f"{where}.{key}")
-
-
-def _id(item: dict[str, Any], key: str, where: str) -> None:
-    """An id, if set, is a token: some templates render it into the prompt."""
-    value = item.get(key)
-    if value is not None and not is_token(value):
-        raise BadRequest(f"{where}.{key} must be {ID_CHECK[1]}", param=f"{where}.{key}")
 
 
 def read_moderation(value: Any) -> ModerationAsk | None:
@@ -447,15 +271,6 @@ def read_translated(body: bytes, how: Translation, *, non_text: NonText = "block
         body=body, model=model, stream=bool(data.get("stream")), include_usage=False,
         conversation=read_messages(messages, non_text=non_text, allowed=allowed, names=names),
         extras=how.extras(data), moderation=moderation)
-
-
-def known_keys(item: dict[str, Any], known: Collection[str], where: str) -> None:
-    """Refuse a key the proxy neither judges nor knows to be structural, naming it."""
-    for key in item:
-        if key not in known:
-            raise UnsupportedParameter(f"{where}.{key} is not supported (the proxy relays "
-                                       "only fields it judges or knows to be structural)",
-                                       param=f"{where}.{key}")
 
 
 def extras_text(data: dict[str, Any]) -> str:

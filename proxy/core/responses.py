@@ -13,11 +13,10 @@ completions' own: this module only translates at the edges.
 - **Whole answer**: the upstream's response is read into a chat completion (reasoning,
   output text, refusal, function calls), which ``answer.read_completion`` rebuilds from
   judged text and type-checked fields; the client's response is built back from that.
-- **Stream**: ``ResponsesEvents`` reads each upstream event into the chat chunk it
-  amounts to (``StreamState.feed_chunk``); ``ResponsesEncoder`` writes what the stream
-  state releases as Responses events, items opened and closed around the released text.
-  Every event the client gets is the proxy's own; ``*.done`` events and the final
-  response carry exactly the released text.
+- **Stream** (``responses_stream``): ``ResponsesEvents`` reads each upstream event into
+  the chat chunk it amounts to (``StreamState.feed_chunk``); ``ResponsesEncoder`` writes
+  what the stream state releases as Responses events.  Every event the client gets is the
+  proxy's own; ``*.done`` events and the final response carry exactly the released text.
 - **Block**: ``status: "incomplete"``, ``incomplete_details.reason: "content_filter"``
   (and ``response.incomplete`` as a stream's last event), the verdict in ``moderation``.
 """
@@ -32,25 +31,12 @@ from typing import Any
 
 import orjson
 
-from proxy.core.answer import is_token
 from proxy.core.conversation import NonText
-from proxy.core.moderation import EventReader
-from proxy.core.protocol import StreamHead
-from proxy.core.request import (
-    ID_CHECK,
-    STRUCTURAL,
-    ChatRequest,
-    Check,
-    Translation,
-    enum_check,
-    is_tool_name,
-    known_keys,
-    read_translated,
-)
+from proxy.core.fields import ID_CHECK, Check, enum_check, is_token, is_tool_name, known_keys
+from proxy.core.request import STRUCTURAL, ChatRequest, Translation, read_translated
 from proxy.errors import (
     BadRequest,
     ShapeError,
-    StreamFault,
     UnsupportedContent,
     UnsupportedParameter,
 )
@@ -355,8 +341,8 @@ def chat_of_response(data: Json) -> Json:
         message["tool_calls"] = calls
     return {"id": data.get("id"), "object": "chat.completion", "created": data.get("created_at"),
             "model": data.get("model"),
-            "choices": [{"index": 0, "message": message, "finish_reason": _finish(data, calls)}],
-            "usage": _chat_usage(data.get("usage"))}
+            "choices": [{"index": 0, "message": message, "finish_reason": finish_of(data, calls)}],
+            "usage": chat_usage(data.get("usage"))}
 
 
 def _texts(parts: Any) -> list[str]:
@@ -364,7 +350,7 @@ def _texts(parts: Any) -> list[str]:
             if isinstance(part, dict) and isinstance(part.get("text"), str)]
 
 
-def _finish(data: Json, calls: Collection[Any]) -> str:
+def finish_of(data: Json, calls: Collection[Any]) -> str:
     details = data.get("incomplete_details")
     if data.get("status") == "incomplete" and isinstance(details, dict) \
             and details.get("reason") == "max_output_tokens":
@@ -372,7 +358,7 @@ def _finish(data: Json, calls: Collection[Any]) -> str:
     return "tool_calls" if calls else "stop"
 
 
-def _chat_usage(usage: Any) -> Json | None:
+def chat_usage(usage: Any) -> Json | None:
     if not isinstance(usage, dict):
         return None
     return {"prompt_tokens": usage.get("input_tokens"),
@@ -401,7 +387,7 @@ def blocked_response(model: str, message: str, moderation: Json) -> Json:
     builder = _Output()
     builder.message(message, None)
     zero = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    return response_object(head=(_new_id("resp"), int(time.time()), model), output=builder.items,
+    return response_object(head=(new_id("resp"), int(time.time()), model), output=builder.items,
                            finish="content_filter", usage=zero, moderation=moderation)
 
 
@@ -432,7 +418,7 @@ def _responses_usage(usage: Any) -> Json | None:
 def response_id(given: str) -> str:
     """The upstream's response id, or the proxy's own when it is not one (a chat id, or
     not a token)."""
-    return given if given.startswith("resp_") and is_token(given) else _new_id("resp")
+    return given if given.startswith("resp_") and is_token(given) else new_id("resp")
 
 
 def _count(usage: Json, key: str) -> int:
@@ -440,7 +426,7 @@ def _count(usage: Json, key: str) -> int:
     return value if type(value) is int else 0
 
 
-def _new_id(prefix: str) -> str:
+def new_id(prefix: str) -> str:
     return f"{prefix}_{os.urandom(16).hex()}"
 
 
@@ -451,7 +437,7 @@ class _Output:
     items: list[Json] = field(default_factory=list)
 
     def reasoning(self, text: str) -> None:
-        self.items.append({"type": "reasoning", "id": _new_id("rs"), "summary": [],
+        self.items.append({"type": "reasoning", "id": new_id("rs"), "summary": [],
                            "content": [{"type": "reasoning_text", "text": text}]})
 
     def message(self, text: str, refusal: str | None) -> None:
@@ -460,249 +446,10 @@ class _Output:
             content.append({"type": "output_text", "text": text, "annotations": []})
         if refusal:
             content.append({"type": "refusal", "refusal": refusal})
-        self.items.append({"type": "message", "id": _new_id("msg"), "status": "completed",
+        self.items.append({"type": "message", "id": new_id("msg"), "status": "completed",
                            "role": "assistant", "content": content})
 
     def call(self, call_id: str | None, name: str, arguments: str) -> None:
-        self.items.append({"type": "function_call", "id": _new_id("fc"),
-                           "call_id": call_id or _new_id("call"), "name": name,
+        self.items.append({"type": "function_call", "id": new_id("fc"),
+                           "call_id": call_id or new_id("call"), "name": name,
                            "arguments": arguments, "status": "completed"})
-
-
-# -- streams -------------------------------------------------------------------------------
-
-
-@dataclass
-class ResponsesEvents(EventReader):
-    """Reads the upstream's Responses events into the chat chunks they amount to.  Only
-    deltas carry text into the stream state; the ``*.done`` events and the final
-    response repeat it and are not read (the client's are rebuilt from the deltas)."""
-
-    calls: dict[int, int] = field(default_factory=dict)  # output_index -> tool-call index
-
-    def read(self, data: bytes) -> Json | str | None:
-        """The chat chunk ``data`` amounts to; answer text as a plain string."""
-        event = self.load(data)
-        kind = event["type"]
-        if kind == "response.output_text.delta":
-            text = event.get("delta")
-            if type(text) is str and self.head:
-                return text
-        if kind in ("error", "response.failed"):
-            raise self.failed(event.get("error") or (event.get("response") or {}).get("error")
-                              or event)
-        reader = _EVENTS.get(kind)
-        return reader(self, event) if reader is not None else None
-
-    def _started(self, event: Json) -> Json | None:
-        response = event.get("response")
-        if not isinstance(response, dict) or self.head:
-            return None
-        self.head = {"id": response.get("id"), "created": response.get("created_at"),
-                     "model": response.get("model")}
-        return {**self.head, "choices": []}
-
-    def _item_added(self, event: Json) -> Json | None:
-        item = event.get("item")
-        if not isinstance(item, dict) or item.get("type") != "function_call":
-            return None
-        index = self.calls[_int(event.get("output_index"))] = len(self.calls)
-        return self.chunk({"tool_calls": [{
-            "index": index, "id": item.get("call_id"), "type": "function",
-            "function": {"name": item.get("name"), "arguments": ""}}]})
-
-    def _arguments(self, event: Json) -> Json:
-        index = self.calls.get(_int(event.get("output_index")))
-        if index is None:
-            raise StreamFault("upstream sent arguments for a call it never started")
-        return self.chunk({"tool_calls": [{"index": index,
-                                            "function": {"arguments": event.get("delta")}}]})
-
-    def _ended(self, event: Json) -> Json:
-        response = event.get("response")
-        response = response if isinstance(response, dict) else {}
-        finish = _finish(response, self.calls)
-        return self.chunk({}, finish, usage=_chat_usage(response.get("usage")))
-
-
-def _int(value: Any) -> int:
-    if type(value) is not int:
-        raise StreamFault("upstream stream event has no valid output_index")
-    return value
-
-
-def _text_event(key: str) -> Callable[[ResponsesEvents, Json], Json]:
-    def read(events: ResponsesEvents, event: Json) -> Json:
-        return events.chunk({key: event.get("delta")})
-    return read
-
-
-_EVENTS: dict[str, Callable[[ResponsesEvents, Json], Json | None]] = {
-    "response.created": ResponsesEvents._started,
-    "response.in_progress": ResponsesEvents._started,
-    "response.output_item.added": ResponsesEvents._item_added,
-    "response.output_text.delta": _text_event("content"),
-    "response.refusal.delta": _text_event("refusal"),
-    "response.reasoning_text.delta": _text_event("reasoning_content"),
-    "response.reasoning_summary_text.delta": _text_event("reasoning_content"),
-    "response.function_call_arguments.delta": ResponsesEvents._arguments,
-    "response.completed": ResponsesEvents._ended,
-    "response.incomplete": ResponsesEvents._ended,
-}
-
-
-@dataclass
-class ResponsesEncoder:
-    """Writes released chat chunks as Responses events: ``response.created`` first, each
-    output item opened when its text begins and closed (``*.done`` with exactly the text
-    sent) when another begins or the stream ends, then ``response.completed`` — or
-    ``response.incomplete`` for a block — with the verdict in ``moderation``."""
-
-    sequence: int = 0
-    items: list[Json] = field(default_factory=list)  # closed and open, in order
-    open: Json | None = None  # the item text is flowing into
-    texts: list[str] = field(default_factory=list)  # the open item's text so far
-    calls: dict[int, Json] = field(default_factory=dict)  # tool-call index -> item
-    finish: str | None = None
-    started: bool = False
-    id: str = ""  # the response's, fixed by the first event
-
-    def chunk(self, head: StreamHead, choices: list[Json]) -> bytes:
-        out = [] if self.started else self._start(head)
-        for choice in choices:
-            delta = choice.get("delta") or {}
-            for key, kind in (("reasoning_content", "reasoning"), ("reasoning", "reasoning"),
-                              ("content", "message"), ("refusal", "refusal")):
-                if delta.get(key):
-                    out.extend(self._text(kind, delta[key]))
-            for call in delta.get("tool_calls") or []:
-                out.extend(self._call(call))
-            self.finish = choice.get("finish_reason") or self.finish
-        return b"".join(out)
-
-    def close(self, head: StreamHead, moderation: Json, usage: Any) -> bytes:
-        out = [] if self.started else self._start(head)
-        out.extend(self._close_open())
-        for item in self.calls.values():
-            item["status"] = "completed"
-            out.append(self._event("response.function_call_arguments.done", item_id=item["id"],
-                                   output_index=item["_index"], arguments=item["arguments"]))
-            out.append(self._event("response.output_item.done", output_index=item["_index"],
-                                   item=_public(item)))
-        response = response_object(head=(self.id, head.created, head.model),
-                                   output=[_public(item) for item in self.items],
-                                   finish=self.finish, usage=usage, moderation=moderation)
-        kind = ("response.incomplete" if response["status"] == "incomplete"
-                else "response.completed")
-        out.append(self._event(kind, response=response))
-        return b"".join(out)
-
-    def failure(self, head: StreamHead, error: Json, moderation: Json) -> bytes:
-        """``response.failed``: the upstream broke the stream; nothing unreleased is sent."""
-        out = [] if self.started else self._start(head)
-        response = response_object(head=(self.id, head.created, head.model),
-                                   output=[_public(item) for item in self.items], finish=None,
-                                   usage=None, moderation=moderation, status="failed")
-        response["error"] = {"code": "server_error", "message": error["message"]}
-        out.append(self._event("response.failed", response=response))
-        return b"".join(out)
-
-    def _start(self, head: StreamHead) -> list[bytes]:
-        self.started = True
-        self.id = response_id(head.id)  # every event of the stream names the same one
-        response = response_object(head=(self.id, head.created, head.model), output=[],
-                                   finish=None, usage=None, moderation=None,
-                                   status="in_progress")
-        return [self._event("response.created", response=response),
-                self._event("response.in_progress", response=response)]
-
-    def _event(self, kind: str, **fields: Any) -> bytes:
-        event = {"type": kind, "sequence_number": self.sequence, **fields}
-        self.sequence += 1
-        return b"event: %s\ndata: %s\n\n" % (kind.encode(), orjson.dumps(event))
-
-    def _text(self, kind: str, text: str) -> list[bytes]:
-        out = []
-        if self.open is None or self.open["_kind"] != kind:
-            out.extend(self._close_open())
-            out.extend(self._open(kind))
-        self.texts.append(text)
-        item = self.open
-        assert item is not None
-        name = {"reasoning": "response.reasoning_text.delta", "message":
-                "response.output_text.delta", "refusal": "response.refusal.delta"}[kind]
-        extra: Json = {"logprobs": []} if kind == "message" else {}
-        out.append(self._event(name, item_id=item["id"], output_index=item["_index"],
-                               content_index=0, delta=text, **extra))
-        return out
-
-    def _open(self, kind: str) -> list[bytes]:
-        index = len(self.items)
-        if kind == "reasoning":
-            item: Json = {"type": "reasoning", "id": _new_id("rs"), "summary": []}
-        else:
-            item = {"type": "message", "id": _new_id("msg"), "status": "in_progress",
-                    "role": "assistant", "content": []}
-        self.items.append(item)
-        self.open = {**item, "_kind": kind, "_index": index}
-        self.texts = []
-        out = [self._event("response.output_item.added", output_index=index, item=item)]
-        out.append(self._event("response.content_part.added", item_id=item["id"],
-                               output_index=index, content_index=0, part=_part_of(kind, "")))
-        return out
-
-    def _close_open(self) -> list[bytes]:
-        if self.open is None:
-            return []
-        item, text, kind = self.open, "".join(self.texts), self.open["_kind"]
-        self.open = None
-        index, part = item["_index"], _part_of(kind, text)
-        done = {"reasoning": ("response.reasoning_text.done", "text"),
-                "message": ("response.output_text.done", "text"),
-                "refusal": ("response.refusal.done", "refusal")}[kind]
-        extra: Json = {"logprobs": []} if kind == "message" else {}
-        out = [self._event(done[0], item_id=item["id"], output_index=index, content_index=0,
-                           **{done[1]: text}, **extra),
-               self._event("response.content_part.done", item_id=item["id"],
-                           output_index=index, content_index=0, part=part)]
-        final = self.items[index]
-        if kind == "reasoning":
-            final["content"] = [part]
-        else:
-            final["content"], final["status"] = [part], "completed"
-        out.append(self._event("response.output_item.done", output_index=index, item=final))
-        return out
-
-    def _call(self, call: Json) -> list[bytes]:
-        out: list[bytes] = []
-        index = call.get("index", 0)
-        function = call.get("function") or {}
-        item = self.calls.get(index)
-        if item is None:
-            out.extend(self._close_open())
-            item = self.calls[index] = {
-                "type": "function_call", "id": _new_id("fc"),
-                "call_id": call.get("id") or _new_id("call"), "name": function.get("name") or "",
-                "arguments": "", "status": "in_progress", "_index": len(self.items)}
-            self.items.append(item)
-            out.append(self._event("response.output_item.added", output_index=item["_index"],
-                                   item=_public(item)))
-        arguments = function.get("arguments") or ""
-        if arguments:
-            item["arguments"] += arguments
-            out.append(self._event("response.function_call_arguments.delta",
-                                   item_id=item["id"], output_index=item["_index"],
-                                   delta=arguments))
-        return out
-
-
-def _part_of(kind: str, text: str) -> Json:
-    if kind == "reasoning":
-        return {"type": "reasoning_text", "text": text}
-    if kind == "refusal":
-        return {"type": "refusal", "refusal": text}
-    return {"type": "output_text", "text": text, "annotations": []}
-
-
-def _public(item: Json) -> Json:
-    return {key: value for key, value in item.items() if not key.startswith("_")}

@@ -1,0 +1,69 @@
+"""Another API's stream around the chat stream state.  No I/O.
+
+``/v1/responses`` and ``/v1/messages`` streams are read into the chat chunks their events
+amount to (a ``Reader``, built on ``EventReader``) and the chunks the stream state releases
+are written back as that API's events (an ``Encoder``); in between, everything is chat's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from proxy.core.protocol import StreamHead, upstream_stream_fault
+from proxy.errors import StreamFault
+
+
+class Encoder(Protocol):
+    """Another API's stream format (``/v1/responses``, ``/v1/messages``): the chat chunks
+    a ``StreamState`` releases, rewritten as that API's events."""
+
+    def chunk(self, head: StreamHead, choices: list[dict[str, Any]]) -> bytes:
+        """The events for one released chat chunk's choices."""
+        ...
+
+    def close(self, head: StreamHead, moderation: dict[str, Any], usage: Any) -> bytes:
+        """The events that end the stream, the verdict and the usage on the last one."""
+        ...
+
+    def failure(self, head: StreamHead, error: dict[str, Any], moderation: dict[str, Any]
+                ) -> bytes:
+        """The events that end a stream the upstream broke."""
+        ...
+
+
+class Reader(Protocol):
+    """Reads another API's stream event into the chat chunk it amounts to: answer text as
+    a plain string, or nothing for the client."""
+
+    def read(self, data: bytes) -> dict[str, Any] | str | None:
+        ...
+
+
+@dataclass
+class EventReader:
+    """What another API's stream adapter builds on: each upstream event read (a typed JSON
+    object, or a ``StreamFault``) into the chat chunk it amounts to, under the stream's
+    head (``id``, ``created``, ``model``)."""
+
+    secrets: tuple[str, ...] = ()
+    head: dict[str, Any] = field(default_factory=dict)
+
+    def load(self, data: bytes) -> dict[str, Any]:
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise StreamFault("upstream sent an unreadable stream event") from exc
+        if type(event) is not dict or not isinstance(event.get("type"), str):
+            raise StreamFault("upstream stream event is not a typed object")
+        return event
+
+    def failed(self, error: Any) -> StreamFault:
+        return upstream_stream_fault(error, self.secrets)
+
+    def chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any
+              ) -> dict[str, Any]:
+        return {**self.head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra}
