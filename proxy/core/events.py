@@ -8,7 +8,7 @@ are written back as that API's events (an ``Encoder``); in between, everything i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import orjson
 
@@ -67,3 +67,34 @@ class EventReader:
               ) -> dict[str, Any]:
         return {**self.head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
                 **extra}
+
+
+class ChoicesEncoder:
+    """What the two encoders share: a released chunk's choices, field by field — each
+    text field as the ``kind`` of output it opens or extends, each tool-call fragment,
+    the finish reason kept for the end."""
+
+    kinds: ClassVar[tuple[tuple[str, str], ...]]  # (delta key, the output kind it writes)
+    started: bool
+    finish: str | None
+
+    def chunk(self, head: StreamHead, choices: list[dict[str, Any]]) -> bytes:
+        out = [] if self.started else self._start(head)
+        for choice in choices:
+            delta = choice.get("delta") or {}
+            for key, kind in self.kinds:
+                if delta.get(key):
+                    out.extend(self._text(kind, delta[key]))
+            for call in delta.get("tool_calls") or []:
+                out.extend(self._call(call))
+            self.finish = choice.get("finish_reason") or self.finish
+        return b"".join(out)
+
+    def _start(self, head: StreamHead) -> list[bytes]:
+        raise NotImplementedError
+
+    def _text(self, kind: str, text: str) -> list[bytes]:
+        raise NotImplementedError
+
+    def _call(self, call: dict[str, Any]) -> list[bytes]:
+        raise NotImplementedError

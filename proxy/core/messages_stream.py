@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from proxy.core.events import EventReader
+from proxy.core.events import ChoicesEncoder, EventReader
 from proxy.core.messages import STOP, STOP_BACK, message_object, tool_use_id, usage_of
 from proxy.core.protocol import StreamHead
 from proxy.errors import StreamFault
@@ -129,7 +129,7 @@ def _index(event: Json) -> int:
 
 
 @dataclass
-class MessagesEncoder:
+class MessagesEncoder(ChoicesEncoder):
     """Writes released chat chunks as Messages events: ``message_start``, a content block
     per run of thinking, text or a tool call, then ``message_delta`` (the stop reason —
     ``refusal`` for a block —, the usage and ``moderation``) and ``message_stop``."""
@@ -139,19 +139,8 @@ class MessagesEncoder:
     calls: dict[int, int] = field(default_factory=dict)  # tool-call index -> block index
     finish: str | None = None
     started: bool = False
-
-    def chunk(self, head: StreamHead, choices: list[Json]) -> bytes:
-        out = [] if self.started else self._start(head)
-        for choice in choices:
-            delta = choice.get("delta") or {}
-            for key, kind in (("reasoning_content", "thinking"), ("reasoning", "thinking"),
-                              ("content", "text"), ("refusal", "text")):
-                if delta.get(key):
-                    out.extend(self._text(kind, delta[key]))
-            for call in delta.get("tool_calls") or []:
-                out.extend(self._call(call))
-            self.finish = choice.get("finish_reason") or self.finish
-        return b"".join(out)
+    kinds = (("reasoning_content", "thinking"), ("reasoning", "thinking"), ("content", "text"),
+             ("refusal", "text"))
 
     def close(self, head: StreamHead, moderation: Json, usage: Any) -> bytes:
         out = [] if self.started else self._start(head)

@@ -126,18 +126,8 @@ class StreamState:
 
     def _plain_event(self, data: bytes) -> str | None:
         """The text of a chunk shaped as the stream's plain text chunks (read without
-        parsing the chunk: ``PlainShape.text``, inlined on this hot path), else None."""
-        shape = self.shape
-        if shape is None or not (data.startswith(shape.before) and data.endswith(shape.after)):
-            return None
-        middle = data[len(shape.before) : len(data) - len(shape.after)]
-        if len(middle) < 2 or middle[0] != 0x22:
-            return None
-        try:
-            text = orjson.loads(middle)
-        except orjson.JSONDecodeError:
-            return None
-        return text if type(text) is str else None
+        parsing the chunk), else None."""
+        return self.shape.text(data) if self.shape is not None else None
 
     def _add_run(self, run: list[str], size: int) -> None:
         if run:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from proxy.core.events import EventReader
+from proxy.core.events import ChoicesEncoder, EventReader
 from proxy.core.protocol import StreamHead
 from proxy.core.responses import chat_usage, finish_of, new_id, response_id, response_object
 from proxy.errors import StreamFault
@@ -102,7 +102,7 @@ _EVENTS: dict[str, Callable[[ResponsesEvents, Json], Json | None]] = {
 
 
 @dataclass
-class ResponsesEncoder:
+class ResponsesEncoder(ChoicesEncoder):
     """Writes released chat chunks as Responses events: ``response.created`` first, each
     output item opened when its text begins and closed (``*.done`` with exactly the text
     sent) when another begins or the stream ends, then ``response.completed`` — or
@@ -116,19 +116,8 @@ class ResponsesEncoder:
     finish: str | None = None
     started: bool = False
     id: str = ""  # the response's, fixed by the first event
-
-    def chunk(self, head: StreamHead, choices: list[Json]) -> bytes:
-        out = [] if self.started else self._start(head)
-        for choice in choices:
-            delta = choice.get("delta") or {}
-            for key, kind in (("reasoning_content", "reasoning"), ("reasoning", "reasoning"),
-                              ("content", "message"), ("refusal", "refusal")):
-                if delta.get(key):
-                    out.extend(self._text(kind, delta[key]))
-            for call in delta.get("tool_calls") or []:
-                out.extend(self._call(call))
-            self.finish = choice.get("finish_reason") or self.finish
-        return b"".join(out)
+    kinds = (("reasoning_content", "reasoning"), ("reasoning", "reasoning"),
+             ("content", "message"), ("refusal", "refusal"))
 
     def close(self, head: StreamHead, moderation: Json, usage: Any) -> bytes:
         out = [] if self.started else self._start(head)
