@@ -19,6 +19,7 @@ the upstream's answer, or breaks the stream.  After every step:
 from __future__ import annotations
 
 import copy
+import unittest
 from typing import Any
 
 import orjson
@@ -34,7 +35,7 @@ from hypothesis.stateful import (
 )
 from openai.lib.streaming._deltas import accumulate_delta
 
-from proxy.config import Action, BlockPolicy
+from proxy.config import Action, BlockPolicy, StreamMode
 from proxy.core.ledger import Ledger, ReleaseError, Ticket, WindowSchedule
 from proxy.core.moderation import Ending, StreamState
 from proxy.core.policy import Outcome
@@ -46,7 +47,8 @@ TEXT_FIELDS = ("content", "reasoning_content", "refusal")
 HELD_FIELDS = ("tool_calls", "function_call", "annotations")
 KINDS = ("content", "content", "content", "reasoning_content", "refusal", "call", "arguments",
          "function_call", "citation", "transcript")
-_words = st.text(alphabet="abc xyz.", min_size=1, max_size=12)
+_words = st.text(alphabet="abc xyz.", min_size=1, max_size=12).flatmap(
+    lambda text: st.sampled_from([text, text + " "]))  # a word's end: a window may cut there
 
 
 def _chunk(delta: Json, finish: str | None = None) -> bytes:
@@ -122,10 +124,12 @@ def _streamed_chars(message: Json) -> int:
 class LedgerMachine(RuleBasedStateMachine):
     """One streamed answer: the proxy's state, and a model of what was fed and judged."""
 
-    @initialize(mode=st.sampled_from(["buffer", "window", "async"]))
-    def begin(self, mode: str) -> None:
+    mode: StreamMode = "window"
+
+    @initialize()
+    def begin(self) -> None:
         self.state = StreamState(model="m", ledger=Ledger(
-            mode=mode, schedule=WindowSchedule(first=20, cap=80)))  # type: ignore[arg-type]
+            mode=self.mode, schedule=WindowSchedule(first=20, cap=80)))
         self.fed: Json = {}  # what the upstream sent, accumulated
         self.calls = 0
         self.pending: list[tuple[Ticket, Json]] = []  # started checks, what they judge
@@ -265,10 +269,19 @@ class LedgerMachine(RuleBasedStateMachine):
             assert b"abc" not in self.tail and b"xyz" not in self.tail  # no upstream words
 
 
-LedgerMachine.TestCase.settings = settings(
-    max_examples=300, stateful_step_count=40, deadline=None, database=None,
-    suppress_health_check=[HealthCheck.too_slow])
-test_the_ledger_under_any_interleaving = LedgerMachine.TestCase
+def _machine(mode: StreamMode, examples: int) -> type[unittest.TestCase]:
+    machine = type(f"LedgerMachine_{mode}", (LedgerMachine,), {"mode": mode})
+    case: type[unittest.TestCase] = machine.TestCase
+    case.settings = settings(  # type: ignore[attr-defined]
+        max_examples=examples, stateful_step_count=40, deadline=None, database=None,
+        suppress_health_check=[HealthCheck.too_slow])
+    return case
+
+
+# window mode has the most to get wrong: the most examples
+test_buffer_under_any_interleaving = _machine("buffer", 100)
+test_window_under_any_interleaving = _machine("window", 600)
+test_async_under_any_interleaving = _machine("async", 200)
 
 
 # -- plain cases ---------------------------------------------------------------------------
