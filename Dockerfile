@@ -18,7 +18,9 @@ RUN python -m venv /opt/guardproxy
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
-RUN /opt/guardproxy/bin/pip install .
+# the extras every shipped config may turn on (cache.redis_url: redis); tests/test_image.py
+# checks each shipped config with exactly this requirement installed
+RUN /opt/guardproxy/bin/pip install '.[redis]'
 
 # ---- runtime: the virtualenv on a clean base, run as an unprivileged user
 FROM ${PYTHON_IMAGE}

@@ -376,6 +376,7 @@ timeout_s: 10}}
 upstreams:
   local: {{url: "http://127.0.0.1:{upstream}/v1", timeout_s: 60}}
 log: {{level: info}}
+admin: false
 """
 
 

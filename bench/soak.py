@@ -219,6 +219,7 @@ upstreams:
   local: {{url: "http://127.0.0.1:{upstream}/v1", timeout_s: 5}}
   gone: {{url: "http://127.0.0.1:{gone}/v1", timeout_s: 5}}
 log: {{level: info}}
+admin: false
 """
 POLICY = """\
 tenant: {name}

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
-import os
 import sys
 import time
 from collections.abc import Sequence
 from importlib import metadata
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
-from aiohttp import web
 
-from proxy import demo, guardserver, workers
+from proxy import demo, guardserver, serving, workers
 from proxy.clients.guard import probe_health
 from proxy.config import Action, Config, Policy, UpstreamConfig, hash_key, load
 from proxy.core.conversation import Turn
@@ -25,7 +25,7 @@ from proxy.core.policy import decide
 from proxy.core.verdict import Verdict
 from proxy.errors import ConfigError, GuardError
 from proxy.obs import log
-from proxy.web.app import create_app, make_guard, make_shared_cache, with_admin_listener
+from proxy.web.app import make_guard, make_shared_cache
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     _config_arg(serve)
     serve.add_argument("--host", help="listen address (default: the config's listen.host)")
     serve.add_argument("--port", type=int, help="listen port (default: the config's listen.port)")
+    serve.add_argument("--admin-port", type=int, metavar="PORT",
+                       help="the admin listener's port (default: the config's admin.port; "
+                       "0: any free port)")
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
     serve.set_defaults(func=_serve)
     check = commands.add_parser("check", help="validate the config and every policy")
@@ -185,54 +188,39 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("--workers must be at least 1", file=sys.stderr)
         return 2
+    config = _with_admin_port(config, args.admin_port)
     host = args.host or config.server.host
-    port = args.port or config.server.port
+    port = config.server.port if args.port is None else args.port
     if args.workers == 1:
-        return _run(config, host, port, reuse_port=False)
+        return serving.run(config, host, port, reuse_port=False)
     log.configure(config.server.log_level)
-    return workers.supervise(args.workers, _worker, (args.config, host, port))
+    return workers.supervise(args.workers, _worker, (args.config, host, port, args.admin_port))
 
 
-def _worker(path: Path | None, host: str, port: int) -> None:
-    """One of ``--workers N`` processes: all listen on the same port (SO_REUSEPORT)."""
-    config = load(path)
-    _run(config, host, port, reuse_port=True)
+def _with_admin_port(config: Config, port: int | None) -> Config:
+    """``--admin-port P`` over ``admin.port``."""
+    if port is None:
+        return config
+    return dataclasses.replace(config, server=dataclasses.replace(config.server,
+                                                                  admin_port=port))
 
 
-def _run(config: Config, host: str, port: int, *, reuse_port: bool) -> int:
-    log.configure(config.server.log_level)
-    _use_uvloop()
-    log.logger.info("listening", host=host, port=port, tenants=len(config.policies))
-    # handler_cancellation: a client that hangs up cancels its request's task, and with it
-    # the upstream call and any pending guard check
-    app = create_app(config)
-    with_admin_listener(app, config, reuse_port=reuse_port)
+def _worker(path: Path | None, host: str, port: int, admin_port: int | None,
+            parent: int, report: Connection) -> None:
+    """One of ``--workers N`` processes: all listen on the same ports (SO_REUSEPORT).
+    Its bind error goes up to the supervisor, which prints it once."""
+    workers.die_with_parent(parent)
     try:
-        web.run_app(app, host=host, port=port, reuse_port=reuse_port or None,
-                    access_log=None, print=None, handler_cancellation=True)
-    except OSError as exc:  # the port is taken, the address is not this machine's, ...
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        where = _bound(exc, config, host, port)
-        print(f"guardproxy serve: cannot listen on {where}: {reason}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _bound(exc: OSError, config: Config, host: str, port: int) -> str:
-    """Which listener failed: the admin one's address appears in aiohttp's message."""
-    admin = f"{config.server.admin_host}:{config.server.admin_port}"
-    if f"'{config.server.admin_host}', {config.server.admin_port})" in str(exc):
-        return f"{admin} (the admin listener)"
-    return f"{host}:{port}"
-
-
-def _use_uvloop() -> None:
-    """uvloop's event loop when it is installed (it is, on Linux): a cheaper hop."""
+        config = _with_admin_port(load(path), admin_port)
+    except ConfigError as exc:  # the files changed since the supervisor read them
+        report.send("\n".join(exc.errors))
+        sys.exit(1)
     try:
-        import uvloop
-    except ImportError:
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        code = serving.run(config, host, port, reuse_port=True, on_bind_error=report.send)
+    except Exception:  # one redacted log line, not a traceback printed as it is
+        log.logger.exception("worker_failed")
+        code = 1
+    sys.exit(code)
 
 
 def _classify(args: argparse.Namespace) -> int:
@@ -314,7 +302,7 @@ def _demo(args: argparse.Namespace) -> int:
     options = demo.Options(host=args.host, port=args.port, guard=args.guard,
                            guard_model=args.guard_model, upstream=args.upstream,
                            upstream_key_env=args.upstream_key_env)
-    _use_uvloop()
+    serving.use_uvloop()
     return asyncio.run(demo.serve(options))
 
 

@@ -6,6 +6,7 @@ upstream error or an in-band stream error, a config error into ``file:line`` lin
     ProxyError                      status, type, code, param
     ├── BadRequest                  400 invalid_request_error
     │   ├── BodyTooLarge            413
+    │   ├── TooManyChecks           413 too_many_checks: more guard checks than the tenant allows
     │   ├── UnsupportedParameter    400 unsupported_parameter: a field the proxy does not judge
     │   └── UnsupportedContent      400 unsupported_content: a content part the guard cannot read
     ├── Unauthorized                401 invalid_api_key
@@ -52,6 +53,14 @@ class BadRequest(ProxyError):
 class BodyTooLarge(BadRequest):
     status = 413
     code = "request_too_large"
+
+
+class TooManyChecks(BadRequest):
+    """The request would cost more guard checks than ``limits.max_guard_calls_per_request``;
+    refused before any is made."""
+
+    status = 413
+    code = "too_many_checks"
 
 
 class UnsupportedParameter(BadRequest):

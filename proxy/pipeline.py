@@ -15,10 +15,12 @@
 ``Checks`` runs stages 2 and 4 and keeps the request's accounting; it does no HTTP
 of its own beyond calling the guard.  Every guard input is first fitted into the
 guard's context window (``longinput.fit``): older context is trimmed, an over-long
-message is judged in overlapping pieces.  Several checks of one stage (pieces, turns)
-run concurrently, each answered from the verdict cache when it ran before (this process's,
-then the one replicas share in Redis, if configured), and the strictest outcome speaks for the
-stage.
+message is judged in overlapping pieces.  The prompt's inputs come planned
+(``core.checkplan``: counted, and bounded, before any guard call); an answer's guard
+calls are taken from what the prompt left of the tenant's bound.  Several checks of
+one stage (pieces, turns) run concurrently, each answered from the verdict cache when
+it ran before (this process's, then the one replicas share in Redis, if configured),
+and the strictest outcome speaks for the stage.
 """
 
 from __future__ import annotations
@@ -27,16 +29,16 @@ import asyncio
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from proxy.clients.guard import Guard
 from proxy.clients.sharedcache import SharedVerdicts
 from proxy.config import Action, Policy, StagePolicy
 from proxy.core.apis import CHAT, Api
 from proxy.core.cache import VerdictCache
-from proxy.core.conversation import Conversation, Turn, prompt_view, response_view
+from proxy.core.checkplan import CheckPlan, fitted
+from proxy.core.conversation import Turn, response_view
 from proxy.core.ledger import Ledger
-from proxy.core.longinput import fit
 from proxy.core.moderation import Ending, StreamState
 from proxy.core.policy import Outcome, strictest_index
 from proxy.core.protocol import annotation
@@ -52,6 +54,7 @@ class Checks:
     policy: Policy
     chat: ChatRequest
     record: RequestRecord
+    plan: CheckPlan  # the prompt's guard inputs, and what the answer may still spend
     cache: VerdictCache | None = None
     cache_scope: str = ""  # the tenant, unless verdicts are shared across tenants
     shared: SharedVerdicts | None = None  # the replicas' cache (Redis), behind ``cache``
@@ -68,15 +71,14 @@ class Checks:
                            ledger=Ledger.for_stage(self.policy.response, self.chat.n))
 
     async def check_prompt(self) -> Outcome:
-        stage = self.policy.prompt
+        stage, plan = self.policy.prompt, self.plan
         if not stage.check:
             outcome = Outcome.not_checked("prompt check disabled by policy")
         else:
-            views = judged_prompts(self.chat.conversation, stage.scope, self.chat.extras)
-            outcomes = await _all([self._judge(stage, view) for view in views])
+            outcomes = await _all([self._judge_inputs(stage, one) for one in plan.inputs])
             worst = strictest_index(outcomes)
             outcome = outcomes[worst]
-            self._keep_text(outcome, views[worst][-1].text, output=False)
+            self._keep_text(outcome, plan.views[worst][-1].text, output=False)
         self.record.input = [outcome]
         return outcome
 
@@ -113,19 +115,21 @@ class Checks:
     async def judge_response(self, text: str) -> Outcome:
         """Judge one answer's text (whole, or as far as it streamed) in context."""
         view = response_view(self.chat.conversation.turns, text)
-        outcome = await self._judge(self.policy.response, view)
+        inputs = fitted(view, await self.guard.input_budget())
+        outcome = await self._judge_inputs(self.policy.response, inputs, answer=True)
         self._keep_text(outcome, text, output=True)
         return outcome
 
-    async def _judge(self, stage: StagePolicy, turns: Sequence[Turn]) -> Outcome:
-        """Judge the last turn, fitted into the guard's window: one input, or its pieces."""
-        budget = await self.guard.input_budget()
-        inputs = [tuple(turns)] if budget is None else fit(turns, budget)
-        outcomes = await _all([self._judge_input(stage, one) for one in inputs])
+    async def _judge_inputs(self, stage: StagePolicy, inputs: Sequence[Sequence[Turn]], *,
+                            answer: bool = False) -> Outcome:
+        """The strictest outcome of one judged turn's guard inputs: itself, or its pieces."""
+        outcomes = await _all([self._judge_input(stage, one, answer) for one in inputs])
         return outcomes[strictest_index(outcomes)]
 
-    async def _judge_input(self, stage: StagePolicy, turns: Sequence[Turn]) -> Outcome:
-        """One guard input's outcome; the cache is keyed by the exact input."""
+    async def _judge_input(self, stage: StagePolicy, turns: Sequence[Turn], answer: bool
+                           ) -> Outcome:
+        """One guard input's outcome; the cache is keyed by the exact input.  An answer's
+        guard call is taken from what the prompt left of the request's bound."""
         cache = self.cache
         refusal = turns[-1].role == "assistant" and self.policy.response.detect_refusal
         scope = self.cache_scope + ("\x00refusal" if refusal else "")
@@ -134,6 +138,9 @@ class Checks:
         if verdict is None and key is not None and self.shared is not None:
             verdict = await self._shared_cached(self.shared, key)
         if verdict is None:
+            over = self.plan.take() if answer else None
+            if over is not None:
+                return Outcome.guard_failed(self.policy, over)
             try:
                 verdict = await self._ask(turns, refusal=refusal)
             except GuardError as exc:
@@ -215,46 +222,6 @@ class Checks:
             self.record.output_texts.append(text)
         else:
             self.record.input_text = text
-
-
-def judged_prompts(conversation: Conversation, scope: Literal["last", "all"], extras: str = ""
-                   ) -> list[tuple[Turn, ...]]:
-    """The guard inputs of a prompt check.
-
-    - The last user turn after the turns before it (``last``), or every turn, each after
-      the turns before it (``all``: user turns as prompts, assistant turns as responses);
-      a prefill joins the last user turn.  A turn judged as the last one in an earlier
-      request (an assistant turn: as that request's answer) is the same input again, so
-      an honest conversation re-sent with one more turn costs one new guard call.
-    - With ``last``, each system or developer message outside the judged turn, alone:
-      the same instructions in every request are one input, answered by the cache.
-    - Each run of adjacent text parts that splits a word (``Conversation.joined``: any
-      message's, with either scope), alone: the word as templates that concatenate the
-      parts show it.  Parts split at whitespace or punctuation add no input.
-    - The request's extras (tool definitions, schemas, a prediction), alone."""
-    turns, prefill = conversation.turns, conversation.prefill
-    users = [index for index, turn in enumerate(turns) if turn.role == "user"]
-    if scope == "all":  # every earlier turn with text (not an empty anchor), then the last
-        views = [_history_view(turns, index) for index in range(len(turns))
-                 if turns[index].text and (not users or index < users[-1])]
-        views.append(prompt_view(turns, prefill))
-    else:
-        views = [prompt_view(turns, prefill)]
-        judged = users[-1] if users else None
-        views.extend((Turn("user", text),) for index, text in conversation.instructions
-                     if index != judged)
-    views.extend((Turn("user", text),) for text in conversation.joined)
-    if extras:
-        views.append((Turn("user", extras),))
-    return views
-
-
-def _history_view(turns: Sequence[Turn], index: int) -> tuple[Turn, ...]:
-    """An earlier turn judged in the context before it: as the prompt it was, or as the
-    answer it claims to have been."""
-    if turns[index].role == "user":
-        return prompt_view(turns[: index + 1])
-    return response_view(turns[:index], turns[index].text)
 
 
 async def _all(checks: list[Awaitable[Outcome]]) -> list[Outcome]:

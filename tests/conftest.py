@@ -82,7 +82,8 @@ async def _sdk_clients_closed() -> AsyncIterator[None]:
 #: leaked keys tests send on purpose.
 SECRETS = (*KEYS.values(), UPSTREAM_KEY, "sk-upstream-secret-value", "guard-secret-value",
            "sk-leaked-key", "sk-wrong", "sk-bad", "sk-nope", "sk-client", "sk-acme-demo",
-           "sk-studio-demo", "sk-live-plaintext-key", "sk-proj-Abc123")
+           "sk-studio-demo", "sk-live-plaintext-key", "sk-proj-Abc123",
+           "replicas-share-this-0123456789", "another-secret-0123456789abcdef")
 
 
 class LogSink:

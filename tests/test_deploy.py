@@ -230,12 +230,26 @@ def test_compose_offers_redis_as_an_opt_in_profile(tmp_path: Path) -> None:
     assert "ports" not in redis and redis["read_only"] is True
     assert redis["command"][:5] == ["redis-server", "--save", "", "--appendonly", "no"]
     assert "redis" not in spec["services"]["guardproxy"]["depends_on"]  # a cache, optional
-    env = {"UPSTREAM_URL": "https://llm.example.com/v1", "UPSTREAM_API_KEY": "sk-up"}
+    secret = "0123456789abcdef0123456789abcdef"
+    env = {"UPSTREAM_URL": "https://llm.example.com/v1", "UPSTREAM_API_KEY": "sk-up",
+           "VERDICT_CACHE_SECRET": secret}
     text = interpolate(spec["configs"]["proxy-config"]["content"], env)
     policies = {path.name: path.read_text(encoding="utf-8")
                 for path in (ROOT / "policies").glob("*.yaml")}
-    config, _ = load_deployment_config(uncommented_cache(text), policies, tmp_path, env)
+    # the proxy's environment as Compose gives it, from the shell's
+    environment = {name: interpolate(value, env)
+                   for name, value in spec["services"]["guardproxy"]["environment"].items()}
+    config, raw = load_deployment_config(uncommented_cache(text), policies, tmp_path,
+                                         environment)
     assert redis_address(config) == ("redis", 6379)  # the service, on Redis's port
+    assert raw["cache"]["redis_secret_env"] == "VERDICT_CACHE_SECRET"
+    assert config.server.cache_redis_secret is not None
+    assert config.server.cache_redis_secret.get() == secret
+    assert "environment" not in redis  # Redis never gets the secret
+    # the variable is optional in Compose (an empty default), so it is the config that
+    # refuses to start without it, once the cache: line is in force
+    assert interpolate(spec["services"]["guardproxy"]["environment"][
+        "VERDICT_CACHE_SECRET"], {}) == ""
 
 
 # =========================================================================== Kubernetes
@@ -402,9 +416,10 @@ def test_guardproxy_guard_url_is_the_router_service(tmp_path: Path) -> None:
 def test_the_optional_redis_is_reached_by_the_proxy_pods_only(tmp_path: Path) -> None:
     config_map = k8s("ConfigMap", "guardproxy-config")
     policies = k8s("ConfigMap", "guardproxy-policies")["data"]
-    env = {"UPSTREAM_API_KEY": "sk-up", "REDIS_PASSWORD": "pw"}
-    config, _ = load_deployment_config(uncommented_cache(config_map["data"]["proxy.yaml"]),
-                                       policies, tmp_path, env)
+    env = {"UPSTREAM_API_KEY": "sk-up", "REDIS_PASSWORD": "pw",
+           "VERDICT_CACHE_SECRET": "0123456789abcdef0123456789abcdef"}
+    config, raw = load_deployment_config(uncommented_cache(config_map["data"]["proxy.yaml"]),
+                                         policies, tmp_path, env)
     deployment, service = k8s("Deployment", "redis"), k8s("Service", "redis")
     assert selects(service["spec"]["selector"], deployment)
     assert redis_address(config) == (service["metadata"]["name"], service["spec"]["ports"][0][
@@ -420,6 +435,14 @@ def test_the_optional_redis_is_reached_by_the_proxy_pods_only(tmp_path: Path) ->
                                                                          "optional": True}
     assert config.server.cache_redis_password is not None
     assert config.server.cache_redis_password.get() == "pw"
+    # the cache's secret: from a Secret of its own that the Redis pod does not read
+    secret_env = raw["cache"]["redis_secret_env"]
+    assert proxy_env[secret_env]["valueFrom"]["secretKeyRef"] == {
+        "name": "guardproxy-verdict-cache", "key": "secret", "optional": True}
+    assert config.server.cache_redis_secret is not None
+    assert config.server.cache_redis_secret.get() == env[secret_env]
+    assert all(item.get("valueFrom", {}).get("secretKeyRef", {}).get("name")
+               != "guardproxy-verdict-cache" for item in redis["env"])
     policy = k8s("NetworkPolicy", "redis")["spec"]
     assert selects(policy["podSelector"]["matchLabels"], deployment)
     (rule,) = policy["ingress"]

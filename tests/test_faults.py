@@ -225,7 +225,7 @@ async def _abandoned_if_hung(guard: GuardEmulator, fault: str) -> None:
 
 async def test_readyz_names_a_refused_guard(proxy: Proxy) -> None:
     await proxy.guard.close()
-    async with proxy.http.get(proxy.url + "/readyz") as resp:
+    async with proxy.http.get(proxy.admin_url + "/readyz") as resp:
         body = await resp.json()
     assert resp.status == 503 and body["status"] == "unavailable"
     assert "unreachable" in body["reason"]

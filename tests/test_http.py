@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import openai
@@ -124,16 +125,37 @@ async def test_unknown_route_and_method_answer_openai_errors(proxy: Proxy) -> No
 
 
 async def test_healthz_and_readyz(proxy: Proxy) -> None:
+    """The client listener's probes say ready or not, nothing about tenants or the guard;
+    the admin listener's ``/readyz`` says why."""
     async with proxy.http.get(proxy.url + "/healthz") as resp:
-        assert resp.status == 200
+        assert resp.status == 200 and await resp.json() == {"status": "ok"}
     async with proxy.http.get(proxy.url + "/readyz") as resp:
-        assert resp.status == 200 and (await resp.json())["status"] == "ready"
+        assert resp.status == 200 and await resp.json() == {"status": "ready"}
+    async with proxy.http.get(proxy.admin_url + "/readyz") as resp:
+        detail = await resp.json()
+    assert resp.status == 200 and detail["tenants"] == len(KEYS)
     proxy.guard.healthy = False
     async with proxy.http.get(proxy.url + "/readyz") as resp:
+        assert resp.status == 503 and await resp.json() == {"status": "unavailable"}
+    async with proxy.http.get(proxy.admin_url + "/readyz") as resp:
         assert resp.status == 503 and "503" in (await resp.json())["reason"]
     await proxy.guard.close()
-    async with proxy.http.get(proxy.url + "/readyz") as resp:
+    async with proxy.http.get(proxy.admin_url + "/readyz") as resp:
         assert resp.status == 503 and "unreachable" in (await resp.json())["reason"]
+
+
+async def test_the_client_listener_reveals_no_tenant(proxy: Proxy) -> None:
+    """No count, name, policy or guard detail on the probes a load balancer (or anyone
+    who reaches the client port) may call, ready or not."""
+    shown = []
+    for healthy in (True, False):
+        proxy.guard.healthy = healthy
+        for path in ("/healthz", "/readyz"):
+            async with proxy.http.get(proxy.url + path) as resp:
+                shown.append(await resp.read())
+    text = b" ".join(shown).decode()
+    assert not any(tenant in text for tenant in KEYS)
+    assert "tenant" not in text and "guard" not in text and not re.search(r"\d", text)
 
 
 async def test_request_id_is_echoed_when_plain_and_replaced_when_not(proxy: Proxy) -> None:

@@ -140,9 +140,19 @@ async def _workers(config: Path, port: int, count: int) -> tuple[asyncio.subproc
     while len(pids) < count:
         line = orjson.loads(await asyncio.wait_for(process.stdout.readline(), timeout=30))
         if line["event"] == "listening":
-            pids.add(line["pid"])
-    await asyncio.sleep(0.3)  # both bound
+            pids.add(line["pid"])  # once both its listeners are bound
     return process, pids
+
+
+async def _until_reloaded(admin: str, *, times: int) -> None:
+    """Scrape until the workers' reloads add up to ``times`` (a worker that has not yet
+    seen the change or the signal counts none)."""
+    async with asyncio.timeout(30):
+        while True:
+            m = await _scrape(admin)
+            if _value(m, "guardproxy_policy_reloads_total", outcome="ok") >= times:
+                return
+            await asyncio.sleep(0.02)
 
 
 def _port() -> int:
@@ -212,9 +222,7 @@ async def test_every_worker_reloads(tmp_path: Path, guard_emulator: GuardEmulato
         os.replace(edited, policy)
         if trigger == "sighup":
             process.send_signal(signal.SIGHUP)
-        await asyncio.sleep(1.0)
-        m = await _scrape(f"http://127.0.0.1:{admin}")
-        assert _value(m, "guardproxy_policy_reloads_total", outcome="ok") == 2
+        await _until_reloaded(f"http://127.0.0.1:{admin}", times=2)
     finally:
         lines = await _stop(process)
     reloads = [line for line in lines if line["event"] == "policy_reload"]

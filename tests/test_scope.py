@@ -22,8 +22,8 @@ from structlog.testing import capture_logs
 
 from proxy.config import load
 from proxy.core.cache import VerdictCache
+from proxy.core.checkplan import judged_prompts
 from proxy.core.conversation import Turn, prompt_view, read_messages
-from proxy.pipeline import judged_prompts
 from proxy.web.app import create_app
 
 SCOPED_KEY = "sk-scoped"

@@ -2,12 +2,22 @@
 
 Each process keeps its own LRU (``proxy.core.cache``) in front; Redis is the second level,
 asked on a local miss, so a turn one replica judged is not judged again by another (with
-``prompt.scope: all``, every earlier turn of a conversation).  The keys are the local
-cache's digests (the tenant's scope included), under ``PREFIX``; the values are
-``encode_verdict``'s compact JSON, read back strictly.
+``prompt.scope: all``, every earlier turn of a conversation).
 
-- A read is one GET, waited for at most ``cache.redis_timeout_s``.  A value that is not
-  a verdict is a miss (counted as ``malformed``), never an error and never a verdict.
+Names and values are keyed by a secret the replicas share (``cache.redis_secret_env``,
+``Seal``), so that whoever else reads or writes that Redis can neither tell what was judged
+nor decide a verdict:
+
+- A name is ``PREFIX`` and a keyed hash (HMAC-SHA256) of the local cache's digest (guard
+  API and model, the tenant's scope, every turn's role and text): without the secret, a
+  reader cannot tell which input a name stands for, nor test whether a given text was sent.
+- A value is a tag, an expiry (Unix time) and ``encode_verdict``'s compact JSON; the tag is
+  an HMAC-SHA256 of the name, the expiry and the verdict.  A value read back is believed only
+  if its tag matches (compared in constant time), it has not expired and it is a verdict;
+  anything else is a miss, counted in ``guardproxy_verdict_cache_redis_rejected_total``
+  (``unauthenticated``, ``expired``, ``malformed``), and the guard is asked.  So a writer
+  without the secret cannot plant a verdict, nor move one to another input's name.
+- A read is one GET, waited for at most ``cache.redis_timeout_s``.
 - A write is one SET with an expiry (``guard.cache_ttl_s``, at most ``MAX_TTL_S``), in a
   background task: the request does not wait for it.  At most ``MAX_WRITES`` are in
   flight and at most ``MAX_READS`` reads; past that a write is dropped and a read is a
@@ -29,12 +39,16 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
+import hmac
+import struct
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
 
+from proxy.config.loader import REDIS_SECRET_MIN_BYTES
 from proxy.core.cache import decode_verdict, encode_verdict
 from proxy.core.verdict import Verdict
 from proxy.obs.metrics import Metrics
@@ -44,8 +58,9 @@ if TYPE_CHECKING:
 
 logger = structlog.get_logger("guardproxy")
 
-#: Every key's prefix: the cache may live in a Redis shared with other uses.
-PREFIX = b"guardproxy:verdict:v1:"
+#: Every key's prefix: the cache may live in a Redis shared with other uses.  v2: keyed
+#: names and authenticated values (v1's unkeyed entries are never read).
+PREFIX = b"guardproxy:verdict:v2:"
 #: After a failure, Redis is left alone this long, then PINGed (again and again).
 RETRY_S = 1.0
 #: How long a PING may take: it may have to connect (and shake hands for TLS).
@@ -56,17 +71,69 @@ MAX_WRITES = 64
 MAX_TTL_S = 30 * 24 * 3600.0
 
 
-def redis_key(key: bytes) -> bytes:
-    """The Redis key of a verdict cache key (``VerdictCache.key``)."""
-    return PREFIX + key.hex().encode()
+_NAME_BYTES = 16  # of the keyed hash in a name: as many as the local cache's digest
+_TAG = hashlib.sha256().digest_size
+_EXPIRY = struct.Struct(">Q")  # a value's expiry: Unix time, in milliseconds
+#: Why a stored value was not believed (``guardproxy_verdict_cache_redis_rejected_total``).
+REJECTIONS = ("unauthenticated", "expired", "malformed")
+
+
+class Seal:
+    """Names and values of the shared cache, keyed by the replicas' secret.
+
+    Two keys are derived from the secret (HMAC-SHA256 with a label each), one for names
+    and one for values, so that neither can stand in for the other.
+    """
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < REDIS_SECRET_MIN_BYTES:
+            raise ValueError(f"the shared cache's secret needs {REDIS_SECRET_MIN_BYTES} bytes")
+        self._names = hmac.new(_derive(secret, b"names"), digestmod=hashlib.sha256)
+        self._values = hmac.new(_derive(secret, b"values"), digestmod=hashlib.sha256)
+
+    def name(self, key: bytes) -> bytes:
+        """The Redis key of a verdict cache key (``VerdictCache.key``)."""
+        mac = self._names.copy()
+        mac.update(key)
+        return PREFIX + mac.digest()[:_NAME_BYTES].hex().encode()
+
+    def seal(self, name: bytes, verdict: Verdict, expires_ms: int) -> bytes:
+        """The value stored under ``name``: tag, expiry, verdict."""
+        body = _EXPIRY.pack(expires_ms) + encode_verdict(verdict)
+        return self._tag(name, body) + body
+
+    def open(self, name: bytes, value: bytes, now_ms: int) -> Verdict | str:
+        """The verdict ``seal`` stored under ``name``, or why ``value`` is not one (one of
+        ``REJECTIONS``)."""
+        head = _TAG + _EXPIRY.size
+        if len(value) < head or not hmac.compare_digest(value[:_TAG],
+                                                        self._tag(name, value[_TAG:])):
+            return "unauthenticated"
+        (expires_ms,) = _EXPIRY.unpack_from(value, _TAG)
+        if expires_ms <= now_ms:
+            return "expired"
+        verdict = decode_verdict(value[head:])
+        return "malformed" if verdict is None else verdict
+
+    def _tag(self, name: bytes, body: bytes) -> bytes:
+        mac = self._values.copy()
+        mac.update(len(name).to_bytes(2, "big"))
+        mac.update(name)
+        mac.update(body)
+        return mac.digest()
+
+
+def _derive(secret: bytes, label: bytes) -> bytes:
+    return hmac.digest(secret, b"guardproxy verdict cache v2: " + label, "sha256")
 
 
 class SharedVerdicts:
     """The Redis level of the verdict cache; ``get`` and ``put`` never raise."""
 
-    def __init__(self, *, url: str, password: str | None, timeout_s: float, ttl_s: float,
-                 metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, url: str, password: str | None, secret: bytes, timeout_s: float,
+                 ttl_s: float, metrics: Metrics | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         import redis.asyncio
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
@@ -78,9 +145,14 @@ class SharedVerdicts:
             socket_connect_timeout=PROBE_TIMEOUT_S, socket_timeout=PROBE_TIMEOUT_S,
             max_connections=MAX_READS + MAX_WRITES + 1)
         self._timeouts: tuple[type[Exception], ...] = (TimeoutError, RedisTimeout)
+        self._seal = Seal(secret)
+        self._wall = wall  # expiries are Unix times: every replica reads them
         self._timeout = timeout_s
         self._ttl_ms = max(1, int(min(ttl_s, MAX_TTL_S) * 1000))
         self._metrics = metrics
+        if metrics is not None:  # at 0 from the start: a rate can be alerted on
+            for reason in REJECTIONS:
+                metrics.redis_rejected.labels(reason)
         self._clock = clock
         self._up = False
         self._probe: asyncio.Task[None] | None = None
@@ -107,9 +179,10 @@ class SharedVerdicts:
             self._count("get", "busy")
             return None
         self._reads += 1
+        name = self._seal.name(key)
         try:
             async with asyncio.timeout(self._timeout):
-                raw = await self._client.get(redis_key(key))
+                raw = await self._client.get(name)
         except Exception as exc:  # any failure of the cache is a miss
             self._failed("get", exc)
             return None
@@ -117,12 +190,15 @@ class SharedVerdicts:
             self._reads -= 1
         if raw is None:
             return None
-        verdict = decode_verdict(raw) if isinstance(raw, bytes) else None
-        if verdict is None:
-            self._count("get", "malformed")
-        elif self._metrics is not None:
+        opened = (self._seal.open(name, raw, self._now_ms()) if isinstance(raw, bytes)
+                  else "malformed")
+        if isinstance(opened, str):  # not believed: a miss, and the guard is asked
+            if self._metrics is not None:
+                self._metrics.redis_rejected.labels(opened).inc()
+            return None
+        if self._metrics is not None:
             self._metrics.redis_hits.inc()
-        return verdict
+        return opened
 
     def put(self, key: bytes, verdict: Verdict) -> None:
         """Store a verdict in the background; dropped while Redis is down or busy."""
@@ -131,7 +207,9 @@ class SharedVerdicts:
         if len(self._writes) >= MAX_WRITES:
             self._count("set", "busy")
             return
-        task = asyncio.create_task(self._set(redis_key(key), encode_verdict(verdict)))
+        name = self._seal.name(key)
+        value = self._seal.seal(name, verdict, self._now_ms() + self._ttl_ms)
+        task = asyncio.create_task(self._set(name, value))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
@@ -160,6 +238,9 @@ class SharedVerdicts:
                 await self._client.set(name, value, px=self._ttl_ms)
         except Exception as exc:
             self._failed("set", exc)
+
+    def _now_ms(self) -> int:
+        return int(self._wall() * 1000)
 
     def _failed(self, op: str, exc: Exception) -> None:
         self._count(op, self._kind(exc))

@@ -292,6 +292,8 @@ _HTTP = _UrlKind(("http", "https"), "an http:// or https://", "use an api_key_en
 _REDIS = _UrlKind(("redis", "rediss"), "a redis:// or rediss://",
                   "name the variable that holds the password in cache.redis_password_env",
                   "no ?query or #fragment (name the database as the path, like /0)")
+#: The shortest secret ``cache.redis_secret_env`` may hold, in bytes (UTF-8).
+REDIS_SECRET_MIN_BYTES = 16
 
 
 def _url_problem(raw: str, kind: _UrlKind = _HTTP) -> str | None:
@@ -423,6 +425,9 @@ def _load_server(f: _File, env: Mapping[str, str]) -> _LoadedServer | None:
     upstreams = _upstreams(top, env)
     nested: dict[str, Any] = {}
     for name in ("listen", "limits", "log", "reload", "cache", "admin"):
+        if name == "admin" and _switched_off(top, name):
+            nested["admin_enabled"] = False
+            continue
         sec = top.sub(name, keys_of(ServerConfig, f"{name}."))
         nested.update(read_plain(sec, ServerConfig, f"{name}."))
         if name == "admin":
@@ -430,6 +435,7 @@ def _load_server(f: _File, env: Mapping[str, str]) -> _LoadedServer | None:
         if name == "cache":
             nested["cache_redis_url"] = _redis_url(sec)
             nested["cache_redis_password"] = sec.secret("redis_password_env", env)
+            nested["cache_redis_secret"] = _redis_secret(sec, env, nested["cache_redis_url"])
     server = ServerConfig(
         policies_dir=folder or Path(),
         guard=_guard(top, env),
@@ -440,6 +446,13 @@ def _load_server(f: _File, env: Mapping[str, str]) -> _LoadedServer | None:
     files = None if folder is None else _policy_files(f, top.fields["policies"].key_line, folder)
     names = None if upstreams is None else tuple(upstreams)
     return _LoadedServer(server, names, files)
+
+
+def _switched_off(top: _Section, name: str) -> bool:
+    """``admin: false``: a section given as ``false`` instead of a mapping is turned off."""
+    entry = top.fields.get(name)
+    return (entry is not None and isinstance(entry.value, Scalar)
+            and entry.value.value is False)
 
 
 def _redis_url(sec: _Section) -> str | None:
@@ -456,6 +469,26 @@ def _redis_url(sec: _Section) -> str | None:
         sec.f.error(line, f"{sec.path('redis_url')}: {problem}")
         return None
     return raw
+
+
+def _redis_secret(sec: _Section, env: Mapping[str, str], url: str | None) -> Secret | None:
+    """``cache.redis_secret_env``: the secret every replica keys and signs the shared cache
+    with, required with ``cache.redis_url``, of at least ``REDIS_SECRET_MIN_BYTES``."""
+    if "redis_secret_env" not in sec.fields:
+        if url is not None:
+            sec.f.error(sec.fields["redis_url"].key_line, f"{sec.path('redis_url')}: needs "
+                        f"{sec.path('redis_secret_env')}, the environment variable that holds "
+                        "the secret the replicas share (at least "
+                        f"{REDIS_SECRET_MIN_BYTES} bytes; e.g. openssl rand -hex 32)")
+        return None
+    secret = sec.secret("redis_secret_env", env)
+    if secret is not None and len(secret.get().encode()) < REDIS_SECRET_MIN_BYTES:
+        name = sec.text("redis_secret_env")
+        sec.f.error(sec.fields["redis_secret_env"].key_line,
+                    f"{sec.path('redis_secret_env')}: environment variable {name} is shorter "
+                    f"than {REDIS_SECRET_MIN_BYTES} bytes (e.g. openssl rand -hex 32)")
+        return None
+    return secret
 
 
 def _redis_url_problem(raw: str) -> str | None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from proxy.core.redaction import register_secret
+
 #: Category names exactly as Qwen3Guard-Gen emits them.  ``Jailbreak`` is judged
 #: for prompts only.
 CATEGORIES: tuple[str, ...] = (
@@ -51,12 +53,17 @@ for _rank, _action in enumerate(Action):
 
 
 class Secret:
-    """A value read from the environment; its repr never shows it."""
+    """A value read from the environment; its repr never shows it, nor does any log line:
+    it is registered with the redactor as it is made (``proxy.core.redaction``)."""
 
     __slots__ = ("_value",)
 
     def __init__(self, value: str) -> None:
         self._value = value
+        register_secret(value)
+
+    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
+        return Secret, (self._value,)  # unpickled (in another process): registered there too
 
     def get(self) -> str:
         return self._value
@@ -131,12 +138,21 @@ class BlockPolicy:
         return self.unavailable_message if error_code == "guard_unavailable" else self.message
 
 
+#: The highest ``limits.max_guard_calls_per_request`` a policy may set.
+MAX_GUARD_CALLS_TOP = 4096
+
+
 @dataclass(frozen=True, kw_only=True)
 class PolicyLimits:
     # guard calls this tenant's requests may have in flight at once; more wait their turn
     guard_concurrency: int = 64
     # how long a guard call may wait for a turn before the request gets a 429
     guard_wait_s: float = 5.0
+    # guard checks one request may cost: its prompt's (pieces included, cached or not) and
+    # one per answer choice, counted before any is made (over: HTTP 413); the answer then
+    # spends what the prompt left, one per guard call
+    max_guard_calls_per_request: int = field(
+        default=64, metadata=key("max_guard_calls_per_request", top=MAX_GUARD_CALLS_TOP))
 
 
 #: The client APIs the proxy serves: ``/v1/chat/completions``, ``/v1/responses``, ``/v1/messages``.
@@ -220,7 +236,9 @@ class ServerConfig:
     # reload when a file under policies_dir changes, looking every watch_interval_s
     watch_policies: bool = field(default=True, metadata=key("reload.watch"))
     watch_interval_s: float = field(default=1.0, metadata=key("reload.poll_s"))
-    # the operator's listener: /metrics (and nothing a tenant may reach)
+    # the operator's listener: /metrics (and nothing a tenant may reach); ``admin: false``
+    # (or ``admin.enabled: false``) turns it off
+    admin_enabled: bool = field(default=True, metadata=key("admin.enabled"))
     admin_host: str = field(default="127.0.0.1", metadata=key("admin.host"))
     # 0: any free port (tests)
     admin_port: int = field(default=9464, metadata=key("admin.port", top=65535, low=0))
@@ -234,6 +252,10 @@ class ServerConfig:
     cache_redis_url: str | None = field(default=None, metadata=key("cache.redis_url", own=1))
     cache_redis_password: Secret | None = field(default=None,
                                                 metadata=key("cache.redis_password_env", own=1))
+    # the secret the replicas key the names and sign the values of the shared cache with,
+    # from the environment; required with cache_redis_url
+    cache_redis_secret: Secret | None = field(default=None,
+                                              metadata=key("cache.redis_secret_env", own=1))
     # the longest a check waits for Redis; slower is a miss
     cache_redis_timeout_s: float = field(default=0.05, metadata=key("cache.redis_timeout_s"))
     source: Path = field(default=Path("<memory>"), metadata=SPECIAL)

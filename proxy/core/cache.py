@@ -16,9 +16,9 @@ such.  A user turn judged as the last one of a request is the same input when a
 later request (``prompt.scope: all``) judges it again as history, so it hits.
 
 Replicas may share their verdicts through Redis (``cache.redis_url``, the client is
-``proxy.clients.sharedcache``): under the same keys, each verdict stored as
-``encode_verdict`` writes it and read back by ``decode_verdict``, which takes nothing it
-did not write: a malformed value is a miss, never a wrong verdict.
+``proxy.clients.sharedcache``): under keyed hashes of these keys, each verdict stored as
+``encode_verdict`` writes it, signed, and read back by ``decode_verdict``, which takes
+nothing it did not write: a malformed value is a miss, never a wrong verdict.
 """
 
 from __future__ import annotations

@@ -71,8 +71,9 @@ class Outcome:
 
     @classmethod
     def guard_failed(cls, policy: Policy, exc: GuardError) -> Outcome:
-        # a tenant over its guard share is never served unchecked, even failing open
-        closed = policy.on_guard_error == "block" or exc.kind == "busy"
+        # a tenant over its guard share, or an answer over the request's bound on guard
+        # calls, is never served unchecked, even failing open
+        closed = policy.on_guard_error == "block" or exc.kind in ("busy", "limit")
         action = Action.BLOCK if closed else Action.PASS
         return cls(action=action, error_code="guard_unavailable", error=exc.message,
                    error_kind=exc.kind)

@@ -16,6 +16,7 @@ import orjson
 from proxy.config import CATEGORIES, RESPONSE_CATEGORIES
 from proxy.core.answer import new_completion_id
 from proxy.core.policy import Outcome
+from proxy.core.redaction import redact
 from proxy.core.request import JUDGED_EXTRAS, STRUCTURAL, TEMPLATE_CONTROL
 from proxy.core.verdict import Verdict
 from proxy.errors import StreamFault, UpstreamHTTPError
@@ -99,18 +100,6 @@ _PARAM_PART = re.compile(r"([A-Za-z0-9_]{1,40})?((?:\[\d{1,6}\])*)")
 _KEY_LIKE = re.compile(
     r"\S*\*{3,}\S*"  # a masked key still shows its ends
     r"|\b(?=[A-Za-z0-9_\-]*\d)(?=[A-Za-z0-9_\-]*[A-Za-z])[A-Za-z0-9_\-]{20,}")  # a token
-# A header that carries a credential, as a parser or a traceback shows it, and a bearer token.
-_SECRET_HEADER = re.compile(
-    r"(?i)\b(authorization|proxy-authorization|api-key|x-api-key)(\s*:\s*)[^\r\n'\"]*")
-_BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s'\"\\]+")
-
-
-def redact(text: str) -> str:
-    """``text`` with every credential header's value and every bearer token replaced (what
-    the logs and the proxy's own error messages never show)."""
-    if ":" in text:
-        text = _SECRET_HEADER.sub(r"\1\2[redacted]", text)
-    return _BEARER.sub(r"\1 [redacted]", text) if "earer" in text else text
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 MAX_UPSTREAM_MESSAGE = 300
 _CLEANED = 4 * MAX_UPSTREAM_MESSAGE

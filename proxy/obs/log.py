@@ -1,8 +1,10 @@
 """structlog configuration and the canonical ``request`` line.
 
 Configured once at start-up: JSON lines on stdout, stdlib (aiohttp) records routed
-through the same renderer.  Each request fills one ``RequestRecord`` as it goes;
-the envelope middleware emits it as exactly one ``request`` event at the end.
+through the same renderer.  Both chains render a traceback as text, then redact every
+field of the event (``redact_event``), then write it.  Each request fills one
+``RequestRecord`` as it goes; the envelope middleware emits it as exactly one ``request``
+event at the end.
 """
 
 from __future__ import annotations
@@ -13,14 +15,15 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from types import TracebackType
+from typing import Any, cast
 
 import orjson
 import structlog
 
 from proxy.config import Action
 from proxy.core.policy import Outcome, strictest, worst
-from proxy.core.protocol import redact
+from proxy.core.redaction import redact, redacted_fields
 from proxy.errors import StreamFault, UpstreamHTTPError
 
 logger = structlog.get_logger("guardproxy")
@@ -33,7 +36,9 @@ def install_redaction() -> None:
     """Every stdlib log record — aiohttp's and asyncio's own included, a traceback's text
     too — is made with its credentials redacted, whichever handler writes it.  A record
     factory, not a handler filter: a handler added later (a test's, an operator's) gets
-    the redacted record as well.  A second call changes nothing."""
+    the redacted record as well.  A second layer: the proxy's own lines are redacted by
+    ``redact_event`` in their chain, a record made without this factory included.  A
+    second call changes nothing."""
     make = logging.getLogRecordFactory()
     if getattr(make, _REDACTING, False):
         return
@@ -52,37 +57,74 @@ def install_redaction() -> None:
     logging.setLogRecordFactory(redacted)
 
 
-def configure(level: str = "info") -> None:
+def redact_event(logger: Any, name: str, event: structlog.typing.EventDict
+                 ) -> structlog.typing.EventDict:
+    """A processor: the event with no credential in any field — the message, nested dicts,
+    lists and tuples (keys too), any other object's repr, and the traceback, which
+    ``format_exc_info`` has rendered as text before it.  Only strings are read: an event
+    without credentials goes on as it is, nothing copied or serialised."""
+    fields = event if type(event) is dict else dict(event)
+    return redacted_fields(cast(dict[str, Any], fields))
+
+
+def _shared() -> list[structlog.typing.Processor]:
+    """What every line carries: the request's context, the level, the pid, the time."""
     pid = os.getpid()  # configured in each worker, so every line says which one wrote it
-    install_redaction()
 
     def add_pid(logger: Any, name: str, event: structlog.typing.EventDict
                 ) -> structlog.typing.EventDict:
         event["pid"] = pid
         return event
 
-    shared: list[structlog.typing.Processor] = [
+    return [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         add_pid,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+
+
+def processors() -> list[structlog.typing.Processor]:
+    """structlog's own chain: the shared fields, the traceback as text, redaction, JSON."""
+    return [*_shared(), structlog.processors.format_exc_info, redact_event,
+            structlog.processors.JSONRenderer(serializer=orjson.dumps)]
+
+
+def stdlib_formatter() -> structlog.stdlib.ProcessorFormatter:
+    """The chain of stdlib records (aiohttp's, asyncio's): the same fields, the traceback
+    as text, redaction, JSON."""
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_shared(),
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, redact_event,
+                    structlog.processors.JSONRenderer()],
+    )
+
+
+def _log_uncaught(kind: type[BaseException], value: BaseException,
+                  trace: TracebackType | None) -> None:
+    """An exception nobody caught (one raised while starting, say) ends the process as
+    one redacted ``uncaught_error`` line, not as a bare traceback on stderr."""
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, trace)
+        return
+    logger.critical("uncaught_error", exc_info=(kind, value, trace))
+
+
+def configure(level: str = "info") -> None:
+    install_redaction()  # for handlers other than this one too
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info,
-                    structlog.processors.JSONRenderer(serializer=orjson.dumps)],
+        processors=processors(),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.BytesLoggerFactory(sys.stdout.buffer),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.JSONRenderer()],
-    ))
+    handler.setFormatter(stdlib_formatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    sys.excepthook = _log_uncaught
 
 
 @dataclass(slots=True)
@@ -101,6 +143,10 @@ class RequestRecord:
     output: list[Outcome] = field(default_factory=list)
     guard_calls: int = 0
     cache_hits: int = 0
+    # the checks counted before any was made (the prompt's, one per answer choice), and
+    # the tenant's limits.max_guard_calls_per_request they were held to
+    guard_calls_planned: int | None = None
+    guard_calls_limit: int | None = None
     guard_ms: float = 0.0
     guard_timings: list[tuple[str, float]] = field(default_factory=list)  # (check, seconds)
     prompt_chars: int = 0  # the messages' text, counted when the prompt is blocked
@@ -161,6 +207,9 @@ class RequestRecord:
             line["leaked_chars"] = self.leaked_chars
         if self.removed_fields:
             line["removed_fields"] = self.removed_fields
+        if self.guard_calls_limit is not None:
+            line["guard_calls_planned"] = self.guard_calls_planned
+            line["guard_calls_limit"] = self.guard_calls_limit
         if self.guard_waits:
             line["guard_waits"] = self.guard_waits
         if self.unchecked_parts:

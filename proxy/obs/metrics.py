@@ -100,9 +100,15 @@ class Metrics:
         self.redis_errors = Counter(
             "guardproxy_verdict_cache_redis_errors", "Redis operations of the shared verdict "
             "cache that failed, by operation (get, set, ping) and kind (timeout, error, "
-            "malformed: a stored value that is not a verdict, busy: a read or write skipped "
-            "because too many were in flight); each is a miss, never a failed request.",
+            "busy: a read or write skipped because too many were in flight); each is a miss, "
+            "never a failed request.",
             ["op", "kind"], registry=r)
+        self.redis_rejected = Counter(
+            "guardproxy_verdict_cache_redis_rejected", "Values read from the shared verdict "
+            "cache that were not believed, by reason (unauthenticated: no valid tag for its "
+            "key under cache.redis_secret_env, expired, malformed: not a verdict); each is a "
+            "miss, and the guard is asked.",
+            ["reason"], registry=r)
         self.upstream_latency = Histogram(
             "guardproxy_upstream_latency_seconds",
             "Upstream time: the whole answer, or the whole stream.",

@@ -5,9 +5,9 @@ policy reload.  At start-up the guard is asked for its context window
 (``/v1/models``), unless the config names it.
 
 ``create_admin_app(app)``: the operator's listener beside it (``admin.host``,
-``admin.port``): ``/metrics``, which names tenants and so never answers on the
-client listener, behind ``admin.token_env``'s bearer token when one is set.
-``with_admin_listener`` makes the client app start and stop it (``guardproxy serve``).
+``admin.port``): ``/metrics`` and the detailed ``/readyz``, which name tenants and so
+never answer on the client listener, behind ``admin.token_env``'s bearer token when one
+is set.  ``proxy.serving`` binds both (``guardproxy serve``).
 """
 
 from __future__ import annotations
@@ -62,23 +62,6 @@ async def _admin_token(request: web.Request, handler: Handler) -> web.StreamResp
     return await handler(request)
 
 
-def with_admin_listener(app: web.Application, config: Config, *, reuse_port: bool) -> None:
-    """Run the admin listener for as long as ``app`` runs (workers share its port too)."""
-    async def ctx(served: web.Application) -> AsyncIterator[None]:
-        runner = web.AppRunner(create_admin_app(served), access_log=None)
-        await runner.setup()
-        server = config.server
-        await web.TCPSite(runner, server.admin_host, server.admin_port,
-                          reuse_port=reuse_port or None).start()
-        logger.info("admin_listening", host=server.admin_host, port=server.admin_port)
-        try:
-            yield
-        finally:
-            await runner.cleanup()
-
-    app.cleanup_ctx.append(ctx)
-
-
 def _session() -> aiohttp.ClientSession:
     # No pool cap: concurrency is bounded by the clients, not by a queue in here.
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
@@ -100,9 +83,12 @@ def make_shared_cache(server: ServerConfig, metrics: Metrics | None = None
     """The replicas' verdict cache in Redis (``cache.redis_url``), not yet connected."""
     if server.cache_redis_url is None:
         return None
-    password = server.cache_redis_password
+    password, secret = server.cache_redis_password, server.cache_redis_secret
+    if secret is None:  # the loader refuses such a config
+        raise ValueError("cache.redis_url needs cache.redis_secret_env")
     return SharedVerdicts(url=server.cache_redis_url,
                           password=password.get() if password is not None else None,
+                          secret=secret.get().encode(),
                           timeout_s=server.cache_redis_timeout_s,
                           ttl_s=server.guard.cache_ttl_s, metrics=metrics)
 

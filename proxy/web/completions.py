@@ -15,6 +15,7 @@ from proxy.clients.upstream import UpstreamCall
 from proxy.config import Action, Policy
 from proxy.core.answer import read_completion
 from proxy.core.apis import CHAT, Api
+from proxy.core.checkplan import plan_checks
 from proxy.core.ledger import release_whole
 from proxy.core.policy import Outcome, tightened
 from proxy.errors import (
@@ -60,9 +61,12 @@ async def chat_completions(request: web.Request, runtime: Runtime, policy: Polic
     record.unchecked_parts = len(chat.conversation.unchecked)
     if policy.models is not None and chat.model not in policy.models:
         raise ModelNotAllowed(f"model {chat.model!r} is not available to this key", param="model")
+    plan = plan_checks(chat, policy, await runtime.guard.input_budget())
+    record.guard_calls_planned, record.guard_calls_limit = plan.planned, plan.limit
+    plan.enforce()  # 413 before any guard call, the upstream not started
     shared = runtime.config.server.cache_shared_across_tenants
-    checks = Checks(guard=runtime.guard, policy=policy, chat=chat, record=record, api=api,
-                    cache=runtime.cache, cache_scope="" if shared else policy.tenant,
+    checks = Checks(guard=runtime.guard, policy=policy, chat=chat, record=record, plan=plan,
+                    api=api, cache=runtime.cache, cache_scope="" if shared else policy.tenant,
                     shared=runtime.shared_cache,
                     request_slots=asyncio.Semaphore(
                         runtime.config.server.guard.max_concurrency_per_request),

@@ -8,7 +8,7 @@ from proxy.core.answer import model_list
 from proxy.core.apis import BY_PATH
 from proxy.obs.metrics import CONTENT_TYPE
 from proxy.web.completions import chat_completions
-from proxy.web.state import POLICY, RECORD, RUNTIME, SERVED
+from proxy.web.state import POLICY, RECORD, RUNTIME, SERVED, Runtime
 
 
 async def post_chat_completions(request: web.Request) -> web.StreamResponse:
@@ -32,15 +32,27 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
-    if not runtime.policies:
-        return web.json_response({"status": "unavailable", "reason": "no policies loaded"},
-                                 status=503)
-    reason = await runtime.guard.health()
+    """The client listener's: ready or not, nothing more (no tenant count, name or policy
+    detail, nothing about the guard); the admin listener's ``/readyz`` says why."""
+    reason = await _unready(request.app[RUNTIME])
+    if reason is not None:
+        return web.json_response({"status": "unavailable"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def admin_readyz(request: web.Request) -> web.Response:
+    runtime = request.app[SERVED][RUNTIME]
+    reason = await _unready(runtime)
     if reason is not None:
         return web.json_response({"status": "unavailable", "reason": reason}, status=503)
     return web.json_response({"status": "ready", "tenants": len(runtime.policies),
                               "guard": runtime.guard.model})
+
+
+async def _unready(runtime: Runtime) -> str | None:
+    if not runtime.policies:
+        return "no policies loaded"
+    return await runtime.guard.health()
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -62,3 +74,4 @@ def add_routes(app: web.Application) -> None:
 def add_admin_routes(app: web.Application) -> None:
     """The admin listener's: what only the operator may see (it reveals tenants)."""
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/readyz", admin_readyz)
