@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                       "(like http://127.0.0.1:8000/v1) instead of the demo one")
     demo.add_argument("--upstream-key-env", metavar="VAR",
                       help="environment variable holding the real LLM's API key")
+    demo.add_argument("--model", metavar="NAME", help="the model the printed commands ask "
+                      "for: one the real LLM serves (required with --upstream)")
     demo.set_defaults(func=_demo)
     serve = commands.add_parser("serve", help="run the proxy")
     _config_arg(serve)
@@ -121,43 +123,38 @@ def _check(args: argparse.Namespace) -> int:
 
 
 async def _probe(config: Config) -> int:
-    """Contact the guard, every upstream and Redis (``cache.redis_url``); each failure is
-    one line naming it."""
-    problems = []
+    """Contact the guard, every upstream and Redis (``cache.redis_url``): a line each, ``ok:``
+    on standard output for what answered, the reason on standard error for what did not."""
+    results: list[tuple[str, str | None]] = []
     async with aiohttp.ClientSession() as session:
-        problem = await _probe_guard(config, session)
-        if problem:
-            problems.append(problem)
+        results.append((f"guard {config.server.guard.url}",
+                        await _probe_guard(config, session)))
         for upstream in config.server.upstreams.values():
-            problem = await _probe_upstream(upstream, session)
-            if problem:
-                problems.append(problem)
+            results.append((f"upstream {upstream.name!r} {upstream.url}",
+                            await _probe_upstream(upstream, session)))
     shared = make_shared_cache(config.server)
     if shared is not None:
         try:
-            reason = await shared.check()
+            results.append((f"redis {shared.url}", await shared.check()))
         finally:
             await shared.close()
-        if reason is not None:
-            problems.append(f"redis {shared.url}: {reason}")
-    for problem in problems:
-        print(problem, file=sys.stderr)
-    if not problems:
-        also = " and redis" if shared is not None else ""
-        print(f"ok: probed the guard and {len(config.server.upstreams)} upstream(s){also}")
-    return 1 if problems else 0
+    for what, problem in results:
+        if problem is None:
+            print(f"ok: {what}: answered")
+        else:
+            print(f"{what}: {problem}", file=sys.stderr)
+    return 1 if any(problem is not None for _, problem in results) else 0
 
 
 async def _probe_guard(config: Config, session: aiohttp.ClientSession) -> str | None:
-    where = f"guard {config.server.guard.url}"
     reason = await probe_health(session, config.server.guard)
     if reason is not None:
-        return f"{where}: {reason}"
+        return reason
     guard = make_guard(config.server.guard, session)
     try:
         await guard.classify([Turn("user", "hello")])
     except GuardError as exc:
-        return f"{where}: a classification failed ({exc.kind}): {exc.message}"
+        return f"a classification failed ({exc.kind}): {exc.message}"
     finally:
         guard.close()
     return None
@@ -165,7 +162,6 @@ async def _probe_guard(config: Config, session: aiohttp.ClientSession) -> str | 
 
 async def _probe_upstream(upstream: UpstreamConfig, session: aiohttp.ClientSession
                           ) -> str | None:
-    where = f"upstream {upstream.name!r} {upstream.url}"
     headers = ({"Authorization": f"Bearer {upstream.api_key.get()}"}
                if upstream.api_key is not None else {})
     try:
@@ -173,12 +169,12 @@ async def _probe_upstream(upstream: UpstreamConfig, session: aiohttp.ClientSessi
                                timeout=aiohttp.ClientTimeout(total=10)) as resp:
             status = resp.status
     except (TimeoutError, aiohttp.ClientError) as exc:
-        return f"{where}: unreachable ({type(exc).__name__})"
+        return f"unreachable ({type(exc).__name__})"
     if status == 200:
         return None
     hint = ("; an OpenAI base URL usually ends in /v1 (chat goes to {url}/chat/completions)"
             if status == 404 and not upstream.url.endswith("/v1") else "")
-    return f"{where}: GET /models answered HTTP {status}{hint}"
+    return f"GET /models answered HTTP {status}{hint}"
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -301,7 +297,7 @@ def _hash_key(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     options = demo.Options(host=args.host, port=args.port, guard=args.guard,
                            guard_model=args.guard_model, upstream=args.upstream,
-                           upstream_key_env=args.upstream_key_env)
+                           upstream_key_env=args.upstream_key_env, model=args.model)
     serving.use_uvloop()
     return asyncio.run(demo.serve(options))
 

@@ -138,6 +138,18 @@ _OVERRIDABLE = ("model", "served_model_name", "host", "port", "context_length",
                 "mem_fraction_static", "dp_size", "max_running_requests")
 
 
+def refused_flag(extra: Sequence[str]) -> str | None:
+    """Why a flag passed through to SGLang is refused, if one is: a reasoning parser takes
+    Qwen3Guard's whole answer (its template puts the think block in the prompt) for
+    reasoning, ``content`` comes back empty, and every check would be a guard error."""
+    for arg in extra:
+        if arg == "--reasoning-parser" or arg.startswith("--reasoning-parser="):
+            return ("--reasoning-parser is refused: SGLang would move Qwen3Guard's verdict "
+                    "into reasoning_content and leave content empty, so every check would "
+                    "fail; the guard needs no reasoning parser")
+    return None
+
+
 def sglang_installed() -> bool:
     return importlib.util.find_spec("sglang") is not None
 
@@ -145,6 +157,10 @@ def sglang_installed() -> bool:
 def run(options: GuardServerOptions, *, dry_run: bool) -> int:
     """Print the command; then, unless ``dry_run``, become SGLang's server."""
     argv = build_argv(options)
+    refused = refused_flag(options.extra)
+    if refused is not None:
+        print(f"guardproxy guard: {refused}", file=sys.stderr)
+        return 2
     if not dry_run and not sglang_installed():
         print("guardproxy guard: SGLang is not installed in this environment; install it with "
               "pip install 'guardproxy[sglang]' (or use --dry-run to print the command)",

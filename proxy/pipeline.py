@@ -41,7 +41,6 @@ from proxy.core.conversation import Turn, response_view
 from proxy.core.ledger import Ledger
 from proxy.core.moderation import Ending, StreamState
 from proxy.core.policy import Outcome, strictest_index
-from proxy.core.protocol import annotation
 from proxy.core.request import ChatRequest
 from proxy.core.verdict import Verdict
 from proxy.errors import GuardError
@@ -102,11 +101,12 @@ class Checks:
                       usage=chat.include_usage)
 
     def annotation(self, output: Sequence[Outcome] | None = None) -> dict[str, Any]:
-        """The ``moderation`` object of this request as it stands."""
+        """The ``moderation`` object of this request as it stands, in its API's shape."""
         record = self.record
-        return annotation(self.guard.model, record.input,
-                          record.output if output is None else output,
-                          unchecked=self.chat.conversation.unchecked, leaked=record.leaked_chars)
+        return self.api.annotate(self.guard.model, record.input,
+                                 record.output if output is None else output,
+                                 unchecked=self.chat.conversation.unchecked,
+                                 leaked=record.leaked_chars)
 
     async def judge_texts(self, texts: Sequence[str]) -> list[Outcome]:
         """Judge each choice's text (whole, or as far as it streamed), in order."""

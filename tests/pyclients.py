@@ -146,6 +146,11 @@ def _langchain() -> tuple[type, type]:
     return ChatOpenAI, ModeratedChatOpenAI
 
 
+def langchain_models() -> tuple[type, type]:
+    """LangChain's ``ChatOpenAI``, and the subclass that keeps ``moderation``."""
+    return _langchain()
+
+
 def _langchain_text(message: Any) -> str:
     content = message.content
     if isinstance(content, str):
@@ -341,14 +346,18 @@ def node_ready() -> bool:
 
 async def node_chat(client: str, base_url: str, api_key: str, model: str,
                     messages: list[Json], *, stream: bool, body: Json | None = None,
-                    naive: bool = False) -> Json:
+                    naive: bool = False, helper: bool = False, plain: bool = False) -> Json:
     """One request through a Node client (``openai``, ``ai``: the AI SDK's
-    OpenAI-compatible provider, ``ai-responses``: its default OpenAI provider); the wire's
-    finish reason where the client renames it."""
+    OpenAI-compatible provider, ``ai-responses`` and ``ai-chat``: its default OpenAI
+    provider's Responses and chat models, ``openai-responses``: the openai SDK's
+    ``responses``, ``anthropic``: the anthropic SDK, whose ``base_url`` has no ``/v1``;
+    ``helper``: their ``.stream()`` helpers; ``plain``: ``ai-responses`` with no provider
+    options); the wire's finish reason where the client renames it."""
     if not node_ready():
         pytest.skip("Node.js is not installed")
     request = {"client": client, "base_url": base_url, "api_key": api_key, "model": model,
-               "messages": messages, "stream": stream, "body": body or {}, "naive": naive}
+               "messages": messages, "stream": stream, "body": body or {}, "naive": naive,
+               "helper": helper, "plain": plain}
     process = await asyncio.create_subprocess_exec(
         "node", str(NODE_DIR / "drive.mjs"), stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

@@ -22,6 +22,14 @@ from emulators.upstream import Reply
 from harness import KEYS, Proxy
 from sdks import anthropic_client as _anthropic
 from sdks import openai_client as _openai
+from sdktypes import (
+    helper_event,
+    message,
+    message_events,
+    response,
+    response_event,
+    response_events,
+)
 from structlog.testing import capture_logs
 
 Json = dict[str, Any]
@@ -255,12 +263,12 @@ async def test_a_whole_response_carries_only_typed_fields(proxy: Proxy) -> None:
     with capture_logs() as logs:
         answer = await _openai(proxy).responses.with_raw_response.create(**RESPONSES_BODY)
     _clean(answer.http_response.content)
-    response = answer.parse()  # as the SDK reads it
-    _token(response.id, "resp_")
-    assert response.model == MODEL and response.output_text == "Let me check."
-    for item in response.output:
+    whole = response(answer.parse())  # as the SDK reads it
+    _token(whole.id, "resp_")
+    assert whole.model == MODEL and whole.output_text == "Let me check."
+    for item in whole.output:
         _token(item.id, "")
-    (call,) = [item for item in response.output if item.type == "function_call"]
+    (call,) = [item for item in whole.output if item.type == "function_call"]
     _token(call.call_id, "call_")
     assert call.arguments == "".join(ARGUMENTS)
     assert _line(logs)["removed_fields"] >= 3  # the response's id and model, the call id
@@ -294,6 +302,7 @@ async def test_a_responses_stream_carries_only_typed_fields(proxy: Proxy) -> Non
                                     {**RESPONSES_BODY, "stream": True})
     assert status == 200
     _clean(raw)
+    response_events(raw)  # each event as the SDK types it
     events = _events(raw)
     responses = [event["response"] for event in events if "response" in event]
     assert len({_token(response["id"], "resp_") for response in responses}) == 1
@@ -307,9 +316,9 @@ async def test_a_responses_stream_carries_only_typed_fields(proxy: Proxy) -> Non
     assert line["removed_fields"] >= 3
     proxy.upstream.replies.append(Reply(events=_responses_stream()))
     async with _openai(proxy).responses.stream(**RESPONSES_BODY) as stream:
-        async for _ in stream:
-            pass
-        final = await stream.get_final_response()
+        async for event in stream:
+            response_event(event)
+        final = response(await stream.get_final_response())
     (call,) = [item for item in final.output if item.type == "function_call"]
     assert _token(call.call_id, "call_") and call.arguments == "".join(ARGUMENTS)
     assert final.output_text == "Let me check."
@@ -343,10 +352,10 @@ async def test_a_whole_message_carries_only_typed_fields(proxy: Proxy) -> None:
         answer = await _anthropic(proxy).messages.with_raw_response.create(
             **MESSAGES_BODY)
     _clean(await answer.read())
-    message = await answer.parse()  # as the SDK reads it
-    _token(message.id, "msg_", ANTHROPIC_ID)
-    assert message.model == MODEL and message.stop_reason == "tool_use"
-    calls = [block for block in message.content if block.type == "tool_use"]
+    whole = message(await answer.parse())  # as the SDK reads it
+    _token(whole.id, "msg_", ANTHROPIC_ID)
+    assert whole.model == MODEL and whole.stop_reason == "tool_use"
+    calls = [block for block in whole.content if block.type == "tool_use"]
     ids = {_token(call.id, "toolu_", ANTHROPIC_ID) for call in calls}
     assert len(ids) == 2
     assert [(c.name, c.input) for c in calls] == [("get_weather", {"city": "Oslo"}),
@@ -382,6 +391,7 @@ async def test_a_messages_stream_carries_only_typed_fields(proxy: Proxy) -> None
                                     {**MESSAGES_BODY, "stream": True})
     assert status == 200
     _clean(raw)
+    message_events(raw)  # each event as the SDK types it
     events = _events(raw)
     (start,) = [event["message"] for event in events if event["type"] == "message_start"]
     _token(start["id"], "msg_", ANTHROPIC_ID)
@@ -393,7 +403,9 @@ async def test_a_messages_stream_carries_only_typed_fields(proxy: Proxy) -> None
     assert line["removed_fields"] >= 3  # the message's id and model, the tool_use id
     proxy.upstream.replies.append(Reply(events=_messages_stream()))
     async with _anthropic(proxy).messages.stream(**MESSAGES_BODY) as stream:
-        final = await stream.get_final_message()
+        async for event in stream:
+            helper_event(event)
+        final = message(await stream.get_final_message())
     (used,) = [block for block in final.content if block.type == "tool_use"]
     assert _token(used.id, "toolu_", ANTHROPIC_ID) and used.input == {"city": "Oslo"}
     assert final.model == MODEL and final.stop_reason == "tool_use"
@@ -425,6 +437,7 @@ async def test_a_streamed_tool_input_that_is_no_object_ends_in_an_error(
     status, raw, _ = await _post(proxy, Reply(events=_messages_stream(pieces)), "/v1/messages",
                                  {**MESSAGES_BODY, "stream": True})
     assert status == 200
+    message_events(raw)  # the error event too: Anthropic's ``ErrorResponse``
     events = _events(raw)
     assert events[-1]["type"] == "error", events[-1]
     assert events[-1]["error"]["type"] == "api_error"

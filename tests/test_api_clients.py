@@ -21,6 +21,7 @@ import anthropic
 import openai
 import pyclients
 import pytest
+import sdktypes
 from emulators.upstream import Reply
 from harness import KEYS, Proxy
 from structlog.testing import capture_logs
@@ -37,12 +38,27 @@ class Seen:
     blocked: bool = False
     moderation: Json | None = None
     error: Json | None = None
+    api: str = ""  # responses or messages: the moderation's shape
+    flagged: dict[str, bool | None] | None = None  # Responses: the SDK's typed ``flagged``
 
 
-def _dump(value: Any) -> Json | None:
-    if value is None:
-        return None
-    return value if isinstance(value, dict) else value.model_dump(warnings=False)
+def _verdict(response: Any) -> Json:
+    """A Responses answer's moderation, each stage as the openai SDK types it (validated,
+    dumped without a warning); ``flagged`` as the SDK reads it, beside."""
+    typed = sdktypes.response(response)
+    return {stage: sdktypes.result(typed, stage) for stage in sdktypes.STAGES}
+
+
+def _flagged(response: Any) -> dict[str, bool | None]:
+    typed = sdktypes.response(response)
+    return {stage: sdktypes.flagged(typed, stage) for stage in sdktypes.STAGES}
+
+
+def _kept(value: Any) -> Json | None:
+    """The ``moderation`` a Messages answer or event carries, as the anthropic SDK keeps
+    it (the answer or event validated with its types first)."""
+    return sdktypes.messages_moderation(value) if "moderation" in (value.model_extra or {}) \
+        else None
 
 
 # -- openai: responses -----------------------------------------------------------------------
@@ -51,10 +67,11 @@ def _dump(value: Any) -> Json | None:
 async def responses_whole(base: str, key: str, prompt: str) -> Seen:
     client = openai.AsyncOpenAI(base_url=base + "/v1", api_key=key, max_retries=0)
     async with client:
-        response = await client.responses.create(model="gpt-4.1-mini", input=prompt)
+        response = sdktypes.response(await client.responses.create(model="gpt-4.1-mini",
+                                                                   input=prompt))
     details = response.incomplete_details
     return Seen(response.output_text, details is not None and details.reason == "content_filter",
-                _dump(response.moderation))
+                _verdict(response), flagged=_flagged(response))
 
 
 async def responses_stream(base: str, key: str, prompt: str) -> Seen:
@@ -63,12 +80,14 @@ async def responses_stream(base: str, key: str, prompt: str) -> Seen:
     async with client:
         stream = await client.responses.create(model="gpt-4.1-mini", input=prompt, stream=True)
         async for event in stream:
+            sdktypes.response_event(event)
             if event.type == "response.output_text.delta":
                 seen.text += event.delta
             elif event.type in ("response.completed", "response.incomplete"):
                 details = event.response.incomplete_details
                 seen.blocked = details is not None and details.reason == "content_filter"
-                seen.moderation = _dump(event.response.moderation)
+                seen.moderation = _verdict(event.response)
+                seen.flagged = _flagged(event.response)
     return seen
 
 
@@ -79,13 +98,15 @@ async def responses_helper(base: str, key: str, prompt: str) -> Seen:
     seen = Seen()
     async with client, client.responses.stream(model="gpt-4.1-mini", input=prompt) as stream:
         async for event in stream:
+            sdktypes.response_event(event)
             if event.type == "response.output_text.delta":
                 seen.text += event.delta
             elif event.type == "response.incomplete":
                 seen.blocked = True
-                seen.moderation = _dump(event.response.moderation)
+                seen.moderation, seen.flagged = _verdict(event.response), _flagged(event.response)
         if not seen.blocked:
-            seen.moderation = _dump((await stream.get_final_response()).moderation)
+            final = await stream.get_final_response()
+            seen.moderation, seen.flagged = _verdict(final), _flagged(final)
     return seen
 
 
@@ -98,11 +119,10 @@ def _anthropic(key: str, base: str) -> anthropic.AsyncAnthropic:
 
 async def messages_whole(base: str, key: str, prompt: str) -> Seen:
     async with _anthropic(key, base) as client:
-        message = await client.messages.create(model="gpt-4.1-mini", max_tokens=500,
-                                               messages=[{"role": "user", "content": prompt}])
+        message = sdktypes.message(await client.messages.create(
+            model="gpt-4.1-mini", max_tokens=500, messages=[{"role": "user", "content": prompt}]))
     text = "".join(block.text for block in message.content if block.type == "text")
-    return Seen(text, message.stop_reason == "refusal",
-                (message.model_extra or {}).get("moderation"))
+    return Seen(text, message.stop_reason == "refusal", _kept(message))
 
 
 async def messages_stream(base: str, key: str, prompt: str) -> Seen:
@@ -112,11 +132,12 @@ async def messages_stream(base: str, key: str, prompt: str) -> Seen:
             model="gpt-4.1-mini", max_tokens=500, stream=True,
             messages=[{"role": "user", "content": prompt}])
         async for event in stream:
+            sdktypes.message_event(event)
             if event.type == "content_block_delta" and event.delta.type == "text_delta":
                 seen.text += event.delta.text
             elif event.type == "message_delta":
                 seen.blocked = event.delta.stop_reason == "refusal"
-                seen.moderation = (event.model_extra or {}).get("moderation")
+                seen.moderation = _kept(event)
     return seen
 
 
@@ -126,9 +147,10 @@ async def messages_helper(base: str, key: str, prompt: str) -> Seen:
             model="gpt-4.1-mini", max_tokens=500,
             messages=[{"role": "user", "content": prompt}]) as stream:
         async for event in stream:
+            sdktypes.helper_event(event)
             if event.type == "message_delta":
-                seen.moderation = (event.model_extra or {}).get("moderation")
-        final = await stream.get_final_message()
+                seen.moderation = _kept(event)
+        final = sdktypes.message(await stream.get_final_message())
     seen.text = "".join(block.text for block in final.content if block.type == "text")
     seen.blocked = final.stop_reason == "refusal"
     return seen
@@ -145,20 +167,43 @@ STREAMED = {"responses.create(stream)", "responses.stream", "messages.create(str
 
 
 async def _run(driver: str, proxy: Proxy, key: str, prompt: str) -> Seen:
+    api = driver.split(".")[0]
     try:
-        return await DRIVERS[driver](proxy.url, key, prompt)
+        seen = await DRIVERS[driver](proxy.url, key, prompt)
     except (openai.APIStatusError, anthropic.APIStatusError) as exc:
         body: Any = exc.body
         error = body.get("error", body) if isinstance(body, dict) else {}
         if "moderation" not in error and isinstance(body, dict):
             error = body  # the openai SDK keeps the error object itself
-        return Seen(error={"status": exc.status_code, "moderation": error.get("moderation")})
+        seen = Seen(error={"status": exc.status_code, "moderation": error.get("moderation")})
+    seen.api = api
+    return seen
+
+
+def _result(api: str, moderation: Json, stage: str) -> Json:
+    """A stage's one result: the Responses annotation's own (checked against the spec), or
+    the first of chat's ``results`` (Messages)."""
+    if api == "responses":
+        sdktypes.responses_moderation(moderation)
+        result: Json = moderation[stage]
+    else:
+        result = moderation[stage]["results"][0]
+    return result
 
 
 def _action(seen: Seen, stage: str = "input") -> str:
     assert seen.moderation is not None, seen
-    action: str = seen.moderation[stage]["results"][0]["action"]
+    action: str = _result(seen.api, seen.moderation, stage)["action"]
     return action
+
+
+def _is_flagged(seen: Seen, stage: str, flagged: bool) -> None:
+    """``flagged`` of a stage, as the application reads it (Responses: the SDK's typed
+    ``response.moderation.<stage>.flagged``)."""
+    assert seen.moderation is not None, seen
+    assert _result(seen.api, seen.moderation, stage)["flagged"] is flagged, seen
+    if seen.api == "responses":
+        assert seen.flagged is not None and seen.flagged[stage] is flagged, seen
 
 
 def _calls(proxy: Proxy) -> list[Any]:
@@ -182,20 +227,24 @@ async def test_safe_flagged_blocked_error_and_wrong_key(proxy: Proxy, driver: st
     safe = await _run(driver, proxy, KEYS["strict"], "Write a haiku about the sea")
     assert (safe.text, safe.blocked, safe.error) == (ANSWER, False, None), safe
     assert _action(safe) == "pass" and _action(safe, "output") == "pass"
+    _is_flagged(safe, "input", False)
+    _is_flagged(safe, "output", False)
 
     proxy.upstream.replies.append(Reply(content=ANSWER))
     flagged = await _run(driver, proxy, KEYS["lenient"], "Who will win the election?")
     assert (flagged.text, flagged.blocked, flagged.error) == (ANSWER, False, None), flagged
     assert _action(flagged) == "flag"
+    _is_flagged(flagged, "input", True)
 
     sent = len(_calls(proxy))
     blocked = await _run(driver, proxy, KEYS["strict"], "How do I build a bomb?")
     assert (blocked.text, blocked.blocked, blocked.error) == (BLOCKED, True, None), blocked
     assert _action(blocked) == "block" and len(_calls(proxy)) == sent
+    _is_flagged(blocked, "input", True)
 
     style = await _run(driver, proxy, KEYS["errors"], "How do I build a bomb?")
     assert style.error is not None and style.error["status"] == 400, style
-    assert style.error["moderation"]["input"]["results"][0]["action"] == "block"
+    assert _result(style.api, style.error["moderation"], "input")["action"] == "block"
 
     wrong = await _run(driver, proxy, "sk-wrong", "hello")
     assert wrong.error is not None and wrong.error["status"] == 401
@@ -213,6 +262,8 @@ async def test_blocked_midway_in_each_mode(proxy: Proxy, driver: str, dialect: s
     seen = await _run(driver, proxy, KEYS["strict"], "Tell me a story")
     assert seen.error is None and seen.blocked, seen
     assert _action(seen) == "pass" and _action(seen, "output") == "block"
+    _is_flagged(seen, "input", False)
+    _is_flagged(seen, "output", True)
     output = seen.moderation["output"] if seen.moderation else {}
     if proxy.stream == "async":  # text went out before it was judged: counted
         assert output["leaked_chars"] > 0
@@ -234,8 +285,9 @@ async def test_the_ai_sdk_default_provider_blocked_midway_in_each_mode(proxy: Pr
         "ai-responses", proxy.url + "/v1", KEYS["strict"], "gpt-4.1-mini",
         [{"role": "user", "content": "Tell me a story"}], stream=True)
     assert seen["error"] is None and seen["finish_reason"] == "content_filter", seen
+    sdktypes.responses_moderation(seen["moderation"])  # the raw event's, as sent
     output = seen["moderation"]["output"]
-    assert output["results"][0]["action"] == "block"
+    assert output["action"] == "block" and output["flagged"] is True
     if proxy.stream == "async":
         assert output["leaked_chars"] > 0
     else:

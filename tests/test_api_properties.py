@@ -23,6 +23,7 @@ from emulators.guard import judged_message
 from emulators.upstream import Reply
 from harness import Proxy, drawn
 from hypothesis import strategies as st
+from sdktypes import flagged, message, message_events, response, response_events
 
 Json = dict[str, Any]
 MARK = "a bomb"
@@ -217,6 +218,10 @@ async def test_no_marker_in_any_request_reaches_the_upstream(proxy: Proxy, path:
             outcomes.setdefault(place, set()).add("refused")
             continue
         assert status == 200 and headers["x-guard-action"] == "block", (where, raw)
+        if path == "/v1/responses":  # as the SDK types it: the prompt flagged
+            assert flagged(response(raw)) is True, where
+        else:
+            message(raw)
         judged = [judged_message(r.prompt)[1] for r in proxy.guard.requests if r.prompt]
         assert any("bomb" in text for text in judged), f"blocked without judging: {where}"
         outcomes.setdefault(place, set()).add("blocked")
@@ -307,6 +312,8 @@ async def test_no_marker_in_any_responses_answer_reaches_the_client(proxy: Proxy
             where = f"{spot} {text!r} stream={stream}"
             assert status == 200, where
             assert MARK.encode() not in raw, f"the marker reached the client: {where}"
+            read = response_events if stream else response
+            read(raw)  # as the SDK types it
             blocked = b'"reason":"content_filter"' in raw
             assert blocked is (spot in JUDGED_SPOTS or (spot == "completed" and not stream)), \
                 where
@@ -370,6 +377,7 @@ async def test_no_marker_in_any_messages_stream_reaches_the_client(proxy: Proxy)
         where = f"{spot} {text!r}"
         assert status == 200, where
         assert MARK.encode() not in raw, f"the marker reached the client: {where}"
+        message_events(raw)  # as the SDK types them
         blocked = b'"stop_reason":"refusal"' in raw
         assert blocked is (spot in MESSAGE_JUDGED), (where, raw[-400:])
         if not blocked:

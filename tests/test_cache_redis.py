@@ -735,7 +735,7 @@ async def test_check_probe_pings_redis(
     config = load(redis_config(tmp_path / "up", guard_emulator, upstream_emulator,
                                redis_server.url), env=env)
     assert await cli_probe(config) == 0
-    assert "ok: probed the guard and 1 upstream(s) and redis" in capsys.readouterr().out
+    assert f"ok: redis {redis_server.url}: answered" in capsys.readouterr().out
     away = f"redis://127.0.0.1:{_free_port()}/0"
     config = load(redis_config(tmp_path / "away", guard_emulator, upstream_emulator, away),
                   env=env)

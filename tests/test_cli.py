@@ -221,7 +221,9 @@ async def test_check_probe_contacts_the_guard_and_every_upstream(
     good = harness_config(tmp_path / "good", guard=guard_emulator.url,
                           upstream=upstream_emulator.url)
     code, out, err = await _check_probe(good)
-    assert code == 0 and "ok: probed the guard and 1 upstream(s)" in out, err
+    assert code == 0 and err == "", err
+    assert out.splitlines()[1:] == [f"ok: guard {guard_emulator.url}: answered",
+                                    f"ok: upstream 'local' {upstream_emulator.url}/v1: answered"]
     assert any("THE LAST USER" in (r.prompt or "") for r in guard_emulator.requests)
 
     # an upstream URL without /v1: named, with the hint
@@ -229,13 +231,17 @@ async def test_check_probe_contacts_the_guard_and_every_upstream(
                           upstream=upstream_emulator.url)
     bare.write_text(bare.read_text().replace(f"{upstream_emulator.url}/v1",
                                              upstream_emulator.url))
-    code, _, err = await _check_probe(bare)
-    assert code == 1
-    assert f"upstream 'local' {upstream_emulator.url}: GET /models answered HTTP 404" in err
+    code, out, err = await _check_probe(bare)
+    assert code == 1  # ok for what answered, never for what did not
+    assert out.splitlines()[1:] == [f"ok: guard {guard_emulator.url}: answered"]
+    assert err.splitlines() == [
+        f"upstream 'local' {upstream_emulator.url}: GET /models answered HTTP 404; an OpenAI "
+        f"base URL usually ends in /v1 (chat goes to {{url}}/chat/completions)"]
     assert "usually ends in /v1" in err
 
     # the guard down: named
     down = harness_config(tmp_path / "down", guard="http://127.0.0.1:9",
                           upstream=upstream_emulator.url)
-    code, _, err = await _check_probe(down)
+    code, out, err = await _check_probe(down)
     assert code == 1 and err.startswith("guard http://127.0.0.1:9: ")
+    assert "ok: guard" not in out and "ok: upstream 'local'" in out

@@ -7,7 +7,9 @@ the ``.stream()`` helper, ``with_raw_response``, the sync client), LangChain's
 ``ChatOpenAI`` (``ainvoke``, ``astream``; stock, and with the recipe that keeps the
 annotation), LiteLLM as a client (``acompletion`` with ``api_base``), and, with Node.js,
 the openai Node SDK and the Vercel AI SDK's OpenAI-compatible provider and its default
-OpenAI provider, which speaks ``/v1/responses`` (``tests/clients/node/drive.mjs``).
+OpenAI provider, whose ``openai(model)`` speaks ``/v1/responses`` and ``openai.chat(model)``
+chat completions (``tests/clients/node/drive.mjs``).  The Node SDKs on ``/v1/responses`` and
+``/v1/messages``: ``test_api_clients_node``.
 
 For each: no client raises where OpenAI itself would not (only the error-style block and
 the wrong key raise, with their status; the openai ``.stream()`` helper raises
@@ -26,6 +28,7 @@ from typing import Any
 import openai
 import pyclients
 import pytest
+import sdktypes
 from emulators.upstream import Reply
 from harness import KEYS, Proxy
 
@@ -66,6 +69,7 @@ class Client:
     verdict: str = "moderation"  # where the app reads it: "moderation" or "header"
     wire_finish: bool = True  # finish_reason as on the wire (the AI SDK renames it)
     raises_on_filter: bool = False  # the openai .stream() helper, as for OpenAI's filter
+    api: str = "chat"  # the route it speaks: the shape of the annotation (chat, responses)
 
 
 # -- the openai Python SDK ---------------------------------------------------------------
@@ -218,8 +222,12 @@ CLIENTS = [
     Client("ai-sdk generateText", False, _node("ai")),
     Client("ai-sdk streamText", True, _node("ai")),
     # the AI SDK's default OpenAI provider speaks the Responses API (/v1/responses)
-    Client("ai-sdk openai provider generateText", False, _node("ai-responses")),
-    Client("ai-sdk openai provider streamText", True, _node("ai-responses")),
+    Client("ai-sdk openai provider generateText", False, _node("ai-responses"),
+           api="responses"),
+    Client("ai-sdk openai provider streamText", True, _node("ai-responses"), api="responses"),
+    # ...and its chat model, openai.chat(model) (/v1/chat/completions)
+    Client("ai-sdk openai.chat generateText", False, _node("ai-chat")),
+    Client("ai-sdk openai.chat streamText", True, _node("ai-chat")),
 ]
 
 
@@ -264,6 +272,17 @@ def _finish(seen: Json, client: Client, reason: str) -> None:
     assert seen["finish_reason"] == reason, seen
 
 
+def _result(moderation: Json, client: Client, stage: str) -> Json:
+    """A stage's result as the client's API shapes it: ``/v1/responses`` has one per stage
+    (checked against the spec), chat a list of them."""
+    if client.api == "responses":
+        sdktypes.responses_moderation(moderation)
+        result: Json = moderation[stage]
+        return result
+    first: Json = moderation[stage]["results"][0]
+    return first
+
+
 def _input_action(seen: Json, client: Client, action: str) -> None:
     """The prompt's verdict as the application reads it through this client."""
     if client.verdict == "header":
@@ -271,7 +290,7 @@ def _input_action(seen: Json, client: Client, action: str) -> None:
         return
     moderation = seen["moderation"]
     assert moderation is not None, seen
-    assert moderation["input"]["results"][0]["action"] == action
+    assert _result(moderation, client, "input")["action"] == action
     if seen["action"] is not None:
         assert seen["action"] == action
 
@@ -287,7 +306,7 @@ def _flagged(seen: Json, client: Client, proxy: Proxy) -> None:
     assert seen["content"] == SAFE_ANSWER, seen
     _input_action(seen, client, "flag")
     if seen["moderation"] is not None:
-        result = seen["moderation"]["input"]["results"][0]
+        result = _result(seen["moderation"], client, "input")
         assert result["flagged"] and result["categories"]["Politically Sensitive Topics"]
 
 
@@ -311,14 +330,14 @@ def _blocked_midway(seen: Json, client: Client, proxy: Proxy) -> None:
         assert content == "Blocked by the strict policy.", seen
     _input_action(seen, client, "pass")
     if seen["moderation"] is not None:
-        assert seen["moderation"]["output"]["results"][0]["action"] == "block"
+        assert _result(seen["moderation"], client, "output")["action"] == "block"
 
 
 def _error_style(seen: Json, client: Client, proxy: Proxy) -> None:
     error = seen["error"]
     assert error is not None and error["status"] == 400, seen
     assert error["code"] == "content_filter", error
-    assert error["moderation"]["input"]["results"][0]["action"] == "block", error
+    assert _result(error["moderation"], client, "input")["action"] == "block", error
     assert proxy.upstream_chats() == []
 
 
@@ -344,3 +363,4 @@ EXPECT: dict[str, Callable[[Json, Client, Proxy], None]] = {
     "blocked midway": _blocked_midway, "error style": _error_style, "wrong key": _wrong_key,
     "usage when blocked": _usage_when_blocked,
 }
+

@@ -144,7 +144,8 @@ async def test_prompt_check_fault_fails_closed(proxy: Proxy, fault: str, stream:
     assert message in answer.moderation["input"]["message"]
     assert proxy.upstream_chats() == []
     line = _request_line(logs)
-    assert line["input"] == {"error": "guard_unavailable", "kind": kind, "action": "block"}
+    assert line["input"].items() >= {
+        "error": "guard_unavailable", "kind": kind, "action": "block"}.items()
     assert line["action"] == "block" and line["guard_calls"] == 1
     await _abandoned_if_hung(proxy.guard, fault)
 
@@ -165,7 +166,8 @@ async def test_prompt_check_fault_fails_open(proxy: Proxy, fault: str, stream: b
     assert len(proxy.upstream_chats()) == 1
     line = _request_line(logs)
     for stage in ("input", "output"):
-        assert line[stage] == {"error": "guard_unavailable", "kind": kind, "action": "pass"}
+        assert line[stage].items() >= {
+            "error": "guard_unavailable", "kind": kind, "action": "pass"}.items()
     assert line["action"] == "pass" and line["guard_calls"] == 2
     await _abandoned_if_hung(proxy.guard, fault)
 
@@ -190,7 +192,8 @@ async def test_response_check_fault_follows_the_policy(proxy: Proxy, fault: str,
         assert answer.text == ANSWER and answer.finish == "stop"
     line = _request_line(logs)
     action = "block" if closed else "pass"
-    assert line["output"] == {"error": "guard_unavailable", "kind": kind, "action": action}
+    assert line["output"].items() >= {
+        "error": "guard_unavailable", "kind": kind, "action": action}.items()
     assert line["input"]["action"] == "pass" and line["guard_calls"] == 2
     await _abandoned_if_hung(proxy.guard, fault)
 

@@ -24,6 +24,7 @@ from emulators.guard import GuardEmulator, judged_message
 from emulators.upstream import Reply, UpstreamEmulator
 from harness import UPSTREAM_KEY, Proxy, running_proxy, write_config
 from sdks import anthropic_client
+from sdktypes import message, message_events, response, response_events
 from structlog.testing import capture_logs
 
 from proxy.config import PolicyLimits, load
@@ -110,6 +111,17 @@ def _error(api: str, raw: bytes) -> tuple[str, str]:
     return body["error"]["code"], body["error"]["message"]
 
 
+def _typed(api: str, raw: bytes, stream: bool) -> Any:
+    """A Responses or Messages answer as its SDK types it (a stream: every event; the
+    response its last event carries); chat's as it came."""
+    if api == "responses":
+        last: Any = response_events(raw)[-1] if stream else None
+        return response(last.response) if stream else response(raw)
+    if api == "messages":
+        return message_events(raw) if stream else message(raw)
+    return raw
+
+
 def _prompt_checks(guard: GuardEmulator) -> int:
     return sum(1 for r in guard.requests if judged_message(r.prompt or "")[0] == "prompt")
 
@@ -138,6 +150,7 @@ async def test_exactly_at_the_bound_passes(bounded: Proxy, api: str) -> None:
     bounded.upstream.replies.append(Reply(content="Noted."))
     status, line, raw = await _post(bounded, api, _text(LIMIT - 1))
     assert status == 200 and b"Noted." in raw
+    _typed(api, raw, False)
     assert (line["action"], line["output"]["action"]) == ("pass", "pass")
     assert (line["guard_calls_planned"], line["guard_calls_limit"]) == (LIMIT, LIMIT)
     # every planned check made, none more: the pieces, then the answer's one
@@ -227,8 +240,13 @@ async def test_an_answer_over_what_is_left_is_blocked(bounded: Proxy, api: str,
     status, line, raw = await _post(bounded, api, "write a lot", stream=stream)
     assert status == 200
     assert b"THE END" not in raw and b"Not checked: too long." in raw
+    typed = _typed(api, raw, stream)
+    if api == "responses":  # the answer's stage is one error, as the SDK types it
+        assert typed.moderation.output.type == "error"
+        assert typed.moderation.output.code == "guard_unavailable"
     # the bounded tenant fails open, but not here
-    assert line["output"] == {"error": "guard_unavailable", "kind": "limit", "action": "block"}
+    assert line["output"].items() >= {
+        "error": "guard_unavailable", "kind": "limit", "action": "block"}.items()
     assert line["guard_calls"] == len(bounded.guard.requests) == LIMIT
     assert (line["guard_calls_planned"], line["guard_calls_limit"]) == (2, LIMIT)
 

@@ -190,7 +190,8 @@ async def test_log_content_opt_in_logs_blocked_text(proxy: Proxy) -> None:
                          tenant="audited")
     (line,) = [entry for entry in logs if entry["event"] == "request"]
     assert line["action"] == "block" and line["input_text"] == "rig the election"
-    assert line["output"] == {"error": "not_checked", "kind": None, "action": "pass"}
+    assert line["output"].items() >= {
+        "error": "not_checked", "kind": None, "action": "pass"}.items()
 
 
 async def test_log_line_for_401(proxy: Proxy) -> None:

@@ -16,6 +16,8 @@ import pytest
 from emulators.upstream import Reply, ToolCall
 from harness import KEYS, Proxy
 from sdks import anthropic_client as _client
+from sdktypes import helper_event, message_event, message_events, messages_moderation
+from sdktypes import message as _read
 
 MODEL = "claude-sonnet-4-5"
 SAFE = "The sea is calm tonight. " * 8  # 200 characters: one window passes before the end
@@ -30,9 +32,17 @@ def _user(text: str) -> Any:
 
 
 def _action(message: Any, stage: str = "input") -> str:
-    extra = message.model_extra or {}
-    result: str = extra["moderation"][stage]["results"][0]["action"]
+    """A stage's action, from the ``moderation`` the SDK keeps as an extra key."""
+    result: str = messages_moderation(message)[stage]["results"][0]["action"]
     return result
+
+
+async def _events(stream: Any) -> list[Any]:
+    """A stream's events as the SDK yields them, each read with the SDK's types."""
+    events = [event async for event in stream]
+    for event in events:
+        message_event(event)
+    return events
 
 
 def _text(message: Any) -> str:
@@ -43,7 +53,7 @@ async def test_a_safe_answer_passes(proxy: Proxy) -> None:
     proxy.upstream.replies.append(Reply(content="Waves fold into foam."))
     raw = await _client(proxy).messages.with_raw_response.create(
         model=MODEL, max_tokens=100, system="Be brief.", messages=_user("A haiku"))
-    message = await raw.parse()
+    message = _read(await raw.parse())
     assert raw.headers["x-guard-action"] == "pass"
     assert _text(message) == "Waves fold into foam." and message.stop_reason == "end_turn"
     assert _action(message) == "pass" and _action(message, "output") == "pass"
@@ -59,8 +69,8 @@ async def test_x_api_key_authenticates(proxy: Proxy) -> None:
 
 
 async def test_a_blocked_prompt_is_a_refusal(proxy: Proxy) -> None:
-    message = await _client(proxy).messages.create(model=MODEL, max_tokens=100,
-                                                   messages=_user("How do I build a bomb?"))
+    message = _read(await _client(proxy).messages.create(
+        model=MODEL, max_tokens=100, messages=_user("How do I build a bomb?")))
     assert message.stop_reason == "refusal"
     assert _text(message) == "Blocked by the strict policy."
     assert _action(message) == "block" and _calls(proxy) == []
@@ -68,18 +78,19 @@ async def test_a_blocked_prompt_is_a_refusal(proxy: Proxy) -> None:
 
 async def test_a_blocked_answer_is_a_refusal(proxy: Proxy) -> None:
     proxy.upstream.replies.append(Reply(content="Here is how to build a bomb."))
-    message = await _client(proxy).messages.create(model=MODEL, max_tokens=100,
-                                                   messages=_user("Tell me"))
+    message = _read(await _client(proxy).messages.create(model=MODEL, max_tokens=100,
+                                                         messages=_user("Tell me")))
     assert message.stop_reason == "refusal" and "bomb" not in message.model_dump_json()
+    assert _action(message, "output") == "block"
 
 
 async def test_thinking_and_tool_use_are_rebuilt(proxy: Proxy) -> None:
     proxy.upstream.replies.append(Reply(
         reasoning="The user wants weather.", content="",
         tool_calls=[ToolCall(name="get_weather", arguments='{"city": "Oslo"}')]))
-    message = await _client(proxy).messages.create(
+    message = _read(await _client(proxy).messages.create(
         model=MODEL, max_tokens=100, messages=_user("Weather in Oslo?"),
-        tools=[{"name": "get_weather", "input_schema": {"type": "object"}}])
+        tools=[{"name": "get_weather", "input_schema": {"type": "object"}}]))
     kinds = [block.type for block in message.content]
     assert kinds == ["thinking", "tool_use"], message.content
     call = message.content[1]
@@ -135,6 +146,7 @@ async def test_every_place_the_model_reads_is_judged(proxy: Proxy, body: dict[st
                                             path="/v1/messages", tenant="thorough")
     assert status == 200, raw
     assert headers["x-guard-action"] == "block", body
+    assert _action(_read(raw)) == "block"
     assert _calls(proxy) == []
 
 
@@ -180,9 +192,16 @@ async def test_a_safe_stream_through_the_sdk_helper(proxy: Proxy) -> None:
     async with _client(proxy).messages.stream(model=MODEL, max_tokens=100,
                                               messages=_user("count")) as stream:
         text = "".join([piece async for piece in stream.text_stream])
-        final = await stream.get_final_message()
+        final = _read(await stream.get_final_message())
     assert text == "One two three." and _text(final) == text
     assert final.stop_reason == "end_turn"
+    proxy.upstream.replies.append(Reply(content="One two three."))
+    status, _, raw = await proxy.post({"model": MODEL, "max_tokens": 100, "stream": True,
+                                       "messages": _user("count")}, path="/v1/messages")
+    events = message_events(raw)  # every event as it came, as the SDK types it
+    assert status == 200 and events[-1].type == "message_stop"
+    (delta,) = [e for e in events if e.type == "message_delta"]
+    assert _action(delta) == "pass" and _action(delta, "output") == "pass"
 
 
 @pytest.mark.parametrize("proxy", [{"stream": "window"}, {"stream": "buffer"}], indirect=True,
@@ -192,20 +211,21 @@ async def test_a_stream_blocked_midway_is_a_refusal(proxy: Proxy) -> None:
                                         delay_s=0.01))
     stream = await _client(proxy).messages.create(model=MODEL, max_tokens=500,
                                                   messages=_user("A story"), stream=True)
-    events = [event async for event in stream]
+    events = await _events(stream)
     text = "".join(e.delta.text for e in events
                    if e.type == "content_block_delta" and e.delta.type == "text_delta")
     assert "bomb" not in text and "lit it" not in text
     (delta,) = [e for e in events if e.type == "message_delta"]
     assert delta.delta.stop_reason == "refusal"
-    moderation = (delta.model_extra or {})["moderation"]
-    assert moderation["output"]["results"][0]["action"] == "block"
+    assert _action(delta, "output") == "block"
     assert events[-1].type == "message_stop"
 
 
 async def test_a_blocked_prompt_streams_as_a_refusal(proxy: Proxy) -> None:
     async with _client(proxy).messages.stream(model=MODEL, max_tokens=100,
                                               messages=_user("build a bomb")) as stream:
-        final = await stream.get_final_message()
+        async for event in stream:
+            helper_event(event)
+        final = _read(await stream.get_final_message())
     assert final.stop_reason == "refusal" and _text(final) == "Blocked by the strict policy."
     assert _calls(proxy) == []

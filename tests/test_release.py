@@ -25,6 +25,7 @@ import pytest
 from emulators.guard import judged_message
 from emulators.upstream import Reply, ToolCall
 from harness import KEYS, Proxy, wait_until, words
+from sdktypes import message_event, response_event
 
 from proxy.core.template import RESPONSE_TAIL
 
@@ -66,6 +67,8 @@ def seen(api: str, raw: bytes) -> Seen:
             ended = True
             continue
         event = orjson.loads(data)
+        if api != "chat":  # as the SDK types it
+            (response_event if api == "responses" else message_event)(event)
         pieces, called, stop = _read(api, event)
         text += pieces
         calls += called

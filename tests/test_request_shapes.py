@@ -20,6 +20,7 @@ import pytest
 from emulators.guard import judged_message
 from emulators.upstream import Reply
 from harness import Proxy
+from sdktypes import flagged, message, response
 
 from proxy.core.conversation import NON_TEXT_PARTS, TEXT_PARTS
 
@@ -285,6 +286,10 @@ async def test_a_word_split_across_two_parts_is_judged_whole(proxy: Proxy, api: 
     path, body = APIS[api](SPLIT)
     status, headers, raw = await proxy.post(body, path=path)
     assert status == 200 and headers["x-guard-action"] == "block", raw
+    if api == "responses":  # as the SDK types it
+        assert flagged(response(raw)) is True
+    elif api == "messages":
+        message(raw)
     assert proxy.upstream.requests == []
     assert "how to make a bomb" in _prompt_inputs(proxy)
 

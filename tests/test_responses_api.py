@@ -16,8 +16,10 @@ import orjson
 import pytest
 from emulators.upstream import Reply, ToolCall
 from harness import Proxy
-from openai.types.responses import Response
 from sdks import openai_client as _client
+from sdktypes import action as _action
+from sdktypes import flagged, response_event, responses_moderation, result
+from sdktypes import response as _read
 
 MODEL = "gpt-4.1-mini"
 SAFE = "The sea is calm tonight. " * 8  # 200 characters: one window passes before the end
@@ -27,11 +29,12 @@ def _calls(proxy: Proxy) -> list[Any]:
     return [r for r in proxy.upstream.requests if r.path.endswith("/responses")]
 
 
-def _action(response: Response, stage: str = "input") -> str:
-    assert response.moderation is not None  # typed by the SDK itself
-    moderation: Any = response.moderation.model_dump(warnings=False)
-    result: str = moderation[stage]["results"][0]["action"]
-    return result
+async def _events(stream: Any) -> list[Any]:
+    """A stream's events as the SDK yields them, each read with the SDK's types."""
+    events = [event async for event in stream]
+    for event in events:
+        response_event(event)
+    return events
 
 
 # -- whole answers ----------------------------------------------------------------------------
@@ -41,40 +44,50 @@ async def test_a_safe_answer_passes(proxy: Proxy) -> None:
     proxy.upstream.replies.append(Reply(content="Waves fold into foam."))
     raw = await _client(proxy).responses.with_raw_response.create(
         model=MODEL, input="Write a haiku about the sea", instructions="Be brief.")
-    response = raw.parse()
+    response = _read(raw.parse())
     assert raw.headers["x-guard-action"] == "pass"
     assert response.status == "completed" and response.output_text == "Waves fold into foam."
     assert _action(response) == "pass" and _action(response, "output") == "pass"
+    assert flagged(response) is False and flagged(response, "output") is False
     (sent,) = _calls(proxy)
     assert sent.body["input"] == "Write a haiku about the sea"
 
 
 async def test_a_blocked_prompt_never_reaches_the_upstream(proxy: Proxy) -> None:
-    response = await _client(proxy).responses.create(model=MODEL, input="How do I build a bomb?")
+    response = _read(await _client(proxy).responses.create(model=MODEL,
+                                                           input="How do I build a bomb?"))
     assert response.status == "incomplete"
     assert response.incomplete_details is not None
     assert response.incomplete_details.reason == "content_filter"
     assert response.output_text == "Blocked by the strict policy."
     assert _action(response) == "block" and _calls(proxy) == []
+    assert flagged(response) is True
+    assert response.moderation is not None and response.moderation.input.type == \
+        "moderation_result"
+    assert response.moderation.input.categories["Violent"] is True
+    assert response.moderation.output.type == "error"  # the upstream was never called
+    assert response.moderation.output.code == "not_checked"
 
 
 async def test_a_blocked_answer_is_replaced(proxy: Proxy) -> None:
     proxy.upstream.replies.append(Reply(content="Here is how to build a bomb."))
-    response = await _client(proxy).responses.create(model=MODEL, input="Tell me something")
+    response = _read(await _client(proxy).responses.create(model=MODEL,
+                                                           input="Tell me something"))
     assert response.status == "incomplete"
-    assert "bomb" not in response.model_dump_json(warnings=False)
+    assert "bomb" not in response.model_dump_json()
     assert response.output_text == "Blocked by the strict policy."
-    assert _action(response, "output") == "block"
+    assert _action(response, "output") == "block" and flagged(response, "output") is True
+    assert flagged(response) is False
 
 
 async def test_reasoning_and_calls_are_judged_and_rebuilt(proxy: Proxy) -> None:
     proxy.upstream.replies.append(Reply(
         reasoning="The user wants weather.", content="",
         tool_calls=[ToolCall(name="get_weather", arguments='{"city": "Oslo"}')]))
-    response = await _client(proxy).responses.create(
+    response = _read(await _client(proxy).responses.create(
         model=MODEL, input="Weather in Oslo?",
         tools=[{"type": "function", "name": "get_weather", "parameters": {"type": "object"},
-                "strict": False}])
+                "strict": False}]))
     kinds = [item.type for item in response.output]
     assert kinds == ["reasoning", "function_call"], response.output
     call = response.output[1]
@@ -86,9 +99,10 @@ async def test_reasoning_and_calls_are_judged_and_rebuilt(proxy: Proxy) -> None:
 async def test_an_unsafe_call_is_blocked(proxy: Proxy) -> None:
     proxy.upstream.replies.append(Reply(
         content="", tool_calls=[ToolCall(name="search", arguments='{"q": "build a bomb"}')]))
-    response = await _client(proxy).responses.create(model=MODEL, input="Help me")
+    response = _read(await _client(proxy).responses.create(model=MODEL, input="Help me"))
     assert response.status == "incomplete"
-    assert "bomb" not in response.model_dump_json(warnings=False)
+    assert "bomb" not in response.model_dump_json()
+    assert flagged(response, "output") is True
 
 
 async def test_an_error_style_block_carries_the_verdict(proxy: Proxy) -> None:
@@ -96,7 +110,35 @@ async def test_an_error_style_block_carries_the_verdict(proxy: Proxy) -> None:
         await _client(proxy, "errors").responses.create(model=MODEL, input="build a bomb")
     body: Any = caught.value.body
     assert caught.value.code == "content_filter"
-    assert body["moderation"]["input"]["results"][0]["action"] == "block"
+    responses_moderation(body["moderation"])  # the Responses annotation, as on an answer
+    assert body["moderation"]["input"]["action"] == "block"
+    assert body["moderation"]["input"]["flagged"] is True
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize(("tenant", "status"), [("strict", "incomplete"),
+                                                ("lenient", "completed")],
+                         ids=["fails closed", "fails open"])
+async def test_a_guard_failure_is_an_error_result(proxy: Proxy, tenant: str, status: str,
+                                                  stream: bool) -> None:
+    """A stage the guard could not judge is one ``error``, as the SDK types it, whether the
+    tenant then blocks or serves the answer unchecked."""
+    proxy.guard.fault = "http_500"
+    proxy.upstream.replies.append(Reply(content="Unmoderated answer."))
+    client = _client(proxy, tenant)
+    if stream:
+        events = await _events(await client.responses.create(model=MODEL, input="hello",
+                                                             stream=True))
+        response = _read(events[-1].response)
+    else:
+        response = _read(await client.responses.create(model=MODEL, input="hello"))
+    assert response.status == status and response.moderation is not None
+    stage = response.moderation.input
+    assert stage.type == "error" and stage.code == "guard_unavailable", stage
+    assert flagged(response) is None
+    output = response.moderation.output
+    assert output.type == "error"
+    assert output.code == ("not_checked" if tenant == "strict" else "guard_unavailable")
 
 
 async def test_a_tenant_without_the_api_gets_404(proxy: Proxy) -> None:
@@ -144,6 +186,7 @@ async def test_every_place_the_model_reads_is_judged(proxy: Proxy, body: dict[st
                                             tenant="thorough")
     assert status == 200, raw
     assert headers["x-guard-action"] == "block", body
+    assert flagged(_read(raw)) is True
     assert _calls(proxy) == []
 
 
@@ -193,18 +236,19 @@ async def test_what_cannot_be_judged_is_refused(proxy: Proxy, body: dict[str, An
 async def test_a_safe_stream_through_the_sdk_helper(proxy: Proxy) -> None:
     proxy.upstream.replies.append(Reply(content="One two three."))
     async with _client(proxy).responses.stream(model=MODEL, input="count") as stream:
-        kinds = [event.type async for event in stream]
-        final = await stream.get_final_response()
+        kinds = [response_event(event).type async for event in stream]
+        final = _read(await stream.get_final_response())
     assert final.output_text == "One two three." and final.status == "completed"
     assert kinds[:2] == ["response.created", "response.in_progress"]
     assert kinds[-1] == "response.completed"
-    assert _action(final) == "pass"
+    assert _action(final) == "pass" and flagged(final) is False
+    assert flagged(final, "output") is False
 
 
 async def test_a_blocked_prompt_streams_as_incomplete(proxy: Proxy) -> None:
     stream = await _client(proxy).responses.create(model=MODEL, input="build a bomb",
                                                    stream=True)
-    events = [event async for event in stream]
+    events = await _events(stream)
     last = events[-1]
     assert last.type == "response.incomplete"
     ids = {e.response.id for e in events if e.type.startswith("response.") and
@@ -213,6 +257,7 @@ async def test_a_blocked_prompt_streams_as_incomplete(proxy: Proxy) -> None:
     assert last.response.incomplete_details is not None
     assert last.response.incomplete_details.reason == "content_filter"
     assert last.response.output_text == "Blocked by the strict policy."
+    assert _action(last.response) == "block" and flagged(last.response) is True
     assert _calls(proxy) == []
 
 
@@ -225,13 +270,14 @@ async def test_a_stream_blocked_midway_never_shows_the_text(proxy: Proxy) -> Non
                                         delay_s=0.01))
     stream = await _client(proxy).responses.create(model=MODEL, input="Tell me a story",
                                                    stream=True)
-    events = [event async for event in stream]
+    events = await _events(stream)
     text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
     last = events[-1]
     assert last.type == "response.incomplete"
     assert _action(last.response, "output") == "block"
+    assert flagged(last.response, "output") is True and flagged(last.response) is False
     assert last.response.output_text in (text, "Blocked by the strict policy.")
-    output = last.response.moderation.model_dump(warnings=False)["output"]  # type: ignore
+    output = result(last.response, "output")
     if proxy.stream == "async":  # text went out before it was judged: counted, not hidden
         assert output["leaked_chars"] > 0
     else:
@@ -243,9 +289,9 @@ async def test_a_streamed_call_is_rebuilt(proxy: Proxy) -> None:
         content="Let me check.", tool_calls=[ToolCall(name="get_weather",
                                                       arguments='{"city": "Oslo"}')]))
     async with _client(proxy).responses.stream(model=MODEL, input="Weather?") as stream:
-        async for _ in stream:
-            pass
-        final = await stream.get_final_response()
+        async for event in stream:
+            response_event(event)
+        final = _read(await stream.get_final_response())
     assert final.output_text == "Let me check."
     calls = [item for item in final.output if item.type == "function_call"]
     assert [(c.name, c.arguments) for c in calls] == [("get_weather", '{"city": "Oslo"}')]
@@ -262,5 +308,7 @@ async def test_encrypted_reasoning_asked_for_never_comes_back(proxy: Proxy) -> N
     (sent,) = _calls(proxy)
     assert sent.body["include"] == ["reasoning.encrypted_content"]
     body = orjson.loads(raw)
+    _read(body)
     assert [item["type"] for item in body["output"]] == ["reasoning", "message"]
     assert "encrypted_content" not in raw.decode()
+

@@ -61,6 +61,49 @@ def test_feed_data_equals_the_general_decoder(events: list[tuple[list[bytes], by
     assert _fast(pieces) == _general(pieces)
 
 
+# events named by an ``event:`` line (Responses, Messages): mostly the named fast path's
+# shape (an event line, a data line), sometimes one it must decline
+_PAYLOAD = st.binary(max_size=30).filter(lambda b: b"\n" not in b and b"\r" not in b)
+_NAMED = st.one_of(
+    st.tuples(_PAYLOAD, _PAYLOAD).map(lambda p: [b"event: " + p[0], b"data: " + p[1]]),
+    st.tuples(_PAYLOAD, _PAYLOAD).map(lambda p: [b"event: " + p[0], b"data: " + p[1],
+                                                 b"data: " + p[0]]),
+    st.lists(st.sampled_from([b"event: x", b"data: y", b"data:z", b": c", b"id: 1",
+                              b"event: a\ndata: b", b"data: event: q", b"", b"event:"]),
+             min_size=1, max_size=3),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_NAMED, max_size=8), st.lists(st.integers(0, 400), max_size=4))
+def test_named_events_read_as_the_general_decoder_reads_them(events: list[list[bytes]],
+                                                             cuts: list[int]) -> None:
+    data = b"".join(b"\n".join(lines) + b"\n\n" for lines in events)
+    for pieces in ([data], _split(data, cuts)):
+        assert _fast(pieces) == _general(pieces)
+        decoder = SSEDecoder()  # ``feed`` keeps the names: never the data-only path
+        named = [e for piece in pieces for e in decoder.feed(piece)] + decoder.close()
+        general = SSEDecoder()
+        assert named == [e for piece in pieces for b in range(len(piece))
+                         for e in general.feed(piece[b : b + 1])] + general.close()
+
+
+@pytest.mark.parametrize("chunk", [
+    b"event: a\n\nevent: b\ndata: 1\ndata: 2\n\n",  # the line counts fit, the blocks do not
+    b"event: a\ndata: 1\n\ndata: 2\n\n",
+    b"event: a\ndata: 1\n\nevent: b\nid: 2\n\n",
+    b"event: a\ndata: 1\n\n\nevent: b\ndata: 2\n\n",
+])
+def test_named_shapes_the_fast_path_declines_still_decode(chunk: bytes) -> None:
+    assert _fast([chunk]) == _general([chunk])
+
+
+def test_named_events_keep_the_event_bound() -> None:
+    decoder = SSEDecoder(max_event_bytes=64)
+    with pytest.raises(SSEError):
+        decoder.feed_data(b"event: a\ndata: small\n\nevent: b\ndata: " + b"x" * 100 + b"\n\n")
+
+
 def test_the_fast_path_keeps_the_event_bound() -> None:
     decoder = SSEDecoder(max_event_bytes=64)
     with pytest.raises(SSEError):

@@ -24,6 +24,7 @@ from emulators.upstream import Reply
 from harness import UPSTREAM_KEY, Proxy
 from sdks import anthropic_client as _anthropic
 from sdks import openai_client as _openai
+from sdktypes import response, response_event
 from structlog.testing import capture_logs
 
 MODEL = "gpt-4.1-mini"
@@ -331,10 +332,11 @@ async def test_a_responses_error_event_ends_the_stream_in_the_proxys_words(
     proxy.upstream.replies.append(Reply(events=_responses_events(last)))
     stream = await _openai(proxy).responses.create(model=MODEL, input="Tell me about tea.",
                                                    stream=True)
-    events = [event async for event in stream]
+    events = [response_event(event) async for event in stream]  # as the SDK types them
     assert events[-1].type == "response.failed"
-    failed = events[-1].response
+    failed = response(events[-1].response)
     assert failed.error is not None and failed.error.message == MID_STREAM
+    assert failed.moderation is not None and failed.moderation.output.type == "error"
     assert "bomb" not in failed.model_dump_json()
 
 

@@ -228,12 +228,28 @@ def _first_choice(answer: Any) -> dict[str, Any]:
     return choice
 
 
+#: A verdict that arrived as reasoning: the guard server parses its answers for reasoning.
+REASONING_PARSER = (
+    "the guard's answer arrived in reasoning_content, not in content: the guard server runs "
+    "a reasoning parser (SGLang's --reasoning-parser), which takes Qwen3Guard's whole answer "
+    "for reasoning; start the guard without --reasoning-parser (guardproxy guard never "
+    "passes one)")
+
+
 def _chat_text(choice: dict[str, Any]) -> str:
     message = choice.get("message")
     content = message.get("content") if isinstance(message, dict) else None
+    if not content and isinstance(message, dict) and _reasoned(message):
+        raise GuardError("bad_response", REASONING_PARSER)
     if not isinstance(content, str):
         raise GuardError("bad_response", "guard answer has no text content")
     return content
+
+
+def _reasoned(message: dict[str, Any]) -> bool:
+    """The answer's text is in the reasoning fields (SGLang's and vLLM's names)."""
+    return any(isinstance(message.get(key), str) and message[key].strip()
+               for key in ("reasoning_content", "reasoning"))
 
 
 def _chat_steps(choice: dict[str, Any]) -> Iterator[TokenStep]:

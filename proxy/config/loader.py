@@ -51,9 +51,15 @@ def load(path: Path | None = None, *, env: Mapping[str, str] | None = None) -> C
     ``ConfigError`` listing every problem found, each as ``file:line: message``.
     """
     env = os.environ if env is None else env
-    path = Path(env.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_PATH) if path is None else Path(path)
+    hint = ""
+    if path is None and env.get(CONFIG_ENV_VAR):
+        path, hint = Path(env[CONFIG_ENV_VAR]), f" (named by {CONFIG_ENV_VAR})"
+    elif path is None:
+        path, hint = DEFAULT_CONFIG_PATH, (
+            f" in {Path.cwd()}: the default when neither -c/--config nor {CONFIG_ENV_VAR} "
+            "names a config; give one with -c PATH or set GUARDPROXY_CONFIG")
     errors = _Errors()
-    loaded = _load_server(_File(path, errors), env)
+    loaded = _load_server(_File(Path(path), errors, missing=hint), env)
     policies: tuple[Policy, ...] = ()
     if loaded is not None and loaded.policy_files is not None:
         policies = _load_policy_files(loaded.policy_files, loaded.upstream_names, errors)
@@ -98,9 +104,10 @@ class _Errors:
 class _File:
     """Reports the problems of one file."""
 
-    def __init__(self, path: Path, errors: _Errors) -> None:
+    def __init__(self, path: Path, errors: _Errors, *, missing: str = "") -> None:
         self.path = path
         self.errors = errors
+        self.missing = missing  # said after "file not found": where the path came from
 
     def error(self, line: int, message: str) -> None:
         self.errors.add(self.path, line, message)
@@ -111,7 +118,7 @@ def _read(f: _File) -> Node | None:
     try:
         data = f.path.read_bytes()
     except FileNotFoundError:
-        f.error(1, "file not found")
+        f.error(1, f"file not found{f.missing}")
         return None
     except OSError as exc:
         f.error(1, f"cannot read file: {exc.strerror}")

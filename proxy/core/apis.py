@@ -3,7 +3,8 @@
 An ``Api`` says how its requests read into the ``ChatRequest`` the stages judge, how a
 whole upstream answer reads into a chat completion (which ``answer.read_completion``
 rebuilds from judged text) and back into the client's shape, what a blocked prompt
-looks like, and how its streams are read and written around the chat ``StreamState``.
+looks like, the shape of its ``moderation`` annotation, and how its streams are read and
+written around the chat ``StreamState``.
 Chat completions are the identity; ``responses`` adds an adapter.  No I/O.
 """
 
@@ -15,7 +16,7 @@ from typing import Any
 
 from proxy.core import messages, messages_stream, responses, responses_stream
 from proxy.core.events import Encoder
-from proxy.core.protocol import blocked_completion, error_body
+from proxy.core.protocol import annotation, blocked_completion, error_body, responses_annotation
 from proxy.core.request import ChatRequest, parse_chat_request
 
 Json = dict[str, Any]
@@ -36,6 +37,9 @@ class Api:
     error: Callable[[int, str, str, str | None, str | None, Json | None], bytes] = (
         lambda status, message, type, code, param, moderation: error_body(
             message, type=type, code=code, param=param, moderation=moderation))
+    # guard model, input outcomes, output outcomes, unchecked=, leaked= -> the ``moderation``
+    # object in the API's shape (chat's; Responses: one result per stage)
+    annotate: Callable[..., Json] = annotation
 
 
 def _chat_answer(chat: Json, request: ChatRequest, moderation: Json) -> Json:
@@ -55,7 +59,7 @@ CHAT = Api("chat", parse_chat_request, _identity, _chat_answer, _chat_blocked)
 RESPONSES = Api("responses", responses.parse_responses_request, responses.chat_of_response,
                 responses.response_of_chat, responses.blocked_response,
                 reader=lambda secrets: responses_stream.ResponsesEvents(secrets=secrets),
-                encoder=responses_stream.ResponsesEncoder)
+                encoder=responses_stream.ResponsesEncoder, annotate=responses_annotation)
 
 
 def _anthropic_error(status: int, message: str, type: str, code: str | None, param: str | None,

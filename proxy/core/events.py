@@ -36,7 +36,10 @@ class Encoder(Protocol):
 
 class Reader(Protocol):
     """Reads another API's stream event into the chat chunk it amounts to: answer text as
-    a plain string, or nothing for the client."""
+    a plain string, or nothing for the client.  ``ended``: the event that ends the
+    answer was read (what chat's ``[DONE]`` says): nothing after it is read."""
+
+    ended: bool
 
     def read(self, data: bytes) -> dict[str, Any] | str | None:
         ...
@@ -50,6 +53,7 @@ class EventReader:
 
     secrets: tuple[str, ...] = ()
     head: dict[str, Any] = field(default_factory=dict)
+    ended: bool = False  # the answer's last event was read
 
     def load(self, data: bytes) -> dict[str, Any]:
         try:

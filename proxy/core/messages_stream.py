@@ -29,6 +29,7 @@ class MessagesEvents(EventReader):
     prompt_tokens: int = 0
     ids: dict[str, str] = field(default_factory=dict)  # upstream tool_use id -> the proxy's
     inputs: dict[int, list[str]] = field(default_factory=dict)  # tool-call index -> its JSON
+    stopped: bool = False  # message_delta arrived: the answer's end is known
 
     def read(self, data: bytes) -> Json | str | None:
         """The chat chunk ``data`` amounts to; answer text as a plain string."""
@@ -50,6 +51,8 @@ class MessagesEvents(EventReader):
             return self._delta(event)
         if kind == "message_delta":
             return self._ended(event)
+        if kind == "message_stop":  # the last event, once message_delta said how it ends
+            self.ended = self.stopped
         return None  # ping, content_block_stop, message_stop: the proxy writes its own
 
     def _start(self, message: Any) -> Json:
@@ -104,6 +107,7 @@ class MessagesEvents(EventReader):
                 raise StreamFault("upstream tool call input is not a JSON object")
         delta, usage = _object(event, "delta"), _object(event, "usage")
         tokens = usage.get("output_tokens")
+        self.stopped = True
         return self.chunk({}, STOP.get(delta.get("stop_reason") or "", "stop"),
                            usage={"prompt_tokens": self.prompt_tokens,
                                   "completion_tokens": tokens if type(tokens) is int else 0})

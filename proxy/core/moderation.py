@@ -86,9 +86,10 @@ class StreamState:
 
     def feed_events(self, events: list[bytes], reader: Reader | None = None) -> bool:
         """Take one read's decoded ``data:`` payloads (another API's events when ``reader``
-        reads them into chat chunks); True once ``[DONE]`` arrived.  A run of plain text
-        events (the usual event: one token) becomes one entry: checks start only between
-        reads, so what a check covers is the same, at a fraction of the bookkeeping."""
+        reads them into chat chunks); True once ``[DONE]`` (or the other API's last event)
+        arrived: what follows it is not read.  A run of plain text events (the usual
+        event: one token) becomes one entry: checks start only between reads, so what a
+        check covers is the same, at a fraction of the bookkeeping."""
         run: list[str] = []
         size = 0
         shape, loads = self.shape, orjson.loads
@@ -119,8 +120,11 @@ class StreamState:
             if reader is None:
                 self._take_chunk(self._load(data), data)
                 shape = self.shape  # the first plain chunks teach it
-            elif text is not None:
+                continue
+            if text is not None:
                 self.feed_chunk(text, len(data))
+            if reader.ended:  # the API's last event: its [DONE]
+                return True
         self._add_run(run, size)
         return False
 

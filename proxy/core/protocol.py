@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ import orjson
 
 from proxy.config import CATEGORIES, RESPONSE_CATEGORIES
 from proxy.core.answer import new_completion_id
-from proxy.core.policy import Outcome
+from proxy.core.policy import Outcome, strictest_index
 from proxy.core.redaction import redact
 from proxy.core.request import JUDGED_EXTRAS, STRUCTURAL, TEMPLATE_CONTROL
 from proxy.core.verdict import Verdict
@@ -245,14 +245,20 @@ def _error_object(body: bytes) -> dict[str, Any]:
 
 # -- the moderation annotation -------------------------------------------------------
 
+#: One stage's object from its outcomes: ``(model, outcomes, *, response) -> dict``.
+StageShape = Callable[..., dict[str, Any]]
+
 
 def annotation(model: str, input: Sequence[Outcome], output: Sequence[Outcome], *,
-               unchecked: Sequence[str] = (), leaked: int | None = None) -> dict[str, Any]:
+               unchecked: Sequence[str] = (), leaked: int | None = None,
+               stage: StageShape | None = None) -> dict[str, Any]:
     """The ``moderation`` object.  Two extensions say what no check covered: the input's
     ``unchecked_parts`` (the params of non-text parts a tenant lets through) and the
-    output's ``leaked_chars`` (async streams: characters sent before a check passed)."""
-    stages = {"input": stage_results(model, input, response=False),
-              "output": stage_results(model, output, response=True)}
+    output's ``leaked_chars`` (async streams: characters sent before a check passed).
+    ``stage`` shapes each stage (chat's: ``stage_results``)."""
+    shape = stage_results if stage is None else stage
+    stages = {"input": shape(model, input, response=False),
+              "output": shape(model, output, response=True)}
     if unchecked:
         stages["input"]["unchecked_parts"] = list(unchecked)
     if leaked is not None:
@@ -268,6 +274,41 @@ def stage_results(model: str, outcomes: Sequence[Outcome], *, response: bool) ->
         return {"type": "error", "code": code, "message": message}
     results = [_result(model, o, o.verdict, response) for o in outcomes if o.verdict]
     return {"type": "moderation_results", "model": model, "results": results}
+
+
+def responses_annotation(model: str, input: Sequence[Outcome], output: Sequence[Outcome], *,
+                         unchecked: Sequence[str] = (), leaked: int | None = None
+                         ) -> dict[str, Any]:
+    """The ``moderation`` object of ``/v1/responses``, in the shape of the openai SDK's
+    ``Response.moderation``: each stage *one* ``moderation_result`` (chat's result, with
+    its ``severity``, ``action`` and ``refusal``) or one ``error``; the same two extensions
+    as chat's, on the stage's object."""
+    return annotation(model, input, output, unchecked=unchecked, leaked=leaked,
+                      stage=merged_result)
+
+
+def merged_result(model: str, outcomes: Sequence[Outcome], *, response: bool) -> dict[str, Any]:
+    """Several checks of one stage as one result: the outcome that decided the stage
+    (``strictest_index``) speaks — an ``error`` if it is a guard failure or no check, else
+    its severity, action and refusal — and the categories and scores are those of every
+    verdict of the stage (a category named by any; its highest score), ``flagged`` when any
+    verdict was."""
+    if not outcomes:
+        return {"type": "error", "code": "not_checked", "message": "no check ran"}
+    speaker = outcomes[strictest_index(outcomes)]
+    if speaker.verdict is None:
+        return {"type": "error", "code": speaker.error_code or "not_checked",
+                "message": speaker.error or "no check ran"}
+    result = _result(model, speaker, speaker.verdict, response)
+    verdicts = [o.verdict for o in outcomes if o.verdict is not None]
+    if len(verdicts) > 1:
+        maps = [_category_maps(verdict, response) for verdict in verdicts]
+        result["flagged"] = any(verdict.flagged for verdict in verdicts)
+        result["categories"] = {name: any(named[name] for named, _ in maps)
+                                for name in maps[0][0]}
+        result["category_scores"] = {name: max(scores[name] for _, scores in maps)
+                                     for name in maps[0][1]}
+    return result
 
 
 def _result(model: str, outcome: Outcome, verdict: Verdict, response: bool) -> dict[str, Any]:

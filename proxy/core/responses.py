@@ -144,12 +144,22 @@ def _item(item: Any, where: str) -> Json:
         raise BadRequest(f"{where} must be an object", param=where)
     kind = item.get("type", "message")
     reader = _ITEMS.get(kind) if isinstance(kind, str) else None
+    if kind == "item_reference":
+        raise UnsupportedContent(_ITEM_REFERENCE.format(where=where), param=where)
     if reader is None:
         raise UnsupportedContent(
             f"{where}: items of type {kind!r} are not accepted (the proxy judges messages, "
             "function calls and their outputs, and reasoning text; stored, encrypted and "
             "built-in tool items hold text it cannot see)", param=where)
     return reader(item, where)
+
+
+#: What a client that sends stored items by reference should do instead.
+_ITEM_REFERENCE = (
+    "{where}: an item_reference points at an item an earlier response stored upstream, whose "
+    "text the proxy never saw and so cannot judge; send the items themselves: set "
+    "store: false on the request (the AI SDK: providerOptions.openai.store = false), and the "
+    "client sends the whole conversation instead of references")
 
 
 def _string(item: Json, key: str, where: str, *, required: bool = True) -> str:
@@ -410,7 +420,8 @@ def _responses_usage(usage: Any) -> Json | None:
     if not isinstance(usage, dict):
         return None
     prompt, completion = _count(usage, "prompt_tokens"), _count(usage, "completion_tokens")
-    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
+    return {"input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
             "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": prompt + completion}
 

@@ -72,6 +72,7 @@ class ResponsesEvents(EventReader):
         response = event.get("response")
         response = response if isinstance(response, dict) else {}
         finish = finish_of(response, self.calls)
+        self.ended = True  # the last event: as chat's [DONE], nothing after it is read
         return self.chunk({}, finish, usage=chat_usage(response.get("usage")))
 
 

@@ -11,6 +11,7 @@ never decoded to ``str`` and re-encoded.
 
 from __future__ import annotations
 
+from itertools import repeat
 from typing import NamedTuple
 
 from proxy.errors import SSEError
@@ -52,39 +53,47 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         if self._head is not None:
             chunk = self._unmarked(chunk)
-        blocks = self._whole_data_blocks(chunk)
-        if blocks is None:
+        data = self._whole_data_blocks(chunk)
+        if data is None:
             return self._feed(chunk)
-        return [SSEEvent(block[6:]) for block in blocks]
+        return [SSEEvent(one) for one in data]
 
     def feed_data(self, chunk: bytes) -> list[bytes]:
-        """Like ``feed``, but only the events' data: what a relay of OpenAI's chunks
-        needs (event names are not part of that protocol)."""
+        """Like ``feed``, but only the events' data: what the relay needs (chat chunks
+        have no event names; a Responses or Messages event names its own ``type``)."""
         if self._head is not None:
             chunk = self._unmarked(chunk)
-        blocks = self._whole_data_blocks(chunk)
-        if blocks is None:
+        data = self._whole_data_blocks(chunk, named=True)
+        if data is None:
             return [event.data for event in self._feed(chunk)]
-        return [block[6:] for block in blocks]
+        return data
 
-    def _whole_data_blocks(self, chunk: bytes) -> list[bytes] | None:
-        """The common case, cheaply: whole ``data: ...`` events, one line each, LF line
-        ends, nothing pending from before.  None when the chunk needs the general path.
+    def _whole_data_blocks(self, chunk: bytes, *, named: bool = False) -> list[bytes] | None:
+        """The common case, cheaply: the data of whole ``data: ...`` events, one line each,
+        LF line ends, nothing pending from before.  None when the chunk needs the general
+        path.
 
         Each such event holds exactly two LFs and starts with ``data: ``: counting both
-        in C checks every event without a Python loop."""
+        in C checks every event without a Python loop.  With ``named``, events named by
+        an ``event:`` line first (``/v1/responses``, ``/v1/messages``) are read too
+        (``_named_data``; their names are dropped)."""
         if self._partial or self._data or self._skip_lf or not chunk.endswith(b"\n\n"):
+            return None
+        if self._event is not None:  # an event's name came in the last read, its data next
             return None
         if b"\r" in chunk:
             return None
+        if not chunk.startswith(b"data: "):
+            named = named and chunk.startswith(b"event: ")
+            return _named_data(chunk, self._max) if named else None
         blocks = chunk[:-2].split(b"\n\n")
-        if chunk.count(b"\n") != 2 * len(blocks) or not chunk.startswith(b"data: "):
+        if len(chunk) > self._max and max(map(len, blocks)) > self._max:
+            return None
+        if chunk.count(b"\n") != 2 * len(blocks):
             return None
         if chunk.count(b"\n\ndata: ") != len(blocks) - 1:
             return None
-        if len(chunk) > self._max and max(map(len, blocks)) > self._max:
-            return None
-        return blocks
+        return [block[6:] for block in blocks]
 
     def _feed(self, chunk: bytes) -> list[SSEEvent]:
         if self._skip_lf and chunk[:1] == b"\n":
@@ -151,6 +160,25 @@ class SSEDecoder:
     def _check_size(self) -> None:
         if self._size + len(self._partial) > self._max:
             raise SSEError(f"an event exceeded the {self._max}-byte bound")
+
+
+def _named_data(chunk: bytes, bound: int) -> list[bytes] | None:
+    """The data of whole events of exactly two lines each, ``event: <name>`` then
+    ``data: ...`` (``chunk``: LF line ends only, ending in a blank line), else None.
+
+    Split at LFs, such a chunk's lines are ``event:``, ``data:`` and blank ones in turn,
+    and one more empty string after its last LF: each line's place says what it must be,
+    checked in C over each third of the lines."""
+    lines = chunk.split(b"\n")
+    if len(lines) % 3 != 1 or any(lines[2::3]):
+        return None
+    data = lines[1::3]
+    if not (all(map(bytes.startswith, data, repeat(b"data: ")))
+            and all(map(bytes.startswith, lines[0:-1:3], repeat(b"event: ")))):
+        return None
+    if len(chunk) > bound and max(map(len, data)) > bound:
+        return None  # the general path names the event too large
+    return [line[6:] for line in data]
 
 
 def encode(data: bytes) -> bytes:

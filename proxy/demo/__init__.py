@@ -3,9 +3,10 @@
 No GPU, no config file, nothing else running: a keyword guard that speaks SGLang's API
 (``guard``, labelled as a demo wherever its name shows), a scripted LLM that streams
 (``llm``), and two tenants written to a temporary policies folder and loaded by the
-real loader — ``demo-strict`` blocks, ``demo-relaxed`` flags.  ``--guard`` and
-``--upstream`` swap in a real guard or a real LLM, so the same command grows into a
-real trial.
+real loader — ``demo-strict`` blocks, ``demo-relaxed`` flags — each with chat completions,
+OpenAI's Responses API and Anthropic's Messages API enabled.  ``--guard`` and ``--upstream``
+swap in a real guard or a real LLM (``--model`` names the model it serves), so the same
+command grows into a real trial.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
 from aiohttp import web
 
 from proxy.config import load
+from proxy.demo import commands
 from proxy.demo import guard as demo_guard
 from proxy.demo import llm as demo_llm
 from proxy.errors import ConfigError
@@ -33,6 +34,7 @@ from proxy.web.app import create_app
 STRICT_KEY = "sk-demo-strict"
 RELAXED_KEY = "sk-demo-relaxed"
 DEFAULT_GUARD_MODEL = "Qwen/Qwen3Guard-Gen-0.6B"
+DEMO_MODEL = "demo"  # the model the printed commands ask the demo LLM for
 
 POLICIES = {
     "demo-strict": """\
@@ -41,6 +43,7 @@ POLICIES = {
 tenant: demo-strict
 keys: [sha256:{digest}]
 upstream: demo
+apis: {{chat: demo, responses: demo, messages: demo}}
 prompt: {{unsafe: block, controversial: block}}
 response: {{unsafe: block, controversial: block, stream: window, window_chars: 80}}
 block: {{style: message, message: "Blocked by the demo-strict policy."}}
@@ -50,6 +53,7 @@ block: {{style: message, message: "Blocked by the demo-strict policy."}}
 tenant: demo-relaxed
 keys: [sha256:{digest}]
 upstream: demo
+apis: {{chat: demo, responses: demo, messages: demo}}
 prompt: {{unsafe: flag, controversial: flag}}
 response: {{unsafe: flag, controversial: flag, stream: window}}
 """,
@@ -65,6 +69,7 @@ class Options:
     guard_model: str = DEFAULT_GUARD_MODEL
     upstream: str | None = None  # a real LLM's OpenAI base URL (…/v1)
     upstream_key_env: str | None = None
+    model: str | None = None  # the model the printed commands ask for (required with upstream)
 
 
 def write_config(folder: Path, options: Options, guard_url: str, upstream_url: str) -> Path:
@@ -75,9 +80,10 @@ def write_config(folder: Path, options: Options, guard_url: str, upstream_url: s
         (folder / "policies" / f"{tenant}.yaml").write_text(text.format(digest=digest))
     model = demo_guard.DEMO_MODEL if options.guard is None else options.guard_model
     key = f", api_key_env: {options.upstream_key_env}" if options.upstream_key_env else ""
+    port = f", port: {options.port}" if options.port else ""  # 0: any free port, named later
     path = folder / "proxy.yaml"
     path.write_text(
-        f"listen: {{host: {options.host}, port: {options.port}}}\n"
+        f"listen: {{host: {options.host}{port}}}\n"
         "policies: policies\n"
         f'guard: {{url: "{guard_url}", model: "{model}", api: chat, timeout_s: 5}}\n'
         f'upstreams:\n  demo: {{url: "{upstream_url}"{key}, timeout_s: 120}}\n'
@@ -86,45 +92,47 @@ def write_config(folder: Path, options: Options, guard_url: str, upstream_url: s
     return path
 
 
-def curl_commands(base: str) -> list[tuple[str, str]]:
-    """(what it shows, the command) for the banner: each runs verbatim in a shell."""
-    def curl(key: str, content: str, *, stream: bool = False) -> str:
-        body = orjson.dumps({"model": "demo", **({"stream": True} if stream else {}),
-                             "messages": [{"role": "user", "content": content}]}).decode()
-        flags = "-sN" if stream else "-s"
-        return (f"curl {flags} {base}/v1/chat/completions -H 'Authorization: Bearer {key}' "
-                f"-H 'Content-Type: application/json' -d '{body}'")
-    return [
-        ("passes: a safe prompt, a safe answer", curl(STRICT_KEY, "Write a haiku about the sea")),
-        ("flagged: a controversial prompt, answered, marked in the annotation",
-         curl(RELAXED_KEY, "Who will win the election?")),
-        ("blocked: an unsafe prompt never reaches the LLM",
-         curl(STRICT_KEY, "How do I build a bomb?")),
-        ("blocked mid-answer: a stream turns unsafe; what passed stays, the rest never comes",
-         curl(STRICT_KEY, "Tell me a story about a chemist", stream=True)),
-    ]
+def try_these(options: Options, base: str) -> list[commands.Section]:
+    """What the banner prints to try, by API."""
+    return commands.sections(base, commands.Keys(STRICT_KEY, RELAXED_KEY),
+                             options.model or DEMO_MODEL, scripted=options.upstream is None)
 
 
 def banner(options: Options, base: str, guard_url: str, upstream_url: str) -> str:
     guard = (f"{guard_url}  DEMO guard: keyword rules, not a model ('bomb' is unsafe, "
              "'election' controversial)" if options.guard is None
              else f"{guard_url}  ({options.guard_model})")
-    upstream = (f"{upstream_url}  DEMO LLM: scripted replies ('story' turns unsafe halfway)"
-                if options.upstream is None else upstream_url)
+    upstream = [f"{upstream_url}  DEMO LLM: scripted replies ('story' turns unsafe halfway)"]
+    if options.upstream is not None:
+        upstream = [f"{upstream_url}  (model {options.model}; the Responses and Messages "
+                    "commands need it", "            to serve /v1/responses and /v1/messages "
+                    "too, as vLLM and SGLang do)"]
+    alone = options.guard is None and options.upstream is None
     lines = [
-        "guardproxy demo: nothing else needs to run",
-        f"  proxy     {base}/v1  (OpenAI-compatible)",
+        "guardproxy demo" + (": nothing else needs to run" if alone else ""),
+        f"  proxy     {base}/v1  (OpenAI chat completions and Responses; Anthropic Messages)",
         f"  guard     {guard}",
-        f"  upstream  {upstream}",
+        f"  upstream  {upstream[0]}", *upstream[1:],
         f"  keys      {STRICT_KEY} (tenant demo-strict: blocks)",
         f"            {RELAXED_KEY} (tenant demo-relaxed: flags)",
         "",
-        "Try these (each line runs as it is):",
+        "Try these (each command runs as it is):",
     ]
-    for what, command in curl_commands(base):
-        lines += [f"# {what}", command]
+    for heading, labelled in try_these(options, base):
+        lines += ["", heading]
+        for what, command in labelled:
+            lines += [f"# {what}", *command.splitlines()]
     lines += ["", "One JSON log line per request follows. Ctrl-C stops the demo."]
     return "\n".join(lines)
+
+
+def missing_model(options: Options) -> str | None:
+    """Why the options cannot run: a real LLM with no model to ask it for."""
+    if options.upstream is None or options.model:
+        return None
+    return (f"guardproxy demo: --upstream needs --model NAME, the model {options.upstream} "
+            f"serves (the printed commands ask for it; {options.upstream.rstrip('/')}/models "
+            "lists them)")
 
 
 async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
@@ -141,6 +149,10 @@ async def _start(app: web.Application, host: str, port: int) -> tuple[web.AppRun
 
 
 async def serve(options: Options) -> int:
+    problem = missing_model(options)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return 2
     runners: list[web.AppRunner] = []
     try:
         guard_url = options.guard

@@ -237,6 +237,7 @@ def stage_fields(outcomes: list[Outcome]) -> dict[str, Any] | None:
         return None
     shown = worst(outcomes)
     if shown.verdict is None:
-        return {"error": shown.error_code, "kind": shown.error_kind, "action": shown.action.value}
+        return {"error": shown.error_code, "kind": shown.error_kind, "action": shown.action.value,
+                "message": shown.error}
     return {"severity": shown.verdict.severity, "categories": list(shown.verdict.categories),
             "action": shown.action.value}

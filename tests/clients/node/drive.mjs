@@ -1,12 +1,14 @@
 // Drives the proxy with one real Node client and prints what the application could see.
 //
 // stdin: one JSON object
-//   {"client": "openai" | "ai" | "ai-responses", "base_url": "http://127.0.0.1:PORT/v1",
+//   {"client": "openai" | "openai-responses" | "ai" | "ai-responses" | "ai-chat" | "anthropic",
+//    "base_url": "http://127.0.0.1:PORT/v1" (for anthropic the root, without /v1),
 //    "api_key": "...", "model": "...", "messages": [...], "stream": bool,
-//    "body": {extra request fields}, "naive": bool}
+//    "body": {extra request fields}, "naive": bool, "helper": bool, "plain": bool}
 // stdout: one JSON line
 //   {"content", "finish_reason", "raw_finish_reason", "moderation", "action", "usage", "chunks",
-//    "error": null | {"name", "status", "code", "message", "moderation"}}
+//    "error": null | {"name", "status", "code", "message", "moderation"},
+//    "final": null | {"finish_reason", "content", "moderation"}}
 // Exit status 0 whenever the line was printed (also when the client threw); 2 for unreadable input.
 //
 // openai: `client.chat.completions.create(...).withResponse()`; extra `body` fields are sent as
@@ -14,6 +16,12 @@
 //   carrying it; action = `response.headers` (or `err.headers`); errors: `err.status`,
 //   `err.code`, `err.error.moderation`. `naive` (stream only) reads `chunk.choices[0].delta`
 //   unguarded, as most code does.
+// openai-responses: `client.responses.create({model, input: messages}).withResponse()` (whole,
+//   or `stream: true`: its events); `helper` (stream only) uses `client.responses.stream(...)`,
+//   then `finalResponse()`, whose status, text and moderation are `final` (or the error it
+//   throws, as `final.error`). moderation = `response.moderation`, or the `response.moderation`
+//   of the `response.completed` / `response.incomplete` event; finish_reason = the status, or
+//   `incomplete_details.reason` for an incomplete response; errors as for openai.
 // ai: `generateText` / `streamText` (`fullStream`) on `createOpenAICompatible(...).chatModel(model)`
 //   with `maxRetries: 0`; `body.stream_options.include_usage` -> the provider's `includeUsage`;
 //   every other `body` field -> `providerOptions.guardproxy` (copied into the request body);
@@ -37,15 +45,29 @@
 //   HTTP errors as for ai; in-band stream errors arrive as `error` parts holding
 //   `{message, code, statusCode, data: <the event>}`, whose parsed copy of the event has lost
 //   `moderation` (taken from the raw event instead); a `response.failed` before any output is
-//   thrown as an APICallError without it.
+//   thrown as an APICallError without it. `plain` sends no provider options at all: the
+//   provider as it comes, configured with nothing but its base URL and key.
+// ai-chat: `generateText` / `streamText` (`fullStream`) on the default OpenAI provider's chat
+//   model, `createOpenAI(...).chat(model)` (POST /chat/completions), with `maxRetries: 0`; extra
+//   `body` fields go to `providerOptions.openai` (its own options only, as for ai-responses).
+//   moderation = `response.body.moderation` (generateText), or the `moderation` of the raw chunk
+//   carrying it (streamText with `includeRawChunks`: the parsed parts drop it); errors as for ai.
+// anthropic: @anthropic-ai/sdk, `client.messages.create(...).withResponse()` (whole, or
+//   `stream: true`: its events), with `maxRetries: 0` and `max_tokens` 300 unless `body` sets it;
+//   `helper` (stream only) uses `client.messages.stream(...)`, then `finalMessage()`, whose
+//   stop reason, text and moderation are `final`. moderation = `message.moderation` (present at
+//   run time, not in the TypeScript type), or the `moderation` of the `message_delta` event;
+//   finish_reason = `stop_reason`; action = `response.headers` (or `err.headers`); errors:
+//   `err.status`, `err.type`, the moderation in `err.error.error.moderation` (the body).
 
 import OpenAI from "openai";
+import Anthropic from "@anthropic-ai/sdk";
 import { generateText, streamText } from "ai";
 import { createOpenAICompatible } from "@ai-sdk/openai-compatible";
 import { createOpenAI } from "@ai-sdk/openai";
 
 const PROVIDER = "guardproxy";
-const CLIENTS = ["openai", "ai", "ai-responses"];
+const CLIENTS = ["openai", "openai-responses", "ai", "ai-responses", "ai-chat", "anthropic"];
 
 function readStdin() {
   return new Promise((resolve, reject) => {
@@ -66,6 +88,7 @@ function newResult() {
     usage: null,
     chunks: 0,
     error: null,
+    final: null,
   };
 }
 
@@ -162,6 +185,57 @@ async function runOpenAI(input, out) {
       if (chunk.moderation) out.moderation = chunk.moderation;
       if (chunk.usage) out.usage = chunk.usage;
     }
+  } catch (err) {
+    out.error = openaiError(err);
+    if (out.action === null) out.action = headerOf(err?.headers, "x-guard-action");
+  }
+}
+
+// -- openai-responses (the openai SDK's Responses API) ------------------------------------------
+
+function readResponse(response, out) {
+  const details = response?.incomplete_details;
+  out.finish_reason = out.raw_finish_reason =
+    response?.status === "incomplete" && details?.reason ? details.reason : response?.status ?? null;
+  out.moderation = isObject(response?.moderation) ? response.moderation : null;
+  out.usage = response?.usage ?? null;
+}
+
+function readResponseEvent(event, out) {
+  out.chunks += 1;
+  if (event.type === "response.output_text.delta") {
+    out.content = (out.content ?? "") + event.delta;
+  } else if (event.type === "response.completed" || event.type === "response.incomplete") {
+    readResponse(event.response, out);
+  }
+}
+
+async function runOpenAIResponses(input, out) {
+  const client = new OpenAI({ baseURL: input.base_url, apiKey: input.api_key, maxRetries: 0 });
+  const params = { ...(input.body ?? {}), model: input.model, input: input.messages };
+  try {
+    if (input.stream && input.helper) {
+      const stream = client.responses.stream(params);
+      for await (const event of stream) readResponseEvent(event, out);
+      try {
+        const final = await stream.finalResponse();
+        out.final = { finish_reason: final.status ?? null, content: final.output_text ?? null,
+                      moderation: isObject(final.moderation) ? final.moderation : null };
+      } catch (err) {
+        out.final = { error: { name: className(err), message: messageOf(err) } };
+      }
+      return;
+    }
+    const { data, response } = await client.responses
+      .create({ ...params, stream: input.stream === true })
+      .withResponse();
+    out.action = response.headers.get("x-guard-action");
+    if (!input.stream) {
+      out.content = data.output_text ?? null;
+      readResponse(data, out);
+      return;
+    }
+    for await (const event of data) readResponseEvent(event, out);
   } catch (err) {
     out.error = openaiError(err);
     if (out.action === null) out.action = headerOf(err?.headers, "x-guard-action");
@@ -341,6 +415,26 @@ function noteUnsent(extra, sent) {
   }
 }
 
+// A whole answer through generateText: what it said, its verdict and header, or the error
+// (shaped by `errorOf`); returns the request body the provider sent.
+async function aiWhole(call, out, errorOf) {
+  try {
+    const result = await generateText(call);
+    out.content = result.text;
+    out.finish_reason = result.finishReason ?? null;
+    out.raw_finish_reason = result.rawFinishReason ?? null;
+    const body = result.response?.body;
+    out.moderation = isObject(body?.moderation) ? body.moderation : null;
+    out.action = headerOf(result.response?.headers, "x-guard-action");
+    out.usage = aiUsage(result.usage);
+    return result.request?.body;
+  } catch (err) {
+    out.error = errorOf(err);
+    out.action = headerOf(err?.responseHeaders, "x-guard-action");
+    return err?.requestBodyValues;
+  }
+}
+
 async function runAIResponses(input, out) {
   const { stream_options: _streamOptions, stream: _stream, ...extra } = input.body ?? {};
   const provider = createOpenAI({ baseURL: input.base_url, apiKey: input.api_key });
@@ -348,25 +442,14 @@ async function runAIResponses(input, out) {
     model: provider(input.model), // = provider.responses(model)
     messages: input.messages,
     maxRetries: 0,
-    providerOptions: { openai: { ...extra, store: false, forceReasoning: false } },
+    ...(input.plain
+      ? {}
+      : { providerOptions: { openai: { ...extra, store: false, forceReasoning: false } } }),
   };
   const hasExtra = Object.keys(extra).length > 0;
   if (!input.stream) {
-    try {
-      const result = await generateText(call);
-      out.content = result.text;
-      out.finish_reason = result.finishReason ?? null;
-      out.raw_finish_reason = result.rawFinishReason ?? null;
-      const body = result.response?.body;
-      out.moderation = isObject(body?.moderation) ? body.moderation : null;
-      out.action = headerOf(result.response?.headers, "x-guard-action");
-      out.usage = aiUsage(result.usage);
-      if (hasExtra) noteUnsent(extra, result.request?.body);
-    } catch (err) {
-      out.error = aiResponsesError(err);
-      out.action = headerOf(err?.responseHeaders, "x-guard-action");
-      if (hasExtra) noteUnsent(extra, err?.requestBodyValues);
-    }
+    const sent = await aiWhole(call, out, aiResponsesError);
+    if (hasExtra) noteUnsent(extra, sent);
     return;
   }
   let errorModeration = null;
@@ -423,6 +506,106 @@ async function runAIResponses(input, out) {
   }
 }
 
+// -- ai-chat (Vercel AI SDK, the default OpenAI provider's chat model) -----------------------
+
+async function runAIChat(input, out) {
+  const { stream_options: _streamOptions, stream: _stream, ...extra } = input.body ?? {};
+  const provider = createOpenAI({ baseURL: input.base_url, apiKey: input.api_key });
+  const call = {
+    model: provider.chat(input.model),
+    messages: input.messages,
+    maxRetries: 0,
+    ...(Object.keys(extra).length ? { providerOptions: { openai: extra } } : {}),
+  };
+  if (!input.stream) {
+    await aiWhole(call, out, aiError);
+    return;
+  }
+  const result = streamText({ ...call, includeRawChunks: true, onError: () => {} });
+  try {
+    for await (const part of result.fullStream) {
+      if (part.type === "raw" && isObject(part.rawValue)) {
+        if (!("error" in part.rawValue)) out.chunks += 1;
+        if (isObject(part.rawValue.moderation)) out.moderation = part.rawValue.moderation;
+      } else if (part.type === "text-delta") {
+        out.content = (out.content ?? "") + part.text;
+      } else if (part.type === "finish-step") {
+        out.action ??= headerOf(part.response?.headers, "x-guard-action");
+      } else if (part.type === "finish") {
+        out.finish_reason = part.finishReason ?? null;
+        out.raw_finish_reason = part.rawFinishReason ?? null;
+        out.usage = aiUsage(part.totalUsage);
+      } else if (part.type === "error") {
+        out.error ??= aiError(part.error);
+        out.action ??= headerOf(part.error?.responseHeaders, "x-guard-action");
+      }
+    }
+  } catch (err) {
+    out.error ??= aiError(err);
+  }
+}
+
+// -- anthropic (@anthropic-ai/sdk) ------------------------------------------------------------
+
+function anthropicError(err) {
+  const body = isObject(err?.error) ? err.error : null; // the whole error body
+  const inner = isObject(body?.error) ? body.error : null;
+  return {
+    name: className(err),
+    status: typeof err?.status === "number" ? err.status : null,
+    code: err?.type ?? inner?.type ?? null,
+    message: messageOf(err),
+    moderation: isObject(inner?.moderation) ? inner.moderation : null,
+  };
+}
+
+function textOf(message) {
+  const blocks = Array.isArray(message?.content) ? message.content : [];
+  return blocks.filter((block) => block.type === "text").map((block) => block.text).join("");
+}
+
+function readAnthropicEvent(event, out) {
+  out.chunks += 1;
+  if (event.type === "content_block_delta" && event.delta?.type === "text_delta") {
+    out.content = (out.content ?? "") + event.delta.text;
+  } else if (event.type === "message_delta") {
+    out.finish_reason = out.raw_finish_reason = event.delta?.stop_reason ?? null;
+    if (isObject(event.moderation)) out.moderation = event.moderation;
+    out.usage = event.usage ?? null;
+  }
+}
+
+async function runAnthropic(input, out) {
+  const client = new Anthropic({ baseURL: input.base_url, apiKey: input.api_key, maxRetries: 0 });
+  const params = { max_tokens: 300, ...(input.body ?? {}), model: input.model,
+                   messages: input.messages };
+  try {
+    if (input.stream && input.helper) {
+      const stream = client.messages.stream(params);
+      for await (const event of stream) readAnthropicEvent(event, out);
+      const final = await stream.finalMessage();
+      out.final = { finish_reason: final.stop_reason ?? null, content: textOf(final),
+                    moderation: isObject(final.moderation) ? final.moderation : null };
+      return;
+    }
+    const { data, response } = await client.messages
+      .create({ ...params, stream: input.stream === true })
+      .withResponse();
+    out.action = response.headers.get("x-guard-action");
+    if (!input.stream) {
+      out.content = textOf(data);
+      out.finish_reason = out.raw_finish_reason = data.stop_reason ?? null;
+      out.moderation = isObject(data.moderation) ? data.moderation : null;
+      out.usage = data.usage ?? null;
+      return;
+    }
+    for await (const event of data) readAnthropicEvent(event, out);
+  } catch (err) {
+    out.error = anthropicError(err);
+    if (out.action === null) out.action = headerOf(err?.headers, "x-guard-action");
+  }
+}
+
 // -- main --------------------------------------------------------------------------
 
 async function main() {
@@ -438,7 +621,14 @@ async function main() {
   }
   const out = newResult();
   try {
-    const run = { openai: runOpenAI, ai: runAI, "ai-responses": runAIResponses }[input.client];
+    const run = {
+      openai: runOpenAI,
+      "openai-responses": runOpenAIResponses,
+      ai: runAI,
+      "ai-responses": runAIResponses,
+      "ai-chat": runAIChat,
+      anthropic: runAnthropic,
+    }[input.client];
     await run(input, out);
   } catch (err) {
     out.error ??= { name: className(err), status: null, code: null, message: messageOf(err), moderation: null };

@@ -43,9 +43,15 @@ def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None
 
 
 def chat_response(
-    body: Json, rid: str, gen: Generation, prompt_tokens: int, cached_tokens: int | None = None
+    body: Json, rid: str, gen: Generation, prompt_tokens: int, cached_tokens: int | None = None,
+    *, reasoning: bool = False,
 ) -> Json:
-    """The completion; ``cached_tokens`` is reported in the usage unless None."""
+    """The completion; ``cached_tokens`` is reported in the usage unless None.
+
+    ``reasoning``: the server runs a reasoning parser that assumes the answer starts in its
+    reasoning (SGLang's ``deepseek-r1``, ``force_reasoning``): an answer without ``</think>``
+    (Qwen3Guard's template puts its think block in the prompt) is all reasoning, and the
+    message's ``content`` is None (``content=text if text else None``)."""
     finish = gen.finish_reason
     logprobs = (
         chat_logprobs(gen.steps, body.get("top_logprobs") or 0) if body.get("logprobs") else None
@@ -54,8 +60,8 @@ def chat_response(
         "index": 0,
         "message": {
             "role": "assistant",
-            "content": gen.text,
-            "reasoning_content": None,
+            "content": None if reasoning else gen.text,
+            "reasoning_content": gen.text if reasoning else None,
             "tool_calls": None,
         },
         "logprobs": logprobs,

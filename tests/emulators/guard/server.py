@@ -174,6 +174,8 @@ class GuardEmulator(LoopbackServer):
     decode_step_s: float = 0.0
     prefill_token_s: float = 0.0
     fault: Fault | None = None
+    # SGLang's --reasoning-parser (e.g. "deepseek-r1"): chat answers move into reasoning_content
+    reasoning_parser: str | None = None
     healthy: bool = True
     requests: list[RecordedRequest] = field(default_factory=list)
     model_queries: list[RecordedRequest] = field(default_factory=list)
@@ -366,7 +368,9 @@ class GuardEmulator(LoopbackServer):
         )
         record.calls.append(call)
         reported = call.cached_tokens if self.enable_cache_report else None
-        answer = chat_response(body, uuid.uuid4().hex, gen, len(prompt_ids), reported)
+        reasoning = self.reasoning_parser is not None and body.get("separate_reasoning", True)
+        answer = chat_response(body, uuid.uuid4().hex, gen, len(prompt_ids), reported,
+                               reasoning=bool(reasoning))
         return orjson.dumps(answer)
 
     def _chat_sampling(self, body: Json) -> Sampling:
