@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import aiohttp
 import orjson
@@ -49,6 +49,25 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="guardproxy", description=__doc__)
     parser.add_argument("--version", action="version", version=f"guardproxy {version()}")
     commands = parser.add_subparsers(metavar="COMMAND", title="commands")
+    _demo_command(commands)
+    _serve_command(commands)
+    _config_commands(commands)
+    hash_key = commands.add_parser("hash-key", help="print a key's sha256: form for a policy "
+                                   "(the key from standard input or a prompt when not given)")
+    hash_key.add_argument("key", nargs="?", help="the key; '-' or nothing: read it from "
+                          "standard input (or ask, on a terminal), so it stays out of history")
+    hash_key.set_defaults(func=_hash_key)
+    guard = commands.add_parser("guard", help="start SGLang serving Qwen3Guard-Gen for the proxy")
+    _config_arg(guard)
+    guardserver.add_arguments(guard)
+    guard.set_defaults(func=_guard)
+    return parser
+
+
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _demo_command(commands: Commands) -> None:
     demo = commands.add_parser("demo", help="try it: the proxy with a demo guard and LLM, "
                                "no GPU, nothing else running")
     demo.add_argument("--host", default="127.0.0.1", help="listen address (127.0.0.1)")
@@ -64,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", metavar="NAME", help="the model the printed commands ask "
                       "for: one the real LLM serves (required with --upstream)")
     demo.set_defaults(func=_demo)
+
+
+def _serve_command(commands: Commands) -> None:
     serve = commands.add_parser("serve", help="run the proxy")
     _config_arg(serve)
     serve.add_argument("--host", help="listen address (default: the config's listen.host)")
@@ -73,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
                        "0: any free port)")
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port")
     serve.set_defaults(func=_serve)
+
+
+def _config_commands(commands: Commands) -> None:
     check = commands.add_parser("check", help="validate the config and every policy")
     _config_arg(check)
     check.add_argument("--probe", action="store_true", help="also contact the guard (health "
@@ -86,16 +111,6 @@ def _parser() -> argparse.ArgumentParser:
                           "stage by stage")
     classify.add_argument("prompt", help="the user prompt")
     classify.set_defaults(func=_classify)
-    hash_key = commands.add_parser("hash-key", help="print a key's sha256: form for a policy "
-                                   "(the key from standard input or a prompt when not given)")
-    hash_key.add_argument("key", nargs="?", help="the key; '-' or nothing: read it from "
-                          "standard input (or ask, on a terminal), so it stays out of history")
-    hash_key.set_defaults(func=_hash_key)
-    guard = commands.add_parser("guard", help="start SGLang serving Qwen3Guard-Gen for the proxy")
-    _config_arg(guard)
-    guardserver.add_arguments(guard)
-    guard.set_defaults(func=_guard)
-    return parser
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:

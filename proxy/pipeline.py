@@ -31,10 +31,10 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.apis import CHAT, Api
 from proxy.clients.guard import Guard
 from proxy.clients.sharedcache import SharedVerdicts
 from proxy.config import Action, Policy, StagePolicy
-from proxy.core.apis import CHAT, Api
 from proxy.core.cache import VerdictCache
 from proxy.core.checkplan import CheckPlan, fitted
 from proxy.core.conversation import Turn, response_view

@@ -25,7 +25,7 @@ from proxy.config import (
     UpstreamConfig,
     load,
 )
-from proxy.config.loader import choices_of, keys_of
+from proxy.config.declared import choices_of, keys_of
 
 
 def _other(hint: Any, default: Any, meta: Any) -> Any:

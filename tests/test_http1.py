@@ -11,16 +11,17 @@ from harness import wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.clients import http1
-from proxy.clients.http1 import MAX_RESPONSE_BYTES, Origin, _Chunked, _WholeReader
+from proxy.clients import http1, http1wire
+from proxy.clients.http1 import MAX_RESPONSE_BYTES, Origin
+from proxy.clients.http1wire import Chunked, WholeReader
 from proxy.errors import HTTPFormatError, StaleConnection, StreamCut
 
 OK = b"HTTP/1.1 200 OK\r\n"
 
 
-def _parse(raw: bytearray, *, eof: bool, split: int = 0) -> http1.Answer | None:
+def _parse(raw: bytearray, *, eof: bool, split: int = 0) -> http1wire.Answer | None:
     """A whole answer read from ``raw`` (fed in ``split``-byte reads, or at once)."""
-    reader = _WholeReader(MAX_RESPONSE_BYTES)
+    reader = WholeReader(MAX_RESPONSE_BYTES)
     data, answer = bytes(raw), None
     for start in range(0, len(data), split or max(1, len(data))):
         answer = answer or reader.feed(data[start : start + (split or len(data))])
@@ -215,7 +216,7 @@ CHUNKED = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in [b"hello", b" world", 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.integers(1, 40), max_size=60))
 def test_chunked_decoding_is_the_same_for_any_split(sizes: list[int]) -> None:
-    decoder, out, at = _Chunked(), b"", 0
+    decoder, out, at = Chunked(), b"", 0
     for size in [*sizes, len(CHUNKED)]:
         out += decoder.feed(CHUNKED[at : at + size])
         at += size

@@ -13,6 +13,7 @@ from structlog.testing import capture_logs
 
 from proxy.config import Policy, load
 from proxy.config.reload import PolicyReloader, fingerprint
+from proxy.obs.log import logger
 
 SERVER = """\
 listen: {host: 127.0.0.1, port: 8080}
@@ -48,7 +49,8 @@ class Applied:
 
     def reloader(self, root: Path) -> PolicyReloader:
         server = load(root / "proxy.yaml").server
-        return PolicyReloader(server, self.sets.append, on_outcome=self.outcomes.append)
+        return PolicyReloader(server, self.sets.append, log=logger,
+                              on_outcome=self.outcomes.append)
 
 
 def _touch_later(path: Path, text: str) -> None:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.clients.http1 import _Chunked
+from proxy.clients.http1wire import Chunked
 from proxy.core.chunks import PlainShape
 from proxy.core.sse import SSEDecoder
 from proxy.errors import HTTPFormatError, SSEError
@@ -129,7 +129,7 @@ def _chunked(payloads: list[bytes]) -> bytes:
 def test_chunked_decoding_of_whole_and_split_chunks(payloads: list[bytes],
                                                     cuts: list[int]) -> None:
     data = _chunked(payloads)
-    decoder, out = _Chunked(), b""
+    decoder, out = Chunked(), b""
     for piece in _split(data, cuts):
         out += decoder.feed(piece)
     assert out == b"".join(payloads) and decoder.done
@@ -144,11 +144,11 @@ def test_chunked_decoding_of_whole_and_split_chunks(payloads: list[bytes],
 ])
 def test_malformed_chunking_is_an_error(body: bytes) -> None:
     with pytest.raises(HTTPFormatError):
-        _Chunked().feed(body)
+        Chunked().feed(body)
 
 
 def test_chunk_extensions_and_trailers_are_read() -> None:
-    decoder = _Chunked()
+    decoder = Chunked()
     assert decoder.feed(b"5;name=v\r\nhello\r\n0\r\nX-T: 1\r\n") == b"hello"
     assert not decoder.done
     assert decoder.feed(b"\r\n") == b"" and decoder.done

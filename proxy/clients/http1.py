@@ -7,6 +7,9 @@ time on each, a response framed by ``Content-Length`` or chunked encoding (or by
 the connection closing), and a bound on its size.  Failures surface as
 ``OSError`` (refused, reset, closed early), ``TimeoutError`` and ``HTTPFormatError``;
 the guard client translates them.
+
+This module holds the connections and their pool; what the bytes they receive mean
+(heads, framing, chunked bodies) is read by ``proxy.clients.http1wire``, which does no I/O.
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator, Mapping
-from typing import NamedTuple, cast
+from typing import cast
 
 import yarl
 
+from proxy.clients.http1wire import Answer, Body, WholeReader, final_head
 from proxy.errors import HTTPFormatError, StaleConnection, StreamCut
 
 MAX_RESPONSE_BYTES = 4 << 20
@@ -27,7 +31,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self._reader: _WholeReader | None = None
+        self._reader: WholeReader | None = None
         self._waiter: asyncio.Future[Answer] | None = None
         self.limit = MAX_RESPONSE_BYTES
 
@@ -67,7 +71,7 @@ class _Connection(asyncio.Protocol):
     def send(self, request: bytes) -> asyncio.Future[Answer]:
         assert self.transport is not None
         self._waiter = asyncio.get_running_loop().create_future()
-        self._reader = _WholeReader(self.limit)
+        self._reader = WholeReader(self.limit)
         self.transport.write(request)
         return self._waiter
 
@@ -80,151 +84,6 @@ class _Connection(asyncio.Protocol):
 def _expire(waiter: asyncio.Future[Answer]) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError())
-
-
-class Answer(NamedTuple):
-    status: int
-    body: bytes
-    keep_alive: bool
-    content_type: str
-    retry_after: bytes = b""
-
-
-class _Head(NamedTuple):
-    status: int
-    headers: dict[bytes, bytes]  # names lowercased, values as sent
-    keep_alive: bool
-    content_type: str
-    size: int  # bytes of the head, blank line included
-    length: int | None  # the body's length; None: chunked, or framed by the close
-    chunked: bool
-
-
-def _final_head(buffer: bytearray) -> _Head | None:
-    """The final response head once ``buffer`` holds all of it, else None.  Interim
-    ``1xx`` heads (``100 Continue``, ``103 Early Hints``) are removed from ``buffer``
-    and skipped."""
-    while True:
-        head = _split_head(buffer)
-        if head is None or not 100 <= head.status < 200 or head.status == 101:
-            return head
-        del buffer[: head.size]
-
-
-def _split_head(buffer: bytearray) -> _Head | None:
-    """One response head once ``buffer`` holds all of it, else None; its framing checked
-    as strictly as a library parser would (RFC 9112 section 6)."""
-    end = buffer.find(b"\r\n\r\n")
-    if end < 0:
-        if len(buffer) > 65536:
-            raise HTTPFormatError("response headers too long")
-        return None
-    lines = bytes(buffer[:end]).split(b"\r\n")
-    headers: dict[bytes, bytes] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        name, value = name.strip().lower(), value.strip()
-        if name in headers and name in _SINGLE and headers[name] != value:
-            raise HTTPFormatError(f"conflicting {name.decode()} headers")
-        headers[name] = value
-    status = _status(lines[0])
-    keep = (headers.get(b"connection", b"").lower() != b"close"
-            and lines[0].startswith(b"HTTP/1.1"))
-    content_type = headers.get(b"content-type", b"").decode("latin-1")
-    length, chunked = _framing(status, headers)
-    if length is None and not chunked:
-        keep = False  # framed by the connection closing
-    return _Head(status, headers, keep, content_type, end + 4, length, chunked)
-
-
-_SINGLE = (b"content-length", b"transfer-encoding")  # a second, differing copy is an attack
-
-
-def _framing(status: int, headers: Mapping[bytes, bytes]) -> tuple[int | None, bool]:
-    """(body length, chunked) of an answer with this status and these headers."""
-    coding, length = headers.get(b"transfer-encoding"), headers.get(b"content-length")
-    if status in (204, 304) or 100 <= status < 200:
-        return 0, False  # no body, whatever the headers say
-    if coding is not None:
-        if length is not None:
-            raise HTTPFormatError("Transfer-Encoding together with Content-Length")
-        if coding.lower() != b"chunked":
-            raise HTTPFormatError("unsupported Transfer-Encoding")
-        return None, True
-    if length is not None:
-        if not length.isdigit():
-            raise HTTPFormatError("bad Content-Length")
-        return int(length), False
-    return None, False
-
-
-class _WholeReader:
-    """A whole answer, read incrementally: the head once, then each read's bytes only —
-    a chunked body is decoded as it arrives, never again from its start."""
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._buffer = bytearray()
-        self._head: _Head | None = None
-        self._chunked: _Chunked | None = None
-        self._pieces: list[bytes] = []
-        self._size = 0
-        self.started = False  # any byte of the answer arrived
-
-    def feed(self, data: bytes) -> Answer | None:
-        self.started = True
-        if self._head is None:
-            self._buffer += data
-            head = _final_head(self._buffer)
-            if head is None:
-                return None
-            if head.length is not None and head.length > self._limit:
-                raise HTTPFormatError("response too large")
-            self._head, data = head, bytes(self._buffer[head.size :])
-            self._buffer.clear()
-            self._chunked = _Chunked() if head.chunked else None
-        return self._body(self._head, data)
-
-    def _body(self, head: _Head, data: bytes) -> Answer | None:
-        if self._chunked is not None:
-            self._add(self._chunked.feed(data))
-            if not self._chunked.done:
-                return None
-            return self._answer(head, extra=self._chunked.trailing)
-        if head.length is not None:
-            need = head.length - self._size
-            self._add(data[:need])
-            if self._size < head.length:
-                return None
-            return self._answer(head, extra=len(data) > need)
-        self._add(data)  # framed by the close
-        return None
-
-    def _add(self, piece: bytes) -> None:
-        if piece:
-            self._pieces.append(piece)
-            self._size += len(piece)
-            if self._size > self._limit:
-                raise HTTPFormatError("response too large")
-
-    def _answer(self, head: _Head, *, extra: bool) -> Answer:
-        # bytes after the end of the body: the connection's framing is lost, never reuse it
-        return Answer(head.status, b"".join(self._pieces), head.keep_alive and not extra,
-                      head.content_type, head.headers.get(b"retry-after", b""))
-
-    def at_close(self) -> Answer | None:
-        """The answer when the connection closed: whole only if framed by the close."""
-        head = self._head
-        if head is None or head.length is not None or head.chunked:
-            return None
-        return self._answer(head, extra=False)
-
-
-def _status(line: bytes) -> int:
-    parts = line.split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-        raise HTTPFormatError("not an HTTP/1.x status line")
-    return int(parts[1])
 
 
 class Origin:
@@ -353,81 +212,6 @@ DRAIN_S = 1.0  # how long a released answer waits for its body's end, to keep th
 DRAIN_BYTES = 4096  # body bytes a released answer reads (and drops) while it waits
 
 
-class _Chunked:
-    """Incremental ``Transfer-Encoding: chunked`` decoding.
-
-    Each ``feed`` scans the bytes it holds by index and returns the chunk data that
-    completed, joined once; only an unfinished size line or chunk tail is kept."""
-
-    def __init__(self) -> None:
-        self._rest = b""  # bytes not yet decoded: a partial size line, CRLF or trailer
-        self._left = -1  # bytes of the current chunk still to come; -1: a size line is next
-        self.done = False
-        self.trailing = False  # bytes came after the terminating chunk
-
-    def feed(self, data: bytes) -> bytes:
-        buf = self._rest + data if self._rest else data
-        out: list[bytes] = []
-        pos, end, left = 0, len(buf), self._left
-        while pos < end and not self.done:
-            if left == -2:  # the CRLF after a chunk's data
-                if end - pos < 2:
-                    break
-                _crlf(buf, pos)
-                pos, left = pos + 2, -1
-            if left == -1:  # a size line
-                eol = buf.find(b"\r\n", pos)
-                if eol < 0:
-                    if end - pos > 4096:
-                        raise HTTPFormatError("chunk size line too long")
-                    break
-                line = buf[pos:eol]
-                if 0 < len(line) <= 8 and not line.strip(_HEX):  # _chunk_size's usual case
-                    left = int(line, 16)
-                else:
-                    left = _chunk_size(line)
-                pos = eol + 2
-            if left == 0:  # the last chunk: trailers up to a blank line
-                close = pos + 2 if buf.startswith(b"\r\n", pos) else buf.find(b"\r\n\r\n", pos) + 4
-                self.done = close >= pos + 2
-                self.trailing = self.done and close < end  # bytes after the body's end
-                break
-            stop = pos + left
-            if stop + 2 <= end:  # the whole chunk and its CRLF: the common case
-                if buf[stop] != 13 or buf[stop + 1] != 10:
-                    raise HTTPFormatError("chunk data not followed by CRLF")
-                out.append(buf[pos:stop])
-                pos, left = stop + 2, -1
-            else:
-                take = min(left, end - pos)
-                out.append(buf[pos : pos + take])
-                pos, left = pos + take, left - take
-                if left == 0:
-                    left = -2
-        self._left = left
-        self._rest = buf[pos:] if pos < end and not self.done else b""
-        if len(self._rest) > 65536:
-            raise HTTPFormatError("chunked trailers too long")
-        return out[0] if len(out) == 1 else b"".join(out)
-
-
-def _crlf(buf: bytes, at: int) -> None:
-    if not buf.startswith(b"\r\n", at):
-        raise HTTPFormatError("chunk data not followed by CRLF")
-
-
-_HEX = b"0123456789abcdefABCDEF"
-
-
-def _chunk_size(line: bytes) -> int:
-    if 0 < len(line) <= 8 and not line.strip(_HEX):  # the common case: bare hex digits
-        return int(line, 16)
-    digits = line.split(b";", 1)[0].strip()
-    if not digits or digits.strip(_HEX) or len(digits) > 16:
-        raise HTTPFormatError("bad chunk size")
-    return int(digits, 16)
-
-
 class StreamedAnswer(asyncio.Protocol):
     """A response read as it arrives, on a connection of its own: ``start`` sends the
     request and waits for the head; ``iter_any`` yields the body; ``release`` returns a
@@ -444,8 +228,7 @@ class StreamedAnswer(asyncio.Protocol):
         self._origin = origin
         self._head = bytearray()
         self._head_waiter: asyncio.Future[None] | None = None
-        self._chunked: _Chunked | None = None
-        self._left: int | None = None  # Content-Length still to come; None: chunked or EOF
+        self._framing: Body | None = None  # None: no head yet, bytes taken as they come
         self._keep = False
         self._pieces: list[bytes] = []
         self._size = 0
@@ -482,35 +265,28 @@ class StreamedAnswer(asyncio.Protocol):
             self._body(data)
 
     def _read_head(self) -> bytes | None:
-        head = _final_head(self._head)
+        head = final_head(self._head)
         if head is None:
             return None
         self.status, self.content_type, self._keep = head.status, head.content_type, head.keep_alive
         self.retry_after = head.headers.get(b"retry-after", b"")
-        if head.chunked:
-            self._chunked = _Chunked()
-        else:
-            self._left = head.length  # None: framed by the connection closing
+        self._framing = framing = Body(head)
         rest = bytes(self._head[head.size :])
         self._head.clear()
-        if self._left == 0:
+        if framing.done:  # no body
             self._finish()
         return rest
 
     def _body(self, data: bytes) -> None:
+        framing = self._framing
         try:
-            piece = self._chunked.feed(data) if self._chunked is not None else data
+            piece = framing.feed(data) if framing is not None else data
         except HTTPFormatError as exc:
             self._error = exc
             self._wake()
             return
-        if self._left is not None:
-            if len(piece) > self._left:
-                self._keep = False  # bytes after the body's end: never reuse this connection
-            piece = piece[: self._left]
-            self._left -= len(piece)
-        elif self._chunked is not None and self._chunked.trailing:
-            self._keep = False
+        if framing is not None and framing.extra:
+            self._keep = False  # bytes after the body's end: never reuse this connection
         if piece and self._draining is not None:
             if len(piece) > DRAIN_BYTES:  # more than a body's end: not worth waiting for
                 self.close()
@@ -520,7 +296,7 @@ class StreamedAnswer(asyncio.Protocol):
             self._size += len(piece)
             if self._size > PAUSE_AT and self.transport is not None:
                 self.transport.pause_reading()  # backpressure: the reader is behind
-        if self._left == 0 or (self._chunked is not None and self._chunked.done):
+        if framing is not None and framing.done:
             self._finish()
         self._wake()
 
@@ -538,7 +314,7 @@ class StreamedAnswer(asyncio.Protocol):
                 ConnectionResetError("closed in the middle of the answer's head") if self._head
                 else StaleConnection("closed before the answer began"))
         if not self.done:
-            if self._left is None and self._chunked is None:
+            if self._framing is None or self._framing.until_close:
                 self.done = True  # the body was framed by the close
             else:
                 self._error = StreamCut("the upstream closed the connection mid-answer")
@@ -654,7 +430,7 @@ class StreamedAnswer(asyncio.Protocol):
     def reset(self) -> None:
         """Ready for the next request on the same connection."""
         self.status, self.content_type, self.done = 0, "", False
-        self._chunked, self._left, self._keep = None, None, False
+        self._framing, self._keep = None, False
         self._pieces.clear()
         self._size = 0
         self._error = None

@@ -44,14 +44,14 @@ import hmac
 import struct
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import structlog
 
-from proxy.config.loader import REDIS_SECRET_MIN_BYTES
+from proxy.config.server import REDIS_SECRET_MIN_BYTES
 from proxy.core.cache import decode_verdict, encode_verdict
 from proxy.core.verdict import Verdict
-from proxy.obs.metrics import Metrics
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -127,11 +127,25 @@ def _derive(secret: bytes, label: bytes) -> bytes:
     return hmac.digest(secret, b"guardproxy verdict cache v2: " + label, "sha256")
 
 
+def _nothing(*args: str) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheCounters:
+    """What the cache counts, told to whoever keeps the metrics: a hit, a value not
+    believed (its reason, one of ``REJECTIONS``), a failed operation (op, kind)."""
+
+    hit: Callable[[], None] = _nothing
+    rejected: Callable[[str], None] = _nothing
+    failed: Callable[[str, str], None] = _nothing
+
+
 class SharedVerdicts:
     """The Redis level of the verdict cache; ``get`` and ``put`` never raise."""
 
     def __init__(self, *, url: str, password: str | None, secret: bytes, timeout_s: float,
-                 ttl_s: float, metrics: Metrics | None = None,
+                 ttl_s: float, counters: CacheCounters | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
         import redis.asyncio
@@ -149,10 +163,7 @@ class SharedVerdicts:
         self._wall = wall  # expiries are Unix times: every replica reads them
         self._timeout = timeout_s
         self._ttl_ms = max(1, int(min(ttl_s, MAX_TTL_S) * 1000))
-        self._metrics = metrics
-        if metrics is not None:  # at 0 from the start: a rate can be alerted on
-            for reason in REJECTIONS:
-                metrics.redis_rejected.labels(reason)
+        self._counters = CacheCounters() if counters is None else counters
         self._clock = clock
         self._up = False
         self._probe: asyncio.Task[None] | None = None
@@ -193,11 +204,9 @@ class SharedVerdicts:
         opened = (self._seal.open(name, raw, self._now_ms()) if isinstance(raw, bytes)
                   else "malformed")
         if isinstance(opened, str):  # not believed: a miss, and the guard is asked
-            if self._metrics is not None:
-                self._metrics.redis_rejected.labels(opened).inc()
+            self._counters.rejected(opened)
             return None
-        if self._metrics is not None:
-            self._metrics.redis_hits.inc()
+        self._counters.hit()
         return opened
 
     def put(self, key: bytes, verdict: Verdict) -> None:
@@ -287,8 +296,7 @@ class SharedVerdicts:
         return "timeout" if isinstance(exc, self._timeouts) else "error"
 
     def _count(self, op: str, kind: str) -> None:
-        if self._metrics is not None:
-            self._metrics.redis_errors.labels(op, kind).inc()
+        self._counters.failed(op, kind)
 
 
 def _describe(exc: Exception) -> str:

@@ -5,20 +5,18 @@ Each YAML key is declared once, here, as a dataclass field: its type (``bool``, 
 in ``metadata`` what differs from the obvious — the YAML path when it is not the field's
 name (``key("listen.port")``), bounds (``low``, ``top``), ``required``, ``own`` for a key
 read by rules of its own (a URL, a secret, a list), or ``key(None)`` for a field that is
-not a YAML key at all.  ``loader`` derives the valid keys, the allowed values and the
-defaults from these declarations.
+not a YAML key at all.  The loader derives the valid keys, the allowed values and the
+defaults from these declarations (``declared``).
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-
-from proxy.core.redaction import register_secret
 
 #: Category names exactly as Qwen3Guard-Gen emits them.  ``Jailbreak`` is judged
 #: for prompts only.
@@ -52,15 +50,30 @@ for _rank, _action in enumerate(Action):
     object.__setattr__(_action, "rank", _rank)
 
 
+_made: list[str] = []  # every secret value made in this process, in order
+_listeners: list[Callable[[str], None]] = []
+
+
+def on_secret(listener: Callable[[str], None]) -> None:
+    """Call ``listener`` with every secret value made in this process, those made already
+    and those to come (the log redactor's hook, ``proxy.obs.redaction``)."""
+    _listeners.append(listener)
+    for value in _made:
+        listener(value)
+
+
 class Secret:
     """A value read from the environment; its repr never shows it, nor does any log line:
-    it is registered with the redactor as it is made (``proxy.core.redaction``)."""
+    whoever listens (``on_secret``: the log redactor) learns it as it is made."""
 
     __slots__ = ("_value",)
 
     def __init__(self, value: str) -> None:
         self._value = value
-        register_secret(value)
+        if value not in _made:
+            _made.append(value)
+            for listener in _listeners:
+                listener(value)
 
     def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
         return Secret, (self._value,)  # unpickled (in another process): registered there too

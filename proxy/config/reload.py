@@ -9,6 +9,9 @@ stays, and each error is logged with its ``file:line``.
 Changes are found by polling: every ``interval_s`` the folder's listing is compared
 by name, size, modification time and inode, following symbolic links, which also
 catches a Kubernetes ConfigMap update (an atomic swap of a ``..data`` symlink).
+
+Each reload is one ``policy_reload`` line on the logger its creator hands in (``log``):
+configuration sits below logging, so it names no logger of its own.
 """
 
 from __future__ import annotations
@@ -19,13 +22,21 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 from proxy.config import Policy, ServerConfig, load_policies
 from proxy.errors import ConfigError
-from proxy.obs.log import logger
 
 Fingerprint = tuple[tuple[str, int, int, int], ...]
 Loader = Callable[[ServerConfig], tuple[Policy, ...]]
+
+
+class EventLog(Protocol):
+    """Where a reload is told: a structlog-style logger (``proxy.obs.log.logger``)."""
+
+    def info(self, event: str, **fields: Any) -> object: ...
+
+    def error(self, event: str, **fields: Any) -> object: ...
 
 
 def fingerprint(folder: Path) -> Fingerprint:
@@ -48,11 +59,12 @@ class PolicyReloader:
     """Reloads the policies of a running proxy; ``apply`` installs a valid set."""
 
     def __init__(self, server: ServerConfig, apply: Callable[[tuple[Policy, ...]], None],
-                 *, on_outcome: Callable[[str], None] = lambda outcome: None,
+                 *, log: EventLog, on_outcome: Callable[[str], None] = lambda outcome: None,
                  interval_s: float = 1.0, loader: Loader = load_policies) -> None:
         self.server = server
         self.interval_s = interval_s
         self._apply = apply
+        self._log = log
         self._on_outcome = on_outcome
         self._loader = loader
         self._seen = fingerprint(server.policies_dir)
@@ -64,13 +76,13 @@ class PolicyReloader:
         try:
             policies = self._loader(self.server)
         except ConfigError as exc:
-            logger.error("policy_reload", outcome="rejected", reason=reason,
-                         errors=exc.errors)
+            self._log.error("policy_reload", outcome="rejected", reason=reason,
+                            errors=exc.errors)
             self._on_outcome("rejected")
             return False
         self._apply(policies)
-        logger.info("policy_reload", outcome="ok", reason=reason,
-                    tenants=sorted(p.tenant for p in policies))
+        self._log.info("policy_reload", outcome="ok", reason=reason,
+                       tenants=sorted(p.tenant for p in policies))
         self._on_outcome("ok")
         return True
 

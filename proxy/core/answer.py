@@ -422,24 +422,3 @@ def _whole_logprobs(value: Any, parts: Parts, removed: Removed) -> dict[str, Any
         kept[key] = (None if entries is None else
                      token_logprobs(entries, "".join(getattr(parts, key)), removed))
     return kept
-
-
-# -- the model list ---------------------------------------------------------------------
-
-
-def model_list(listing: Any, allowed: frozenset[str] | None) -> dict[str, Any]:
-    """``GET /v1/models`` as the client gets it: each model's id, owner and creation
-    time (what the OpenAI API lists), filtered by the tenant's allowlist; anything
-    else a server adds (vLLM's ``permission``, ``root``, ...) is left out."""
-    data = listing.get("data") if isinstance(listing, dict) else None
-    models = []
-    for item in data if isinstance(data, list) else []:
-        name = item.get("id") if isinstance(item, dict) else None
-        if not is_token(name, MODEL_NAME) or (allowed is not None and name not in allowed):
-            continue
-        model: dict[str, Any] = {"id": name, "object": "model"}
-        model["created"] = _int(item.get("created")) or 0
-        owner = item.get("owned_by")
-        model["owned_by"] = owner if is_token(owner) else "unknown"
-        models.append(model)
-    return {"object": "list", "data": models}

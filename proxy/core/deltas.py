@@ -219,3 +219,40 @@ class Outgoing:
 
 
 _UNCOUNTED = Removed()  # a delta's removals were counted when it was read
+
+
+def carries_judged(deltas: list[Delta]) -> bool:
+    """Whether an event holds input the response check reads (text of any field, a tool
+    call or function call fragment, a citation, a transcript)."""
+    return any(any(text for _, text in d.texts) or d.calls or d.function_call is not None
+               or d.annotations or d.transcript for d in deltas)
+
+
+def plain_of(deltas: list[Delta]) -> str | None:
+    """The text of an event that is nothing but the first choice's answer text (kept as
+    a plain string: released the same way, and cut at a word boundary), else None."""
+    if len(deltas) != 1:
+        return None
+    delta = deltas[0]
+    if (delta.index or len(delta.texts) != 1 or delta.texts[0][0] != "content" or delta.calls
+            or delta.function_call is not None or delta.audio is not None or delta.transcript
+            or delta.annotations or delta.logprobs is not None or delta.finish_reason):
+        return None
+    return delta.texts[0][1]
+
+
+def only_finish(deltas: list[Delta]) -> bool:
+    """A chunk that only ends the first choice (what most streams end with)."""
+    if len(deltas) != 1:
+        return False
+    delta = deltas[0]
+    return (delta.index == 0 and not delta.texts and not delta.calls and delta.audio is None
+            and delta.function_call is None and not delta.annotations
+            and delta.logprobs is None and not delta.transcript)
+
+
+def outgoing(merged: dict[int, Outgoing], index: int) -> Outgoing:
+    out = merged.get(index)
+    if out is None:
+        out = merged[index] = Outgoing(index)
+    return out

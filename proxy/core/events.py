@@ -56,10 +56,11 @@ class EventReader:
     ended: bool = False  # the answer's last event was read
 
     def load(self, data: bytes) -> dict[str, Any]:
-        try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise StreamFault("upstream sent an unreadable stream event") from exc
+        return self.typed(parse(data))
+
+    @staticmethod
+    def typed(event: Any) -> dict[str, Any]:
+        """``event`` if it is a typed object, else the stream's fault."""
         if type(event) is not dict or not isinstance(event.get("type"), str):
             raise StreamFault("upstream stream event is not a typed object")
         return event
@@ -71,6 +72,17 @@ class EventReader:
               ) -> dict[str, Any]:
         return {**self.head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
                 **extra}
+
+
+def parse(data: bytes) -> Any:
+    """One upstream event's JSON (inlined where a text delta is read: the usual event)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise StreamFault(UNREADABLE) from exc
+
+
+UNREADABLE = "upstream sent an unreadable stream event"
 
 
 class ChoicesEncoder:

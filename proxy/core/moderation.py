@@ -24,7 +24,11 @@ from proxy.core.deltas import (
     ChoiceText,
     Delta,
     Outgoing,
+    carries_judged,
     choice_index,
+    only_finish,
+    outgoing,
+    plain_of,
     read_delta,
 )
 from proxy.core.events import Encoder, Reader
@@ -200,8 +204,8 @@ class StreamState:
         self._keep(event, size, held=held)
 
     def _keep(self, deltas: list[Delta], size: int, *, held: bool) -> None:
-        text = _plain(deltas)  # a text delta of a chunk the fast path did not take
-        judged = bool(text) if text is not None else _carries_judged(deltas)
+        text = plain_of(deltas)  # a text delta of a chunk the fast path did not take
+        judged = bool(text) if text is not None else carries_judged(deltas)
         self.ledger.add(judged=judged, held=held, chars=self.length())
         self.events.append(deltas if text is None else text)
         self.sizes.append(size)
@@ -312,7 +316,7 @@ class StreamState:
         if len(texts) == len(batch):  # text of the first choice only: one plain chunk
             return self._text_chunk("".join(texts), None, last)
         final = batch[-1]
-        if len(texts) == len(batch) - 1 and isinstance(final, list) and _only_finish(final):
+        if len(texts) == len(batch) - 1 and isinstance(final, list) and only_finish(final):
             return self._text_chunk("".join(texts), final[0].finish_reason, last)
         merged: dict[int, Outgoing] = {}
         run: list[str] = []  # consecutive plain text events, added at once
@@ -321,12 +325,12 @@ class StreamState:
                 run.append(event)
                 continue
             if run:
-                _outgoing(merged, 0).add_content("".join(run))
+                outgoing(merged, 0).add_content("".join(run))
                 run = []
             for delta in event:
-                _outgoing(merged, delta.index).add(delta)
+                outgoing(merged, delta.index).add(delta)
         if run:
-            _outgoing(merged, 0).add_content("".join(run))
+            outgoing(merged, 0).add_content("".join(run))
         choices = [c for c in (self._choice_of(merged[i]) for i in sorted(merged)) if c]
         if not choices:
             return self._verdict_chunk(last)
@@ -442,40 +446,3 @@ class Ending:
 
     trailing: bool = False
     usage: bool = False
-
-
-def _carries_judged(deltas: list[Delta]) -> bool:
-    """Whether an event holds input the response check reads (text of any field, a tool
-    call or function call fragment, a citation, a transcript)."""
-    return any(any(text for _, text in d.texts) or d.calls or d.function_call is not None
-               or d.annotations or d.transcript for d in deltas)
-
-
-def _plain(deltas: list[Delta]) -> str | None:
-    """The text of an event that is nothing but the first choice's answer text (kept as
-    a plain string: released the same way, and cut at a word boundary), else None."""
-    if len(deltas) != 1:
-        return None
-    delta = deltas[0]
-    if (delta.index or len(delta.texts) != 1 or delta.texts[0][0] != "content" or delta.calls
-            or delta.function_call is not None or delta.audio is not None or delta.transcript
-            or delta.annotations or delta.logprobs is not None or delta.finish_reason):
-        return None
-    return delta.texts[0][1]
-
-
-def _only_finish(deltas: list[Delta]) -> bool:
-    """A chunk that only ends the first choice (what most streams end with)."""
-    if len(deltas) != 1:
-        return False
-    delta = deltas[0]
-    return (delta.index == 0 and not delta.texts and not delta.calls and delta.audio is None
-            and delta.function_call is None and not delta.annotations
-            and delta.logprobs is None and not delta.transcript)
-
-
-def _outgoing(merged: dict[int, Outgoing], index: int) -> Outgoing:
-    out = merged.get(index)
-    if out is None:
-        out = merged[index] = Outgoing(index)
-    return out

@@ -16,7 +16,6 @@ import orjson
 from proxy.config import CATEGORIES, RESPONSE_CATEGORIES
 from proxy.core.answer import new_completion_id
 from proxy.core.policy import Outcome, strictest_index
-from proxy.core.redaction import redact
 from proxy.core.request import JUDGED_EXTRAS, STRUCTURAL, TEMPLATE_CONTROL
 from proxy.core.verdict import Verdict
 from proxy.errors import StreamFault, UpstreamHTTPError
@@ -149,7 +148,8 @@ def clean_message(message: Any, secrets: Sequence[str] = ()) -> str:
             text = text.replace(secret, "[redacted]")
     if len(text) > _CLEANED:  # the patterns below are not linear: bound what they read,
         text = _TRAILING_TOKEN.sub("", text[:_CLEANED])  # without half a token at the cut
-    text = _KEY_LIKE.sub("[redacted]", redact(_CONTROL.sub(" ", text))).strip()
+    # (every log line is redacted again on its way out: proxy.obs.redaction)
+    text = _KEY_LIKE.sub("[redacted]", _CONTROL.sub(" ", text)).strip()
     return text[:MAX_UPSTREAM_MESSAGE]
 
 

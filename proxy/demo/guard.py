@@ -53,43 +53,52 @@ def _json(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
+def _chat_answer(body: Any, rules: tuple[Rule, ...]) -> tuple[dict[str, Any], int]:
+    """``/v1/chat/completions``: the verdict, continued after a final assistant message
+    when asked to (``continue_final_message``)."""
+    if not isinstance(body, dict):
+        body = {}
+    messages = body.get("messages")
+    prefix = ""
+    if body.get("continue_final_message") and isinstance(messages, list) and messages \
+            and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
+        prefix = str(messages[-1].get("content") or "")
+        messages = messages[:-1]
+    turns = _turns(messages)
+    if not turns:
+        return {"object": "error", "message": "messages are required",
+                "type": "BadRequest", "param": None, "code": 400}, 400
+    text = continued_verdict(render(turns), prefix, max_tokens=_int(body.get("max_tokens")),
+                             stop=_stop(body.get("stop")), rules=rules)
+    return {
+        "id": uuid.uuid4().hex, "object": "chat.completion", "created": int(time.time()),
+        "model": DEMO_MODEL,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                     "logprobs": None, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    }, 200
+
+
+def _generate_answer(body: Any, rules: tuple[Rule, ...]) -> tuple[dict[str, Any], int]:
+    """``/generate``: the verdict after the rendered prompt and whatever follows it."""
+    prompt = body.get("text") if isinstance(body, dict) else None
+    if not isinstance(prompt, str):
+        return {"error": {"message": "text is required"}}, 400
+    params = body.get("sampling_params") or {}
+    render_end = prompt.rfind(_ANSWER_START)
+    prefix = prompt[render_end + len(_ANSWER_START):] if render_end >= 0 else ""
+    text = continued_verdict(prompt, prefix, max_tokens=_int(params.get("max_new_tokens")),
+                             stop=_stop(params.get("stop")), rules=rules)
+    return {"text": text,
+            "meta_info": {"id": uuid.uuid4().hex, "finish_reason": {"type": "stop"}}}, 200
+
+
 def make_app(rules: tuple[Rule, ...] = DEFAULT_RULES) -> web.Application:
     async def chat(request: web.Request) -> web.Response:
-        body = await request.json(loads=orjson.loads)
-        if not isinstance(body, dict):
-            body = {}
-        messages = body.get("messages")
-        prefix = ""
-        if body.get("continue_final_message") and isinstance(messages, list) and messages \
-                and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant":
-            prefix = str(messages[-1].get("content") or "")
-            messages = messages[:-1]
-        turns = _turns(messages)
-        if not turns:
-            return _json({"object": "error", "message": "messages are required",
-                          "type": "BadRequest", "param": None, "code": 400}, 400)
-        text = continued_verdict(render(turns), prefix, max_tokens=_int(body.get("max_tokens")),
-                                 stop=_stop(body.get("stop")), rules=rules)
-        return _json({
-            "id": uuid.uuid4().hex, "object": "chat.completion", "created": int(time.time()),
-            "model": DEMO_MODEL,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": None, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-        })
+        return _json(*_chat_answer(await request.json(loads=orjson.loads), rules))
 
     async def generate(request: web.Request) -> web.Response:
-        body = await request.json(loads=orjson.loads)
-        prompt = body.get("text") if isinstance(body, dict) else None
-        if not isinstance(prompt, str):
-            return _json({"error": {"message": "text is required"}}, 400)
-        params = body.get("sampling_params") or {}
-        render_end = prompt.rfind(_ANSWER_START)
-        prefix = prompt[render_end + len(_ANSWER_START):] if render_end >= 0 else ""
-        text = continued_verdict(prompt, prefix, max_tokens=_int(params.get("max_new_tokens")),
-                                 stop=_stop(params.get("stop")), rules=rules)
-        return _json({"text": text,
-                      "meta_info": {"id": uuid.uuid4().hex, "finish_reason": {"type": "stop"}}})
+        return _json(*_generate_answer(await request.json(loads=orjson.loads), rules))
 
     async def health(request: web.Request) -> web.Response:
         return web.Response()

@@ -23,8 +23,8 @@ import structlog
 
 from proxy.config import Action
 from proxy.core.policy import Outcome, strictest, worst
-from proxy.core.redaction import redact, redacted_fields
 from proxy.errors import StreamFault, UpstreamHTTPError
+from proxy.obs.redaction import redact, redacted_fields
 
 logger = structlog.get_logger("guardproxy")
 

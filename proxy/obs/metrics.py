@@ -68,7 +68,16 @@ class Metrics:
     def __init__(self, tenants: Iterable[str] = ()) -> None:
         self.registry = CollectorRegistry()
         self._tenants = frozenset(tenants)
-        r = self.registry
+        self._declare_requests(self.registry)
+        self._declare_guard(self.registry)
+        self._declare_cache(self.registry)
+        self._declare_answers(self.registry)
+        self._of = {name: _Children(getattr(self, name)) for name in (
+            "requests", "responses", "guard_calls", "guard_requests", "guard_latency",
+            "upstream_latency", "ttft", "blocked", "blocked_tokens", "leaked_chars",
+            "removed_fields")}
+
+    def _declare_requests(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
             "guardproxy_requests", "Chat requests by tenant, stage and the stage's action "
             "(pass, flag, block, or not_checked / guard_error when there was no verdict).",
@@ -76,6 +85,20 @@ class Metrics:
         self.responses = Counter(
             "guardproxy_http_responses", "HTTP answers by tenant and status class.",
             ["tenant", "status"], registry=r)
+        self.reloads = Counter(
+            "guardproxy_policy_reloads", "Policy reloads by outcome (ok, rejected).",
+            ["outcome"], registry=r)
+        self.blocked = Counter(
+            "guardproxy_blocked_requests", "Requests blocked, by tenant and stage.",
+            ["tenant", "stage"], registry=r)
+        self.blocked_tokens = Counter(
+            "guardproxy_blocked_upstream_tokens",
+            "Upstream tokens of blocked requests: 'cost' = tokens the upstream reported for "
+            "an answer that was blocked; 'saved' = prompt tokens never sent upstream "
+            "(estimated as the messages' characters / 4).",
+            ["tenant", "kind"], registry=r)
+
+    def _declare_guard(self, r: CollectorRegistry) -> None:
         self.guard_calls = Counter(
             "guardproxy_guard_calls", "Guard checks (verdicts asked) by check and guard API.",
             ["check", "api"], registry=r)
@@ -90,6 +113,14 @@ class Metrics:
         self.guard_errors = Counter(
             "guardproxy_guard_errors", "Checks without a verdict by check and error kind.",
             ["check", "kind"], registry=r)
+        self.guard_waits = Counter(
+            "guardproxy_guard_waits", "Guard calls that waited for a slot of their tenant's "
+            "share (limits.guard_concurrency).", ["tenant"], registry=r)
+        self.guard_rejections = Counter(
+            "guardproxy_guard_rejections", "Requests refused (429) or blocked because their "
+            "guard calls waited past limits.guard_wait_s.", ["tenant"], registry=r)
+
+    def _declare_cache(self, r: CollectorRegistry) -> None:
         self.cache_hits = Counter(
             "guardproxy_verdict_cache_hits", "Guard inputs answered from the verdict cache.",
             registry=r)
@@ -109,6 +140,8 @@ class Metrics:
             "key under cache.redis_secret_env, expired, malformed: not a verdict); each is a "
             "miss, and the guard is asked.",
             ["reason"], registry=r)
+
+    def _declare_answers(self, r: CollectorRegistry) -> None:
         self.upstream_latency = Histogram(
             "guardproxy_upstream_latency_seconds",
             "Upstream time: the whole answer, or the whole stream.",
@@ -120,19 +153,6 @@ class Metrics:
         self.active_streams = Gauge(
             "guardproxy_active_streams", "Streamed answers being relayed now.",
             registry=r, multiprocess_mode="livesum")
-        self.reloads = Counter(
-            "guardproxy_policy_reloads", "Policy reloads by outcome (ok, rejected).",
-            ["outcome"], registry=r)
-        self.blocked = Counter(
-            "guardproxy_blocked_requests", "Requests blocked, by tenant and stage.",
-            ["tenant", "stage"], registry=r)
-        self.blocked_tokens = Counter(
-            "guardproxy_blocked_upstream_tokens",
-            "Upstream tokens of blocked requests: 'cost' = tokens the upstream reported for "
-            "an answer that was blocked; 'saved' = prompt tokens never sent upstream "
-            "(estimated as the messages' characters / 4).",
-            ["tenant", "kind"], registry=r)
-
         self.leaked_chars = Counter(
             "guardproxy_leaked_chars",
             "Characters of streamed answers sent to clients before any passing check "
@@ -141,17 +161,6 @@ class Metrics:
             "guardproxy_removed_fields",
             "Upstream answer fields with a value that the proxy does not understand, "
             "removed from what the client got.", ["tenant"], registry=r)
-        self._of = {name: _Children(getattr(self, name)) for name in (
-            "requests", "responses", "guard_calls", "guard_requests", "guard_latency",
-            "upstream_latency", "ttft", "blocked", "blocked_tokens", "leaked_chars",
-            "removed_fields")}
-
-        self.guard_waits = Counter(
-            "guardproxy_guard_waits", "Guard calls that waited for a slot of their tenant's "
-            "share (limits.guard_concurrency).", ["tenant"], registry=r)
-        self.guard_rejections = Counter(
-            "guardproxy_guard_rejections", "Requests refused (429) or blocked because their "
-            "guard calls waited past limits.guard_wait_s.", ["tenant"], registry=r)
 
     def guard_requests_by(self, api: str) -> Callable[[str], None]:
         """What counts one guard request of ``api``, given its step."""

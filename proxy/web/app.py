@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from proxy.clients.guard import ChatGuard, GenerateGuard, Guard
-from proxy.clients.sharedcache import SharedVerdicts
+from proxy.clients.sharedcache import REJECTIONS, CacheCounters, SharedVerdicts
 from proxy.clients.upstream import Upstream
 from proxy.config import Config, GuardConfig, ServerConfig
 from proxy.config.reload import PolicyReloader
@@ -90,17 +90,31 @@ def make_shared_cache(server: ServerConfig, metrics: Metrics | None = None
                           password=password.get() if password is not None else None,
                           secret=secret.get().encode(),
                           timeout_s=server.cache_redis_timeout_s,
-                          ttl_s=server.guard.cache_ttl_s, metrics=metrics)
+                          ttl_s=server.guard.cache_ttl_s,
+                          counters=None if metrics is None else cache_counters(metrics))
+
+
+def cache_counters(metrics: Metrics) -> CacheCounters:
+    """The shared cache's counts in the metrics; each rejection reason at 0 from the start,
+    so that a rate can be alerted on."""
+    for reason in REJECTIONS:
+        metrics.redis_rejected.labels(reason)
+    return CacheCounters(
+        hit=metrics.redis_hits.inc,
+        rejected=lambda reason: metrics.redis_rejected.labels(reason).inc(),
+        failed=lambda op, kind: metrics.redis_errors.labels(op, kind).inc())
 
 
 def make_reloader(server: ServerConfig, runtime: Runtime) -> PolicyReloader:
-    """Live policy reload into ``runtime``, counted in its metrics."""
+    """Live policy reload into ``runtime``, logged as ``policy_reload`` and counted in its
+    metrics."""
     def counted(outcome: str) -> None:
         if runtime.metrics is not None:
             runtime.metrics.reloads.labels(outcome).inc()
 
     interval = server.watch_interval_s if server.watch_policies else 0.0
-    return PolicyReloader(server, runtime.set_policies, on_outcome=counted, interval_s=interval)
+    return PolicyReloader(server, runtime.set_policies, log=logger, on_outcome=counted,
+                          interval_s=interval)
 
 
 def make_guard(config: GuardConfig, session: aiohttp.ClientSession,

@@ -1,6 +1,6 @@
 """``POST /v1/chat/completions`` and ``/v1/responses`` after authentication: the stages
 of ``pipeline`` wired to the upstream and to the client's connection, each API's
-shapes translated by its adapter (``core.apis``)."""
+shapes translated by its adapter (``proxy.apis``)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.apis import CHAT, Api
 from proxy.clients.upstream import UpstreamCall
 from proxy.config import Action, Policy
 from proxy.core.answer import read_completion
-from proxy.core.apis import CHAT, Api
 from proxy.core.checkplan import plan_checks
 from proxy.core.ledger import release_whole
 from proxy.core.policy import Outcome, tightened

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web, web_protocol
 
 from proxy.core.protocol import error_body
-from proxy.core.redaction import redact
+from proxy.obs.redaction import redact
 
 _MARK = "_guardproxy_json_errors"
 

@@ -10,7 +10,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from proxy.core.apis import BY_PATH, CHAT, Api
+from proxy.apis import BY_PATH, CHAT, Api
 from proxy.core.protocol import error_body
 from proxy.errors import ProxyError, Unauthorized
 from proxy.obs.log import RequestRecord, logger

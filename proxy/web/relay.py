@@ -139,8 +139,8 @@ class StreamRelay:
             record.leaked_chars = state.ledger.leaked
         ending = self.checks.ending()
         record.usage = state.usage_for(ending.usage)
-        await self._write(state.ending(self.checks.annotation(), ending,
-                                       self.checks.policy.block) + state.done)
+        await self._write_last(state.ending(self.checks.annotation(), ending,
+                                            self.checks.policy.block) + state.done)
 
     async def _end_with_error(self, exc: BaseException) -> None:
         """After the first byte the status is sent: the error goes in-band, with the
@@ -155,9 +155,16 @@ class StreamRelay:
         record.usage = state.usage_for(ending.usage)
         error = stream_error(exc)
         record.failed(error["code"], exc)
-        await self._write(state.failure(error, ending, moderation, record.usage) + state.done)
+        await self._write_last(state.failure(error, ending, moderation, record.usage)
+                               + state.done)
 
     async def _write(self, data: bytes) -> None:
         if data:
             await self.response.write(data)
             self.checks.record.mark_first_byte()  # of the answer, not of the headers
+
+    async def _write_last(self, data: bytes) -> None:
+        """The stream's last bytes and the end of its body, in one write."""
+        await self.response.write_eof(data)
+        if data:
+            self.checks.record.mark_first_byte()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.core.answer import model_list
-from proxy.core.apis import BY_PATH
+from proxy.apis import BY_PATH
+from proxy.apis.models import model_list
 from proxy.obs.metrics import CONTENT_TYPE
 from proxy.web.completions import chat_completions
 from proxy.web.state import POLICY, RECORD, RUNTIME, SERVED, Runtime

@@ -3,8 +3,8 @@
 ``redact`` replaces each of these by ``[redacted]``:
 
 - a secret of the configuration: the upstreams' and the guard's keys, the admin token,
-  Redis's password and the shared cache's secret.  Each ``Secret`` registers its value
-  here when it is made (``register_secret``), so the loader registers every one it reads.
+  Redis's password and the shared cache's secret.  Each ``Secret`` made in this process
+  is registered here (``proxy.config.model.on_secret``), so every one the loader reads is.
   A value shorter than ``MIN_SECRET_CHARS`` is not registered: replacing so short a string
   wherever it occurs would garble the logs;
 - a credential header's value as a parser, a repr or a traceback shows it
@@ -22,6 +22,8 @@ from __future__ import annotations
 import itertools
 import re
 from typing import Any
+
+from proxy.config.model import on_secret
 
 REDACTED = "[redacted]"
 #: The shortest configured secret that is registered.
@@ -169,3 +171,6 @@ def _object(value: Any) -> Any:
         return value
     clean = redact(shown)
     return value if clean is shown else clean
+
+
+on_secret(register_secret)  # every Secret made, before this import and after

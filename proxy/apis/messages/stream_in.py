@@ -1,22 +1,17 @@
-"""The Messages API's streams: the upstream's events read into the chat chunks they amount
-to (``MessagesEvents``), and the chunks the stream state releases written back as Messages
-events (``MessagesEncoder``): a content block per run of thinking, text or a tool call, then
-``message_delta`` with the stop reason (``refusal`` for a block), the usage and
-``moderation``.  No I/O.
+"""Anthropic's Messages API: the upstream's stream events read into the chat chunks they amount
+to, for the stream state to judge and release. No I/O.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from proxy.core.events import ChoicesEncoder, EventReader
-from proxy.core.messages import STOP, STOP_BACK, message_object, tool_use_id, usage_of
-from proxy.core.protocol import StreamHead
+from proxy.apis.messages.answer import STOP, tool_use_id
+from proxy.core.events import UNREADABLE, EventReader
 from proxy.errors import StreamFault
 
 Json = dict[str, Any]
@@ -33,14 +28,17 @@ class MessagesEvents(EventReader):
 
     def read(self, data: bytes) -> Json | str | None:
         """The chat chunk ``data`` amounts to; answer text as a plain string."""
-        event = self.load(data)
-        kind = event["type"]
-        if kind == "content_block_delta":
+        try:  # ``parse``, inlined: a text delta is the usual event
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise StreamFault(UNREADABLE) from exc
+        if type(event) is dict and event.get("type") == "content_block_delta":
             delta = event.get("delta")
             if type(delta) is dict and delta.get("type") == "text_delta" and self.head:
                 text = delta.get("text")
                 if type(text) is str:
                     return text
+        kind = self.typed(event)["type"]
         if kind == "error":
             raise self.failed(event.get("error"))
         if kind == "message_start":
@@ -130,89 +128,3 @@ def _index(event: Json) -> int:
     if type(index) is not int:
         raise StreamFault("upstream stream event has no valid block index")
     return index
-
-
-@dataclass
-class MessagesEncoder(ChoicesEncoder):
-    """Writes released chat chunks as Messages events: ``message_start``, a content block
-    per run of thinking, text or a tool call, then ``message_delta`` (the stop reason —
-    ``refusal`` for a block —, the usage and ``moderation``) and ``message_stop``."""
-
-    blocks: int = 0  # blocks started
-    open: str | None = None  # the kind of the open block: thinking, text, tool
-    calls: dict[int, int] = field(default_factory=dict)  # tool-call index -> block index
-    finish: str | None = None
-    started: bool = False
-    kinds = (("reasoning_content", "thinking"), ("reasoning", "thinking"), ("content", "text"),
-             ("refusal", "text"))
-
-    def close(self, head: StreamHead, moderation: Json, usage: Any) -> bytes:
-        out = [] if self.started else self._start(head)
-        out.extend(self._stop())
-        counts = usage_of(usage)
-        out.append(_event("message_delta", delta={
-            "stop_reason": STOP_BACK.get(self.finish or "", "end_turn"), "stop_sequence": None},
-            usage={"output_tokens": counts["output_tokens"],
-                   "input_tokens": counts["input_tokens"]}, moderation=moderation))
-        out.append(_event("message_stop"))
-        return b"".join(out)
-
-    def failure(self, head: StreamHead, error: Json, moderation: Json) -> bytes:
-        out = [] if self.started else self._start(head)
-        out.append(_event("error", error={"type": "api_error", "message": error["message"],
-                                          "moderation": moderation}))
-        return b"".join(out)
-
-    def _start(self, head: StreamHead) -> list[bytes]:
-        self.started = True
-        message = message_object(head.id, head.model, [], None, None, None)
-        message["stop_reason"] = None
-        return [_event("message_start", message=message)]
-
-    def _text(self, kind: str, text: str) -> list[bytes]:
-        out = []
-        if self.open != kind:
-            out.extend(self._stop())
-            block = ({"type": "thinking", "thinking": "", "signature": ""} if kind == "thinking"
-                     else {"type": "text", "text": ""})
-            out.append(self._begin(kind, block))
-        delta = ({"type": "thinking_delta", "thinking": text} if kind == "thinking"
-                 else {"type": "text_delta", "text": text})
-        out.append(_event("content_block_delta", index=self.blocks - 1, delta=delta))
-        return out
-
-    def _begin(self, kind: str, block: Json) -> bytes:
-        self.open = kind
-        self.blocks += 1
-        return _event("content_block_start", index=self.blocks - 1, content_block=block)
-
-    def _stop(self) -> list[bytes]:
-        if self.open is None:
-            return []
-        out = []
-        if self.open == "thinking":
-            out.append(_event("content_block_delta", index=self.blocks - 1, delta={
-                "type": "signature_delta", "signature": os.urandom(16).hex()}))
-        out.append(_event("content_block_stop", index=self.blocks - 1))
-        self.open = None
-        return out
-
-    def _call(self, call: Json) -> list[bytes]:
-        out: list[bytes] = []
-        index = call.get("index", 0)
-        function = call.get("function") or {}
-        if index not in self.calls:
-            out.extend(self._stop())
-            out.append(self._begin("tool", {
-                "type": "tool_use", "id": call.get("id") or f"toolu_{os.urandom(12).hex()}",
-                "name": function.get("name") or "", "input": {}}))
-            self.calls[index] = self.blocks - 1
-        arguments = function.get("arguments") or ""
-        if arguments:
-            out.append(_event("content_block_delta", index=self.calls[index], delta={
-                "type": "input_json_delta", "partial_json": arguments}))
-        return out
-
-
-def _event(kind: str, **fields: Any) -> bytes:
-    return b"event: %s\ndata: %s\n\n" % (kind.encode(), orjson.dumps({"type": kind, **fields}))

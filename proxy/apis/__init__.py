@@ -1,11 +1,12 @@
 """The client APIs the proxy serves, each a protocol adapter around the same stages.
 
 An ``Api`` says how its requests read into the ``ChatRequest`` the stages judge, how a
-whole upstream answer reads into a chat completion (which ``answer.read_completion``
-rebuilds from judged text) and back into the client's shape, what a blocked prompt
-looks like, the shape of its ``moderation`` annotation, and how its streams are read and
-written around the chat ``StreamState``.
-Chat completions are the identity; ``responses`` adds an adapter.  No I/O.
+whole upstream answer reads into a chat completion (which ``core.answer.read_completion``
+rebuilds from judged text) and back into the client's shape, what a blocked prompt looks
+like, the shape of its ``moderation`` annotation, and how its streams are read and written
+around the chat ``StreamState`` of the core.  Chat completions are the identity
+(``chat``); ``responses`` and ``messages`` are packages of four jobs each: ``request``,
+``answer``, ``stream_in``, ``stream_out``.  ``models`` is ``GET /v1/models``.  No I/O.
 """
 
 from __future__ import annotations
@@ -14,9 +15,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.core import messages, messages_stream, responses, responses_stream
+from proxy.apis import chat
+from proxy.apis.messages import answer as messages
+from proxy.apis.messages import request as messages_request
+from proxy.apis.messages import stream_in as messages_in
+from proxy.apis.messages import stream_out as messages_out
+from proxy.apis.responses import answer as responses
+from proxy.apis.responses import request as responses_request
+from proxy.apis.responses import stream_in as responses_in
+from proxy.apis.responses import stream_out as responses_out
 from proxy.core.events import Encoder
-from proxy.core.protocol import annotation, blocked_completion, error_body, responses_annotation
+from proxy.core.protocol import annotation, error_body, responses_annotation
 from proxy.core.request import ChatRequest, parse_chat_request
 
 Json = dict[str, Any]
@@ -42,24 +51,11 @@ class Api:
     annotate: Callable[..., Json] = annotation
 
 
-def _chat_answer(chat: Json, request: ChatRequest, moderation: Json) -> Json:
-    chat["moderation"] = moderation
-    return chat
-
-
-def _chat_blocked(model: str, message: str, moderation: Json) -> Json:
-    return blocked_completion(model=model, message=message, moderation=moderation)
-
-
-def _identity(data: Json) -> Json:
-    return data
-
-
-CHAT = Api("chat", parse_chat_request, _identity, _chat_answer, _chat_blocked)
-RESPONSES = Api("responses", responses.parse_responses_request, responses.chat_of_response,
+CHAT = Api("chat", parse_chat_request, chat.identity, chat.answer, chat.blocked)
+RESPONSES = Api("responses", responses_request.parse_responses_request, responses.chat_of_response,
                 responses.response_of_chat, responses.blocked_response,
-                reader=lambda secrets: responses_stream.ResponsesEvents(secrets=secrets),
-                encoder=responses_stream.ResponsesEncoder, annotate=responses_annotation)
+                reader=lambda secrets: responses_in.ResponsesEvents(secrets=secrets),
+                encoder=responses_out.ResponsesEncoder, annotate=responses_annotation)
 
 
 def _anthropic_error(status: int, message: str, type: str, code: str | None, param: str | None,
@@ -67,9 +63,9 @@ def _anthropic_error(status: int, message: str, type: str, code: str | None, par
     return messages.anthropic_error(status, message, moderation)
 
 
-MESSAGES = Api("messages", messages.parse_messages_request, messages.chat_of_message,
+MESSAGES = Api("messages", messages_request.parse_messages_request, messages.chat_of_message,
                messages.message_of_chat, messages.blocked_message,
-               reader=lambda secrets: messages_stream.MessagesEvents(secrets=secrets),
-               encoder=messages_stream.MessagesEncoder, error=_anthropic_error)
+               reader=lambda secrets: messages_in.MessagesEvents(secrets=secrets),
+               encoder=messages_out.MessagesEncoder, error=_anthropic_error)
 #: The API each route serves.
 BY_PATH = {"/v1/chat/completions": CHAT, "/v1/responses": RESPONSES, "/v1/messages": MESSAGES}
