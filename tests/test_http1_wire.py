@@ -160,11 +160,16 @@ EXCHANGES: list[tuple[str, bytes, Read]] = [
      b"CONTENT-LENGTH: 2\r\nX-Spaced:   v  \r\n\r\nhi",
      _ok(200, {b"set-cookie": b"b=2", b"content-length": b"2", b"x-spaced": b"v"},
          (2, False), b"hi")),
-    # obs-fold (RFC 9112 section 5.2) is neither joined to the line above nor refused: the
-    # folded line is read as a field of its own
+    # obs-fold (RFC 9112 section 5.2): refused, so a folded " Content-Length: 5" can never
+    # be read as a field of its own; a line without a colon, or a name with space before
+    # its colon, too
     ("obs-fold", OK + b"X-Folded: one\r\n two\r\nContent-Length: 2\r\n\r\nhi",
-     _ok(200, {b"x-folded": b"one", b"two": b"", b"content-length": b"2"}, (2, False),
-         b"hi")),
+     "obsolete line folding in the response headers"),
+    ("folded-length", OK + b"X-Folded: one\r\n\tContent-Length: 5\r\n\r\nhello",
+     "obsolete line folding in the response headers"),
+    ("no-colon", OK + b"Content-Length 2\r\n\r\nhi", "malformed response header line"),
+    ("space-before-colon", OK + b"Content-Length : 2\r\n\r\nhi",
+     "malformed response header line"),
     # -- bytes after the body's end: the answer stands, the connection is not reused
     ("after-length", OK + b"Content-Length: 2\r\n\r\nhiEXTRA",
      _ok(200, CL2, (2, False), b"hi", keep=False)),

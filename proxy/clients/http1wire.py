@@ -81,7 +81,11 @@ def _fields(lines: list[bytes]) -> dict[bytes, bytes]:
     """Header lines as a dict; a later line of a name replaces an earlier one."""
     headers: dict[bytes, bytes] = {}
     for line in lines:
-        name, _, value = line.partition(b":")
+        if line[:1] in (b" ", b"\t"):  # RFC 9112 section 5.2: refused, never joined
+            raise HTTPFormatError("obsolete line folding in the response headers")
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.strip():
+            raise HTTPFormatError("malformed response header line")
         name, value = name.strip().lower(), value.strip()
         if name in headers and name in _SINGLE and headers[name] != value:
             raise HTTPFormatError(f"conflicting {name.decode()} headers")
