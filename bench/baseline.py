@@ -3,9 +3,10 @@
     python bench/baseline.py --port 9100 --guard http://127.0.0.1:9002 \
         --upstream http://127.0.0.1:9001/v1 [--guards 1]
 
-Per ``POST /v1/chat/completions`` or ``POST /v1/responses``: parse the body (orjson), one
-guard POST shaped like guardproxy's chat guard request (the conversation: chat's
-``messages``, or a Responses request's ``instructions`` and ``input`` as chat messages;
+Per ``POST /v1/chat/completions``, ``POST /v1/responses`` or ``POST /v1/messages``: parse
+the body (orjson), one guard POST shaped like guardproxy's chat guard request (the
+conversation: chat's ``messages``, a Responses request's ``instructions`` and ``input``, or
+a Messages request's ``system`` and ``messages``, as chat messages;
 ``temperature: 0``, ``max_tokens: 32``, ``logprobs``), then the body goes upstream byte for
 byte, to the same path.  A non-streamed answer is returned as the upstream sent it; a streamed
 one is relayed chunk by chunk as it arrives.  With ``--guards 2`` a second guard POST (a
@@ -64,6 +65,18 @@ def responses_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
 def responses_text(answer: dict[str, Any]) -> str:
     return "".join(part["text"] for item in answer["output"] if item["type"] == "message"
                    for part in item["content"] if part["type"] == "output_text")
+
+
+def messages_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Messages request's ``system`` and ``messages`` as chat messages (taken as they are)."""
+    messages: list[dict[str, Any]] = list(body["messages"])
+    if body.get("system") is not None:
+        messages.insert(0, {"role": "system", "content": body["system"]})
+    return messages
+
+
+def messages_text(answer: dict[str, Any]) -> str:
+    return "".join(block["text"] for block in answer["content"] if block["type"] == "text")
 
 
 Conversation = Callable[[dict[str, Any]], list[dict[str, Any]]]
@@ -125,6 +138,8 @@ def make_app(*, guard: str, upstream: str, guards: int) -> web.Application:
                         relay(upstream + "/chat/completions", chat_messages, chat_text))
     app.router.add_post("/v1/responses",
                         relay(upstream + "/responses", responses_messages, responses_text))
+    app.router.add_post("/v1/messages",
+                        relay(upstream + "/messages", messages_messages, messages_text))
     app.router.add_get("/healthz", healthz)
     app.cleanup_ctx.append(session_ctx)
     return app

@@ -1,8 +1,10 @@
--- wrk script: POST an OpenAI chat (or Responses) request whose prompt is unique on every request.
+-- wrk script: POST a chat (or Responses, or Messages) request whose prompt is unique on every
+-- request.
 --   BENCH_STREAM=1  ask for a streamed answer (default: not streamed)
 --   BENCH_API=...   "chat" (default): a chat completions body, for /v1/chat/completions;
 --                   "responses": the same request as a Responses body (instructions + input),
---                   for /v1/responses
+--                   for /v1/responses; "messages": as an Anthropic Messages body (system +
+--                   messages + max_tokens), for /v1/messages
 --   BENCH_KEY=...   sent as "Authorization: Bearer ..." (default: none)
 --   BENCH_RUN=...   a token unique to this wrk run, so that prompts never repeat across runs
 --                   against one proxy process (its verdict cache would answer them)
@@ -29,9 +31,14 @@ local system = "You are a helpful assistant."
 local prompt = "Request %d of thread %d, run %s: write two short sentences about the weather "
   .. "in a coastal town in spring."
 local template
-if os.getenv("BENCH_API") == "responses" then
+local api = os.getenv("BENCH_API")
+if api == "responses" then
   template = '{"model":"bench-model","stream":' .. stream .. ',"temperature":0.7,'
     .. '"instructions":"' .. system .. '","input":"' .. prompt .. '"}'
+elseif api == "messages" then
+  template = '{"model":"bench-model","stream":' .. stream .. ',"temperature":0.7,'
+    .. '"max_tokens":256,"system":"' .. system .. '",'
+    .. '"messages":[{"role":"user","content":"' .. prompt .. '"}]}'
 else
   template = '{"model":"bench-model","stream":' .. stream .. ',"temperature":0.7,'
     .. '"messages":[{"role":"system","content":"' .. system .. '"},'

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy.clients.http1 import _WholeReader
+from proxy.clients.http1wire import WholeReader
 
 READ = 64 << 10
 CHUNK = 16 << 10
@@ -32,7 +32,7 @@ def answer(mib: int, chunked: bool) -> bytes:
 
 
 def read_ms(raw: bytes) -> float:
-    reader, started = _WholeReader(64 << 20), time.perf_counter()
+    reader, started = WholeReader(64 << 20), time.perf_counter()
     for start in range(0, len(raw), READ):
         done = reader.feed(raw[start : start + READ])
     assert done is not None

@@ -9,9 +9,10 @@ Content-Length only (no chunked request bodies).  JSON answers carry a Content-L
 answers use ``Transfer-Encoding: chunked``, one HTTP chunk per event.  Answers on one
 connection go out in request order, also when they are delayed.
 
-The upstream serves ``POST /v1/chat/completions`` and ``POST /v1/responses`` (OpenAI's
-Responses API), whole or streamed: both streams carry the same ``--chunks`` one-token
-``"tok "`` deltas, each prebuilt once, so the two APIs cost the emulator the same.
+The upstream serves ``POST /v1/chat/completions``, ``POST /v1/responses`` (OpenAI's
+Responses API) and ``POST /v1/messages`` (Anthropic's Messages API), whole or streamed:
+every stream carries the same ``--chunks`` one-token ``"tok "`` deltas, each prebuilt
+once, so the three APIs cost the emulator the same.
 
 Both count requests per path; ``GET /stats`` (not counted) returns the counters as JSON.
 """
@@ -198,6 +199,9 @@ class Upstream(Counters):
         self.responses = responses_stream(self.model, created, chunks, usage)
         self.responses_whole = http_response(200, orjson.dumps(
             response_object(self.model, created, "completed", text, usage)))
+        self.messages = messages_stream(self.model, chunks, usage)
+        self.messages_whole = http_response(200, orjson.dumps(
+            message_object(self.model, text, "end_turn", usage)))
         self.models = json_response({"object": "list", "data": [
             {"id": self.model, "object": "model", "created": created, "owned_by": "bench"}]})
 
@@ -205,18 +209,27 @@ class Upstream(Counters):
         if target == "/stats":
             return self.stats()
         self.paths[target] += 1
-        if method == "POST" and target.endswith(("/chat/completions", "/responses")):
+        answers = self._answers(target) if method == "POST" else None
+        if answers is not None:
             try:
                 stream = orjson.loads(body).get("stream") is True
             except (orjson.JSONDecodeError, AttributeError):
                 return json_response({"error": {"message": "bad JSON"}}, 400)
-            chat = target.endswith("/chat/completions")
-            if not stream:
-                return [(self.ttft_s, self.chat_whole if chat else self.responses_whole)]
-            return self._stream(self.chat if chat else self.responses)
+            whole, streamed = answers
+            return self._stream(streamed) if stream else [(self.ttft_s, whole)]
         if method == "GET" and target.endswith("/models"):
             return self.models
         return json_response({"error": {"message": "not found"}}, 404)
+
+    def _answers(self, target: str) -> tuple[bytes, Stream] | None:
+        """The whole and the streamed answer of the API at ``target``."""
+        if target.endswith("/chat/completions"):
+            return self.chat_whole, self.chat
+        if target.endswith("/responses"):
+            return self.responses_whole, self.responses
+        if target.endswith("/messages"):
+            return self.messages_whole, self.messages
+        return None
 
     def _stream(self, stream: Stream) -> Segments:
         if self.ttft_s == 0 and self.token_s == 0:
@@ -273,6 +286,39 @@ def responses_stream(model: str, created: int, chunks: int, usage: dict[str, int
             + event("response.content_part.done", **at, part={**part, "text": text})
             + event("response.output_item.done", output_index=0, item=final["output"][0])
             + event("response.completed", response=final)
+            + b"0\r\n\r\n")
+    return Stream(SSE_HEAD, head, tokens, tail)
+
+
+def message_object(model: str, text: str, stop: str | None,
+                   usage: dict[str, int]) -> dict[str, Any]:
+    """A Messages API ``message``: one text block (none while the stream starts)."""
+    return {"id": "msg_bench", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": text}] if stop else [],
+            "stop_reason": stop, "stop_sequence": None,
+            "usage": {"input_tokens": usage["prompt_tokens"],
+                      "output_tokens": usage["completion_tokens"] if stop else 1}}
+
+
+def messages_stream(model: str, chunks: int, usage: dict[str, int]) -> Stream:
+    """A streamed Messages answer as Anthropic's API sends one: ``event:`` + ``data:`` per
+    event, ``message_start``, ``content_block_start``, a ``ping``, one ``text_delta`` per
+    token, ``content_block_stop``, ``message_delta`` with the stop reason and the usage,
+    ``message_stop`` (no ``[DONE]``)."""
+
+    def event(kind: str, **fields: Any) -> bytes:
+        data = orjson.dumps({"type": kind, **fields})
+        return chunk(b"event: %s\ndata: %s\n\n" % (kind.encode(), data))
+
+    head = (event("message_start", message=message_object(model, "", None, usage))
+            + event("content_block_start", index=0, content_block={"type": "text", "text": ""})
+            + event("ping"))
+    tokens = [event("content_block_delta", index=0, delta={"type": "text_delta", "text": "tok "})
+              for _ in range(chunks)]
+    tail = (event("content_block_stop", index=0)
+            + event("message_delta", delta={"stop_reason": "end_turn", "stop_sequence": None},
+                    usage={"output_tokens": usage["completion_tokens"]})
+            + event("message_stop")
             + b"0\r\n\r\n")
     return Stream(SSE_HEAD, head, tokens, tail)
 
@@ -348,7 +394,8 @@ async def serve(handler: Handler, host: str, port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     kinds = parser.add_subparsers(dest="kind", required=True)
-    upstream = kinds.add_parser("upstream", help="OpenAI chat completions and responses")
+    upstream = kinds.add_parser("upstream", help="OpenAI chat completions and responses, "
+                                  "Anthropic messages")
     upstream.add_argument("--chunks", type=int, default=50, help="content chunks per stream")
     upstream.add_argument("--ttft-ms", type=float, default=0.0, help="time to first token")
     upstream.add_argument("--token-ms", type=float, default=0.0, help="time between tokens")

@@ -3,14 +3,15 @@
     python bench/run.py [--duration 15] [--warmup 3] [--connections 32] [--quick]
 
 Starts the fast emulators (bench/fast_servers.py), then, for non-streamed and streamed chat
-completions and streamed ``/v1/responses``, each system under test in a fresh process: the
-minimal pass-through baseline with one guard hop, with two guard hops, guardproxy (prompt and
-response checked), and (chat only) guardproxy with ``--workers 2``.  wrk drives each at
-``--connections`` (throughput) and at one connection (unloaded latency; not for the 2 workers).
-The load generator and the emulators are pinned to one CPU, the system under test to another;
-the 2 workers need both, so they share the load's.  A ``/v1/responses`` stream carries the same
-tokens as a chat stream, and the baseline relays it the same way, so the two stream rows'
-ratios compare the APIs' cost in guardproxy.
+completions, ``/v1/responses`` and ``/v1/messages``, each system under test in a fresh
+process: the minimal pass-through baseline with one guard hop, (chat only) with two guard
+hops, guardproxy (prompt and response checked), and (chat only) guardproxy with
+``--workers 2``.  wrk drives each at ``--connections`` (throughput) and at one connection
+(unloaded latency; not for the 2 workers).  The load generator and the emulators are pinned
+to one CPU, the system under test to another; the 2 workers need both, so they share the
+load's.  Every API's answer carries the same tokens, and the baseline relays each API's
+answer as it came, so each API's guardproxy/baseline ratio compares what that API costs in
+guardproxy with chat's.
 
 Prints markdown tables and writes bench/results/latest.json.  Exits non-zero when a server
 does not start, a sanity request fails, or wrk sees errors or non-2xx responses.
@@ -48,6 +49,7 @@ LUA = BENCH / "chat.lua"
 KEY = "sk-bench-0123456789"
 CHAT = "/v1/chat/completions"
 RESPONSES = "/v1/responses"
+MESSAGES = "/v1/messages"
 TICK = os.sysconf("SC_CLK_TCK")
 #: a pinned CPU busier than its bench processes by more than this (percent) is flagged
 OTHER_CPU_WARN = 15.0
@@ -64,13 +66,18 @@ class Mode:
     key: str  # --modes name, and the key of the mode in latest.json
     label: str  # in the tables
     stream: bool
-    api: str  # chat | responses (chat.lua's BENCH_API)
+    api: str  # chat | responses | messages (chat.lua's BENCH_API)
     path: str
 
 
 MODES = (Mode("non-stream", "non-stream", False, "chat", CHAT),
          Mode("stream", "stream", True, "chat", CHAT),
-         Mode("responses-stream", "stream (responses)", True, "responses", RESPONSES))
+         Mode("responses", "non-stream (responses)", False, "responses", RESPONSES),
+         Mode("responses-stream", "stream (responses)", True, "responses", RESPONSES),
+         Mode("messages", "non-stream (messages)", False, "messages", MESSAGES),
+         Mode("messages-stream", "stream (messages)", True, "messages", MESSAGES))
+#: the other APIs, each beside chat (``_apis``)
+OTHER_APIS = ("responses", "messages")
 MODE = {mode.key: mode for mode in MODES}
 
 
@@ -360,7 +367,7 @@ POLICY = """\
 tenant: bench
 keys: [{digest}]
 upstream: local
-apis: {{chat: local, responses: local}}
+apis: {{chat: local, responses: local, messages: local}}
 prompt: {{check: true, unsafe: block, controversial: block}}
 response: {{check: true, unsafe: block, controversial: block, stream: window}}
 on_guard_error: block
@@ -401,6 +408,8 @@ class System:
         return self.key.startswith("proxy")
 
 
+#: the systems every API runs on (proxy2 and baseline2 run chat only)
+CHAT_ONLY = ("baseline1", "proxy")
 SYSTEMS = (System("baseline1", "baseline, 1 guard hop"),
            System("baseline2", "baseline, 2 guard hops"),
            System("proxy", "guardproxy, prompt + response checked"),
@@ -467,6 +476,8 @@ def sanity(server: Server, system: str, mode: Mode, *, chunks: int) -> None:
         payload["input"] = prompt
     else:
         payload["messages"] = [{"role": "user", "content": prompt}]
+    if mode.api == "messages":
+        payload["max_tokens"] = 256
     status, headers, raw = http_request(server.port, "POST", mode.path,
                                         json.dumps(payload).encode(), {
         "Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}, timeout=30)
@@ -474,8 +485,9 @@ def sanity(server: Server, system: str, mode: Mode, *, chunks: int) -> None:
     if status != 200:
         raise BenchError(f"{what}: HTTP {status}: {raw[:500]!r}")
     text = raw.decode()
-    if mode.api == "responses":
-        moderation = responses_sanity(text, what, chunks=chunks)
+    if mode.api != "chat":
+        check = API_SANITY[mode.api, mode.stream]
+        moderation = check(text, what, "tok " * chunks)
     elif mode.stream:
         if not text.rstrip().endswith("data: [DONE]") or text.count("tok ") < 1:
             raise BenchError(f"{what}: incomplete stream: {text[-300:]!r}")
@@ -488,8 +500,9 @@ def sanity(server: Server, system: str, mode: Mode, *, chunks: int) -> None:
         return
     if headers.get("x-guard-action") != "pass" or not isinstance(moderation, dict):
         raise BenchError(f"{what}: not moderated as expected: {text[-500:]!r}")
-    for stage in ("input", "output"):
-        if moderation.get(stage, {}).get("type") != "moderation_results":
+    for stage in ("input", "output"):  # chat's results, or (Responses) one result
+        if moderation.get(stage, {}).get("type") not in ("moderation_results",
+                                                         "moderation_result"):
             raise BenchError(f"{what}: {stage} not checked: {moderation.get(stage)!r}")
 
 
@@ -499,15 +512,17 @@ RESPONSES_EVENTS = ("response.created", "response.in_progress", "response.output
                     "response.content_part.added", "response.output_text.delta",
                     "response.output_text.done", "response.content_part.done",
                     "response.output_item.done", "response.completed")
+#: the same for a streamed Messages answer with one text block (``ping`` left out: the
+#: upstream sends one, guardproxy none)
+MESSAGES_EVENTS = ("message_start", "content_block_start", "content_block_delta",
+                   "content_block_stop", "message_delta", "message_stop")
 
 
-def responses_sanity(text: str, what: str, *, chunks: int) -> Any:
-    """Checks a streamed Responses answer (``event:`` and ``data:`` per event, sequence
-    numbers from 0, the expected event types in order, the deltas adding up to the upstream's
-    ``--chunks`` tokens and to the text of ``response.completed``, no ``[DONE]``); returns
-    the final response's ``moderation`` (None when it has none)."""
+def named_events(text: str, what: str) -> list[dict[str, Any]]:
+    """The events of an ``event:`` + ``data:`` stream (no ``[DONE]``), each one's ``event:``
+    line naming its ``type``."""
     if "[DONE]" in text:
-        raise BenchError(f"{what}: a Responses stream ends without [DONE]: {text[-300:]!r}")
+        raise BenchError(f"{what}: this API's streams end without [DONE]: {text[-300:]!r}")
     events = []
     for block in text.strip().split("\n\n"):
         lines = {name: value for name, _, value in
@@ -520,21 +535,82 @@ def responses_sanity(text: str, what: str, *, chunks: int) -> Any:
             raise BenchError(f"{what}: event {lines.get('event')!r} carries "
                              f"{event.get('type')!r}")
         events.append(event)
-    kinds = [e["type"] for e in events]
+    return events
+
+
+def _in_order(events: list[dict[str, Any]], expected: tuple[str, ...], what: str) -> None:
+    kinds = [e["type"] for e in events if e["type"] != "ping"]
     collapsed = tuple(k for i, k in enumerate(kinds) if i == 0 or k != kinds[i - 1])
-    if collapsed != RESPONSES_EVENTS:
-        raise BenchError(f"{what}: events {collapsed}, expected {RESPONSES_EVENTS}")
+    if collapsed != expected:
+        raise BenchError(f"{what}: events {collapsed}, expected {expected}")
+
+
+def _answered(streamed: str | None, final: str, expected: str, what: str) -> None:
+    if (streamed is not None and streamed != expected) or final != expected:
+        raise BenchError(f"{what}: incomplete answer: "
+                         f"{'-' if streamed is None else len(streamed)} characters streamed, "
+                         f"{len(final)} in the answer, {len(expected)} sent by the upstream")
+
+
+def response_text(response: dict[str, Any]) -> str:
+    return "".join(part.get("text", "") for item in response.get("output") or []
+                   for part in item.get("content") or [])
+
+
+def responses_sanity(text: str, what: str, expected: str) -> Any:
+    """Checks a streamed Responses answer (sequence numbers from 0, the expected event
+    types in order, the deltas adding up to the upstream's tokens and to the text of
+    ``response.completed``); returns the final response's ``moderation``."""
+    events = named_events(text, what)
+    _in_order(events, RESPONSES_EVENTS, what)
     if [e.get("sequence_number") for e in events] != list(range(len(events))):
         raise BenchError(f"{what}: sequence numbers are not 0..{len(events) - 1}")
     deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
     response = events[-1]["response"]
-    final = "".join(part.get("text", "") for item in response.get("output") or []
-                    for part in item.get("content") or [])
-    if deltas != "tok " * chunks or final != deltas or response.get("status") != "completed" \
-            or not response.get("usage"):
-        raise BenchError(f"{what}: incomplete answer: {len(deltas)} characters streamed, "
-                         f"{len(final)} in the response, status {response.get('status')!r}")
+    _answered(deltas, response_text(response), expected, what)
+    if response.get("status") != "completed" or not response.get("usage"):
+        raise BenchError(f"{what}: status {response.get('status')!r}, usage "
+                         f"{response.get('usage')!r}")
     return response.get("moderation")
+
+
+def response_sanity(text: str, what: str, expected: str) -> Any:
+    """A whole Responses answer: completed, the upstream's text, usage."""
+    response = json.loads(text)
+    _answered(None, response_text(response), expected, what)
+    if response.get("status") != "completed" or not response.get("usage"):
+        raise BenchError(f"{what}: status {response.get('status')!r}")
+    return response.get("moderation")
+
+
+def messages_sanity(text: str, what: str, expected: str) -> Any:
+    """A streamed Messages answer: the expected event types in order, the text deltas
+    adding up to the upstream's tokens, ``message_delta`` with ``end_turn`` and the usage;
+    returns the ``moderation`` of ``message_delta``."""
+    events = named_events(text, what)
+    _in_order(events, MESSAGES_EVENTS, what)
+    deltas = "".join(e["delta"].get("text", "") for e in events
+                     if e["type"] == "content_block_delta")
+    _answered(deltas, deltas, expected, what)
+    (ending,) = [e for e in events if e["type"] == "message_delta"]
+    if ending["delta"].get("stop_reason") != "end_turn" or not ending.get("usage"):
+        raise BenchError(f"{what}: message_delta {ending!r}")
+    return ending.get("moderation")
+
+
+def message_sanity(text: str, what: str, expected: str) -> Any:
+    """A whole Messages answer: ``end_turn``, the upstream's text, usage."""
+    message = json.loads(text)
+    final = "".join(block.get("text", "") for block in message.get("content") or [])
+    _answered(None, final, expected, what)
+    if message.get("stop_reason") != "end_turn" or not message.get("usage"):
+        raise BenchError(f"{what}: stop_reason {message.get('stop_reason')!r}")
+    return message.get("moderation")
+
+
+#: (api, stream) -> the check of a sanity answer, returning its ``moderation``
+API_SANITY = {("responses", True): responses_sanity, ("responses", False): response_sanity,
+              ("messages", True): messages_sanity, ("messages", False): message_sanity}
 
 
 @dataclass
@@ -542,7 +618,7 @@ class Row:
     system: str
     label: str
     mode: str  # Mode.key
-    api: str  # chat | responses
+    api: str  # chat | responses | messages
     stream: bool
     connections: int
     rps: float
@@ -581,7 +657,7 @@ class Row:
 
 
 GUARD_PATHS = ("/v1/chat/completions", "/generate")
-UPSTREAM_PATHS = ("/v1/chat/completions", "/v1/responses")
+UPSTREAM_PATHS = ("/v1/chat/completions", "/v1/responses", "/v1/messages")
 
 
 def measure(env: Env, port: int, system: System, *, mode: Mode, connections: int,
@@ -794,8 +870,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="comma-separated subset of baseline1, baseline2, proxy, proxy2 "
                         "(guardproxy serve --workers 2, on both CPUs)")
     parser.add_argument("--modes", default=",".join(m.key for m in MODES),
-                        help="comma-separated subset of non-stream, stream (chat completions) "
-                        "and responses-stream (/v1/responses; not run on proxy2)")
+                        help="comma-separated subset of non-stream, stream (chat completions), "
+                        "responses, responses-stream (/v1/responses), messages, "
+                        "messages-stream (/v1/messages); the other APIs run on baseline1 and "
+                        "proxy only")
     parser.add_argument("--no-latency", action="store_true", help="skip the c=1 runs")
     parser.add_argument("--python", default=default_python(),
                         help="interpreter for the servers (default: the repo's .venv)")
@@ -896,7 +974,7 @@ def run(args: argparse.Namespace) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\n{pinning.note}; wrk -t1 -c{args.connections}, {args.warmup:g} s warm-up, "
-          f"{args.duration:g} s measured; streams (chat and responses) of {args.chunks} chunks "
+          f"{args.duration:g} s measured; streams (every API) of {args.chunks} chunks "
           f"(ttft {args.ttft_ms:g} ms, {args.token_ms:g} ms/token); guard {args.guard_ms:g} ms, "
           f"guardproxy guard.api {args.guard_api}; uvloop "
           f"{'installed' if uvloop else 'not installed'}, baseline loop {args.baseline_loop}; "
@@ -909,13 +987,8 @@ def run(args: argparse.Namespace) -> int:
               f"{pinning.both or 'unpinned'}, sharing CPU {pinning.load or '-'} with wrk and the "
               "emulators, so 2.0 is out of reach): "
               + ", ".join(f"{mode} {value:.2f}" for mode, value in scaling.items()))
-    if apis:
-        print("\nResponses vs chat, streamed: guardproxy/baseline 1-hop "
-              f"{fmt(apis.get('proxy/baseline1 chat'), '.2f')} (chat) vs "
-              f"{fmt(apis.get('proxy/baseline1 responses'), '.2f')} (responses); "
-              "responses rps / chat rps: baseline 1-hop "
-              f"{fmt(apis.get('baseline1 responses/chat'), '.2f')}, guardproxy "
-              f"{fmt(apis.get('proxy responses/chat'), '.2f')}")
+    if any(key.startswith("proxy/baseline1 ") and " chat " not in key for key in apis):
+        print("\n" + apis_line(apis))
     if latency:
         print("\nUnloaded latency (wrk -t1 -c1); proxy added p50 = guardproxy p50 - "
               "(guard calls/req * guard p50 + upstream p50)\n")
@@ -934,10 +1007,11 @@ def one_round(env: Env, mode: Mode, rows: list[Row], c1: list[Row], direct: list
               *, guard: bool) -> None:
     """Every system in one mode, each in a fresh process; then the direct c=1 runs (the
     guard's only with ``guard``: its answer does not depend on the mode).
-    ``/v1/responses`` is not run on proxy2: worker scaling does not depend on the API."""
+    ``/v1/responses`` and ``/v1/messages`` are not run on proxy2 nor on the 2-hop baseline:
+    worker scaling and a second guard hop do not depend on the API."""
     args = env.args
     systems = [s for s in SYSTEMS if s.key in args.systems.split(",")
-               and (mode.api == "chat" or s.workers == 1)]
+               and (mode.api == "chat" or s.key in CHAT_ONLY)]
     for system in systems:
         code = proxy_fingerprint()
         server = env.start(system)
@@ -1014,19 +1088,39 @@ def _ratios(rows: list[Row]) -> dict[str, dict[str, float]]:
 
 
 def _apis(rows: list[Row], ratios: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Streamed ``/v1/responses`` beside streamed chat: each one's ratio to its baseline, and
-    each system's responses rps over its chat rps (the baseline's should be near 1: the
-    emulators and the relay do the same work for both)."""
-    chat, responses = ratios.get("stream", {}), ratios.get("responses-stream", {})
+    """Each API beside chat, whole and streamed: each one's guardproxy/baseline 1-hop ratio
+    (``proxy/baseline1 <api> <kind>``), and each system's rps for the API over its chat rps
+    (``<system> <api>/chat <kind>``; the baseline's should be near 1: the emulators and the
+    relay do about the same work for every API)."""
     out: dict[str, float] = {}
-    if "baseline1" in chat and "baseline1" in responses:
-        out["proxy/baseline1 chat"] = chat["baseline1"]
-        out["proxy/baseline1 responses"] = responses["baseline1"]
-    for system in ("baseline1", "baseline2", "proxy"):
-        by = {r.mode: r.rps for r in rows if r.system == system}
-        if by.get("stream") and "responses-stream" in by:
-            out[f"{system} responses/chat"] = by["responses-stream"] / by["stream"]
+    for api in ("chat", *OTHER_APIS):
+        for kind, stream in (("whole", False), ("stream", True)):
+            mode = _mode_of(api, stream)
+            if "baseline1" in ratios.get(mode, {}):
+                out[f"proxy/baseline1 {api} {kind}"] = ratios[mode]["baseline1"]
+            if api == "chat":
+                continue
+            for system in ("baseline1", "proxy"):
+                by = {r.mode: r.rps for r in rows if r.system == system}
+                chat = by.get(_mode_of("chat", stream))
+                if chat and mode in by:
+                    out[f"{system} {api}/chat {kind}"] = by[mode] / chat
     return out
+
+
+def apis_line(apis: dict[str, float]) -> str:
+    """Each API's ratio to its own 1-hop baseline beside chat's, whole and streamed."""
+    parts = []
+    for kind in ("whole", "stream"):
+        ratios = ", ".join(f"{api} {fmt(apis.get(f'proxy/baseline1 {api} {kind}'), '.2f')}"
+                           for api in ("chat", *OTHER_APIS))
+        parts.append(f"{kind}: {ratios}")
+    return ("APIs, guardproxy / baseline 1-hop of the same API (targets: whole >= 0.60, "
+            "stream >= 0.50): " + "; ".join(parts))
+
+
+def _mode_of(api: str, stream: bool) -> str:
+    return next(m.key for m in MODES if m.api == api and m.stream == stream)
 
 
 def _latency(c1: list[Row], direct: dict[str, Row]) -> dict[str, Any]:

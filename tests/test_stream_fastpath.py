@@ -69,7 +69,9 @@ _NAMED = st.one_of(
     st.tuples(_PAYLOAD, _PAYLOAD).map(lambda p: [b"event: " + p[0], b"data: " + p[1],
                                                  b"data: " + p[0]]),
     st.lists(st.sampled_from([b"event: x", b"data: y", b"data:z", b": c", b"id: 1",
-                              b"event: a\ndata: b", b"data: event: q", b"", b"event:"]),
+                              b"event: a\ndata: b", b"data: event: q", b"", b"event:",
+                              b"data:event: a", b"xevent: b", b"event: event: c",
+                              b"event: d\ndata: e\ndata: f"]),
              min_size=1, max_size=3),
 )
 
@@ -93,6 +95,8 @@ def test_named_events_read_as_the_general_decoder_reads_them(events: list[list[b
     b"event: a\ndata: 1\n\ndata: 2\n\n",
     b"event: a\ndata: 1\n\nevent: b\nid: 2\n\n",
     b"event: a\ndata: 1\n\n\nevent: b\ndata: 2\n\n",
+    b"event: a\ndata: 1\n\ndata:event: b\ndata: 2\n\n",  # a line before the name's
+    b"event: a\ndata: 1\n\nxevent: b\ndata: 2\n\n",
 ])
 def test_named_shapes_the_fast_path_declines_still_decode(chunk: bytes) -> None:
     assert _fast([chunk]) == _general([chunk])

@@ -11,7 +11,7 @@ never decoded to ``str`` and re-encoded.
 
 from __future__ import annotations
 
-from itertools import repeat
+import re
 from typing import NamedTuple
 
 from proxy.errors import SSEError
@@ -74,9 +74,9 @@ class SSEDecoder:
         path.
 
         Each such event holds exactly two LFs and starts with ``data: ``: counting both
-        in C checks every event without a Python loop.  With ``named``, events named by
-        an ``event:`` line first (``/v1/responses``, ``/v1/messages``) are read too
-        (``_named_data``; their names are dropped)."""
+        in C checks every event, and one split takes their data, without a Python loop.
+        With ``named``, events named by an ``event:`` line first (``/v1/responses``,
+        ``/v1/messages``) are read too (``_named_data``; their names are dropped)."""
         if self._partial or self._data or self._skip_lf or not chunk.endswith(b"\n\n"):
             return None
         if self._event is not None:  # an event's name came in the last read, its data next
@@ -86,14 +86,15 @@ class SSEDecoder:
         if not chunk.startswith(b"data: "):
             named = named and chunk.startswith(b"event: ")
             return _named_data(chunk, self._max) if named else None
-        blocks = chunk[:-2].split(b"\n\n")
-        if len(chunk) > self._max and max(map(len, blocks)) > self._max:
+        # ``data: X`` + LF LF, n times: n - 1 separators LF LF ``data: `` and the last LF LF
+        # hold every LF of the chunk, so no X holds one
+        count = chunk.count(b"\n\ndata: ") + 1
+        if chunk.count(b"\n") != 2 * count:
             return None
-        if chunk.count(b"\n") != 2 * len(blocks):
-            return None
-        if chunk.count(b"\n\ndata: ") != len(blocks) - 1:
-            return None
-        return [block[6:] for block in blocks]
+        data = chunk[6:-2].split(b"\n\ndata: ")
+        if len(chunk) > self._max and max(map(len, data)) >= self._max:
+            return None  # the general path names the event too large
+        return data
 
     def _feed(self, chunk: bytes) -> list[SSEEvent]:
         if self._skip_lf and chunk[:1] == b"\n":
@@ -164,21 +165,22 @@ class SSEDecoder:
 
 def _named_data(chunk: bytes, bound: int) -> list[bytes] | None:
     """The data of whole events of exactly two lines each, ``event: <name>`` then
-    ``data: ...`` (``chunk``: LF line ends only, ending in a blank line), else None.
+    ``data: ...`` (``chunk``: starting ``event: ``, LF line ends only, ending in a blank
+    line), else None.
 
-    Split at LFs, such a chunk's lines are ``event:``, ``data:`` and blank ones in turn,
-    and one more empty string after its last LF: each line's place says what it must be,
-    checked in C over each third of the lines."""
-    lines = chunk.split(b"\n")
-    if len(lines) % 3 != 1 or any(lines[2::3]):
+    ``_NAMED`` finds ``n`` such events, each holding three LFs; when the chunk holds
+    ``3n`` LFs and ``n - 1`` LF LF ``event: ``, they follow one another from its first
+    byte to its last, with nothing between them."""
+    data: list[bytes] = _NAMED.findall(chunk)
+    count = len(data)
+    if chunk.count(b"\n") != 3 * count or chunk.count(b"\n\nevent: ") != count - 1:
         return None
-    data = lines[1::3]
-    if not (all(map(bytes.startswith, data, repeat(b"data: ")))
-            and all(map(bytes.startswith, lines[0:-1:3], repeat(b"event: ")))):
-        return None
-    if len(chunk) > bound and max(map(len, data)) > bound:
+    if len(chunk) > bound and max(map(len, data)) >= bound:
         return None  # the general path names the event too large
-    return [line[6:] for line in data]
+    return data
+
+
+_NAMED = re.compile(rb"event: [^\n]*\ndata: ([^\n]*)\n\n")
 
 
 def encode(data: bytes) -> bytes:

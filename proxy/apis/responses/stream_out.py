@@ -44,7 +44,8 @@ class ResponsesEncoder(ChoicesEncoder):
             out.append(self._event("response.output_item.done", output_index=item["_index"],
                                    item=_public(item)))
         response = response_object(head=(self.id, head.created, head.model),
-                                   output=[_public(item) for item in self.items],
+                                   output=[_public(item) if "_index" in item else item
+                                           for item in self.items],
                                    finish=self.finish, usage=usage, moderation=moderation)
         kind = ("response.incomplete" if response["status"] == "incomplete"
                 else "response.completed")
@@ -83,11 +84,13 @@ class ResponsesEncoder(ChoicesEncoder):
         self.texts.append(text)
         item = self.open
         assert item is not None
-        name = {"reasoning": "response.reasoning_text.delta", "message":
-                "response.output_text.delta", "refusal": "response.refusal.delta"}[kind]
-        extra: Json = {"logprobs": []} if kind == "message" else {}
-        out.append(self._event(name, item_id=item["id"], output_index=item["_index"],
-                               content_index=0, delta=text, **extra))
+        if kind == "message":
+            out.append(self._event("response.output_text.delta", item_id=item["id"],
+                                   output_index=item["_index"], content_index=0, delta=text,
+                                   logprobs=[]))
+        else:
+            out.append(self._event(_DELTAS[kind], item_id=item["id"],
+                                   output_index=item["_index"], content_index=0, delta=text))
         return out
 
     def _open(self, kind: str) -> list[bytes]:
@@ -111,12 +114,10 @@ class ResponsesEncoder(ChoicesEncoder):
         item, text, kind = self.open, "".join(self.texts), self.open["_kind"]
         self.open = None
         index, part = item["_index"], _part_of(kind, text)
-        done = {"reasoning": ("response.reasoning_text.done", "text"),
-                "message": ("response.output_text.done", "text"),
-                "refusal": ("response.refusal.done", "refusal")}[kind]
+        name, key = _DONE[kind]
         extra: Json = {"logprobs": []} if kind == "message" else {}
-        out = [self._event(done[0], item_id=item["id"], output_index=index, content_index=0,
-                           **{done[1]: text}, **extra),
+        out = [self._event(name, item_id=item["id"], output_index=index, content_index=0,
+                           **{key: text}, **extra),
                self._event("response.content_part.done", item_id=item["id"],
                            output_index=index, content_index=0, part=part)]
         final = self.items[index]
@@ -148,6 +149,14 @@ class ResponsesEncoder(ChoicesEncoder):
                                    item_id=item["id"], output_index=item["_index"],
                                    delta=arguments))
         return out
+
+
+#: Each kind of output's delta event, and its done event with the key of its text.
+_DELTAS = {"reasoning": "response.reasoning_text.delta", "message": "response.output_text.delta",
+           "refusal": "response.refusal.delta"}
+_DONE = {"reasoning": ("response.reasoning_text.done", "text"),
+         "message": ("response.output_text.done", "text"),
+         "refusal": ("response.refusal.done", "refusal")}
 
 
 def _part_of(kind: str, text: str) -> Json:
