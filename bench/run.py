@@ -1038,7 +1038,9 @@ def one_round(env: Env, mode: Mode, rows: list[Row], c1: list[Row], direct: list
     for name, port in (("upstream", env.upstream.port), ("guard", env.guard.port)):
         if name == "guard" and not guard:
             continue
-        row = measure(env, port, System(name, f"{name} direct"), mode=mode,
+        # the guard speaks chat whatever the mode: it is sent a chat request
+        load = mode if name == "upstream" else replace(MODE["non-stream"], key=mode.key)
+        row = measure(env, port, System(name, f"{name} direct"), mode=load,
                       connections=1, seconds=args.duration, warmup=min(args.warmup, 1.0),
                       sut=None)
         direct.append(row)
