@@ -39,9 +39,13 @@ class CheckPlan:
     limit: int  # the tenant's limits.max_guard_calls_per_request
     views: list[GuardInput]  # what the prompt check judges, in order (before fitting)
     inputs: list[list[GuardInput]]  # each view's guard inputs, fitted into the window
-    prompt_checks: int  # the guard inputs of all views
     answers: int  # the checks kept for the answer: one per choice, 0 when not checked
     answer_calls: int = 0  # guard calls the answer's checks made so far
+
+    @property
+    def prompt_checks(self) -> int:
+        """The guard inputs of all the prompt's views."""
+        return sum(len(one) for one in self.inputs)
 
     @property
     def planned(self) -> int:
@@ -75,8 +79,7 @@ def plan_checks(chat: ChatRequest, policy: Policy, budget: int | None) -> CheckP
         views = judged_prompts(chat.conversation, policy.prompt.scope, chat.extras)
     inputs = [fitted(view, budget) for view in views]
     return CheckPlan(limit=policy.limits.max_guard_calls_per_request, views=views,
-                     inputs=inputs, prompt_checks=sum(len(one) for one in inputs),
-                     answers=chat.n if policy.response.check else 0)
+                     inputs=inputs, answers=chat.n if policy.response.check else 0)
 
 
 def fitted(turns: Sequence[Turn], budget: int | None) -> list[GuardInput]:

@@ -7,6 +7,7 @@ are written back as that API's events (an ``Encoder``); in between, everything i
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -75,7 +76,7 @@ class EventReader:
 
 
 def parse(data: bytes) -> Any:
-    """One upstream event's JSON (inlined where a text delta is read: the usual event)."""
+    """One upstream event's JSON, or the stream's fault."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -85,7 +86,7 @@ def parse(data: bytes) -> Any:
 UNREADABLE = "upstream sent an unreadable stream event"
 
 
-class ChoicesEncoder:
+class ChoicesEncoder(ABC):
     """What the two encoders share: a released chunk's choices, field by field — each
     text field as the ``kind`` of output it opens or extends, each tool-call fragment,
     the finish reason kept for the end."""
@@ -106,11 +107,14 @@ class ChoicesEncoder:
             self.finish = choice.get("finish_reason") or self.finish
         return b"".join(out)
 
+    @abstractmethod
     def _start(self, head: StreamHead) -> list[bytes]:
-        raise NotImplementedError
+        """The events that open the client's stream."""
 
+    @abstractmethod
     def _text(self, kind: str, text: str) -> list[bytes]:
-        raise NotImplementedError
+        """The events of released text of one ``kind`` (opening its output if needed)."""
 
+    @abstractmethod
     def _call(self, call: dict[str, Any]) -> list[bytes]:
-        raise NotImplementedError
+        """The events of one released tool-call fragment."""

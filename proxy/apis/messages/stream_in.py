@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from proxy.apis.messages.answer import STOP, tool_use_id
-from proxy.core.events import UNREADABLE, EventReader
+from proxy.core.events import EventReader, parse
 from proxy.errors import StreamFault
 
 Json = dict[str, Any]
@@ -28,10 +28,7 @@ class MessagesEvents(EventReader):
 
     def read(self, data: bytes) -> Json | str | None:
         """The chat chunk ``data`` amounts to; answer text as a plain string."""
-        try:  # ``parse``, inlined: a text delta is the usual event
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise StreamFault(UNREADABLE) from exc
+        event = parse(data)
         if type(event) is dict and event.get("type") == "content_block_delta":
             delta = event.get("delta")
             if type(delta) is dict and delta.get("type") == "text_delta" and self.head:

@@ -8,10 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from proxy.apis.responses.answer import chat_usage, finish_of
-from proxy.core.events import UNREADABLE, EventReader
+from proxy.core.events import EventReader, parse
 from proxy.errors import StreamFault
 
 Json = dict[str, Any]
@@ -26,10 +24,7 @@ class ResponsesEvents(EventReader):
 
     def read(self, data: bytes) -> Json | str | None:
         """The chat chunk ``data`` amounts to; answer text as a plain string."""
-        try:  # ``parse``, inlined: a text delta is the usual event
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise StreamFault(UNREADABLE) from exc
+        event = parse(data)
         if type(event) is dict and event.get("type") == "response.output_text.delta":
             text = event.get("delta")
             if type(text) is str and self.head:
