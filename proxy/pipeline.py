@@ -215,13 +215,21 @@ class Checks:
             self.record.guard_timings.append((check, seconds))
 
     def _keep_text(self, outcome: Outcome, text: str, *, output: bool) -> None:
-        """Blocked or flagged text goes into the log line only if the tenant opted in."""
+        """Blocked or flagged text goes into the log line only if the tenant opted in
+        (``RequestRecord.fields``); with an audit trail on, every judged text is kept for
+        the trail, which stores it or only its keyed hash."""
+        record = self.record
+        if record.keep_texts:
+            if output:
+                record.judged_outputs.append(text)
+            else:
+                record.judged_input = text
         if not self.policy.log_content or outcome.action is Action.PASS:
             return
         if output:
-            self.record.output_texts.append(text)
+            record.output_texts.append(text)
         else:
-            self.record.input_text = text
+            record.input_text = text
 
 
 async def _all(checks: list[Awaitable[Outcome]]) -> list[Outcome]:

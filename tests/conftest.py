@@ -23,10 +23,12 @@ import orjson
 import pytest
 import structlog
 import structlog.testing
+from browser import browser  # noqa: F401
 from emulators.guard import GuardEmulator
 from emulators.loopback import LoopbackServer
 from emulators.upstream import UpstreamEmulator
 from harness import KEYS, UPSTREAM_KEY, Proxy, running_proxy
+from pgserver import postgres  # noqa: F401
 from sdks import close_all
 
 Server = TypeVar("Server", bound=LoopbackServer)

@@ -205,7 +205,9 @@ def write_config(root: Path, *, guard: str, upstream: str, stream: str = "buffer
                  timeout: float = 2.0, max_body: int = 65536, api: str = "chat",
                  upstream_timeout: float = 10.0, poll: float = 1.0,
                  shared_cache: bool = False, admin_port: int = 0,
-                 decoding: str = "one_token") -> Path:
+                 decoding: str = "one_token", extra: str = "") -> Path:
+    """The config and the policies of the suite's tenants under ``root``; ``extra``: more
+    YAML for the server config (an ``audit:`` section, say)."""
     (root / "policies").mkdir(parents=True, exist_ok=True)
     for name, text in POLICIES.items():
         policy = text.format(key=_digest(KEYS[name]), stream=stream)
@@ -215,15 +217,16 @@ def write_config(root: Path, *, guard: str, upstream: str, stream: str = "buffer
                                   max_body=max_body, api=api,
                                   upstream_timeout=upstream_timeout, poll=poll,
                                   shared_cache=str(shared_cache).lower(),
-                                  admin_port=admin_port, decoding=decoding))
+                                  admin_port=admin_port, decoding=decoding) + extra)
     return path
 
 
 async def start_proxy(root: Path, guard: GuardEmulator, upstream: UpstreamEmulator,
-                      **options: Any) -> tuple[TestServer, Proxy]:
+                      env: Mapping[str, str] | None = None, **options: Any
+                      ) -> tuple[TestServer, Proxy]:
     upstream.api_key = UPSTREAM_KEY
     config = load(write_config(root, guard=guard.url, upstream=upstream.url, **options),
-                  env={"UPSTREAM_KEY": UPSTREAM_KEY})
+                  env={"UPSTREAM_KEY": UPSTREAM_KEY, **(env or {})})
     app = create_app(config)
     admin = TestServer(create_admin_app(app), host="127.0.0.1")
 

@@ -111,7 +111,7 @@ CONFIG_CASES = [
     pytest.param(
         CONFIG + "listne: {port: 1}\n",
         ["CFG:14: unknown key 'listne' at top level "
-         "(valid: listen, policies, guard, upstreams, limits, log, reload, admin, cache)"],
+         "(valid: listen, policies, guard, upstreams, limits, log, reload, admin, cache, audit)"],
         id="unknown-key-top",
     ),
     pytest.param(
@@ -330,7 +330,7 @@ CONFIG_CASES = [
     pytest.param(
         "base: &b {port: 1}\nlisten:\n  <<: *b\n" + CONFIG.split("\n", 1)[1],
         ["CFG:1: unknown key 'base' at top level "
-         "(valid: listen, policies, guard, upstreams, limits, log, reload, admin, cache)",
+         "(valid: listen, policies, guard, upstreams, limits, log, reload, admin, cache, audit)",
          "CFG:3: YAML merge keys (<<) are not supported"],
         id="yaml-merge-key",
     ),

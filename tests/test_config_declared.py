@@ -115,7 +115,7 @@ def test_every_declared_key_is_read(tmp_path: Path) -> None:
                    "decoding", "cache_size", "cache_ttl_s", "max_model_len",
                    "max_concurrency_per_request")),
     (ServerConfig, ("listen", "policies", "guard", "upstreams", "limits", "log", "reload",
-                    "admin", "cache")),
+                    "admin", "cache", "audit")),
     (Policy, ("tenant", "keys", "upstream", "models", "prompt", "response", "on_guard_error",
               "block", "limits", "annotate", "apis", "log_content")),
 ])

@@ -117,7 +117,7 @@ def test_the_transitive_check_sees_what_a_module_loads() -> None:
 
 #: The packages from the ground floor up: a module imports from its floor or below.
 LAYERS = (("proxy.errors", "proxy.__init__"), ("proxy.config",), ("proxy.core",), ("proxy.apis",),
-          ("proxy.obs",), ("proxy.clients",), ("proxy.pipeline",), ("proxy.web",),
+          ("proxy.obs",), ("proxy.clients", "proxy.audit"), ("proxy.pipeline",), ("proxy.web",),
           ("proxy.demo", "proxy.serving", "proxy.workers", "proxy.guardserver"),
           ("proxy.cli", "proxy.__main__"))
 

@@ -271,6 +271,15 @@ class ServerConfig:
                                               metadata=key("cache.redis_secret_env", own=1))
     # the longest a check waits for Redis; slower is a miss
     cache_redis_timeout_s: float = field(default=0.05, metadata=key("cache.redis_timeout_s"))
+    # the audit trail of decisions: sqlite:////absolute/file (a relative file is resolved
+    # from the config's folder) or postgresql://user@host:port/db; None: no audit trail
+    audit_url: str | None = field(default=None, metadata=key("audit.url", own=1))
+    audit_password: Secret | None = field(default=None, metadata=key("audit.password_env", own=1))
+    # the key of the text hash a record keeps instead of the text
+    audit_secret: Secret | None = field(default=None, metadata=key("audit.secret_env", own=1))
+    audit_retention_days: float = field(default=30.0, metadata=key("audit.retention_days"))
+    audit_sample_pass: float = field(default=0.0, metadata=key("audit.sample_pass", own=1))
+    audit_queue_size: int = field(default=10_000, metadata=key("audit.queue_size"))
     source: Path = field(default=Path("<memory>"), metadata=SPECIAL)
 
 

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
+from proxy.config.audit import read_audit
 from proxy.config.declared import keys_of, read_plain, required_of
 from proxy.config.files import File, read_yaml
 from proxy.config.model import GuardConfig, Secret, ServerConfig, UpstreamConfig
@@ -43,7 +44,7 @@ def load_server(f: File, env: Mapping[str, str]) -> LoadedServer | None:
     folder = _policies_folder(top)
     upstreams = _upstreams(top, env)
     nested: dict[str, Any] = {}
-    for name in ("listen", "limits", "log", "reload", "cache", "admin"):
+    for name in ("listen", "limits", "log", "reload", "cache", "admin", "audit"):
         if name == "admin" and _switched_off(top, name):
             nested["admin_enabled"] = False
             continue
@@ -51,6 +52,8 @@ def load_server(f: File, env: Mapping[str, str]) -> LoadedServer | None:
         nested.update(read_plain(sec, ServerConfig, f"{name}."))
         if name == "admin":
             nested["admin_token"] = sec.secret("token_env", env)
+        if name == "audit":
+            nested.update(read_audit(sec, env, f.path.parent))
         if name == "cache":
             nested["cache_redis_url"] = _redis_url(sec)
             nested["cache_redis_password"] = sec.secret("redis_password_env", env)

@@ -122,6 +122,11 @@ class Ledger:
         cap = max(stage.window_chars, MAX_WINDOW_CHARS)
         return cls(mode=mode, schedule=WindowSchedule(first=stage.window_chars, cap=cap))
 
+    @property
+    def released_chars(self) -> int:
+        """Characters of the streamed text released so far (where a cut fell)."""
+        return self.ends[self.sent - 1] if self.sent else 0
+
     # -- feeding ------------------------------------------------------------------------
 
     def add(self, *, judged: bool, held: bool, chars: int) -> None:

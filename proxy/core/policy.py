@@ -29,6 +29,22 @@ def _category_action(stage: StagePolicy, name: str, verdict: Verdict, base: Acti
     return chosen or base
 
 
+def rule_of(stage: StagePolicy, verdict: Verdict, name: str) -> str:
+    """Which key of the stage's policy decided ``decide(stage, verdict)``, as its YAML path
+    (``prompt.unsafe``, ``response.categories.PII.controversial``): the operator's answer
+    to *why this action*."""
+    if verdict.severity == "safe":
+        return f"{name}: safe always passes"
+    action = decide(stage, verdict)
+    for category in verdict.categories:
+        override = stage.categories.get(category)
+        chosen = None if override is None else (
+            override.unsafe if verdict.severity == "unsafe" else override.controversial)
+        if chosen is action:
+            return f"{name}.categories.{category}.{verdict.severity}"
+    return f"{name}.{verdict.severity}"
+
+
 def tightened(policy: Policy, asked: ModerationAsk | None) -> Policy:
     """The tenant's policy as one request's ``moderation`` parameter tightens it.
 

@@ -166,6 +166,16 @@ class RequestRecord:
     upstream_status: int | None = None
     upstream_said: str | None = None
     upstream_said_chars: int = 0
+    # for the audit trail: the client's API, the answer's stream mode, the characters a
+    # stream released before it was cut, and the policy in force (as the request tightened
+    # it); with an audit trail on, the judged texts are kept for their hash
+    api: str = "chat"
+    stream_mode: str | None = None
+    released_chars: int | None = None
+    policy: Any = None
+    keep_texts: bool = False
+    judged_input: str | None = None
+    judged_outputs: list[str] = field(default_factory=list)
 
     def failed(self, code: str | None, exc: BaseException | None = None) -> None:
         """The request ends in an error answer (or a stream in an in-band error) with this

@@ -72,6 +72,7 @@ class Metrics:
         self._declare_guard(self.registry)
         self._declare_cache(self.registry)
         self._declare_answers(self.registry)
+        self._declare_audit(self.registry)
         self._of = {name: _Children(getattr(self, name)) for name in (
             "requests", "responses", "guard_calls", "guard_requests", "guard_latency",
             "upstream_latency", "ttft", "blocked", "blocked_tokens", "leaked_chars",
@@ -161,6 +162,17 @@ class Metrics:
             "guardproxy_removed_fields",
             "Upstream answer fields with a value that the proxy does not understand, "
             "removed from what the client got.", ["tenant"], registry=r)
+
+    def _declare_audit(self, r: CollectorRegistry) -> None:
+        self.audit_written = Counter(
+            "guardproxy_audit_written", "Decisions written to the audit trail.", registry=r)
+        self.audit_dropped = Counter(
+            "guardproxy_audit_dropped", "Decisions the audit trail lost: queue_full (the "
+            "queue was full; the request went on at once) or write_failed (the store "
+            "refused the batch).", ["reason"], registry=r)
+        self.audit_purged = Counter(
+            "guardproxy_audit_purged", "Decisions deleted for being older than "
+            "audit.retention_days.", registry=r)
 
     def guard_requests_by(self, api: str) -> Callable[[str], None]:
         """What counts one guard request of ``api``, given its step."""

@@ -20,6 +20,9 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from proxy.audit.setup import make_writer
+from proxy.audit.setup import start as start_audit
+from proxy.audit.writer import AuditCounters
 from proxy.clients.guard import ChatGuard, GenerateGuard, Guard
 from proxy.clients.sharedcache import REJECTIONS, CacheCounters, SharedVerdicts
 from proxy.clients.upstream import Upstream
@@ -105,6 +108,15 @@ def cache_counters(metrics: Metrics) -> CacheCounters:
         failed=lambda op, kind: metrics.redis_errors.labels(op, kind).inc())
 
 
+def audit_counters(metrics: Metrics) -> AuditCounters:
+    """The audit trail's counts in the metrics, each reason at 0 from the start."""
+    for reason in ("queue_full", "write_failed"):
+        metrics.audit_dropped.labels(reason)
+    return AuditCounters(written=metrics.audit_written.inc,
+                         dropped=lambda reason, n: metrics.audit_dropped.labels(reason).inc(n),
+                         purged=metrics.audit_purged.inc)
+
+
 def make_reloader(server: ServerConfig, runtime: Runtime) -> PolicyReloader:
     """Live policy reload into ``runtime``, logged as ``policy_reload`` and counted in its
     metrics."""
@@ -137,12 +149,15 @@ def _clients(config: Config) -> Callable[[web.Application], AsyncIterator[None]]
             for name, upstream in config.server.upstreams.items()
         }
         shared = make_shared_cache(config.server, metrics)
+        audit = make_writer(config.server, audit_counters(metrics))
         runtime = app[RUNTIME] = Runtime(config=config, guard=guard, upstreams=upstreams,
                                          cache=make_cache(config.server.guard,
                                                           shared=shared is not None),
-                                         shared_cache=shared, metrics=metrics)
+                                         shared_cache=shared, metrics=metrics, audit=audit)
         if shared is not None:
             shared.start()
+        if audit is not None:
+            await start_audit(audit)  # a store that cannot be opened stops the start
         reloader = make_reloader(config.server, runtime)
         reloader.start()
         # Asked beside start-up, not before it: the socket opens at once, and a check that
@@ -156,6 +171,8 @@ def _clients(config: Config) -> Callable[[web.Application], AsyncIterator[None]]
             window.cancel()
             if shared is not None:
                 await shared.close()
+            if audit is not None:
+                await audit.stop()
             guard.close()
             for upstream in upstreams.values():
                 upstream.close()

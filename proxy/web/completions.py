@@ -58,6 +58,7 @@ async def chat_completions(request: web.Request, runtime: Runtime, policy: Polic
     chat = api.parse(body, non_text=policy.prompt.non_text, allowed=policy.prompt.allow_fields)
     record.model, record.stream = chat.model, chat.stream
     policy = tightened(policy, chat.moderation)  # a client may ask for more, never less
+    record.api, record.policy = api.name, policy
     record.unchecked_parts = len(chat.conversation.unchecked)
     if policy.models is not None and chat.model not in policy.models:
         raise ModelNotAllowed(f"model {chat.model!r} is not available to this key", param="model")

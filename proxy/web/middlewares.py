@@ -16,6 +16,9 @@ from proxy.errors import ProxyError, Unauthorized
 from proxy.obs.log import RequestRecord, logger
 from proxy.web.state import POLICY, RECORD, RUNTIME
 
+#: The routes whose decisions the audit trail records.
+_AUDITED = frozenset(BY_PATH)
+
 # A client's id is kept only if it is short and plain: it lands in headers and logs.
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._:/+=@-]{1,128}")
 
@@ -25,7 +28,9 @@ async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse
     """Gives every request an id, every /v1 request one ``request`` log line, and
     turns every error into OpenAI's error shape."""
     request_id = _request_id(request)
-    record = request[RECORD] = RequestRecord(request_id=request_id, path=request.path)
+    runtime = request.app[RUNTIME]
+    record = request[RECORD] = RequestRecord(request_id=request_id, path=request.path,
+                                             keep_texts=runtime.audit is not None)
     status = 499  # unless an answer is made: the client went away first
     # Requests on one connection share a task: start each with a clean log context.
     structlog.contextvars.clear_contextvars()
@@ -36,9 +41,10 @@ async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse
     finally:
         if request.path.startswith("/v1/"):
             logger.info("request", **record.fields(status))
-            runtime = request.app[RUNTIME]
             if runtime.metrics is not None:
                 runtime.metrics.observe(record, status, runtime.config.server.guard.api)
+            if runtime.audit is not None and request.path in _AUDITED:
+                runtime.audit.record(record, status)
     if not response.prepared:
         response.headers["x-request-id"] = request_id
     return response

@@ -45,6 +45,7 @@ class StreamRelay:
         self.read_to_end = False  # the upstream's [DONE] arrived
         self._upstream: StreamedAnswer | None = None
         self._check: asyncio.Task[tuple[Ticket, list[Outcome]]] | None = None
+        checks.record.stream_mode = self.state.ledger.mode
         if self.state.ledger.mode == "async":
             checks.record.leaked_chars = 0
 
@@ -135,6 +136,7 @@ class StreamRelay:
         record, state = self.checks.record, self.state
         record.output = state.verdict()
         record.removed_fields = state.removed.count
+        record.released_chars = state.ledger.released_chars
         if state.ledger.mode == "async":
             record.leaked_chars = state.ledger.leaked
         ending = self.checks.ending()
@@ -149,6 +151,7 @@ class StreamRelay:
         record, state = self.checks.record, self.state
         record.output = [Outcome.not_checked("the upstream stream failed")]
         record.removed_fields = state.removed.count
+        record.released_chars = state.ledger.released_chars
         if state.ledger.mode == "async":
             record.leaked_chars = state.ledger.leaked
         moderation, ending = self.checks.annotation(), self.checks.ending()

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from proxy.audit.writer import AuditWriter
 from proxy.clients.guard import Guard
 from proxy.clients.sharedcache import SharedVerdicts
 from proxy.clients.upstream import Upstream
@@ -29,6 +31,8 @@ class Runtime:
     cache: VerdictCache | None = None
     shared_cache: SharedVerdicts | None = None  # the replicas' cache in Redis, if configured
     metrics: Metrics | None = None
+    audit: AuditWriter | None = None  # the audit trail's writer, if ``audit.url`` is set
+    reloaded_at: float = 0.0  # when the policies in force were put in force (epoch s)
     policies: tuple[Policy, ...] = ()
     _keys: tuple[tuple[bytes, Policy], ...] = ()
     _guard_shares: dict[str, tuple[int, asyncio.Semaphore]] = field(default_factory=dict)
@@ -43,6 +47,7 @@ class Runtime:
             (bytes.fromhex(digest), policy) for policy in policies for digest in policy.keys
         )
         self.policies = policies
+        self.reloaded_at = time.time()
         if self.metrics is not None:
             self.metrics.set_tenants(policy.tenant for policy in policies)
 

@@ -1,0 +1,61 @@
+"""Shared by the audit trail's tests: a proxy whose trail is on, and waiting for what it
+wrote (read back through a store of the test's own, as the console and CLI read it)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from emulators.guard import GuardEmulator
+from emulators.upstream import UpstreamEmulator
+from harness import Proxy, running_proxy
+
+from proxy.audit.records import Decision
+from proxy.audit.schema import Filters
+from proxy.audit.store import Store
+
+AUDIT_SECRET = "audit-secret-0123456789abcdef"
+AUDIT_KEYS = frozenset({"password_env", "secret_env", "retention_days", "sample_pass",
+                        "queue_size"})
+
+
+def audit_yaml(url: str, **keys: Any) -> str:
+    lines = [f"  url: \"{url}\""] + [f"  {k}: {v}" for k, v in keys.items()]
+    return "audit:\n" + "\n".join(lines) + "\n"
+
+
+@asynccontextmanager
+async def audited_proxy(root: Path, guard: GuardEmulator, upstream: UpstreamEmulator,
+                        url: str, env: dict[str, str] | None = None, **keys: Any
+                        ) -> AsyncIterator[Proxy]:
+    """The suite's proxy with ``audit.url`` and the ``audit:`` keys among ``keys``; the
+    others are ``write_config``'s options."""
+    audit = {k: v for k, v in keys.items() if k in AUDIT_KEYS}
+    options = {k: v for k, v in keys.items() if k not in AUDIT_KEYS}
+    async with running_proxy(root, guard, upstream, extra=audit_yaml(url, **audit),
+                             env=env, **options) as proxy:
+        yield proxy
+
+
+async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    """Wait (10 s at most) until ``check`` holds: the trail is written in the background."""
+    async with asyncio.timeout(10):
+        while not await check():  # noqa: ASYNC110 - the store has no events
+            await asyncio.sleep(0.01)
+
+
+async def decisions_when(store: Store, count: int, filters: Filters | None = None
+                         ) -> list[Decision]:
+    """The newest decisions, once at least ``count`` are written."""
+    found: list[Decision] = []
+
+    async def enough() -> bool:
+        nonlocal found
+        found = await store.decisions(filters or Filters(), limit=500)
+        return len(found) >= count
+
+    await eventually(enough)
+    return found
