@@ -64,7 +64,7 @@ upstreams:
 limits: {{max_body_bytes: {max_body}}}
 reload: {{poll_s: {poll}}}
 cache: {{shared_across_tenants: {shared_cache}}}
-admin: {{port: {admin_port}}}
+admin: {{port: {admin_port}{admin_more}}}
 """
 
 POLICIES = {
@@ -205,7 +205,7 @@ def write_config(root: Path, *, guard: str, upstream: str, stream: str = "buffer
                  timeout: float = 2.0, max_body: int = 65536, api: str = "chat",
                  upstream_timeout: float = 10.0, poll: float = 1.0,
                  shared_cache: bool = False, admin_port: int = 0,
-                 decoding: str = "one_token", extra: str = "") -> Path:
+                 decoding: str = "one_token", extra: str = "", admin_more: str = "") -> Path:
     """The config and the policies of the suite's tenants under ``root``; ``extra``: more
     YAML for the server config (an ``audit:`` section, say)."""
     (root / "policies").mkdir(parents=True, exist_ok=True)
@@ -217,7 +217,8 @@ def write_config(root: Path, *, guard: str, upstream: str, stream: str = "buffer
                                   max_body=max_body, api=api,
                                   upstream_timeout=upstream_timeout, poll=poll,
                                   shared_cache=str(shared_cache).lower(),
-                                  admin_port=admin_port, decoding=decoding) + extra)
+                                  admin_port=admin_port, decoding=decoding,
+                                  admin_more=admin_more) + extra)
     return path
 
 

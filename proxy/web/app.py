@@ -13,12 +13,10 @@ is set.  ``proxy.serving`` binds both (``guardproxy serve``).
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from proxy.audit.setup import make_writer
 from proxy.audit.setup import start as start_audit
@@ -32,6 +30,8 @@ from proxy.core.cache import VerdictCache
 from proxy.obs.log import install_redaction, logger
 from proxy.obs.metrics import Metrics
 from proxy.web import httperrors
+from proxy.web.console import add_console_routes
+from proxy.web.console.auth import admin_access
 from proxy.web.middlewares import authenticate, envelope
 from proxy.web.routes import add_admin_routes, add_routes
 from proxy.web.state import RUNTIME, SERVED, Runtime
@@ -48,21 +48,11 @@ def create_app(config: Config) -> web.Application:
 
 
 def create_admin_app(served: web.Application) -> web.Application:
-    admin = web.Application(middlewares=[_admin_token])
+    admin = web.Application(middlewares=[admin_access])
     admin[SERVED] = served
     add_admin_routes(admin)
+    add_console_routes(admin)
     return admin
-
-
-@web.middleware
-async def _admin_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-    token = request.app[SERVED][RUNTIME].config.server.admin_token
-    if token is not None:
-        given = request.headers.get("Authorization", "")
-        expected = f"Bearer {token.get()}".encode()
-        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected):
-            return web.Response(status=401, text="admin token required\n")
-    return await handler(request)
 
 
 def _session() -> aiohttp.ClientSession:

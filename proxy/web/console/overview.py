@@ -1,0 +1,112 @@
+"""The console's first page: decisions over time per action (an SVG drawn here, no
+script), and per tenant the blocks, flags and errors, the block rate, the top categories
+and the guard's latency.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+import orjson
+
+from proxy.audit.store import Bucket, Store
+from proxy.obs.metrics import Metrics
+from proxy.web.console.markup import Safe, page, table, tag
+
+COLORS = {"block": "#c0392b", "flag": "#d68910", "error": "#7d3c98"}
+WIDTH, HEIGHT, PAD = 720, 180, 24
+
+
+def chart(buckets: list[Bucket], since: float, now: float, width_s: float) -> Safe:
+    """Stacked bars of block / flag / error decisions per bucket, all tenants."""
+    slots = max(1, int((now - since) // width_s) + 1)
+    first = since - since % width_s
+    stacks: dict[int, Counter[str]] = defaultdict(Counter)
+    for bucket in buckets:
+        if bucket.action in COLORS:
+            stacks[int((bucket.start - first) // width_s)][bucket.action] += bucket.count
+    top = max([sum(stack.values()) for stack in stacks.values()] or [1])
+    bar = (WIDTH - 2 * PAD) / slots
+    bars = []
+    for slot, stack in sorted(stacks.items()):
+        y = float(HEIGHT - PAD)
+        for action, color in COLORS.items():
+            height = stack[action] / top * (HEIGHT - 2 * PAD)
+            if height:
+                y -= height
+                bars.append(tag("rect", tag("title", f"{stack[action]} {action}"),
+                                x=f"{PAD + slot * bar:.1f}", y=f"{y:.1f}",
+                                width=f"{max(bar - 1, 1):.1f}", height=f"{height:.1f}",
+                                fill=color))
+    axis = tag("line", x1=PAD, y1=HEIGHT - PAD, x2=WIDTH - PAD, y2=HEIGHT - PAD,
+               stroke="#888")
+    label = tag("text", f"max {top} per {int(width_s // 60)} min", x=PAD, y=14,
+                font_size="12", fill="#444")
+    return tag("svg", axis, label, bars, viewBox=f"0 0 {WIDTH} {HEIGHT}", role="img",
+               aria_label="decisions over time", class_="chart")
+
+
+def legend() -> Safe:
+    return tag("p", [tag("span", action, class_=f"action {action}") for action in COLORS],
+               class_="legend")
+
+
+def _percentile(values: list[float], q: float) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    return f"{ordered[min(len(ordered) - 1, int(q * len(ordered)))]:.1f} ms"
+
+
+def _requests_by_tenant(metrics: Metrics | None) -> dict[str, float]:
+    """Requests whose prompt stage this process counted, by tenant (since it started)."""
+    seen: dict[str, float] = defaultdict(float)
+    if metrics is None:
+        return seen
+    for family in metrics.requests.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels.get("stage") == "prompt":
+                seen[sample.labels["tenant"]] += sample.value
+    return seen
+
+
+def tenant_rows(recent: list[tuple[Any, ...]], requests: dict[str, float]
+                ) -> list[tuple[object, ...]]:
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    categories: dict[str, Counter[str]] = defaultdict(Counter)
+    latency: dict[str, list[float]] = defaultdict(list)
+    for tenant, action, names, guard_ms in recent:
+        name = tenant or "(none)"
+        counts[name][action] += 1
+        categories[name].update(orjson.loads(names))
+        if guard_ms is not None:
+            latency[name].append(guard_ms)
+    rows: list[tuple[object, ...]] = []
+    for name in sorted(counts):
+        total = requests.get(name, 0.0)
+        rate = f"{counts[name]['block'] / total:.1%}" if total else "-"
+        top = ", ".join(f"{c} ({n})" for c, n in categories[name].most_common(3)) or "-"
+        rows.append((name, counts[name]["block"], counts[name]["flag"], counts[name]["error"],
+                     rate, top, _percentile(latency[name], 0.5),
+                     _percentile(latency[name], 0.95)))
+    return rows
+
+
+async def overview(store: Store, metrics: Metrics | None, hours: int) -> Safe:
+    now = time.time()
+    since = now - hours * 3600
+    width = 3600.0 if hours > 6 else 300.0
+    buckets = await store.buckets(since, width)
+    recent = await store.recent(since)
+    periods = tag("p", [tag("a", f"{h} h", href=f"/console?hours={h}",
+                            class_="current" if h == hours else None) for h in (1, 6, 24, 168)],
+                  class_="periods")
+    rows = tenant_rows(recent, _requests_by_tenant(metrics))
+    tenants = table(["tenant", "blocks", "flags", "guard errors", "block rate", "top categories",
+                     "guard p50", "guard p95"], rows, id="tenants")
+    note = tag("p", "Block rate: blocks recorded over the requests this process counted since "
+               "it started. Latency: of the recorded decisions.", class_="muted")
+    return page("Overview", periods, chart(buckets, since, now, width), legend(),
+                tag("h2", f"Tenants, last {hours} h"), tenants, note)
