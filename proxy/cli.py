@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 
 from proxy import demo, guardserver, serving, workers
+from proxy.audit import report
 from proxy.clients.guard import probe_health
 from proxy.config import Action, Config, Policy, UpstreamConfig, hash_key, load
 from proxy.core.conversation import Turn
@@ -111,6 +112,10 @@ def _config_commands(commands: Commands) -> None:
                           "stage by stage")
     classify.add_argument("prompt", help="the user prompt")
     classify.set_defaults(func=_classify)
+    audit = commands.add_parser("audit", help="list the audit trail's decisions, newest first")
+    _config_arg(audit)
+    report.add_arguments(audit)
+    audit.set_defaults(func=_audit)
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -295,6 +300,22 @@ def _classified(verdicts: list[tuple[str, Verdict]], policy: Policy | None,
     result["action"] = max(actions, key=lambda action: action.rank).value
     result["guard_ms"] = guard_ms
     return result
+
+
+def _audit(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return 2
+    try:
+        print(asyncio.run(report.report(config, args)))
+    except ValueError as exc:
+        print(f"guardproxy audit: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the store could not be read: say which, and how
+        print(f"guardproxy audit: cannot read the audit store: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def _hash_key(args: argparse.Namespace) -> int:

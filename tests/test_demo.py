@@ -175,6 +175,23 @@ def check(found: Try, seen: Seen, log: Json, *, scripted: bool) -> None:
         assert seen.moderation["input"]["results"][0]["action"] == log["input"]["action"]
 
 
+async def _recorded(banner: list[str]) -> list[Json]:
+    """The decisions the demo's console lists, once the commands' last one is written."""
+    (line,) = [line for line in banner if line.lstrip().startswith("console ")]
+    console = line.split()[1]
+    assert console.startswith("http://127.0.0.1:") and console.endswith("/console")
+    api = console.removesuffix("/console") + "/api/decisions"
+    async with aiohttp.ClientSession() as http, asyncio.timeout(10):
+        async with http.get(console) as page:
+            assert page.status == 200 and "Overview" in await page.text()
+        while True:
+            async with http.get(api) as resp:
+                found: list[Json] = (await resp.json())["decisions"]
+            if {d["api"] for d in found} == {"chat", "responses", "messages"}:
+                return found
+            await asyncio.sleep(0.02)
+
+
 async def _run_all(demo: Demo, *, scripted: bool) -> list[Try]:
     found = tries(demo.banner)
     for each in found:
@@ -195,7 +212,12 @@ async def test_every_printed_command_does_what_its_label_says() -> None:
                 check(each, seen, await demo.request_log(), scripted=True)
         async with aiohttp.ClientSession() as http, http.get(f"{demo.base}/readyz") as resp:
             ready = await resp.json()
+        recorded = await _recorded(demo.banner)
     assert resp.status == 200 and ready == {"status": "ready"}
+    # the demo's console shows what the commands did: its trail records every decision
+    assert {("demo-strict", "block"), ("demo-relaxed", "flag"), ("demo-strict", "pass")} <= {
+        (d["tenant"], d["action"]) for d in recorded}
+    assert {d["api"] for d in recorded} == {"chat", "responses", "messages"}
     assert [(each.api, each.kind) for each in found] == [
         ("chat", "passes"), ("chat", "flagged"), ("chat", "blocked"),
         ("chat", "blocked mid-answer"), ("responses", "passes"), ("responses", "blocked"),

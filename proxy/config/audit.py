@@ -41,7 +41,7 @@ def _url(sec: Section, folder: Path) -> str | None:
     line = sec.fields["url"].key_line
     if raw.startswith("sqlite:"):
         return _sqlite(sec, raw, folder, line)
-    problem = url_problem(raw, _POSTGRES_URL)
+    problem = _postgres_problem(raw)
     if problem is None and not urlsplit(raw).path.strip("/"):
         problem = f"{raw!r}: name the database as the path, like /guardproxy"
     if problem is None and importlib.util.find_spec("asyncpg") is None:
@@ -50,6 +50,20 @@ def _url(sec: Section, folder: Path) -> str | None:
         sec.f.error(line, f"{sec.path('url')}: {problem} (or sqlite:///file)")
         return None
     return "postgresql:" + raw.split(":", 1)[1]
+
+
+def _postgres_problem(raw: str) -> str | None:
+    """A user name may be given (PostgreSQL needs one); a password may not."""
+    try:
+        parts = urlsplit(raw)
+        password = parts.password
+    except ValueError:
+        return url_problem(raw, _POSTGRES_URL)
+    if password is not None:
+        return url_problem(raw, _POSTGRES_URL)  # names the rule: no credentials in the URL
+    user = parts.username
+    bare = raw.replace(f"{user}@", "", 1) if user else raw
+    return url_problem(bare, _POSTGRES_URL)
 
 
 def _sqlite(sec: Section, raw: str, folder: Path, line: int) -> str | None:

@@ -29,7 +29,7 @@ from proxy.demo import guard as demo_guard
 from proxy.demo import llm as demo_llm
 from proxy.errors import ConfigError
 from proxy.obs import log
-from proxy.web.app import create_app
+from proxy.web.app import create_admin_app, create_app
 
 STRICT_KEY = "sk-demo-strict"
 RELAXED_KEY = "sk-demo-relaxed"
@@ -88,7 +88,8 @@ def write_config(folder: Path, options: Options, guard_url: str, upstream_url: s
         f'guard: {{url: "{guard_url}", model: "{model}", api: chat, timeout_s: 5}}\n'
         f'upstreams:\n  demo: {{url: "{upstream_url}"{key}, timeout_s: 120}}\n'
         "reload: {watch: false}\n"
-        "log: {level: info}\n")
+        "log: {level: info}\n"
+        'audit: {url: "sqlite:///audit.db", sample_pass: 1}\n')
     return path
 
 
@@ -98,7 +99,8 @@ def try_these(options: Options, base: str) -> list[commands.Section]:
                              options.model or DEMO_MODEL, scripted=options.upstream is None)
 
 
-def banner(options: Options, base: str, guard_url: str, upstream_url: str) -> str:
+def banner(options: Options, base: str, guard_url: str, upstream_url: str,
+           console: str | None = None) -> str:
     guard = (f"{guard_url}  DEMO guard: keyword rules, not a model ('bomb' is unsafe, "
              "'election' controversial)" if options.guard is None
              else f"{guard_url}  ({options.guard_model})")
@@ -115,6 +117,8 @@ def banner(options: Options, base: str, guard_url: str, upstream_url: str) -> st
         f"  upstream  {upstream[0]}", *upstream[1:],
         f"  keys      {STRICT_KEY} (tenant demo-strict: blocks)",
         f"            {RELAXED_KEY} (tenant demo-relaxed: flags)",
+        *([f"  console   {console}  (every decision of the demo, and a playground)"]
+          if console else []),
         "",
         "Try these (each command runs as it is):",
     ]
@@ -169,16 +173,20 @@ async def serve(options: Options) -> int:
         config = load(write_config(folder, options, guard_url.rstrip("/"),
                                    upstream_url.rstrip("/")))
         log.configure(config.server.log_level)
+        app = create_app(config)
         try:
-            runner, port = await _start(create_app(config), options.host, options.port)
+            runner, port = await _start(app, options.host, options.port)
         except OSError as exc:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
             print(f"guardproxy demo: cannot listen on {options.host}:{options.port}: "
                   f"{reason} (choose another with --port)", file=sys.stderr)
             return 1
         runners.append(runner)
-        print(banner(options, f"http://{options.host}:{port}", guard_url, upstream_url),
-              flush=True)
+        # the console on loopback, signed in as whoever can reach it: the demo's own machine
+        runner, admin_port = await _start(create_admin_app(app), "127.0.0.1", 0)
+        runners.append(runner)
+        print(banner(options, f"http://{options.host}:{port}", guard_url, upstream_url,
+                     f"http://127.0.0.1:{admin_port}/console"), flush=True)
         await _until_stopped()
         return 0
     except ConfigError as exc:
