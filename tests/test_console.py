@@ -114,7 +114,7 @@ async def test_hostile_text_is_escaped_everywhere(console: Proxy, tmp_path: Path
         assert "&lt;script&gt;alert(1)&lt;/script&gt;" in shown
 
 
-async def test_the_playground_api_answers_each_tenant(console: Proxy) -> None:
+async def test_the_playground_api_answers_each_tenant(console: Proxy, tmp_path: Path) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with aiohttp.ClientSession() as http, http.post(
             console.admin_url + "/api/playground", headers=headers,
@@ -130,6 +130,13 @@ async def test_the_playground_api_answers_each_tenant(console: Proxy) -> None:
     assert tenants["audited"]["response"] == {"action": "pass",
                                               "rule": "response.check: false"}
     assert console.upstream.requests == []  # nothing went to an upstream
+    # and nothing was recorded: a blocked request made after it is the trail's only decision
+    await console.post({"model": "m", "messages": [{"role": "user", "content": "a bomb"}]})
+    store = SQLiteStore(tmp_path / "audit.db")
+    await store.open()
+    (only,) = await decisions_when(store, 1)
+    await store.close()
+    assert only.request_id != "" and only.tenant == "strict" and only.stage == "prompt"
 
 
 async def test_the_decisions_api_filters(console: Proxy, tmp_path: Path) -> None:

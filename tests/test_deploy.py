@@ -37,6 +37,11 @@ KUBERNETES = ROOT / "deploy" / "kubernetes"
 HADOLINT = shutil.which("hadolint", path=Path(sys.executable).parent) or "hadolint"
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 SGLANG_IMAGE = re.compile(r"lmsysorg/sglang:v\d+\.\d+\.\d+(\.post\d+)?")
+POSTGRES_IMAGE = re.compile(r"postgres:16(\.\d+)?")
+# where the image lets its user write: the audit trail's SQLite file and its key file
+AUDIT_DIR = "/var/lib/guardproxy"
+# the environment variables that hold credentials: never a literal value in a deployment file
+CREDENTIAL = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$")
 
 Doc = dict[str, Any]
 
@@ -128,6 +133,34 @@ def test_dockerignore_lets_exactly_the_copied_sources_in() -> None:
         "pyproject.toml", "README.md", "proxy"}
 
 
+def test_the_image_installs_the_redis_and_postgres_extras() -> None:
+    (install,) = re.findall(r"^RUN /opt/guardproxy/bin/pip install '\.\[([\w,]+)\]'$",
+                            dockerfile(), re.MULTILINE)
+    assert set(install.split(",")) == {"redis", "postgres"}
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    extras = re.search(r"^\[project\.optional-dependencies\]$(.*?)^\[", pyproject,
+                       re.MULTILINE | re.DOTALL)
+    assert extras is not None
+    postgres = re.search(r"^postgres = \[(.*?)\]$", extras.group(1), re.MULTILINE | re.DOTALL)
+    assert postgres is not None and "asyncpg" in postgres.group(1)
+
+
+def test_the_image_has_a_volume_for_the_audit_store_owned_by_its_user() -> None:
+    text = dockerfile().replace("\\\n", " ")  # continuation lines as one line
+    volumes = [path for line in re.findall(r"^VOLUME (\[.*\])$", text, re.MULTILINE)
+               for path in json.loads(line)]
+    assert AUDIT_DIR in volumes
+    user = re.search(r"^USER (\d+):(\d+)$", text, re.MULTILINE)
+    made = re.search(rf"^RUN .*\binstall -d -o (\d+) -g (\d+) -m (0?[0-7]{{3}}) {AUDIT_DIR}$",
+                     text, re.MULTILINE)
+    assert user is not None and made is not None
+    assert made.groups()[:2] == user.groups()  # the directory is the non-root user's
+    assert int(made.group(3), 8) & 0o700 == 0o700
+    runtime = text.rindex("\nFROM ")  # made in the runtime stage, as root, before the VOLUME
+    volume = text.index(f'"{AUDIT_DIR}"', runtime)
+    assert runtime < made.start() < user.start() and made.start() < volume
+
+
 # =========================================================================== Compose
 
 
@@ -198,7 +231,7 @@ def test_compose_config_takes_the_upstream_from_the_environment(tmp_path: Path) 
                 for path in (ROOT / "policies").glob("*.yaml")}
     config, raw = load_deployment_config(text, policies, tmp_path, env)
     assert proxy["configs"] == [{"source": "proxy-config", "target": "/app/config/proxy.yaml"}]
-    assert proxy["volumes"] == [f"./policies:{raw['policies']}:ro"]
+    assert proxy["volumes"] == [f"./policies:{raw['policies']}:ro", f"audit:{AUDIT_DIR}"]
     upstream = config.server.upstreams["local"]
     assert upstream.url == "https://llm.example.com/v1"
     assert upstream.api_key is not None and upstream.api_key.get() == "sk-up"
@@ -252,6 +285,118 @@ def test_compose_offers_redis_as_an_opt_in_profile(tmp_path: Path) -> None:
         "VERDICT_CACHE_SECRET"], {}) == ""
 
 
+def with_postgres_audit(text: str) -> str:
+    """A shipped config with its commented-out PostgreSQL ``audit:`` line in force, in place
+    of the ``audit:`` line in force, if any (the SQLite store)."""
+    lines = text.splitlines()
+    found = [n for n, line in enumerate(lines)
+             if line.lstrip().startswith('# audit: {url: "postgresql://')]
+    assert len(found) == 1, "one commented PostgreSQL audit: line"
+    lines[found[0]] = lines[found[0]].replace("# audit:", "audit:", 1)
+    lines = [line for n, line in enumerate(lines)
+             if n == found[0] or not line.lstrip().startswith("audit:")]
+    return "\n".join(lines) + "\n"
+
+
+def postgres_address(config: Config) -> tuple[str | None, int, str | None, str]:
+    url = config.server.audit_url
+    assert url is not None and url.startswith("postgresql://")
+    parts = urlsplit(url)
+    assert parts.password is None  # the password comes from the environment
+    return parts.hostname, parts.port or 5432, parts.username, parts.path.lstrip("/")
+
+
+def compose_env(spec: Doc, service: str, shell: Mapping[str, str]) -> dict[str, str]:
+    """A service's environment as Compose gives it, from the shell's."""
+    return {name: interpolate(value, shell)
+            for name, value in spec["services"][service].get("environment", {}).items()}
+
+
+def test_compose_keeps_the_audit_trail_in_a_named_volume(tmp_path: Path) -> None:
+    spec = compose()
+    env = {"UPSTREAM_URL": "https://llm.example.com/v1", "UPSTREAM_API_KEY": "sk-up"}
+    text = interpolate(spec["configs"]["proxy-config"]["content"], env)
+    policies = {path.name: path.read_text(encoding="utf-8")
+                for path in (ROOT / "policies").glob("*.yaml")}
+    config, raw = load_deployment_config(text, policies, tmp_path,
+                                         compose_env(spec, "guardproxy", env))
+    url = config.server.audit_url  # SQLite by default: no postgres service needed
+    assert url is not None and url.startswith("sqlite:///")
+    assert os.path.dirname(url.removeprefix("sqlite:///")) == AUDIT_DIR
+    assert "secret_env" not in raw["audit"]  # its key is a file beside the database
+    mounts = dict(volume.split(":", 1)[::-1] for volume in
+                  spec["services"]["guardproxy"]["volumes"] if ":ro" not in volume)
+    assert mounts == {AUDIT_DIR: "audit"}
+    assert "audit" in spec["volumes"]  # a named volume: it starts with the image's owner
+    assert spec["services"]["guardproxy"]["read_only"] is True  # the volume is all it writes
+
+
+def test_compose_offers_postgres_as_an_opt_in_authenticated_profile(tmp_path: Path) -> None:
+    spec = compose()
+    postgres = spec["services"]["postgres"]
+    assert postgres["profiles"] == ["postgres"]  # not started unless asked for
+    assert POSTGRES_IMAGE.fullmatch(postgres["image"])
+    assert "ports" not in postgres and postgres["read_only"] is True
+    assert "postgres" not in spec["services"]["guardproxy"]["depends_on"]
+    check = postgres["healthcheck"]["test"]
+    assert check[:2] == ["CMD", "pg_isready"]
+    # the password: only ever from the shell, empty by default (the image then refuses to
+    # initialize); clients must give it (no trust authentication)
+    password = postgres["environment"]["POSTGRES_PASSWORD"]
+    source = re.fullmatch(r"\$\{(\w+):-\}", password)
+    assert source is not None, password
+    assert postgres["environment"]["POSTGRES_HOST_AUTH_METHOD"] == "scram-sha-256"
+    data = [volume.split(":") for volume in postgres["volumes"]]
+    assert data == [["audit-postgres", "/var/lib/postgresql/data"]]
+    assert "audit-postgres" in spec["volumes"]
+    env = {"UPSTREAM_URL": "https://llm.example.com/v1", "UPSTREAM_API_KEY": "sk-up",
+           source.group(1): "pg-password",
+           "GUARDPROXY_AUDIT_SECRET": "0123456789abcdef0123456789abcdef"}
+    text = interpolate(spec["configs"]["proxy-config"]["content"], env)
+    policies = {path.name: path.read_text(encoding="utf-8")
+                for path in (ROOT / "policies").glob("*.yaml")}
+    config, raw = load_deployment_config(with_postgres_audit(text), policies, tmp_path,
+                                         compose_env(spec, "guardproxy", env))
+    user, database = postgres["environment"]["POSTGRES_USER"], postgres["environment"][
+        "POSTGRES_DB"]
+    assert postgres_address(config) == ("postgres", 5432, user, database)
+    assert flag(check, "-U") == user and flag(check, "-d") == database
+    # the proxy's password variable is the one the database's password comes from
+    assert raw["audit"]["password_env"] == source.group(1)
+    assert config.server.audit_password is not None
+    assert config.server.audit_password.get() == "pg-password"
+    assert config.server.audit_secret is not None
+    assert config.server.audit_secret.get() == env[raw["audit"]["secret_env"]]
+    # the texts' key is the proxy's alone
+    assert raw["audit"]["secret_env"] not in postgres["environment"]
+    assert all(raw["audit"]["secret_env"] not in value
+               for value in postgres["environment"].values())
+
+
+def test_no_deployment_file_holds_a_literal_credential() -> None:
+    spec = compose()
+    checked = 0
+    for name, service in spec["services"].items():
+        for variable, value in service.get("environment", {}).items():
+            if CREDENTIAL.search(variable):
+                # only ${VAR:-} (empty by default) or ${VAR:?message}
+                assert re.fullmatch(r"\$\{\w+(:-|:\?[^}]*)\}", value), f"{name}: {variable}"
+                checked += 1
+    for filename, doc in k8s_documents():
+        if doc["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        for item in container(doc).get("env", []):
+            if CREDENTIAL.search(item["name"]):
+                assert "value" not in item, f"{filename}: {item['name']}"
+                assert set(item["valueFrom"]) == {"secretKeyRef"}, f"{filename}: {item['name']}"
+                checked += 1
+    assert checked >= 10  # the upstream's key, the Redis and PostgreSQL passwords, the secrets
+    texts = [compose()["configs"]["proxy-config"]["content"],
+             k8s("ConfigMap", "guardproxy-config")["data"]["proxy.yaml"]]
+    for url in re.findall(r"\b(?:redis|rediss|postgresql)://[^\s\"',}]+", "\n".join(texts)):
+        assert urlsplit(url).password is None, url
+
+
 # =========================================================================== Kubernetes
 
 
@@ -295,7 +440,7 @@ def test_every_kubernetes_document_is_valid(version: str) -> None:
         checked.append(doc["kind"])
     assert sorted(set(checked)) == [
         "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Namespace", "NetworkPolicy",
-        "PodDisruptionBudget", "Role", "RoleBinding", "Service", "ServiceAccount"]
+        "PodDisruptionBudget", "Role", "RoleBinding", "Service", "ServiceAccount", "StatefulSet"]
 
 
 def test_strict_validation_rejects_an_unknown_field() -> None:
@@ -449,3 +594,90 @@ def test_the_optional_redis_is_reached_by_the_proxy_pods_only(tmp_path: Path) ->
     (source,) = rule["from"]
     assert selects(source["podSelector"]["matchLabels"], k8s("Deployment", "guardproxy"))
     assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
+
+
+def test_each_proxy_pod_has_a_writable_audit_volume() -> None:
+    deployment = k8s("Deployment", "guardproxy")
+    pod = deployment["spec"]["template"]["spec"]
+    proxy = container(deployment)
+    mounts = {mount["mountPath"]: mount for mount in proxy["volumeMounts"]}
+    audit = mounts[AUDIT_DIR]
+    assert not audit.get("readOnly", False)
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert "emptyDir" in volumes[audit["name"]]  # the pod's own; replicas share PostgreSQL
+    assert proxy["securityContext"]["readOnlyRootFilesystem"] is True  # the one place it writes
+    # the image's user, and the volume's group
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"] == 10001
+    assert re.search(r"^USER 10001:10001$", dockerfile(), re.MULTILINE)
+
+
+def test_the_optional_postgres_is_authenticated_and_reached_by_the_proxy_pods_only(
+        tmp_path: Path) -> None:
+    config_map = k8s("ConfigMap", "guardproxy-config")
+    policies = k8s("ConfigMap", "guardproxy-policies")["data"]
+    env = {"UPSTREAM_API_KEY": "sk-up", "GUARDPROXY_AUDIT_PASSWORD": "pw",
+           "GUARDPROXY_AUDIT_SECRET": "0123456789abcdef0123456789abcdef"}
+    plain, _ = deployment_config(tmp_path / "plain")
+    assert plain.server.audit_url is None  # off until the audit: line is uncommented
+    config, raw = load_deployment_config(with_postgres_audit(config_map["data"]["proxy.yaml"]),
+                                         policies, tmp_path / "postgres", env)
+    statefulset, service = k8s("StatefulSet", "postgres"), k8s("Service", "postgres")
+    assert statefulset["spec"]["serviceName"] == service["metadata"]["name"]
+    assert statefulset["spec"]["replicas"] == 1
+    assert selects(statefulset["spec"]["selector"]["matchLabels"], statefulset)
+    assert selects(service["spec"]["selector"], statefulset)
+    postgres = container(statefulset)
+    assert POSTGRES_IMAGE.fullmatch(postgres["image"])
+    pg_env = {item["name"]: item for item in postgres["env"]}
+    user, database = pg_env["POSTGRES_USER"]["value"], pg_env["POSTGRES_DB"]["value"]
+    assert postgres_address(config) == (service["metadata"]["name"], service["spec"]["ports"][
+        0]["port"], user, database)
+    # the password from a Secret, shared with the proxy pods; no trust authentication
+    secret = {"name": "guardproxy-postgres", "key": "password"}
+    assert pg_env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == secret
+    assert pg_env["POSTGRES_HOST_AUTH_METHOD"]["value"] == "scram-sha-256"
+    proxy_env = {item["name"]: item for item in container(k8s("Deployment", "guardproxy"))["env"]}
+    password_env = raw["audit"]["password_env"]
+    assert proxy_env[password_env]["valueFrom"]["secretKeyRef"] == {**secret, "optional": True}
+    assert config.server.audit_password is not None
+    assert config.server.audit_password.get() == env[password_env]
+    # the texts' key: from a Secret of its own that the PostgreSQL pod does not read
+    secret_env = raw["audit"]["secret_env"]
+    assert proxy_env[secret_env]["valueFrom"]["secretKeyRef"] == {
+        "name": "guardproxy-audit", "key": "secret", "optional": True}
+    assert config.server.audit_secret is not None
+    assert config.server.audit_secret.get() == env[secret_env]
+    assert all(item.get("valueFrom", {}).get("secretKeyRef", {}).get("name")
+               != "guardproxy-audit" for item in postgres["env"])
+    # ready once it accepts connections for that user and database
+    probe = postgres["readinessProbe"]["exec"]["command"]
+    assert probe[0] == "pg_isready"
+    assert flag(probe, "-U") == user and flag(probe, "-d") == database
+    policy = k8s("NetworkPolicy", "postgres")["spec"]
+    assert selects(policy["podSelector"]["matchLabels"], statefulset)
+    (rule,) = policy["ingress"]
+    (source,) = rule["from"]
+    assert selects(source["podSelector"]["matchLabels"], k8s("Deployment", "guardproxy"))
+    assert rule["ports"] == [{"port": 5432, "protocol": "TCP"}]
+
+
+def test_the_optional_postgres_keeps_its_data_on_a_claim_as_a_non_root_user() -> None:
+    statefulset = k8s("StatefulSet", "postgres")
+    pod = statefulset["spec"]["template"]["spec"]
+    postgres = container(statefulset)
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"]
+    mounts = {mount["name"]: mount["mountPath"] for mount in postgres["volumeMounts"]}
+    pg_env = {item["name"]: item.get("value") for item in postgres["env"]}
+    data = mounts[claim["metadata"]["name"]]
+    assert os.path.dirname(pg_env["PGDATA"]) == data  # a folder in the claim, not its root
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 999, "runAsGroup": 999,
+                                      "fsGroup": 999, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert postgres["securityContext"] == {"allowPrivilegeEscalation": False,
+                                           "readOnlyRootFilesystem": True,
+                                           "capabilities": {"drop": ["ALL"]}}
+    # with a read-only root, the places PostgreSQL writes besides its data are volumes
+    assert {"/var/run/postgresql", "/tmp"} <= set(mounts.values())
+    assert set(postgres["resources"]) == {"requests", "limits"}

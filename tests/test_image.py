@@ -3,9 +3,10 @@
 The Dockerfile's ``pip install`` requirement (the project and its extras) is installed,
 from the same sources the Dockerfile copies, into a fresh virtualenv; ``guardproxy check``
 from that virtualenv must accept every shipped config — ``config/proxy.yaml``, the Compose
-file's and the Kubernetes ConfigMap's — with each optional line (the Redis cache) in force
-as well as without, given the environment the deployment gives it.  An extra missing from
-the image (``cache.redis_url`` needs ``redis``) fails here, not in production.
+file's and the Kubernetes ConfigMap's — with each optional line (the Redis cache, the
+PostgreSQL audit store) in force as well as without, given the environment the deployment
+gives it.  An extra missing from the image (``cache.redis_url`` needs ``redis``, a
+``postgresql://`` ``audit.url`` needs ``asyncpg``) fails here, not in production.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_deploy import compose, interpolate, k8s, uncommented_cache
+from test_deploy import compose, interpolate, k8s, uncommented_cache, with_postgres_audit
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "0123456789abcdef0123456789abcdef"
 ENV = {"UPSTREAM_URL": "https://llm.example.com/v1", "UPSTREAM_API_KEY": "sk-upstream-key",
        "UPSTREAM_KEY": "sk-upstream-key", "REDIS_PASSWORD": "redis-password",
-       "VERDICT_CACHE_SECRET": SECRET}
+       "VERDICT_CACHE_SECRET": SECRET, "GUARDPROXY_AUDIT_PASSWORD": "audit-password",
+       "GUARDPROXY_AUDIT_SECRET": SECRET}
 
 
 @dataclass(frozen=True)
@@ -81,10 +83,16 @@ def shipped_configs() -> Iterator[Shipped]:
     yield Shipped("docker-compose.yml", composed, _repo_policies())
     yield Shipped("docker-compose.yml, redis profile", uncommented_cache(composed),
                   _repo_policies())
+    yield Shipped("docker-compose.yml, postgres profile", with_postgres_audit(composed),
+                  _repo_policies())
+    yield Shipped("docker-compose.yml, redis and postgres profiles",
+                  with_postgres_audit(uncommented_cache(composed)), _repo_policies())
     config_map = k8s("ConfigMap", "guardproxy-config")["data"]["proxy.yaml"]
     k8s_policies = k8s("ConfigMap", "guardproxy-policies")["data"]
     yield Shipped("kubernetes", config_map, k8s_policies)
     yield Shipped("kubernetes, optional/redis.yaml", uncommented_cache(config_map),
+                  k8s_policies)
+    yield Shipped("kubernetes, optional/postgres.yaml", with_postgres_audit(config_map),
                   k8s_policies)
 
 
@@ -106,6 +114,26 @@ def test_the_shipped_configs_turn_on_an_optional_feature() -> None:
     assert any("redis_url" in yaml.safe_load(shipped.text).get("cache", {})
                for shipped in shipped_configs()
                if isinstance(yaml.safe_load(shipped.text).get("cache"), dict))
+
+
+def test_the_shipped_configs_turn_on_each_audit_store() -> None:
+    """Not vacuous: the SQLite store (no extra) and the PostgreSQL one (asyncpg) are each
+    in some shipped config."""
+    urls = {name: str(audit.get("url", "")) for name, audit in
+            ((s.name, yaml.safe_load(s.text).get("audit")) for s in shipped_configs())
+            if isinstance(audit, dict)}
+    assert any(url.startswith("sqlite:///") for url in urls.values()), urls
+    assert {name for name, url in urls.items() if url.startswith("postgresql://")} >= {
+        "docker-compose.yml, postgres profile", "kubernetes, optional/postgres.yaml"}
+
+
+def test_the_image_can_import_each_stores_driver(image_python: Path) -> None:
+    """The drivers themselves load (a wheel for the image's Python, its compiled parts)."""
+    done = subprocess.run([str(image_python / "python"), "-c",
+                           "import asyncpg, redis.asyncio; print(asyncpg.__version__)"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"\d+\.\d+\.\d+\S*\n", done.stdout)
 
 
 @pytest.mark.parametrize("shipped", list(shipped_configs()), ids=lambda s: s.name)
