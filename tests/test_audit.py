@@ -90,6 +90,20 @@ async def test_a_sample_of_passes_is_recorded(
     assert {(d.stage, d.action) for d in found} == {("prompt", "pass"), ("response", "pass")}
 
 
+async def test_a_blocked_prompts_answer_is_no_decision(
+        tmp_path: Path, guard_emulator: GuardEmulator, upstream_emulator: UpstreamEmulator,
+        reader: Store) -> None:
+    async with audited_proxy(tmp_path, guard_emulator, upstream_emulator,
+                             "sqlite:///audit.db", sample_pass=1) as proxy:
+        await proxy.post(_chat(BLOCKED))  # the upstream is never called: no answer was judged
+        proxy.upstream.replies.append(Reply(content="Hi!"))
+        await proxy.post(_chat("hello"), tenant="lenient")
+        found = await decisions_when(await _opened(reader), 3)
+    assert sorted((d.tenant, d.stage, d.action) for d in found) == [
+        ("lenient", "prompt", "pass"), ("lenient", "response", "pass"),
+        ("strict", "prompt", "block")]
+
+
 async def test_flags_errors_and_rejections_are_recorded(
         tmp_path: Path, guard_emulator: GuardEmulator, upstream_emulator: UpstreamEmulator,
         reader: Store) -> None:

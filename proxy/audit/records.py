@@ -81,8 +81,9 @@ class Auditor:
             refused.error_kind = record.error_code  # why: invalid_request_error's code
             return [refused]
         made = []
+        # a stage never run (an answer after a blocked prompt) is not a decision
         for stage, outcomes in (("prompt", record.input), ("response", record.output)):
-            if outcomes:
+            if outcomes and not all(o.error_code == "not_checked" for o in outcomes):
                 decision = self._stage(record, now, stage, worst(outcomes), status)
                 if decision.action != "pass" or sampled:
                     made.append(decision)

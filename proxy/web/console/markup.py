@@ -8,11 +8,13 @@ from __future__ import annotations
 import html
 from collections.abc import Iterable
 
-#: The console's pages: no script at all, styles only from the proxy itself.
+#: The console's pages: no script at all, styles only from the proxy itself.  (A referrer
+#: policy of ``no-referrer`` would make browsers send ``Origin: null`` with the console's
+#: own form posts, which the Origin check refuses: ``same-origin`` keeps the origin.)
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
        "frame-ancestors 'none'; base-uri 'none'")
 HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
-           "Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
+           "Referrer-Policy": "same-origin", "Cache-Control": "no-store",
            "X-Frame-Options": "DENY"}
 
 

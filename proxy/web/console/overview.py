@@ -60,19 +60,27 @@ def _percentile(values: list[float], q: float) -> str:
     return f"{ordered[min(len(ordered) - 1, int(q * len(ordered)))]:.1f} ms"
 
 
-def _requests_by_tenant(metrics: Metrics | None) -> dict[str, float]:
-    """Requests whose prompt stage this process counted, by tenant (since it started)."""
+def _by_tenant(counter: Any, stage: str | None = None) -> dict[str, float]:
+    """A counter's total per tenant (of one stage), as this process counted it."""
     seen: dict[str, float] = defaultdict(float)
-    if metrics is None:
-        return seen
-    for family in metrics.requests.collect():
+    for family in counter.collect():
         for sample in family.samples:
-            if sample.name.endswith("_total") and sample.labels.get("stage") == "prompt":
+            if sample.name.endswith("_total") and stage in (None, sample.labels.get("stage")):
                 seen[sample.labels["tenant"]] += sample.value
     return seen
 
 
-def tenant_rows(recent: list[tuple[Any, ...]], requests: dict[str, float]
+def block_rates(metrics: Metrics | None) -> dict[str, str]:
+    """Blocked requests over requests, per tenant, since this process started."""
+    if metrics is None:
+        return {}
+    requests = _by_tenant(metrics.requests, "prompt")
+    blocked = _by_tenant(metrics.blocked)
+    return {tenant: f"{blocked.get(tenant, 0.0) / total:.1%}"
+            for tenant, total in requests.items() if total}
+
+
+def tenant_rows(recent: list[tuple[Any, ...]], rates: dict[str, str]
                 ) -> list[tuple[object, ...]]:
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     categories: dict[str, Counter[str]] = defaultdict(Counter)
@@ -85,8 +93,7 @@ def tenant_rows(recent: list[tuple[Any, ...]], requests: dict[str, float]
             latency[name].append(guard_ms)
     rows: list[tuple[object, ...]] = []
     for name in sorted(counts):
-        total = requests.get(name, 0.0)
-        rate = f"{counts[name]['block'] / total:.1%}" if total else "-"
+        rate = rates.get(name, "-")
         top = ", ".join(f"{c} ({n})" for c, n in categories[name].most_common(3)) or "-"
         rows.append((name, counts[name]["block"], counts[name]["flag"], counts[name]["error"],
                      rate, top, _percentile(latency[name], 0.5),
@@ -103,10 +110,11 @@ async def overview(store: Store, metrics: Metrics | None, hours: int) -> Safe:
     periods = tag("p", [tag("a", f"{h} h", href=f"/console?hours={h}",
                             class_="current" if h == hours else None) for h in (1, 6, 24, 168)],
                   class_="periods")
-    rows = tenant_rows(recent, _requests_by_tenant(metrics))
+    rows = tenant_rows(recent, block_rates(metrics))
     tenants = table(["tenant", "blocks", "flags", "guard errors", "block rate", "top categories",
                      "guard p50", "guard p95"], rows, id="tenants")
-    note = tag("p", "Block rate: blocks recorded over the requests this process counted since "
-               "it started. Latency: of the recorded decisions.", class_="muted")
+    note = tag("p", "Blocks, flags, errors, categories and latency: the recorded decisions of "
+               "the period. Block rate: blocked requests over requests, as this process "
+               "counted them since it started.", class_="muted")
     return page("Overview", periods, chart(buckets, since, now, width), legend(),
                 tag("h2", f"Tenants, last {hours} h"), tenants, note)

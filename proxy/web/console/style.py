@@ -31,7 +31,7 @@ button { padding: .35rem .9rem; }
 .action.error { background: #7d3c98; } .action.pass { background: #1e8449; }
 .action.rejected { background: #34495e; } .action.unchecked { background: #a04000; }
 .legend { display: flex; gap: .6rem; }
-.muted { color: #666; font-size: .85rem; } .error { color: #a93226; }
+.muted { color: #666; font-size: .85rem; } p.error { color: #a93226; }
 .periods a { margin-right: .8rem; } .periods a.current { font-weight: bold; }
 svg.chart { width: 100%; max-width: 720px; background: #fff; border: 1px solid #e2e2de; }
 .pages a { margin-right: 1rem; }
