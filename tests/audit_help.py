@@ -59,3 +59,13 @@ async def decisions_when(store: Store, count: int, filters: Filters | None = Non
 
     await eventually(enough)
     return found
+
+
+@asynccontextmanager
+async def console_proxy(root: Path, guard: GuardEmulator, upstream: UpstreamEmulator,
+                        token: str) -> AsyncIterator[Proxy]:
+    """The suite's proxy with its trail in SQLite and ``token`` as the admin token."""
+    async with audited_proxy(root, guard, upstream, "sqlite:///audit.db",
+                             admin_more=", token_env: ADMIN_TOKEN",
+                             env={"ADMIN_TOKEN": token}) as proxy:
+        yield proxy

@@ -46,6 +46,7 @@ from typing import Literal, TypeVar
 import pytest
 from selenium.common.exceptions import NoAlertPresentException, WebDriverException
 from selenium.webdriver import Chrome, ChromeOptions, ChromeService
+from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -134,3 +135,19 @@ def fresh(driver: Chrome) -> None:
     driver.execute_cdp_cmd("Network.clearBrowserCookies", {})
     driver.execute_cdp_cmd("Network.clearBrowserCache", {})
     console_errors(driver)
+
+
+def submit(driver: Chrome, button: str) -> None:
+    """Click a form's submit button (a CSS selector) and wait for the page it leads to: the
+    button is gone from the document."""
+    clicked = driver.find_element(By.CSS_SELECTOR, button)
+    clicked.click()
+
+    def left(_: Chrome) -> bool:
+        try:
+            clicked.is_enabled()
+        except WebDriverException:  # stale, or "does not belong to the document" mid-way
+            return True
+        return False
+
+    wait_for(driver, left)

@@ -32,11 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from audit_help import audit_yaml, eventually
-from browser import WINDOW, start_chrome, wait_for
+from browser import WINDOW, start_chrome, submit, wait_for
 from emulators.guard import GuardEmulator
 from emulators.upstream import Reply, UpstreamEmulator
 from harness import Proxy, start_proxy
-from selenium.common.exceptions import WebDriverException
 from selenium.webdriver import Chrome
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.expected_conditions import visibility_of_element_located
@@ -145,21 +144,6 @@ async def _written_last(root: Path) -> int:
 # -- the browser's steps, run in a worker thread ----------------------------------------------
 
 
-def _submit(driver: Chrome, button: str) -> None:
-    """Click a form's submit button and wait for the page it leads to (the button gone)."""
-    clicked = driver.find_element(By.CSS_SELECTOR, button)
-    clicked.click()
-
-    def left(_: Chrome) -> bool:
-        try:
-            clicked.is_enabled()
-        except WebDriverException:  # stale, or "does not belong to the document" mid-way
-            return True
-        return False
-
-    wait_for(driver, left)
-
-
 def _save(driver: Chrome, out: Path, name: str) -> None:
     wait_for(driver, visibility_of_element_located((By.TAG_NAME, "main")))
     path = out / f"console-{name}.png"
@@ -173,7 +157,7 @@ def _shoot(driver: Chrome, admin: str, decision: int, out: Path) -> None:
         "width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
     driver.get(admin + "/console/login")
     wait_for(driver, visibility_of_element_located((By.NAME, "token"))).send_keys(TOKEN)
-    _submit(driver, "form.login button[type=submit]")
+    submit(driver, "form.login button[type=submit]")
     if driver.current_url != admin + "/console":
         main = driver.find_element(By.TAG_NAME, "main").text
         raise SystemExit(f"signing in through the form failed, at {driver.current_url}: {main!r}")
@@ -189,7 +173,7 @@ def _shoot(driver: Chrome, admin: str, decision: int, out: Path) -> None:
     prompt.send_keys("Write a story where a bomb goes off in a crowded market.")
     driver.find_element(By.NAME, "answer").send_keys(
         "I can't help with that, but I can write a suspense story without violence.")
-    _submit(driver, "form.playground button[type=submit]")
+    submit(driver, "form.playground button[type=submit]")
     wait_for(driver, visibility_of_element_located((By.ID, "tenants")))
     _save(driver, out, "playground")
 

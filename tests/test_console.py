@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from audit_help import audited_proxy, decisions_when
+from audit_help import audited_proxy, console_proxy, decisions_when
 from emulators.guard import GuardEmulator
 from emulators.upstream import UpstreamEmulator
 from harness import Proxy
@@ -28,9 +28,7 @@ API_ROUTES = [("GET", "/api/decisions"), ("POST", "/api/playground"), ("GET", "/
 @pytest.fixture
 async def console(tmp_path: Path, guard_emulator: GuardEmulator,
                   upstream_emulator: UpstreamEmulator) -> AsyncIterator[Proxy]:
-    async with audited_proxy(tmp_path, guard_emulator, upstream_emulator, "sqlite:///audit.db",
-                             admin_more=", token_env: ADMIN_TOKEN",
-                             env={"ADMIN_TOKEN": TOKEN}) as proxy:
+    async with console_proxy(tmp_path, guard_emulator, upstream_emulator, TOKEN) as proxy:
         yield proxy
 
 

@@ -17,12 +17,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from audit_help import audited_proxy, decisions_when
-from browser import alert_opened, console_errors, fresh, wait_for
+from audit_help import console_proxy, decisions_when
+from browser import alert_opened, console_errors, fresh, submit, wait_for
 from emulators.guard import GuardEmulator
 from emulators.upstream import UpstreamEmulator
 from harness import Proxy
-from selenium.common.exceptions import UnexpectedAlertPresentException, WebDriverException
+from selenium.common.exceptions import UnexpectedAlertPresentException
 from selenium.webdriver import Chrome
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.expected_conditions import (
@@ -52,10 +52,7 @@ PAGES = ("/console", "/console/decisions", "/console/decisions/1", "/console/ten
 @pytest.fixture
 async def console(tmp_path: Path, guard_emulator: GuardEmulator,
                   upstream_emulator: UpstreamEmulator) -> AsyncIterator[Proxy]:
-    """The suite's proxy with its trail in SQLite and an admin token (``TOKEN``)."""
-    async with audited_proxy(tmp_path, guard_emulator, upstream_emulator, "sqlite:///audit.db",
-                             admin_more=", token_env: ADMIN_TOKEN",
-                             env={"ADMIN_TOKEN": TOKEN}) as proxy:
+    async with console_proxy(tmp_path, guard_emulator, upstream_emulator, TOKEN) as proxy:
         yield proxy
 
 
@@ -82,21 +79,6 @@ def _says(driver: Chrome) -> str:
     return f"at {driver.current_url}: {main[0].text if main else driver.page_source[:300]!r}"
 
 
-def _submit(driver: Chrome, button: str) -> None:
-    """Click a form's submit button and wait for the page it leads to."""
-    clicked = driver.find_element(By.CSS_SELECTOR, button)
-    clicked.click()
-
-    def left(_: Chrome) -> bool:
-        try:
-            clicked.is_enabled()
-        except WebDriverException:  # stale, or "does not belong to the document" mid-way
-            return True
-        return False
-
-    wait_for(driver, left)
-
-
 def _dialogs(driver: Chrome) -> int:
     """How many dialogs opened while the page finished loading (each dismissed: while one
     is open every other command fails, and dismissing one lets the next script run)."""
@@ -121,7 +103,7 @@ def _sign_in(driver: Chrome, admin: str, token: str = TOKEN) -> None:
     fresh(driver)
     driver.get(admin + "/console/login")
     wait_for(driver, visibility_of_element_located((By.NAME, "token"))).send_keys(token)
-    _submit(driver, "form.login button[type=submit]")
+    submit(driver, "form.login button[type=submit]")
 
 
 def _signed_in(driver: Chrome, admin: str) -> None:
@@ -156,7 +138,7 @@ def _signing_in(driver: Chrome, admin: str) -> SigningIn:
     cookies = [c["name"] for c in driver.get_cookies()]
     tenants = [tr.find_element(By.TAG_NAME, "td").text for tr in
                driver.find_elements(By.CSS_SELECTOR, "table#tenants tbody tr")]
-    _submit(driver, "form.signout button[type=submit]")
+    submit(driver, "form.signout button[type=submit]")
     return SigningIn(wrong_url, error, wrong_cookies, then_url, heading, cookies, tenants,
                      driver.current_url, driver.get_cookies())
 
@@ -183,7 +165,7 @@ def _browse_decisions(driver: Chrome, admin: str) -> Browsed:
     wait_for(driver, url_to_be(admin + "/console/decisions"))
     everything = _rows(driver, "#decisions")
     Select(driver.find_element(By.NAME, "tenant")).select_by_value("strict")
-    _submit(driver, "form.filters button[type=submit]")
+    submit(driver, "form.filters button[type=submit]")
     assert "tenant=strict" in driver.current_url, _says(driver)
     filtered = _rows(driver, "#decisions")
     chosen = Select(driver.find_element(By.NAME, "tenant")).first_selected_option.text
@@ -202,7 +184,7 @@ def _judge(driver: Chrome, prompt: str) -> int:
     field = wait_for(driver, visibility_of_element_located((By.NAME, "prompt")))
     field.clear()
     field.send_keys(prompt)
-    _submit(driver, "form.playground button[type=submit]")
+    submit(driver, "form.playground button[type=submit]")
     opened = _dialogs(driver)
     assert driver.find_elements(By.CSS_SELECTOR, "table#tenants"), f"no verdict, {_says(driver)}"
     return opened
