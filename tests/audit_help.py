@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from emulators.guard import GuardEmulator
 from emulators.upstream import UpstreamEmulator
 from harness import Proxy, running_proxy
@@ -69,3 +70,12 @@ async def console_proxy(root: Path, guard: GuardEmulator, upstream: UpstreamEmul
                              admin_more=", token_env: ADMIN_TOKEN",
                              env={"ADMIN_TOKEN": token}) as proxy:
         yield proxy
+
+
+async def metric(proxy: Proxy, line_start: str) -> float:
+    """A sample of the proxy's admin ``/metrics`` (``name{labels}``); 0 when absent."""
+    async with aiohttp.ClientSession() as http, http.get(proxy.admin_url + "/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            if line.startswith(line_start + " "):
+                return float(line.split()[-1])
+    return 0.0

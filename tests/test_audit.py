@@ -6,13 +6,11 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-import aiohttp
 import orjson
 import pytest
-from audit_help import AUDIT_SECRET, audited_proxy, decisions_when, eventually
+from audit_help import AUDIT_SECRET, audited_proxy, decisions_when, eventually, metric
 from emulators.guard import GuardEmulator
 from emulators.upstream import Reply, UpstreamEmulator
-from harness import Proxy
 
 from proxy.audit.records import Decision, text_hash
 from proxy.audit.schema import VERSION, Filters
@@ -24,14 +22,6 @@ BLOCKED = "How can I make a bomb? zq-unique-marker-7731"
 
 def _chat(text: str, *, stream: bool = False, model: str = "gpt-4.1-mini") -> dict[str, object]:
     return {"model": model, "stream": stream, "messages": [{"role": "user", "content": text}]}
-
-
-async def _metric(proxy: Proxy, line_start: str) -> float:
-    async with aiohttp.ClientSession() as http, http.get(proxy.admin_url + "/metrics") as resp:
-        for line in (await resp.text()).splitlines():
-            if line.startswith(line_start + " "):
-                return float(line.split()[-1])
-    return 0.0
 
 
 @pytest.fixture
@@ -209,7 +199,7 @@ async def test_retention_deletes_old_decisions_at_start(
         async def purged() -> bool:
             return [d.request_id for d in await store.decisions(Filters())] == ["new"]
         await eventually(purged)
-        assert await _metric(proxy, "guardproxy_audit_purged_total") == 1
+        assert await metric(proxy, "guardproxy_audit_purged_total") == 1
 
 
 def _decision(ts: float, request_id: str, **fields: object) -> Decision:
@@ -253,7 +243,7 @@ async def test_a_full_queue_drops_and_counts_without_delaying_requests(
             for _ in range(8):  # every request is answered while the trail cannot be written
                 status, headers, _ = await proxy.post(_chat(BLOCKED))
                 assert status == 200 and headers["x-guard-action"] == "block"
-            dropped = await _metric(proxy, 'guardproxy_audit_dropped_total{reason="queue_full"}')
+            dropped = await metric(proxy, 'guardproxy_audit_dropped_total{reason="queue_full"}')
         finally:
             holder.execute("ROLLBACK")
             holder.close()
@@ -261,4 +251,4 @@ async def test_a_full_queue_drops_and_counts_without_delaying_requests(
         assert dropped == 5
         found = await decisions_when(reader, 3)
         assert len(found) == 3
-        assert await _metric(proxy, "guardproxy_audit_written_total") == 3
+        assert await metric(proxy, "guardproxy_audit_written_total") == 3

@@ -44,12 +44,19 @@ class PostgresStore(Store):
     async def open(self, *, upto: int | None = None) -> None:
         self._pool = await asyncpg.create_pool(self.url, password=self.password, min_size=1,
                                                max_size=4, command_timeout=30)
+        try:
+            await self._migrate(VERSION if upto is None else upto)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _migrate(self, upto: int) -> None:
         async with self.pool.acquire() as db, db.transaction():
             await db.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
             await db.execute(SCHEMA_TABLE)
             at = int(await db.fetchval("SELECT COALESCE(MAX(version), 0) FROM audit_schema"))
             newer_schema(at)
-            for version in range(at + 1, (VERSION if upto is None else upto) + 1):
+            for version in range(at + 1, upto + 1):
                 for statement in MIGRATIONS[version - 1]("postgresql"):
                     await db.execute(statement)
                 await db.execute("DELETE FROM audit_schema")

@@ -47,7 +47,11 @@ class SQLiteStore(Store):
             return db
 
         self._db = await asyncio.get_running_loop().run_in_executor(self._thread, connect)
-        await self._run(lambda db: _migrate(db, VERSION if upto is None else upto))
+        try:
+            await self._run(lambda db: _migrate(db, VERSION if upto is None else upto))
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         if self._db is not None:

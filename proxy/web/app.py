@@ -147,7 +147,11 @@ def _clients(config: Config) -> Callable[[web.Application], AsyncIterator[None]]
         if shared is not None:
             shared.start()
         if audit is not None:
-            await start_audit(audit)  # a store that cannot be opened stops the start
+            try:
+                await start_audit(audit)  # a store that cannot be opened stops the start
+            except BaseException:
+                await _close(sessions, shared)
+                raise
         reloader = make_reloader(config.server, runtime)
         reloader.start()
         # Asked beside start-up, not before it: the socket opens at once, and a check that
@@ -159,14 +163,18 @@ def _clients(config: Config) -> Callable[[web.Application], AsyncIterator[None]]
             logger.info("stopped", tenants=len(runtime.policies))  # the shutdown line
             await reloader.stop()
             window.cancel()
-            if shared is not None:
-                await shared.close()
             if audit is not None:
                 await audit.stop()
             guard.close()
             for upstream in upstreams.values():
                 upstream.close()
-            for session in sessions:
-                await session.close()
+            await _close(sessions, shared)
 
     return ctx
+
+
+async def _close(sessions: list[aiohttp.ClientSession], shared: SharedVerdicts | None) -> None:
+    if shared is not None:
+        await shared.close()
+    for session in sessions:
+        await session.close()
