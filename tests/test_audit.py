@@ -252,3 +252,20 @@ async def test_a_full_queue_drops_and_counts_without_delaying_requests(
         found = await decisions_when(reader, 3)
         assert len(found) == 3
         assert await metric(proxy, "guardproxy_audit_written_total") == 3
+
+
+def test_the_sqlite_key_is_made_once_and_kept_private(tmp_path: Path) -> None:
+    import dataclasses
+    from concurrent.futures import ThreadPoolExecutor
+
+    from proxy.audit.setup import text_key
+    from proxy.config import ServerConfig
+
+    server = dataclasses.replace(ServerConfig(policies_dir=tmp_path, guard=None,  # type: ignore[arg-type]
+                                              upstreams={}),
+                                 audit_url=f"sqlite:///{tmp_path}/audit.db")
+    with ThreadPoolExecutor(8) as pool:  # workers starting together
+        keys = set(pool.map(lambda _: text_key(server), range(16)))
+    (key,) = keys
+    assert len(key) == 64 and (tmp_path / "audit.db.key").stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["audit.db.key"]  # no draft left behind

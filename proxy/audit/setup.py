@@ -28,14 +28,21 @@ def text_key(server: ServerConfig) -> bytes:
     assert server.audit_url is not None and server.audit_url.startswith("sqlite:///")
     path = Path(server.audit_url[len("sqlite:///"):] + ".key")
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if path.exists():
         return path.read_bytes()
-    key = secrets.token_hex(32).encode()
+    # written whole under a name of its own, then linked into place: workers starting
+    # together all read the one key that won, never a half-written file
+    draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as out:
-        out.write(key)
-    return key
+        out.write(secrets.token_hex(32).encode())
+    try:
+        os.link(draft, path)
+    except FileExistsError:
+        pass  # another worker's key is in place: use it
+    finally:
+        draft.unlink()
+    return path.read_bytes()
 
 
 def make_writer(server: ServerConfig, counters: AuditCounters | None = None
