@@ -81,19 +81,20 @@ class Auditor:
             refused.error_kind = record.error_code  # why: invalid_request_error's code
             return [refused]
         made = []
-        # a stage never run (an answer after a blocked prompt) is not a decision
         for stage, outcomes in (("prompt", record.input), ("response", record.output)):
-            if outcomes and not all(o.error_code == "not_checked" for o in outcomes):
-                decision = self._stage(record, now, stage, worst(outcomes), status)
-                if decision.action != "pass" or sampled:
-                    made.append(decision)
+            # a stage never run (an answer after a blocked prompt) is not a decision
+            if not outcomes or all(o.error_code == "not_checked" for o in outcomes):
+                continue
+            outcome = worst(outcomes)
+            action, effect = _action(outcome)
+            if stage == "prompt" and action == "pass" and record.unchecked_parts:
+                action = "unchecked"
+            if action != "pass" or sampled:  # a plain pass costs nothing more
+                made.append(self._stage(record, now, stage, outcome, status, action, effect))
         return made
 
     def _stage(self, record: RequestRecord, now: float, stage: str, outcome: Outcome,
-               status: int) -> Decision:
-        action, effect = _action(outcome)
-        if stage == "prompt" and action == "pass" and record.unchecked_parts:
-            action = "unchecked"
+               status: int, action: str, effect: str) -> Decision:
         decision = self._base(record, now, stage, action, effect, status)
         decision.guard_ms = _guard_ms(record, stage)
         decision.rule = _rule(record.policy, stage, outcome)
