@@ -14,6 +14,10 @@ Responses API) and ``POST /v1/messages`` (Anthropic's Messages API), whole or st
 every stream carries the same ``--chunks`` one-token ``"tok "`` deltas, each prebuilt
 once, so the three APIs cost the emulator the same.
 
+The guard judges every conversation safe, except one holding the word ``bomb``
+(``UNSAFE_MARKER``): that one is ``Unsafe`` with the category ``Violent``, decoded whole
+or a token at a time (``guard.decoding``), so a load can mix blocked prompts in.
+
 Both count requests per path; ``GET /stats`` (not counted) returns the counters as JSON.
 """
 
@@ -330,12 +334,26 @@ RESPONSE_VERDICT = PROMPT_VERDICT + "\nRefusal: No"
 SEVERITY_TOKEN = " Safe"
 #: the end of a /generate text that hands the guard its answer's start, as JSON spells it
 ANSWER_START_JSON = b'</think>\\n\\nSafety:"'
+#: a conversation holding this word is judged unsafe (run.py's ``audit`` mix sends it in
+#: every 10th prompt); nothing else the bench sends contains it
+UNSAFE_MARKER = b"bomb"
+UNSAFE_PROMPT_VERDICT = "Safety: Unsafe\nCategories: Violent"
+UNSAFE_RESPONSE_VERDICT = UNSAFE_PROMPT_VERDICT + "\nRefusal: No"
+UNSAFE_TOKEN = " Unsafe"
+#: guard.decoding one_token, after a severity that is not Safe: the answer continues from
+#: "Safety: Unsafe\nCategories:" (an answer's refusal line only when no stop cuts it off)
+CATEGORIES_TEXT = " Violent"
+#: the end of a /generate text that hands the guard "Safety: Unsafe\nCategories:"
+CATEGORIES_START_JSON = b'Unsafe\\nCategories:"'
 
 
 class Guard(Counters):
     def __init__(self, *, latency_s: float) -> None:
         super().__init__()
         self.latency_s = latency_s
+        #: verdicts that began "Unsafe" (a severity token or a whole verdict; not the
+        #: categories' continuation): how many prompts a mix had blocked
+        self.unsafe = 0
         created = int(time.time())
 
         def chat(text: str) -> bytes:
@@ -357,6 +375,21 @@ class Guard(Counters):
         # guard.decoding one_token: the one token after the answer's start "Safety:"
         self.chat_severity = chat(SEVERITY_TOKEN)
         self.generate_severity = generate(SEVERITY_TOKEN)
+        # a conversation holding UNSAFE_MARKER: the same answers, judged unsafe
+        self.chat_unsafe = {False: chat(UNSAFE_PROMPT_VERDICT), True: chat(UNSAFE_RESPONSE_VERDICT)}
+        self.generate_unsafe = {False: generate(UNSAFE_PROMPT_VERDICT),
+                                True: generate(UNSAFE_RESPONSE_VERDICT)}
+        self.chat_unsafe_severity = chat(UNSAFE_TOKEN)
+        self.generate_unsafe_severity = generate(UNSAFE_TOKEN)
+        # the categories' continuation: cut by a stop (or a prompt's), else with the refusal
+        self.chat_categories = {False: chat(CATEGORIES_TEXT),
+                                True: chat(CATEGORIES_TEXT + "\nRefusal: No")}
+        self.generate_categories = {False: generate(CATEGORIES_TEXT),
+                                    True: generate(CATEGORIES_TEXT + "\nRefusal: No")}
+
+    def stats(self) -> Segments:
+        return json_response({"pid": os.getpid(), "requests": dict(self.paths),
+                              "unsafe_verdicts": self.unsafe})
 
     def __call__(self, method: str, target: str, body: bytes) -> Segments:
         if target == "/stats":
@@ -368,13 +401,30 @@ class Guard(Counters):
                 response = request["messages"][-1]["role"] in ("tool", "assistant")
             except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
                 return json_response({"error": {"message": "bad request"}}, 400)
+            unsafe = UNSAFE_MARKER in body
             if request.get("continue_final_message"):
-                return [(self.latency_s, self.chat_severity)]
-            return [(self.latency_s, self.chat[response])]
+                if not unsafe:
+                    return [(self.latency_s, self.chat_severity)]
+                if request["messages"][-1].get("content", "").endswith("Categories:"):
+                    refusal = not request.get("stop") and len(request["messages"]) > 1 \
+                        and request["messages"][-2]["role"] in ("tool", "assistant")
+                    return [(self.latency_s, self.chat_categories[refusal])]
+                self.unsafe += 1
+                return [(self.latency_s, self.chat_unsafe_severity)]
+            self.unsafe += unsafe
+            return [(self.latency_s, (self.chat_unsafe if unsafe else self.chat)[response])]
         if method == "POST" and target == "/generate":
+            unsafe = UNSAFE_MARKER in body
             if ANSWER_START_JSON in body:
-                return [(self.latency_s, self.generate_severity)]
-            return [(self.latency_s, self.generate[b"THE LAST ASSISTANT" in body])]
+                self.unsafe += unsafe
+                return [(self.latency_s,
+                         self.generate_unsafe_severity if unsafe else self.generate_severity)]
+            response = b"THE LAST ASSISTANT" in body
+            if unsafe and CATEGORIES_START_JSON in body:
+                refusal = response and b'"stop"' not in body
+                return [(self.latency_s, self.generate_categories[refusal])]
+            self.unsafe += unsafe
+            return [(self.latency_s, (self.generate_unsafe if unsafe else self.generate)[response])]
         if method == "GET" and target in ("/health", "/v1/models"):
             return [(0.0, http_response(200, b"{}"))]
         return json_response({"error": {"message": "not found"}}, 404)

@@ -11,7 +11,9 @@ hops, guardproxy (prompt and response checked), and (chat only) guardproxy with
 to one CPU, the system under test to another; the 2 workers need both, so they share the
 load's.  Every API's answer carries the same tokens, and the baseline relays each API's
 answer as it came, so each API's guardproxy/baseline ratio compares what that API costs in
-guardproxy with chat's.
+guardproxy with chat's.  ``--modes audit`` (not in the default) instead runs non-streamed chat
+with every 10th prompt blocked on guardproxy with its audit trail off and on (SQLite), and
+reports their ratio and what the trail wrote.
 
 Prints markdown tables and writes bench/results/latest.json.  Exits non-zero when a server
 does not start, a sanity request fails, or wrk sees errors or non-2xx responses.
@@ -32,6 +34,7 @@ import resource
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -68,6 +71,9 @@ class Mode:
     stream: bool
     api: str  # chat | responses | messages (chat.lua's BENCH_API)
     path: str
+    #: every BLOCKED_EVERY-th prompt carries the fast guard's unsafe marker (``audit``:
+    #: guardproxy with its audit trail off and on, nothing else)
+    mix: bool = False
 
 
 MODES = (Mode("non-stream", "non-stream", False, "chat", CHAT),
@@ -75,10 +81,31 @@ MODES = (Mode("non-stream", "non-stream", False, "chat", CHAT),
          Mode("responses", "non-stream (responses)", False, "responses", RESPONSES),
          Mode("responses-stream", "stream (responses)", True, "responses", RESPONSES),
          Mode("messages", "non-stream (messages)", False, "messages", MESSAGES),
-         Mode("messages-stream", "stream (messages)", True, "messages", MESSAGES))
+         Mode("messages-stream", "stream (messages)", True, "messages", MESSAGES),
+         Mode("audit", "non-stream, 10 % blocked", False, "chat", CHAT, mix=True))
 #: the other APIs, each beside chat (``_apis``)
 OTHER_APIS = ("responses", "messages")
 MODE = {mode.key: mode for mode in MODES}
+#: a mix blocks every BLOCKED_EVERY-th prompt (the fast guard's unsafe marker)
+BLOCKED_EVERY = 10
+#: the ``audit`` mode's target: rps with the audit trail on / rps with it off
+AUDIT_TARGET = 0.95
+#: wrk script of a mix (written to the run's temp folder): chat.lua's requests, every
+#: BLOCKED_EVERY-th with "weather" replaced by "bombing" (same length, so the
+#: Content-Length wrk.format computed still holds), which the fast guard judges unsafe
+MIX_LUA = """\
+dofile({chat})
+local chat_request = request
+local sent = 0
+function request()
+  sent = sent + 1
+  local req = chat_request()
+  if sent % {every} == 0 then
+    req = string.gsub(req, "weather", "bombing", 1)
+  end
+  return req
+end
+"""
 
 
 # -- processes and pinning ---------------------------------------------------------------
@@ -134,6 +161,8 @@ class Server:
     port: int
     proc: subprocess.Popen[bytes]
     log: Path
+    admin_port: int | None = None  # guardproxy's admin listener (/metrics), when enabled
+    audit_db: Path | None = None  # guardproxy's audit trail, when on
 
     @property
     def pid(self) -> int:
@@ -298,10 +327,20 @@ class Wrk:
     socket_errors: dict[str, int] = field(default_factory=dict)
     cpu_s: float = 0.0  # wrk's own CPU time
     output: str = ""
+    #: a mix: every blocked_every-th request is refused (HTTP 400, ``block.style: error``);
+    #: up to ``connections`` requests still in flight at the end blur the expected count
+    blocked_every: int = 0
+    connections: int = 0
 
     @property
     def errors(self) -> list[str]:
         out = [f"{self.non_2xx} non-2xx/3xx responses"] if self.non_2xx else []
+        if self.blocked_every:
+            low = self.requests // self.blocked_every - self.connections
+            high = (self.requests + self.connections) // self.blocked_every + 1
+            out = [] if low <= self.non_2xx <= high else [
+                f"{self.non_2xx} non-2xx/3xx responses of {self.requests}, expected "
+                f"{max(low, 0)}..{high} (every {self.blocked_every}th prompt blocked)"]
         out += [f"{n} socket {kind} errors" for kind, n in self.socket_errors.items() if n]
         if self.requests == 0:
             out.append("no request completed")
@@ -342,9 +381,9 @@ def parse_wrk(output: str) -> Wrk:
 
 
 def run_wrk(port: int, *, connections: int, seconds: float, mode: Mode,
-            cpu: str | None) -> Wrk:
+            cpu: str | None, script: Path = LUA) -> Wrk:
     argv = pinned(cpu, ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-                        "--latency", "--timeout", "10s", "-s", str(LUA),
+                        "--latency", "--timeout", "10s", "-s", str(script),
                         f"http://127.0.0.1:{port}{mode.path}"])
     env = {**os.environ, "BENCH_STREAM": "1" if mode.stream else "0", "BENCH_API": mode.api,
            "BENCH_KEY": KEY,
@@ -357,7 +396,17 @@ def run_wrk(port: int, *, connections: int, seconds: float, mode: Mode,
         raise BenchError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
     result = parse_wrk(done.stdout)
     result.cpu_s = (after.ru_utime + after.ru_stime) - (usage.ru_utime + usage.ru_stime)
+    if mode.mix:
+        result.blocked_every, result.connections = BLOCKED_EVERY, connections
     return result
+
+
+def mix_script(folder: Path) -> Path:
+    """The wrk script of a mix, written once into the run's temp folder."""
+    path = folder / "mix.lua"
+    if not path.exists():
+        path.write_text(MIX_LUA.format(chat=json.dumps(str(LUA)), every=BLOCKED_EVERY))
+    return path
 
 
 # -- systems under test ------------------------------------------------------------------
@@ -383,25 +432,35 @@ timeout_s: 10}}
 upstreams:
   local: {{url: "http://127.0.0.1:{upstream}/v1", timeout_s: 60}}
 log: {{level: info}}
-admin: false
+{admin}
 """
 
 
-def write_proxy_config(root: Path, *, port: int, guard: int, upstream: int, api: str) -> Path:
+def write_proxy_config(root: Path, *, port: int, guard: int, upstream: int, api: str,
+                       admin_port: int | None = None, audit_db: Path | None = None) -> Path:
+    """The bench's config; with ``admin_port`` the admin listener (``/metrics``) on it,
+    with ``audit_db`` an audit trail in that SQLite file."""
     (root / "policies").mkdir(parents=True, exist_ok=True)
     digest = "sha256:" + hashlib.sha256(KEY.encode()).hexdigest()
     (root / "policies" / "bench.yaml").write_text(POLICY.format(digest=digest))
     path = root / "proxy.yaml"
-    path.write_text(SERVER_CONFIG.format(port=port, guard=guard, upstream=upstream, api=api))
+    admin = "admin: false" if admin_port is None else \
+        f"admin: {{host: 127.0.0.1, port: {admin_port}}}"
+    if audit_db is not None:
+        admin += f"\naudit: {{url: {json.dumps(f'sqlite:///{audit_db}')}}}"
+    path.write_text(SERVER_CONFIG.format(port=port, guard=guard, upstream=upstream, api=api,
+                                         admin=admin))
     return path
 
 
 @dataclass(frozen=True)
 class System:
-    key: str  # baseline1 | baseline2 | proxy | proxy2
+    key: str  # baseline1 | baseline2 | proxy | proxy2 | proxy-audit
     label: str
     #: guardproxy ``serve --workers N``; N > 1 runs on both CPUs (shared with the load)
     workers: int = 1
+    #: guardproxy with ``audit.url`` set (a SQLite file in the run's temp folder)
+    audit: bool = False
 
     @property
     def guardproxy(self) -> bool:
@@ -415,6 +474,10 @@ SYSTEMS = (System("baseline1", "baseline, 1 guard hop"),
            System("proxy", "guardproxy, prompt + response checked"),
            System("proxy2", "guardproxy, 2 workers (CPUs 0+1, shared with the load)",
                   workers=2))
+#: the ``audit`` mode's pair, whatever --systems says: guardproxy with its audit trail off
+#: and on, the admin listener (/metrics) on in both
+AUDIT_OFF = System("proxy", "guardproxy, audit trail off")
+AUDIT_ON = System("proxy-audit", "guardproxy, audit trail on (SQLite)", audit=True)
 
 
 @dataclass
@@ -426,13 +489,20 @@ class Env:
     guard: Server
     proxy_config: Path | None = None
 
-    def start(self, system: System) -> Server:
+    def start(self, system: System, mode: Mode | None = None) -> Server:
+        """``system`` in a fresh process; for a mix (``mode.mix``) guardproxy's admin
+        listener is on, and with ``system.audit`` its audit trail, in a new SQLite file."""
         port = free_port()
         python = self.args.python
+        admin_port = free_port() if mode is not None and mode.mix else None
+        audit_db = None
+        if system.audit:
+            audit_db = Path(tempfile.mkdtemp(prefix="audit-", dir=self.logs)) / "audit.db"
         if system.guardproxy:
             self.proxy_config = write_proxy_config(
                 self.logs / "proxy", port=port, guard=self.guard.port,
-                upstream=self.upstream.port, api=self.args.guard_api)
+                upstream=self.upstream.port, api=self.args.guard_api,
+                admin_port=admin_port, audit_db=audit_db)
             check = subprocess.run([python, "-m", "proxy", "check", "-c",
                                     str(self.proxy_config)], cwd=ROOT, capture_output=True,
                                    text=True, check=False)
@@ -455,6 +525,7 @@ class Env:
         cpus = self.pinning.sut if system.workers == 1 else self.pinning.both
         server = start_server(system.key, pinned(cpus, argv), port, ready, self.logs,
                               stdout_null=system.guardproxy)
+        server.admin_port, server.audit_db = admin_port, audit_db
         if system.workers > 1:  # /healthz answered by one worker: wait for all of them
             deadline = time.monotonic() + 20
             while listening_sockets(port) < system.workers:
@@ -466,6 +537,10 @@ class Env:
                                      + server.tail())
                 time.sleep(0.05)
         return server
+
+    def script(self, mode: Mode) -> Path:
+        """The wrk script of ``mode``."""
+        return mix_script(self.logs) if mode.mix else LUA
 
 
 def sanity(server: Server, system: str, mode: Mode, *, chunks: int) -> None:
@@ -504,6 +579,20 @@ def sanity(server: Server, system: str, mode: Mode, *, chunks: int) -> None:
         if moderation.get(stage, {}).get("type") not in ("moderation_results",
                                                          "moderation_result"):
             raise BenchError(f"{what}: {stage} not checked: {moderation.get(stage)!r}")
+
+
+def blocked_sanity(server: Server, system: str, mode: Mode) -> None:
+    """One prompt with the fast guard's unsafe marker before a mix: refused with HTTP 400
+    (``block.style: error``), ``content_filter``."""
+    payload = {"model": "bench-model", "stream": False, "messages": [
+        {"role": "user", "content": f"sanity check {time.time_ns()}: the bombing"}]}
+    status, headers, raw = http_request(server.port, "POST", mode.path,
+                                        json.dumps(payload).encode(), {
+        "Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}, timeout=30)
+    if status != 400 or headers.get("x-guard-action") != "block" \
+            or b"content_filter" not in raw:
+        raise BenchError(f"{system} ({mode.key}) blocked sanity request: HTTP {status}, "
+                         f"x-guard-action {headers.get('x-guard-action')!r}: {raw[:500]!r}")
 
 
 #: the event types of a streamed Responses answer with one message, in order (the deltas
@@ -648,6 +737,9 @@ class Row:
     sut_cpus: str | None = None
     #: proxy2: per process of the tree (supervisor, workers, ...): pid, cmd, CPU %, peak RSS
     sut_processes: list[dict[str, Any]] = field(default_factory=list)
+    round: int = 1  # of --repeat
+    #: proxy-audit: what its trail holds after the run (``audit_round``)
+    audit: dict[str, Any] = field(default_factory=dict)
 
     @property
     def disturbance(self) -> float:
@@ -667,11 +759,13 @@ def measure(env: Env, port: int, system: System, *, mode: Mode, connections: int
     A run during which other processes took more than OTHER_CPU_WARN percent of a pinned
     CPU is repeated (``--retries``); the least disturbed attempt is kept."""
     wait_quiet(env.pinning, limit_s=env.args.quiet_wait)
+    non_2xx = 0  # over every run against this process (a mix: the prompts it blocked)
     if warmup > 0:
         warm = run_wrk(port, connections=connections, seconds=warmup, mode=mode,
-                       cpu=env.pinning.load)
+                       cpu=env.pinning.load, script=env.script(mode))
         if warm.errors:
             raise BenchError(f"{system.key} warm-up: {', '.join(warm.errors)}")
+        non_2xx += warm.non_2xx
     best: Row | None = None
     errors: list[str] = []
     for attempt in range(1, env.args.retries + 2):
@@ -679,6 +773,7 @@ def measure(env: Env, port: int, system: System, *, mode: Mode, connections: int
                            seconds=seconds, sut=sut)
         row.attempts = attempt
         errors += row.errors
+        non_2xx += int(row.wrk["non_2xx"])
         if best is None or row.disturbance < best.disturbance:
             best = row
         if row.disturbance <= OTHER_CPU_WARN:
@@ -687,6 +782,7 @@ def measure(env: Env, port: int, system: System, *, mode: Mode, connections: int
               f"processes, measuring again", file=sys.stderr)
     assert best is not None
     best.errors = errors
+    best.wrk["non_2xx_all_runs"] = non_2xx
     return best
 
 
@@ -704,7 +800,7 @@ def measured_run(env: Env, port: int, system: System, *, mode: Mode, connections
     tree0 = {pid: cpu_seconds(pid) for pid in tree}
     stat0 = cpu_times()
     result = run_wrk(port, connections=connections, seconds=seconds, mode=mode,
-                     cpu=env.pinning.load)
+                     cpu=env.pinning.load, script=env.script(mode))
     stat1 = cpu_times()
     cpu1 = {name: cpu_seconds(pid) for name, pid in procs.items()}
     tree1 = {pid: cpu_seconds(pid) for pid in tree}
@@ -869,11 +965,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--systems", default="baseline1,baseline2,proxy,proxy2",
                         help="comma-separated subset of baseline1, baseline2, proxy, proxy2 "
                         "(guardproxy serve --workers 2, on both CPUs)")
-    parser.add_argument("--modes", default=",".join(m.key for m in MODES),
+    parser.add_argument("--modes", default=",".join(m.key for m in MODES if not m.mix),
                         help="comma-separated subset of non-stream, stream (chat completions), "
                         "responses, responses-stream (/v1/responses), messages, "
                         "messages-stream (/v1/messages); the other APIs run on baseline1 and "
-                        "proxy only")
+                        "proxy only; audit (not in the default): non-streamed chat with every "
+                        f"{BLOCKED_EVERY}th prompt blocked, on guardproxy with its audit trail "
+                        "off and on (whatever --systems says), at --connections only")
     parser.add_argument("--no-latency", action="store_true", help="skip the c=1 runs")
     parser.add_argument("--python", default=default_python(),
                         help="interpreter for the servers (default: the repo's .venv)")
@@ -927,19 +1025,24 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="guardproxy-bench-") as tmp, \
             emulators(args, pinning, Path(tmp)) as env:
         modes = [m for m in MODES if m.key in args.modes.split(",")]
+        first = next((m for m in modes if not m.mix), None)  # runs the guard directly
         for repeat in range(1, args.repeat + 1):
             if args.repeat > 1:
                 print(f"# round {repeat} of {args.repeat}", file=sys.stderr)
             for mode in modes:
-                one_round(env, mode, rows, c1, direct_runs, guard=mode == modes[0])
+                if mode.mix:
+                    audit_round(env, mode, rows, repeat)
+                else:
+                    one_round(env, mode, rows, c1, direct_runs, guard=mode == first)
     codes = sorted({r.proxy_code for r in [*rows, *c1]})
+    audit, audit_errors = audit_report(rows)
     rows, c1 = combine(rows), combine(c1)
     direct = {f"{r.system}/{r.mode}": r for r in combine(direct_runs)}
     ratios = _ratios(rows)
     apis = _apis(rows, ratios)
     latency = _latency(c1, direct)
     errors = [f"{r.system} {r.mode} c={r.connections}: {e}"
-              for r in [*rows, *c1, *direct.values()] for e in r.errors]
+              for r in [*rows, *c1, *direct.values()] for e in r.errors] + audit_errors
     warnings = [
         f"{r.system} {r.mode} c={r.connections}: "
         f"{other:.0f} % of the {where} CPU went to processes outside the bench"
@@ -966,6 +1069,7 @@ def run(args: argparse.Namespace) -> int:
         "throughput": [asdict(r) for r in rows],
         "ratios": ratios,
         "apis": apis,
+        "audit": audit,
         "latency_c1": latency,
         "latency_c1_runs": [asdict(r) for r in [*c1, *direct.values()]],
         "errors": errors,
@@ -989,6 +1093,14 @@ def run(args: argparse.Namespace) -> int:
               + ", ".join(f"{mode} {value:.2f}" for mode, value in scaling.items()))
     if any(key.startswith("proxy/baseline1 ") and " chat " not in key for key in apis):
         print("\n" + apis_line(apis))
+    if audit:
+        print(f"\nAudit trail cost (`audit`: non-streamed chat, every {BLOCKED_EVERY}th prompt "
+              "blocked, guardproxy with its trail off and on, SQLite; each round both, in fresh "
+              "processes):\n")
+        print(audit_table(audit))
+        print(f"\naudit on/off: {audit['ratio_median_of_rounds']:.3f} (median of the rounds; "
+              f"of the median rps {audit['ratio_of_median_rps']:.3f}), target >= "
+              f"{AUDIT_TARGET:.2f}: {'met' if audit['met'] else 'MISSED'}")
     if latency:
         print("\nUnloaded latency (wrk -t1 -c1); proxy added p50 = guardproxy p50 - "
               "(guard calls/req * guard p50 + upstream p50)\n")
@@ -1047,6 +1159,180 @@ def one_round(env: Env, mode: Mode, rows: list[Row], c1: list[Row], direct: list
         _progress(row)
 
 
+def audit_round(env: Env, mode: Mode, rows: list[Row], round_: int) -> None:
+    """The audit trail's cost: the mix on guardproxy with its trail off and on, each in a
+    fresh process, at --connections only (no c=1 runs).  The order alternates over the
+    rounds, so a drift of the machine favours neither.  After the run with the trail on,
+    what it holds: the decisions in its SQLite file (read once the proxy stopped, which
+    writes what is queued first), the written and dropped counts of its /metrics."""
+    args = env.args
+    for system in (AUDIT_OFF, AUDIT_ON) if round_ % 2 else (AUDIT_ON, AUDIT_OFF):
+        code = proxy_fingerprint()
+        verdicts = unsafe_verdicts(env.guard.port)
+        server = env.start(system, mode)
+        metrics: dict[str, Any] = {}
+        try:
+            sanity(server, system.key, mode, chunks=args.chunks)
+            blocked_sanity(server, system.key, mode)
+            print(f"# {system.key} {mode.key}: c={args.connections} …", file=sys.stderr)
+            row = measure(env, server.port, system, mode=mode,
+                          connections=args.connections, seconds=args.duration,
+                          warmup=args.warmup, sut=server)
+            if system.audit:
+                time.sleep(0.5)  # the writer's last batch
+                metrics = audit_metrics(server)
+        finally:
+            server.stop()
+        row.proxy_code, row.round = code, round_
+        if system.audit and server.audit_db is not None:
+            row.audit = {
+                # the prompts the guard judged unsafe while this process ran: its blocks
+                "unsafe_verdicts": unsafe_verdicts(env.guard.port) - verdicts,
+                # the blocked sanity request, then every refusal wrk received (a refusal
+                # still in flight when a wrk run ends is blocked but not received)
+                "blocked_answers": 1 + int(row.wrk["non_2xx_all_runs"]),
+                **audit_trail(server.audit_db), **metrics}
+        rows.append(row)
+        _progress(row)
+        if row.audit:
+            print(f"#   trail: {row.audit['decisions']} decisions written "
+                  f"({row.audit['blocks']} prompt blocks for {row.audit['unsafe_verdicts']} "
+                  f"unsafe verdicts, {row.audit['client_gone']} clients gone at run ends), "
+                  f"dropped {fmt(row.audit.get('dropped'))}", file=sys.stderr)
+
+
+def unsafe_verdicts(port: int) -> int:
+    """The fast guard's count of verdicts that began "Unsafe"."""
+    status, _, body = http_request(port, "GET", "/stats")
+    if status != 200:
+        raise BenchError(f"GET /stats on port {port} answered {status}")
+    count: int = json.loads(body)["unsafe_verdicts"]
+    return count
+
+
+def audit_metrics(server: Server) -> dict[str, Any]:
+    """``guardproxy_audit_written_total`` and ``guardproxy_audit_dropped_total`` (every
+    reason) from the admin listener's /metrics; empty when it cannot be read."""
+    if server.admin_port is None:
+        return {}
+    try:
+        status, _, body = http_request(server.admin_port, "GET", "/metrics")
+    except (OSError, http.client.HTTPException) as exc:
+        return {"metrics_error": repr(exc)}
+    if status != 200:
+        return {"metrics_error": f"HTTP {status}"}
+    written, dropped = 0.0, 0.0
+    reasons: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        match = re.fullmatch(r"(guardproxy_audit_(?:written|dropped)_total)(\{[^}]*\})? (\S+)",
+                             line)
+        if match is None:
+            continue
+        value = float(match.group(3))
+        if "written" in match.group(1):
+            written += value
+        else:
+            dropped += value
+            reason = re.search(r'reason="([^"]*)"', match.group(2) or "")
+            reasons[reason.group(1) if reason else ""] = value
+    return {"metrics_written": written, "dropped": dropped, "dropped_by_reason": reasons}
+
+
+#: a mix's blocked prompt, as the trail records it (stage action severity status); its
+#: client may have gone before the answer (499) at the end of a wrk run
+BLOCK_KINDS = ("prompt block unsafe 400", "prompt block unsafe 499")
+#: a request whose client went away before its prompt was judged: wrk closes its
+#: connections at the end of a run with requests in flight (HTTP 499, no check recorded)
+GONE_KIND = "request rejected - 499"
+
+
+def audit_trail(db: Path) -> dict[str, Any]:
+    """What the trail's SQLite file holds: its decisions, by stage, action, severity and
+    status."""
+    if not db.exists():
+        return {"decisions": 0, "by_kind": {}, "trail_error": f"{db} does not exist"}
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        kinds = conn.execute("SELECT stage, action, severity, status, COUNT(*) FROM decisions "
+                             "GROUP BY stage, action, severity, status").fetchall()
+    by_kind = {f"{stage} {action} {severity or '-'} {status}": n
+               for stage, action, severity, status, n in kinds}
+    return {"decisions": sum(by_kind.values()),
+            "blocks": sum(by_kind.get(kind, 0) for kind in BLOCK_KINDS),
+            "client_gone": by_kind.get(GONE_KIND, 0), "by_kind": by_kind}
+
+
+def audit_report(runs: list[Row]) -> tuple[dict[str, Any], list[str]]:
+    """Each round's rps with the audit trail off and on, their ratio, and what the trail
+    holds; the errors of a trail that lost or misrecorded decisions (it would look cheap)."""
+    rounds, errors = [], []
+    for number in sorted({r.round for r in runs if MODE[r.mode].mix}):
+        by = {r.system: r for r in runs if MODE[r.mode].mix and r.round == number}
+        off, on = by.get(AUDIT_OFF.key), by.get(AUDIT_ON.key)
+        if off is None or on is None:
+            continue
+        trail = on.audit
+        rounds.append({
+            "round": number, "order": "off, on" if number % 2 else "on, off",
+            "rps_off": off.rps, "rps_on": on.rps, "ratio": on.rps / off.rps if off.rps else 0.0,
+            "sut_cpu_ms_per_request_off": off.sut_cpu_ms_per_request,
+            "sut_cpu_ms_per_request_on": on.sut_cpu_ms_per_request, **trail})
+        where = f"proxy-audit round {number}"
+        # every prompt the guard judged unsafe is a block in the trail, unless its client
+        # went away first (a wrk run's end): then it is one of the 499s
+        blocks, gone = trail.get("blocks", 0), trail.get("client_gone", 0)
+        if not blocks <= trail.get("unsafe_verdicts", -1) <= blocks + gone:
+            errors.append(f"{where}: {blocks} prompt blocks and {gone} clients gone in the "
+                          f"trail for {trail.get('unsafe_verdicts')} prompts the guard judged "
+                          "unsafe")
+        others = {k: n for k, n in trail.get("by_kind", {}).items()
+                  if k not in (*BLOCK_KINDS, GONE_KIND)}
+        if others:
+            errors.append(f"{where}: decisions other than prompt blocks: {others}")
+        if trail.get("dropped") is None:
+            errors.append(f"{where}: no audit counts from /metrics "
+                          f"({trail.get('metrics_error', 'not found')})")
+        elif trail["dropped"]:
+            errors.append(f"{where}: the trail dropped {trail['dropped']:.0f} decisions "
+                          f"{trail.get('dropped_by_reason')}")
+        for key in ("trail_error",):
+            if key in trail:
+                errors.append(f"{where}: {trail[key]}")
+    if not rounds:
+        return {}, errors
+    off = statistics.median(r["rps_off"] for r in rounds)
+    on = statistics.median(r["rps_on"] for r in rounds)
+    ratio = statistics.median(r["ratio"] for r in rounds)
+    return {"target": AUDIT_TARGET, "ratio_median_of_rounds": ratio,
+            "ratio_of_median_rps": on / off if off else 0.0,
+            "met": ratio >= AUDIT_TARGET, "rounds": rounds}, errors
+
+
+def audit_table(audit: dict[str, Any]) -> str:
+    out = ["| round | order | rps audit off | rps audit on | on/off | SUT CPU/req off | "
+           "SUT CPU/req on | unsafe verdicts (guard) | blocks in SQLite | blocked answers (wrk) "
+           "| client gone (499) in SQLite | written (/metrics) | dropped (/metrics) |",
+           "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+           "| ---: |"]
+    for r in audit["rounds"]:
+        out.append(
+            f"| {r['round']} | {r['order']} | {r['rps_off']:,.0f} | {r['rps_on']:,.0f} | "
+            f"{r['ratio']:.3f} | {r['sut_cpu_ms_per_request_off']:.3f} ms | "
+            f"{r['sut_cpu_ms_per_request_on']:.3f} ms | {r.get('unsafe_verdicts', '-')} | "
+            f"{r.get('blocks', '-')} | {r.get('blocked_answers', '-')} | "
+            f"{r.get('client_gone', '-')} | "
+            f"{fmt(r.get('metrics_written'))} | {fmt(r.get('dropped'))} |")
+    rounds = audit["rounds"]
+    if len(rounds) > 1:
+        out.append(
+            f"| median | | {statistics.median(r['rps_off'] for r in rounds):,.0f} | "
+            f"{statistics.median(r['rps_on'] for r in rounds):,.0f} | "
+            f"{audit['ratio_median_of_rounds']:.3f} | "
+            f"{statistics.median(r['sut_cpu_ms_per_request_off'] for r in rounds):.3f} ms | "
+            f"{statistics.median(r['sut_cpu_ms_per_request_on'] for r in rounds):.3f} ms | "
+            f"| | | | | |")
+    return "\n".join(out)
+
+
 def combine(runs: list[Row]) -> list[Row]:
     """One row per (system, mode, connections) over ``--repeat`` rounds: medians of rps,
     p50, p99 and CPU per request, the largest peak RSS, all errors, every round's rps."""
@@ -1086,6 +1372,8 @@ def _ratios(rows: list[Row]) -> dict[str, dict[str, float]]:
                 if by.get(base)}
             if "proxy2" in by:  # worker scaling: 2 processes on both CPUs / 1 on one
                 ratios["proxy2/proxy"] = by["proxy2"] / by["proxy"]
+            if "proxy-audit" in by:  # the audit trail on / off (of the median rps)
+                ratios["proxy-audit/proxy"] = by["proxy-audit"] / by["proxy"]
     return out
 
 
@@ -1122,7 +1410,7 @@ def apis_line(apis: dict[str, float]) -> str:
 
 
 def _mode_of(api: str, stream: bool) -> str:
-    return next(m.key for m in MODES if m.api == api and m.stream == stream)
+    return next(m.key for m in MODES if m.api == api and m.stream == stream and not m.mix)
 
 
 def _latency(c1: list[Row], direct: dict[str, Row]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from proxy.audit.store import Store
 
 AUDIT_SECRET = "audit-secret-0123456789abcdef"
 AUDIT_KEYS = frozenset({"password_env", "secret_env", "retention_days", "sample_pass",
-                        "queue_size"})
+                        "queue_size", "flush_s"})
 
 
 def audit_yaml(url: str, **keys: Any) -> str:

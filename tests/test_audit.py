@@ -236,7 +236,7 @@ async def test_a_full_queue_drops_and_counts_without_delaying_requests(
         reader: Store) -> None:
     await reader.open()
     async with audited_proxy(tmp_path, guard_emulator, upstream_emulator,
-                             "sqlite:///audit.db", queue_size=2) as proxy:
+                             "sqlite:///audit.db", queue_size=2, flush_s=0) as proxy:
         holder = sqlite3.connect(tmp_path / "audit.db", isolation_level=None)
         holder.execute("BEGIN EXCLUSIVE")  # the writer's insert now waits for this lock
         try:
@@ -269,3 +269,14 @@ def test_the_sqlite_key_is_made_once_and_kept_private(tmp_path: Path) -> None:
     (key,) = keys
     assert len(key) == 64 and (tmp_path / "audit.db.key").stat().st_mode & 0o777 == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["audit.db.key"]  # no draft left behind
+
+
+async def test_a_batch_waiting_to_fill_is_written_when_the_proxy_stops(
+        tmp_path: Path, guard_emulator: GuardEmulator, upstream_emulator: UpstreamEmulator,
+        reader: Store) -> None:
+    async with audited_proxy(tmp_path, guard_emulator, upstream_emulator,
+                             "sqlite:///audit.db", flush_s=10) as proxy:
+        ids = [(await proxy.post(_chat(BLOCKED)))[1]["x-request-id"] for _ in range(3)]
+    # the writer was waiting up to 10 s for its batch to fill: stopping wrote it at once
+    found = await (await _opened(reader)).decisions(Filters())
+    assert sorted(d.request_id for d in found) == sorted(ids)

@@ -187,7 +187,8 @@ async def _insert_waits(db: asyncpg.Connection) -> bool:
 async def test_a_full_queue_drops_and_counts_without_delaying_requests(
         pg_proxy: ProxyFactory, postgres: PgServer, database: str,
         store: PostgresStore) -> None:
-    async with pg_proxy(queue_size=2) as proxy, _connected(postgres, database) as holder:
+    async with pg_proxy(queue_size=2, flush_s=0) as proxy, \
+            _connected(postgres, database) as holder:
         locked = holder.transaction()
         await locked.start()
         await holder.execute("LOCK TABLE decisions IN ACCESS EXCLUSIVE MODE")

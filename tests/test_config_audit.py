@@ -31,6 +31,7 @@ def _audit(body: str) -> str:
      "URL (sqlite:///audit.db beside the config, sqlite:////var/lib/x.db absolute)"),
     ('  url: "sqlite:///policies"\n', "audit.url: POL is a folder, not a database file"),
     ("  sample_pass: 1.5\n", "audit.sample_pass: expected a number from 0 to 1, got 1.5"),
+    ("  flush_s: 11\n", "audit.flush_s: expected a number from 0 to 10, got 11"),
     ("  retention_days: 0\n", "audit.retention_days: expected a positive number, got 0"),
     ("  queue_size: -1\n", "audit.queue_size: expected a positive integer, got -1"),
     ("  secret_env: NOT_SET_ANYWHERE\n",

@@ -75,7 +75,7 @@ class Auditor:
         sampled = self.sample_pass > 0 and self.chance() < self.sample_pass
         now = self.clock()
         if not record.input:
-            if status < 400:
+            if status < 400 or status == 499:  # a client that left was refused nothing
                 return []
             refused = self._base(record, now, "request", "rejected", "block", status)
             refused.error_kind = record.error_code  # why: invalid_request_error's code

@@ -54,7 +54,7 @@ def make_writer(server: ServerConfig, counters: AuditCounters | None = None
     auditor = Auditor(secret=text_key(server), sample_pass=server.audit_sample_pass)
     return AuditWriter(store=store, auditor=auditor,
                        retention_s=server.audit_retention_days * 86400,
-                       queue_size=server.audit_queue_size,
+                       queue_size=server.audit_queue_size, flush_s=server.audit_flush_s,
                        counters=counters or AuditCounters())
 
 

@@ -1,6 +1,8 @@
 """Writes decisions to the store off the request path: a request only puts its decisions
-on a bounded queue (``offer``, never waiting); one task takes what the queue holds and
-inserts it as one batch.  A full queue drops the new decisions and counts them; a batch
+on a bounded queue (``record``, never waiting); one task takes what the queue holds and
+inserts it as one batch — once ``flush_s`` has passed since the batch's first decision
+came, or ``BATCH`` are waiting, or the proxy stops, so that a busy proxy makes a few large
+inserts rather than one per decision.  A full queue drops the new decisions and counts them; a batch
 the store refuses is counted too, and the writer goes on with the next.  Retention runs
 at start and then every hour.
 """
@@ -37,8 +39,11 @@ class AuditWriter:
     auditor: Auditor
     retention_s: float
     queue_size: int = 10_000
+    flush_s: float = 0.1  # the longest a decision waits for others to share its insert
     counters: AuditCounters = field(default_factory=AuditCounters)
     _queue: asyncio.Queue[Decision] = field(init=False)
+    _flush: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _stopping: bool = field(default=False, init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -53,6 +58,8 @@ class AuditWriter:
             except asyncio.QueueFull:
                 self.counters.dropped("queue_full", len(made) - index)
                 return
+        if self._queue.qsize() >= BATCH:
+            self._flush.set()  # a full batch waits for nothing
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._write(), name="guardproxy-audit-writer"),
@@ -62,6 +69,8 @@ class AuditWriter:
         """Write what is queued, then stop."""
         for task in self._tasks[1:]:
             task.cancel()
+        self._stopping = True
+        self._flush.set()
         if self._tasks:
             await self._queue.join()
             self._tasks[0].cancel()
@@ -73,6 +82,7 @@ class AuditWriter:
     async def _write(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            await self._gather()
             while len(batch) < BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
@@ -85,6 +95,15 @@ class AuditWriter:
             finally:
                 for _ in batch:
                     self._queue.task_done()
+
+    async def _gather(self) -> None:
+        """Let the batch grow: at most ``flush_s``, less when it fills or the proxy stops."""
+        if self.flush_s > 0 and not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.flush_s):
+                    await self._flush.wait()
+            if not self._stopping:
+                self._flush.clear()
 
     async def _purge(self) -> None:
         while True:

@@ -280,6 +280,8 @@ class ServerConfig:
     audit_retention_days: float = field(default=30.0, metadata=key("audit.retention_days"))
     audit_sample_pass: float = field(default=0.0, metadata=key("audit.sample_pass", own=1))
     audit_queue_size: int = field(default=10_000, metadata=key("audit.queue_size"))
+    # the longest a decision waits in memory for others to share its insert (0: none)
+    audit_flush_s: float = field(default=0.1, metadata=key("audit.flush_s", own=1))
     source: Path = field(default=Path("<memory>"), metadata=SPECIAL)
 
 
