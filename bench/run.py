@@ -1035,7 +1035,7 @@ def run(args: argparse.Namespace) -> int:
                 else:
                     one_round(env, mode, rows, c1, direct_runs, guard=mode == first)
     codes = sorted({r.proxy_code for r in [*rows, *c1]})
-    audit, audit_errors = audit_report(rows)
+    audit, audit_errors = audit_report(rows, args.connections)
     rows, c1 = combine(rows), combine(c1)
     direct = {f"{r.system}/{r.mode}": r for r in combine(direct_runs)}
     ratios = _ratios(rows)
@@ -1261,7 +1261,7 @@ def audit_trail(db: Path) -> dict[str, Any]:
             "client_gone": by_kind.get(GONE_KIND, 0), "by_kind": by_kind}
 
 
-def audit_report(runs: list[Row]) -> tuple[dict[str, Any], list[str]]:
+def audit_report(runs: list[Row], connections: int) -> tuple[dict[str, Any], list[str]]:
     """Each round's rps with the audit trail off and on, their ratio, and what the trail
     holds; the errors of a trail that lost or misrecorded decisions (it would look cheap)."""
     rounds, errors = [], []
@@ -1278,14 +1278,16 @@ def audit_report(runs: list[Row]) -> tuple[dict[str, Any], list[str]]:
             "sut_cpu_ms_per_request_on": on.sut_cpu_ms_per_request, **trail})
         where = f"proxy-audit round {number}"
         # every prompt the guard judged unsafe is a block in the trail, unless its client
-        # went away first (a wrk run's end): then it is one of the 499s
-        blocks, gone = trail.get("blocks", 0), trail.get("client_gone", 0)
-        if not blocks <= trail.get("unsafe_verdicts", -1) <= blocks + gone:
-            errors.append(f"{where}: {blocks} prompt blocks and {gone} clients gone in the "
-                          f"trail for {trail.get('unsafe_verdicts')} prompts the guard judged "
-                          "unsafe")
+        # went away while the guard judged it: a wrk run's end (warm-up and measured run)
+        # cuts at most one request per connection, and a request that ends unanswered is
+        # no decision
+        blocks, cut = trail.get("blocks", 0), 2 * connections
+        if not blocks <= trail.get("unsafe_verdicts", -1) <= blocks + cut:
+            errors.append(f"{where}: {blocks} prompt blocks in the trail for "
+                          f"{trail.get('unsafe_verdicts')} prompts the guard judged unsafe "
+                          f"(at most {cut} may have been cut by wrk's ends)")
         others = {k: n for k, n in trail.get("by_kind", {}).items()
-                  if k not in (*BLOCK_KINDS, GONE_KIND)}
+                  if k not in BLOCK_KINDS}  # a client that left is no decision
         if others:
             errors.append(f"{where}: decisions other than prompt blocks: {others}")
         if trail.get("dropped") is None:
