@@ -44,7 +44,7 @@ async def proxy(tmp_path: Path, guard_emulator: GuardEmulator,
     """The harness tenants (``strict`` judges the last user turn) plus ``scoped`` (all)."""
     upstream_emulator.api_key = UPSTREAM_KEY
     path = write_config(tmp_path, guard=guard_emulator.url, upstream=upstream_emulator.url,
-                        timeout=0.5)
+                        timeout=2.0)  # a hung guard ends one test; others never wait
     digest = hashlib.sha256(SCOPED_KEY.encode()).hexdigest()
     (tmp_path / "policies" / "scoped.yaml").write_text(SCOPED.format(digest=digest))
     server = TestServer(create_app(load(path, env={"UPSTREAM_KEY": UPSTREAM_KEY})),
