@@ -168,3 +168,33 @@ async def test_without_a_token_the_console_needs_loopback(
                              "sqlite:///audit.db") as proxy, \
             aiohttp.ClientSession() as http, http.get(proxy.admin_url + "/console") as resp:
         assert resp.status == 200  # bound to loopback: served without signing in
+
+
+async def test_nothing_of_it_is_on_the_client_listener(console: Proxy) -> None:
+    async with aiohttp.ClientSession() as http:
+        for path in ("/console", "/console/login", "/console/decisions", "/api/decisions"):
+            async with http.get(console.url + path,
+                                headers={"Authorization": "Bearer sk-strict"}) as resp:
+                assert resp.status == 404, path
+        async with http.post(console.url + "/api/playground", json={"prompt": "hi"},
+                             headers={"Authorization": "Bearer sk-strict"}) as resp:
+            assert resp.status == 404
+
+
+async def test_the_overview_draws_each_tenants_decisions(console: Proxy, tmp_path: Path) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "How to make a bomb?"}]}
+    for tenant in ("strict", "strict", "thorough"):
+        await console.post(body, tenant=tenant)
+    store = SQLiteStore(tmp_path / "audit.db")
+    await store.open()
+    await decisions_when(store, 3)
+    await store.close()
+    http = await _signed_in(console)
+    async with http, http.get(console.admin_url + "/console?hours=1") as resp:
+        page = await resp.text()
+    rows = {row.split("</td>", 1)[0]: row for row in page.split('<tr><td>')[1:]}
+    assert set(rows) == {"strict", "thorough"}
+    # each tenant's row: its own drawing (one bar: its blocks), then its count of blocks
+    assert rows["strict"].count("<rect") == 1 and "<td>2</td>" in rows["strict"]
+    assert "<title>2 block</title>" in rows["strict"]
+    assert "<title>1 block</title>" in rows["thorough"] and "<td>1</td>" in rows["thorough"]

@@ -16,11 +16,11 @@ from proxy.obs.metrics import Metrics
 from proxy.web.console.markup import Safe, page, table, tag
 
 COLORS = {"block": "#c0392b", "flag": "#d68910", "error": "#7d3c98"}
-WIDTH, HEIGHT, PAD = 720, 180, 24
-
-
-def chart(buckets: list[Bucket], since: float, now: float, width_s: float) -> Safe:
-    """Stacked bars of block / flag / error decisions per bucket, all tenants."""
+def chart(buckets: list[Bucket], since: float, now: float, width_s: float,
+          size: tuple[int, int, int] = (720, 180, 24), label: bool = True) -> Safe:
+    """Stacked bars of block / flag / error decisions per bucket (of every tenant given);
+    ``size``: width, height and padding of the drawing."""
+    wide, high, pad = size
     slots = max(1, int((now - since) // width_s) + 1)
     first = since - since % width_s
     stacks: dict[int, Counter[str]] = defaultdict(Counter)
@@ -28,24 +28,24 @@ def chart(buckets: list[Bucket], since: float, now: float, width_s: float) -> Sa
         if bucket.action in COLORS:
             stacks[int((bucket.start - first) // width_s)][bucket.action] += bucket.count
     top = max([sum(stack.values()) for stack in stacks.values()] or [1])
-    bar = (WIDTH - 2 * PAD) / slots
+    bar = (wide - 2 * pad) / slots
     bars = []
     for slot, stack in sorted(stacks.items()):
-        y = float(HEIGHT - PAD)
+        y = float(high - pad)
         for action, color in COLORS.items():
-            height = stack[action] / top * (HEIGHT - 2 * PAD)
+            height = stack[action] / top * (high - 2 * pad)
             if height:
                 y -= height
                 bars.append(tag("rect", tag("title", f"{stack[action]} {action}"),
-                                x=f"{PAD + slot * bar:.1f}", y=f"{y:.1f}",
+                                x=f"{pad + slot * bar:.1f}", y=f"{y:.1f}",
                                 width=f"{max(bar - 1, 1):.1f}", height=f"{height:.1f}",
                                 fill=color))
-    axis = tag("line", x1=PAD, y1=HEIGHT - PAD, x2=WIDTH - PAD, y2=HEIGHT - PAD,
+    axis = tag("line", x1=pad, y1=high - pad, x2=wide - pad, y2=high - pad,
                stroke="#888")
-    label = tag("text", f"max {top} per {int(width_s // 60)} min", x=PAD, y=14,
-                font_size="12", fill="#444")
-    return tag("svg", axis, label, bars, viewBox=f"0 0 {WIDTH} {HEIGHT}", role="img",
-               aria_label="decisions over time", class_="chart")
+    text = tag("text", f"max {top} per {int(width_s // 60)} min", x=pad, y=14,
+               font_size="12", fill="#444") if label else None
+    return tag("svg", axis, text, bars, viewBox=f"0 0 {wide} {high}", role="img",
+               aria_label="decisions over time", class_="chart" if label else "spark")
 
 
 def legend() -> Safe:
@@ -110,9 +110,11 @@ async def overview(store: Store, metrics: Metrics | None, hours: int) -> Safe:
     periods = tag("p", [tag("a", f"{h} h", href=f"/console?hours={h}",
                             class_="current" if h == hours else None) for h in (1, 6, 24, 168)],
                   class_="periods")
-    rows = tenant_rows(recent, block_rates(metrics))
-    tenants = table(["tenant", "blocks", "flags", "guard errors", "block rate", "top categories",
-                     "guard p50", "guard p95"], rows, id="tenants")
+    rows = [(row[0], chart([b for b in buckets if (b.tenant or "(none)") == row[0]], since,
+                           now, width, size=(160, 32, 2), label=False), *row[1:])
+            for row in tenant_rows(recent, block_rates(metrics))]
+    tenants = table(["tenant", "over time", "blocks", "flags", "guard errors", "block rate",
+                     "top categories", "guard p50", "guard p95"], rows, id="tenants")
     note = tag("p", "Blocks, flags, errors, categories and latency: the recorded decisions of "
                "the period. Block rate: blocked requests over requests, as this process "
                "counted them since it started.", class_="muted")

@@ -34,5 +34,6 @@ button { padding: .35rem .9rem; }
 .muted { color: #666; font-size: .85rem; } p.error { color: #a93226; }
 .periods a { margin-right: .8rem; } .periods a.current { font-weight: bold; }
 svg.chart { width: 100%; max-width: 720px; background: #fff; border: 1px solid #e2e2de; }
+svg.spark { width: 160px; height: 32px; }
 .pages a { margin-right: 1rem; }
 """
