@@ -221,7 +221,7 @@ class Checks:
         record = self.record
         if record.keep_texts:
             if output:
-                record.judged_outputs.append(text)
+                record.judged_output = text  # a window's check replaces the one before
             else:
                 record.judged_input = text
         if not self.policy.log_content or outcome.action is Action.PASS:

@@ -428,6 +428,17 @@ def selects(selector: Mapping[str, str], deployment: Doc) -> bool:
     return bool(selector) and all(labels.get(key) == value for key, value in selector.items())
 
 
+def only_the_proxy_reaches(name: str, workload: Doc, port: int) -> None:
+    """``name``'s NetworkPolicy selects ``workload``'s pods and admits the proxy's pods
+    alone, on ``port``."""
+    policy = k8s("NetworkPolicy", name)["spec"]
+    assert selects(policy["podSelector"]["matchLabels"], workload)
+    (rule,) = policy["ingress"]
+    (source,) = rule["from"]
+    assert selects(source["podSelector"]["matchLabels"], k8s("Deployment", "guardproxy"))
+    assert rule["ports"] == [{"port": port, "protocol": "TCP"}]
+
+
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_every_kubernetes_document_is_valid(version: str) -> None:
     checked = []
@@ -588,12 +599,7 @@ def test_the_optional_redis_is_reached_by_the_proxy_pods_only(tmp_path: Path) ->
     assert config.server.cache_redis_secret.get() == env[secret_env]
     assert all(item.get("valueFrom", {}).get("secretKeyRef", {}).get("name")
                != "guardproxy-verdict-cache" for item in redis["env"])
-    policy = k8s("NetworkPolicy", "redis")["spec"]
-    assert selects(policy["podSelector"]["matchLabels"], deployment)
-    (rule,) = policy["ingress"]
-    (source,) = rule["from"]
-    assert selects(source["podSelector"]["matchLabels"], k8s("Deployment", "guardproxy"))
-    assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
+    only_the_proxy_reaches("redis", deployment, 6379)
 
 
 def test_each_proxy_pod_has_a_writable_audit_volume() -> None:
@@ -653,12 +659,7 @@ def test_the_optional_postgres_is_authenticated_and_reached_by_the_proxy_pods_on
     probe = postgres["readinessProbe"]["exec"]["command"]
     assert probe[0] == "pg_isready"
     assert flag(probe, "-U") == user and flag(probe, "-d") == database
-    policy = k8s("NetworkPolicy", "postgres")["spec"]
-    assert selects(policy["podSelector"]["matchLabels"], statefulset)
-    (rule,) = policy["ingress"]
-    (source,) = rule["from"]
-    assert selects(source["podSelector"]["matchLabels"], k8s("Deployment", "guardproxy"))
-    assert rule["ports"] == [{"port": 5432, "protocol": "TCP"}]
+    only_the_proxy_reaches("postgres", statefulset, 5432)
 
 
 def test_the_optional_postgres_keeps_its_data_on_a_claim_as_a_non_root_user() -> None:

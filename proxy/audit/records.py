@@ -118,8 +118,7 @@ class Auditor:
                         action=action, effect=effect, status=status)
 
     def _text(self, decision: Decision, record: RequestRecord, stage: str) -> None:
-        text = record.judged_input if stage == "prompt" else (
-            record.judged_outputs[-1] if record.judged_outputs else None)
+        text = record.judged_input if stage == "prompt" else record.judged_output
         if text is None:
             return
         if record.log_content:

@@ -72,11 +72,11 @@ class Store(abc.ABC):
         return [Bucket(tenant, action, float(b) * width_s, int(n)) for tenant, action, b, n
                 in rows]
 
-    async def recent(self, since: float) -> list[tuple[str, str, str, float | None]]:
+    async def recent(self, since: float) -> list[tuple[Any, ...]]:
         """(tenant, action, categories as JSON, guard ms) of the newest decisions."""
-        return [tuple(row) for row in await self.fetch(
+        return await self.fetch(
             "SELECT tenant, action, categories, guard_ms FROM decisions WHERE ts >= ? "
-            "ORDER BY ts DESC LIMIT ?", [since, OVERVIEW_ROWS])]
+            "ORDER BY ts DESC LIMIT ?", [since, OVERVIEW_ROWS])
 
 
 def open_store(url: str, password: str | None = None) -> Store:

@@ -25,8 +25,8 @@ def read_audit(sec: Section, env: Mapping[str, str], folder: Path) -> dict[str, 
         "audit_url": url,
         "audit_password": sec.secret("password_env", env),
         "audit_secret": sec.secret("secret_env", env),
-        "audit_sample_pass": _fraction(sec, "sample_pass", 1.0, 0.0),
-        "audit_flush_s": _fraction(sec, "flush_s", 10.0, 0.1),
+        "audit_sample_pass": _upto(sec, "sample_pass", 1.0, 0.0),
+        "audit_flush_s": _upto(sec, "flush_s", 10.0, 0.1),
     }
     if url is not None and url.startswith("postgresql:") and "secret_env" not in sec.fields:
         sec.f.error(sec.fields["url"].key_line, f"{sec.path('url')}: a PostgreSQL store needs "
@@ -80,7 +80,7 @@ def _sqlite(sec: Section, raw: str, folder: Path, line: int) -> str | None:
     return f"sqlite:///{path}"
 
 
-def _fraction(sec: Section, key: str, top: float, default: float) -> float:
+def _upto(sec: Section, key: str, top: float, default: float) -> float:
     """A number from 0 to ``top``."""
     value = sec.value(key)
     if key not in sec.fields:

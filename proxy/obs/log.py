@@ -21,7 +21,7 @@ from typing import Any, cast
 import orjson
 import structlog
 
-from proxy.config import Action
+from proxy.config import Action, Policy
 from proxy.core.policy import Outcome, strictest, worst
 from proxy.errors import StreamFault, UpstreamHTTPError
 from proxy.obs.redaction import redact, redacted_fields
@@ -168,14 +168,15 @@ class RequestRecord:
     upstream_said_chars: int = 0
     # for the audit trail: the client's API, the answer's stream mode, the characters a
     # stream released before it was cut, and the policy in force (as the request tightened
-    # it); with an audit trail on, the judged texts are kept for their hash
+    # it); with an audit trail on, the last text each stage judged (a stream's: the one
+    # that decided) is kept for the trail, which stores it or its keyed hash
     api: str = "chat"
     stream_mode: str | None = None
     released_chars: int | None = None
-    policy: Any = None
+    policy: Policy | None = None
     keep_texts: bool = False
     judged_input: str | None = None
-    judged_outputs: list[str] = field(default_factory=list)
+    judged_output: str | None = None
 
     def failed(self, code: str | None, exc: BaseException | None = None) -> None:
         """The request ends in an error answer (or a stream in an in-band error) with this

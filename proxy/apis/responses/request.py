@@ -172,13 +172,7 @@ def _message_item(item: Json, where: str) -> Json:
     if role not in _ROLES:
         raise BadRequest(f"{where}.role must be one of user, system, developer, assistant",
                          param=f"{where}.role")
-    content = item.get("content")
-    if isinstance(content, list):
-        content = [_part(part, f"{where}.content[{index}]") for index, part in enumerate(content)]
-    elif not isinstance(content, str):
-        raise BadRequest(f"{where}.content must be a string or a list of content parts",
-                         param=f"{where}.content")
-    return {"role": role, "content": content}
+    return {"role": role, "content": _content(item.get("content"), where, "content")}
 
 
 #: Content parts: the keys each may hold.  Their text keys are read by ``read_messages``.
@@ -225,13 +219,17 @@ def _call_item(item: Json, where: str) -> Json:
 def _output_item(item: Json, where: str) -> Json:
     known_keys(item, _OUTPUT_KEYS, where)
     _structural(item, where)
-    output = item.get("output")
-    if isinstance(output, list):
-        output = [_part(part, f"{where}.output[{index}]") for index, part in enumerate(output)]
-    elif not isinstance(output, str):
-        raise BadRequest(f"{where}.output must be a string or a list of content parts",
-                         param=f"{where}.output")
-    return {"role": "tool", "content": output}
+    return {"role": "tool", "content": _content(item.get("output"), where, "output")}
+
+
+def _content(value: Any, where: str, key: str) -> str | list[Json]:
+    """A message's ``content`` or a tool output's ``output``: a string, or parts."""
+    if isinstance(value, list):
+        return [_part(part, f"{where}.{key}[{index}]") for index, part in enumerate(value)]
+    if not isinstance(value, str):
+        raise BadRequest(f"{where}.{key} must be a string or a list of content parts",
+                         param=f"{where}.{key}")
+    return value
 
 
 def _reasoning_item(item: Json, where: str) -> Json:

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from proxy.audit.query import APIS, filters_from
 from proxy.audit.records import ACTIONS, Decision
+from proxy.audit.schema import Filters
 from proxy.audit.store import Store
 from proxy.config import CATEGORIES
 from proxy.errors import GuardError
@@ -60,7 +61,7 @@ async def overview_page(request: web.Request) -> web.Response:
     return html_response(await overview(store, _runtime(request).metrics, count))
 
 
-def _filters(request: web.Request) -> Any:
+def _filters(request: web.Request) -> Filters:
     try:
         return filters_from(request.query, time.time())
     except ValueError as exc:
@@ -127,14 +128,16 @@ def _detail(d: Decision) -> Safe:
              ("Stream cut", cut), ("Leaked characters", d.leaked_chars), ("Status", d.status)]
     listing = tag("dl", [(tag("dt", k), tag("dd", v)) for k, v in facts if v is not None],
                   id="facts")
-    text = (tag("pre", d.text, id="text") if d.text is not None else
-            tag("p", f"Text not stored (the tenant does not log content); its keyed hash: "
-                f"{d.text_hash}", class_="muted") if d.text_hash else None)
-    return Safe(listing + tag("h2", "Scores") + scores + tag("h2", "Text") + render_or(text))
+    return Safe(listing + tag("h2", "Scores") + scores + tag("h2", "Text") + _text(d))
 
 
-def render_or(value: Safe | None) -> Safe:
-    return value if value is not None else tag("p", "No text.", class_="muted")
+def _text(d: Decision) -> Safe:
+    if d.text is not None:
+        return tag("pre", d.text, id="text")
+    if d.text_hash:
+        return tag("p", "Text not stored (the tenant does not log content); its keyed hash: "
+                   f"{d.text_hash}", class_="muted")
+    return tag("p", "No text.", class_="muted")
 
 
 async def decision_page(request: web.Request) -> web.Response:
