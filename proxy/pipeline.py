@@ -74,7 +74,9 @@ class Checks:
         if not stage.check:
             outcome = Outcome.not_checked("prompt check disabled by policy")
         else:
-            outcomes = await _all([self._judge_inputs(stage, one) for one in plan.inputs])
+            inputs = plan.inputs
+            outcomes = ([await self._judge_inputs(stage, inputs[0])] if len(inputs) == 1
+                        else await _all([self._judge_inputs(stage, one) for one in inputs]))
             worst = strictest_index(outcomes)
             outcome = outcomes[worst]
             self._keep_text(outcome, plan.views[worst][-1].text, output=False)
@@ -110,6 +112,8 @@ class Checks:
 
     async def judge_texts(self, texts: Sequence[str]) -> list[Outcome]:
         """Judge each choice's text (whole, or as far as it streamed), in order."""
+        if len(texts) == 1:
+            return [await self.judge_response(texts[0])]
         return await _all([self.judge_response(text) for text in texts])
 
     async def judge_response(self, text: str) -> Outcome:
@@ -123,6 +127,8 @@ class Checks:
     async def _judge_inputs(self, stage: StagePolicy, inputs: Sequence[Sequence[Turn]], *,
                             answer: bool = False) -> Outcome:
         """The strictest outcome of one judged turn's guard inputs: itself, or its pieces."""
+        if len(inputs) == 1:
+            return await self._judge_input(stage, inputs[0], answer)
         outcomes = await _all([self._judge_input(stage, one, answer) for one in inputs])
         return outcomes[strictest_index(outcomes)]
 
@@ -179,9 +185,11 @@ class Checks:
             tenant = self.tenant_slots
             if tenant is not None:
                 await self._tenant_slot(tenant)
+            started = time.perf_counter()
             try:
-                return await self._classify(turns, refusal=refusal)
+                return await self.guard.classify(turns, refusal=refusal)
             finally:
+                self._timed(turns, time.perf_counter() - started)
                 if tenant is not None:
                     tenant.release()
         finally:
@@ -202,17 +210,14 @@ class Checks:
             self.record.guard_rejected = True
             raise GuardError("busy", "the tenant's guard calls are all in use") from None
 
-    async def _classify(self, turns: Sequence[Turn], *, refusal: bool) -> Verdict:
-        started = time.perf_counter()
-        self.record.guard_calls += 1
-        try:
-            return await self.guard.classify(turns, refusal=refusal)
-        finally:
-            seconds = time.perf_counter() - started
-            self.record.guard_ms += seconds * 1000
-            # a prompt check judges a user turn, a response check an assistant turn
-            check = "prompt" if turns and turns[-1].role == "user" else "response"
-            self.record.guard_timings.append((check, seconds))
+    def _timed(self, turns: Sequence[Turn], seconds: float) -> None:
+        """One guard call done, in ``seconds``: counted for the log line and metrics."""
+        record = self.record
+        record.guard_calls += 1
+        record.guard_ms += seconds * 1000
+        # a prompt check judges a user turn, a response check an assistant turn
+        check = "prompt" if turns and turns[-1].role == "user" else "response"
+        record.guard_timings.append((check, seconds))
 
     def _keep_text(self, outcome: Outcome, text: str, *, output: bool) -> None:
         """Blocked or flagged text goes into the log line only if the tenant opted in

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -85,6 +86,8 @@ async def test_serve_runs_the_proxy_and_logs_json(config: Path,
     try:
         started = orjson.loads(await asyncio.wait_for(process.stdout.readline(), timeout=20))
         assert started["event"] == "listening" and started["port"] == port
+        # what start-up made is out of the cyclic collector's sight (proxy.serving.settle_heap)
+        assert started["frozen_objects"] > 10_000
         upstream_emulator.replies.append(Reply(content="Hello from upstream."))
         client = AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEYS["strict"],
                              max_retries=0)
@@ -148,3 +151,16 @@ async def test_workers_share_one_port(config: Path, upstream_emulator: UpstreamE
     for pid in pids:  # the workers are gone with the parent
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_settling_the_heap_freezes_start_up_and_spaces_young_collections() -> None:
+    """In a process of its own: the collector's settings are the process's."""
+    script = ("import gc; from proxy.serving import settle_heap, GC_YOUNG_THRESHOLD\n"
+              "assert gc.get_freeze_count() == 0\n"
+              "frozen = settle_heap()\n"
+              "assert frozen == gc.get_freeze_count() > 0, frozen\n"
+              "assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD > 700\n"
+              "assert gc.isenabled()\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stderr

@@ -113,6 +113,8 @@ class _HTTPGuard(abc.ABC):
         text, steps = await self._call(turns, ask)
         severity = read_severity(text)
         probabilities = severity_probabilities(steps, emitted=ask.prefix)
+        if severity == "safe" and not refusal:  # the usual verdict: nothing more to ask
+            return with_scores(Verdict(severity="safe"), probabilities)
         return with_scores(await self._rest(turns, severity, refusal=refusal), probabilities)
 
     async def _rest(self, turns: Sequence[Turn], severity: Severity, *, refusal: bool

@@ -29,6 +29,8 @@ MAX_RESPONSE_BYTES = 4 << 20
 
 class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
+        # the loop, once: asking for the running loop costs a system call on Python 3.11
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._reader: WholeReader | None = None
@@ -70,7 +72,7 @@ class _Connection(asyncio.Protocol):
 
     def send(self, request: bytes) -> asyncio.Future[Answer]:
         assert self.transport is not None
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self.loop.create_future()
         self._reader = WholeReader(self.limit)
         self.transport.write(request)
         return self._waiter
@@ -111,12 +113,10 @@ class Origin:
                    within_s: float | None = None) -> Answer:
         """A POST's answer; ``extra`` are more header lines.  ``within_s`` bounds the
         whole exchange (``TimeoutError``); cancelling it closes the connection."""
-        length = b"Content-Length: %d\r\n\r\n" % len(body)
-        deadline = None if within_s is None else asyncio.get_running_loop().time() + within_s
-        return await self._exchange(head + extra + length + body, deadline)
-
-    async def _exchange(self, request: bytes, deadline: float | None) -> Answer:
+        request = head + extra + b"Content-Length: %d\r\n\r\n" % len(body) + body
         connection = self._idle_connection()
+        loop = asyncio.get_running_loop() if connection is None else connection.loop
+        deadline = None if within_s is None else loop.time() + within_s
         if connection is not None:
             try:
                 return await self._use(connection, request, deadline)
@@ -137,8 +137,7 @@ class Origin:
                    ) -> Answer:
         waiter = connection.send(request)
         # one timer, not an asyncio.timeout context: this is every guard call's path
-        timer = (None if deadline is None
-                 else asyncio.get_running_loop().call_at(deadline, _expire, waiter))
+        timer = None if deadline is None else connection.loop.call_at(deadline, _expire, waiter)
         try:
             answer = await waiter
         except BaseException:
@@ -218,6 +217,7 @@ class StreamedAnswer(asyncio.Protocol):
     cleanly finished keep-alive connection to its origin, or closes it."""
 
     def __init__(self, origin: Origin) -> None:
+        self.loop = asyncio.get_running_loop()  # once (see _Connection)
         self.status = 0
         self.content_type = ""
         self.retry_after = b""
@@ -245,7 +245,7 @@ class StreamedAnswer(asyncio.Protocol):
 
     async def start(self, request: bytes) -> None:
         assert self.transport is not None
-        self._head_waiter = asyncio.get_running_loop().create_future()
+        self._head_waiter = self.loop.create_future()
         self.transport.write(request)
         await self._head_waiter
 
@@ -330,7 +330,7 @@ class StreamedAnswer(asyncio.Protocol):
         self._timer = None
         if self._waiter is None or self._waiter.done() or self.read_timeout is None:
             return  # not waiting now: the next wait arms it again
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         deadline = self._waiting_since + self.read_timeout
         if loop.time() >= deadline:
             self._timed_out = True
@@ -356,7 +356,7 @@ class StreamedAnswer(asyncio.Protocol):
             if self._interrupted:
                 self._interrupted = False
                 return None
-            loop = asyncio.get_running_loop()
+            loop = self.loop
             self._waiter = loop.create_future()
             if self.read_timeout is not None:
                 self._waiting_since = loop.time()
@@ -403,7 +403,7 @@ class StreamedAnswer(asyncio.Protocol):
         if ending and not self.done and self._keep and not self.closed and self._error is None:
             self._pieces.clear()
             self._size = 0
-            self._draining = asyncio.get_running_loop().call_later(DRAIN_S, self.close)
+            self._draining = self.loop.call_later(DRAIN_S, self.close)
             return
         self._keep_or_close()
 

@@ -69,9 +69,18 @@ def full_ask(*, response: bool) -> Ask:
                regex=verdict_regex(response=response), scored=True)
 
 
-def severity_ask(*, response: bool) -> Ask:
+def _severity_ask(*, response: bool) -> Ask:
     return Ask(step="severity", prefix="Safety:", max_tokens=1, stop=None,
                regex=_SEVERITY_REGEX + "\nCategories:" + _rest(response=response), scored=True)
+
+
+_SEVERITY_ASKS = {response: _severity_ask(response=response) for response in (False, True)}
+
+
+def severity_ask(*, response: bool) -> Ask:
+    """Every check's first ask (made once: it is the same for every prompt, and for
+    every answer)."""
+    return _SEVERITY_ASKS[response]
 
 
 def categories_ask(severity: Severity, *, response: bool, refusal: bool) -> Ask:
