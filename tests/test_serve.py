@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,6 +17,9 @@ from emulators.guard import GuardEmulator
 from emulators.upstream import Reply, UpstreamEmulator
 from harness import KEYS, UPSTREAM_KEY, write_config
 from openai import AsyncOpenAI
+
+from proxy.obs.log import add_timestamp
+from proxy.web.middlewares import new_request_id
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,3 +169,17 @@ def test_settling_the_heap_freezes_start_up_and_spaces_young_collections() -> No
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                           text=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_request_ids_are_random_hex_and_never_repeat() -> None:
+    ids = [new_request_id() for _ in range(1000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(one) == 32 and int(one, 16) >= 0 for one in ids)
+
+
+def test_every_line_is_stamped_in_utc_to_the_microsecond() -> None:
+    before = datetime.datetime.now(datetime.UTC)
+    stamp = add_timestamp(None, "info", {})["timestamp"]
+    after = datetime.datetime.now(datetime.UTC)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+    assert before <= datetime.datetime.fromisoformat(stamp) <= after

@@ -80,8 +80,25 @@ def _shared() -> list[structlog.typing.Processor]:
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         add_pid,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_timestamp,
     ]
+
+
+_second: tuple[int, str] = (-1, "")  # the last second stamped, and its text
+
+
+def add_timestamp(logger: Any, name: str, event: structlog.typing.EventDict
+                  ) -> structlog.typing.EventDict:
+    """``timestamp``: UTC, ISO 8601 to the microsecond, ``2026-12-07T06:03:49.226755Z``
+    (every line with its microseconds, so all have one width); the date and time of day
+    are formatted once a second."""
+    global _second
+    now = time.time()
+    second = int(now)
+    if second != _second[0]:
+        _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    event["timestamp"] = f"{_second[1]}.{int((now - second) * 1_000_000):06d}Z"
+    return event
 
 
 def processors() -> list[structlog.typing.Processor]:

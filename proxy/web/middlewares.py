@@ -68,8 +68,13 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def _request_id(request: web.Request) -> str:
-    given = request.headers.get("x-request-id", "")
-    return given if _CLIENT_ID.fullmatch(given) else os.urandom(16).hex()
+    given = request.headers.get("x-request-id")
+    return given if given and _CLIENT_ID.fullmatch(given) else new_request_id()
+
+
+def new_request_id() -> str:
+    """32 random hex digits."""
+    return os.urandom(16).hex()
 
 
 def _api(request: web.Request) -> Api:
