@@ -110,7 +110,8 @@ def settle_heap() -> int:
     full collections walk only what came after.  Cycles are still collected, and the
     collector's thresholds are Python's own (spacing young collections further apart
     measured no faster and let a faulty load's cyclic garbage raise the RSS by a tenth).
-    The number of objects frozen."""
+    A reload's old policies and configuration hold no cycle, so they go by reference
+    counting although frozen.  The number of objects frozen."""
     gc.collect()
     gc.freeze()
     return gc.get_freeze_count()

@@ -183,3 +183,21 @@ def test_every_line_is_stamped_in_utc_to_the_microsecond() -> None:
     after = datetime.datetime.now(datetime.UTC)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
     assert before <= datetime.datetime.fromisoformat(stamp) <= after
+
+
+def test_a_replaced_policy_set_needs_no_cyclic_collection(config: Path) -> None:
+    """What start-up loaded is frozen out of the collector's sight (``settle_heap``): a
+    reload's old policies and configuration must then go by reference counting alone,
+    holding no reference cycle, or they would stay."""
+    script = ("import gc, sys; from pathlib import Path\n"
+              "from proxy.config.loader import load, load_policies\n"
+              "config = load(Path(sys.argv[1]))\n"
+              "gc.collect(); gc.disable()\n"
+              "policies = load_policies(config.server)\n"
+              "gc.collect(); del policies\n"
+              "assert gc.collect() == 0, 'a policy set left cycles'\n"
+              "again = load(Path(sys.argv[1])); gc.collect(); del again\n"
+              "assert gc.collect() == 0, 'a configuration left cycles'\n")
+    done = subprocess.run([sys.executable, "-c", script, str(config)], cwd=ROOT,
+                          capture_output=True, text=True, check=False, env=_env())
+    assert done.returncode == 0, done.stderr
