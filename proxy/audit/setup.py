@@ -8,9 +8,20 @@ import secrets
 from pathlib import Path
 
 from proxy.audit.records import Auditor
-from proxy.audit.store import Store, open_store
+from proxy.audit.sqlite import SQLiteStore
+from proxy.audit.store import Store
 from proxy.audit.writer import AuditCounters, AuditWriter
 from proxy.config import ServerConfig
+
+
+def open_store(url: str, password: str | None = None) -> Store:
+    """The store an ``audit.url`` names (not yet opened); PostgreSQL's driver is imported
+    only for a PostgreSQL URL (it is an optional extra)."""
+    if url.startswith("sqlite:///"):
+        return SQLiteStore(url[len("sqlite:///"):])
+    from proxy.audit.postgres import PostgresStore
+
+    return PostgresStore(url, password)
 
 
 def make_store(server: ServerConfig) -> Store | None:

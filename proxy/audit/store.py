@@ -1,5 +1,5 @@
-"""Where the audit trail is kept: the interface both stores share, and the one an
-``audit.url`` names (``open_store``).  Each store migrates its database at ``open``.
+"""Where the audit trail is kept: the interface both stores share (``setup.open_store``
+picks the one an ``audit.url`` names).  Each store migrates its database at ``open``.
 """
 
 from __future__ import annotations
@@ -78,13 +78,3 @@ class Store(abc.ABC):
             "SELECT tenant, action, categories, guard_ms FROM decisions WHERE ts >= ? "
             "ORDER BY ts DESC LIMIT ?", [since, OVERVIEW_ROWS])
 
-
-def open_store(url: str, password: str | None = None) -> Store:
-    """The store an ``audit.url`` names (not yet opened)."""
-    if url.startswith("sqlite:///"):
-        from proxy.audit.sqlite import SQLiteStore
-
-        return SQLiteStore(url[len("sqlite:///"):])
-    from proxy.audit.postgres import PostgresStore
-
-    return PostgresStore(url, password)
