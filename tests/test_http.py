@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
+from pathlib import Path
 from typing import Any
 
 import openai
 import orjson
 import pytest
-from harness import KEYS, Proxy
+from emulators.guard import GuardEmulator
+from emulators.upstream import UpstreamEmulator
+from harness import KEYS, Proxy, running_proxy
 from openai_schema import validate
 from structlog.testing import capture_logs
 
@@ -48,6 +52,37 @@ async def test_sdk_sees_401_as_authentication_error(proxy: Proxy) -> None:
 async def test_api_key_header_is_accepted(proxy: Proxy) -> None:
     status, headers, _ = await proxy.post(CHAT, tenant=None, headers={"api-key": KEYS["strict"]})
     assert status == 200 and headers["x-guard-action"] == "pass"
+
+
+
+async def test_each_of_many_tenants_keys_finds_its_own_tenant(
+        tmp_path: Path, guard_emulator: GuardEmulator,
+        upstream_emulator: UpstreamEmulator) -> None:
+    """Keys are looked up by their digest among a thousand tenants' (two keys each): every
+    key finds its own tenant, whichever way it is sent, and a key one character off, or a
+    digest sent as the key, finds none."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    for n in range(1000):
+        digests = [hashlib.sha256(f"sk-many-{n}-{k}".encode()).hexdigest() for k in (0, 1)]
+        (policies / f"t{n}.yaml").write_text(
+            f"tenant: t{n}\nkeys: [sha256:{digests[0]}, sha256:{digests[1]}]\n"
+            "upstream: local\n")
+    async with running_proxy(tmp_path, guard_emulator, upstream_emulator) as proxy:
+        sent = [({"Authorization": "Bearer sk-many-0-0"}, "t0"),
+                ({"api-key": "sk-many-999-1"}, "t999"), ({"x-api-key": "sk-many-500-0"}, "t500"),
+                ({"Authorization": "Bearer sk-many-500-1"}, "t500")]
+        with capture_logs() as logs:
+            for headers, _ in sent:
+                status, _, _ = await proxy.post(CHAT, tenant=None, headers=headers)
+                assert status == 200, headers
+        tenants = [line["tenant"] for line in logs if line["event"] == "request"]
+        assert tenants == [tenant for _, tenant in sent]
+        digest = hashlib.sha256(b"sk-many-7-0").hexdigest()
+        for wrong in ("sk-many-7-2", "sk-many-7-0 x", digest, f"sha256:{digest}"):
+            status, _, _ = await proxy.post(CHAT, tenant=None,
+                                            headers={"Authorization": f"Bearer {wrong}"})
+            assert status == 401, wrong
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import time
 from dataclasses import dataclass, field
 
@@ -34,7 +33,7 @@ class Runtime:
     audit: AuditWriter | None = None  # the audit trail's writer, if ``audit.url`` is set
     reloaded_at: float = 0.0  # when the policies in force were put in force (epoch s)
     policies: tuple[Policy, ...] = ()
-    _keys: tuple[tuple[bytes, Policy], ...] = ()
+    _keys: dict[bytes, Policy] = field(default_factory=dict)  # a key's SHA-256 digest
     _guard_shares: dict[str, tuple[int, asyncio.Semaphore]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -43,9 +42,9 @@ class Runtime:
     def set_policies(self, policies: tuple[Policy, ...]) -> None:
         """Put a new set in force.  A request that already found its policy keeps it;
         the next one looks up the new set."""
-        self._keys = tuple(
-            (bytes.fromhex(digest), policy) for policy in policies for digest in policy.keys
-        )
+        self._keys = {
+            bytes.fromhex(digest): policy for policy in policies for digest in policy.keys
+        }
         self.policies = policies
         self.reloaded_at = time.time()
         if self.metrics is not None:
@@ -61,15 +60,12 @@ class Runtime:
         return held[1]
 
     def tenant_for(self, key: str) -> Policy | None:
-        """The policy whose key this is.  Every stored digest is compared, in constant
-        time, so the answer's timing says nothing about which digest came close."""
-        digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()  # raw bytes
-        found = None
-        for stored, policy in self._keys:
-            if hmac.compare_digest(stored, digest):
-                found = policy
-        return found
-
+        """The policy whose key this is, looked up by the key's SHA-256 digest: as fast
+        with ten thousand keys as with one.  A lookup's timing can depend only on the
+        digest of the key presented, whose bits no caller chooses (nor learns anything
+        of a stored key from, SHA-256 being preimage resistant), and on where the
+        process's randomly keyed ``hash`` puts it."""
+        return self._keys.get(hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest())
 
 RUNTIME = web.AppKey("runtime", Runtime)
 RECORD = web.RequestKey("record", RequestRecord)
