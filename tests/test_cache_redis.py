@@ -704,6 +704,7 @@ async def test_a_redis_that_stops_answering_costs_one_bounded_wait(
         assert (await post(http, a.url, "warm up"))[0] == 200  # connections made
         await stored(redis_server, 2)  # and no write in flight
         assert (await post(http, a.url, "redis awake"))[0] == 200
+        await stored(redis_server, 4)  # its writes done too: the wait below is a read's
         with watched_logs() as watched:
             redis_server.pause()
             try:
