@@ -54,7 +54,6 @@ async def test_api_key_header_is_accepted(proxy: Proxy) -> None:
     assert status == 200 and headers["x-guard-action"] == "pass"
 
 
-
 async def test_each_of_many_tenants_keys_finds_its_own_tenant(
         tmp_path: Path, guard_emulator: GuardEmulator,
         upstream_emulator: UpstreamEmulator) -> None:

@@ -67,6 +67,7 @@ class Runtime:
         process's randomly keyed ``hash`` puts it."""
         return self._keys.get(hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest())
 
+
 RUNTIME = web.AppKey("runtime", Runtime)
 RECORD = web.RequestKey("record", RequestRecord)
 POLICY = web.RequestKey("policy", Policy)
