@@ -85,10 +85,14 @@ async def _serve(config: Config, wanted: list[Listener], *, reuse_port: bool) ->
         log.logger.info("listening", host=client.host, port=client.port,
                         admin=None if admin is None else f"{admin.host}:{admin.port}",
                         tenants=len(config.policies), frozen_objects=frozen)
+        log.write_in_batches(asyncio.get_running_loop())
         await stop.wait()
     finally:
-        for runner in reversed(runners):
-            await runner.cleanup()
+        try:
+            for runner in reversed(runners):
+                await runner.cleanup()
+        finally:
+            log.flush_each_line()
 
 
 async def _bind(runner: web.AppRunner, listener: Listener, reuse_port: bool) -> Listener:

@@ -192,8 +192,19 @@ async def test_metrics_cover_all_workers(tmp_path: Path, guard_emulator: GuardEm
                 return resp.status
 
         assert await asyncio.gather(*(one(n) for n in range(20))) == [200] * 20
-        for _ in range(4):  # whichever worker answers the scrape reports the same sums
+
+        async def prompts() -> float:
             m = await _scrape(f"http://127.0.0.1:{admin}")  # the admin listener
+            return _value(m, "guardproxy_requests_total",
+                          tenant="strict", stage="prompt", action="pass")
+
+        # a worker counts its finished requests in batches (metrics.FLUSH_AFTER_S): the
+        # other worker's reach the sums within that
+        async with asyncio.timeout(10):
+            while await prompts() < 20:  # noqa: ASYNC110 - another process's files
+                await asyncio.sleep(0.05)
+        for _ in range(4):  # whichever worker answers the scrape reports the same sums
+            m = await _scrape(f"http://127.0.0.1:{admin}")
             assert _value(m, "guardproxy_requests_total",
                           tenant="strict", stage="prompt", action="pass") == 20
             assert _value(m, "guardproxy_guard_calls_total", check="prompt", api="chat") == 20

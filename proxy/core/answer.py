@@ -26,7 +26,6 @@ upstream that sends what the proxy does not understand.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from typing import Any
 
 from proxy.core.conversation import call_text
 from proxy.core.fields import TOKEN, is_token
+from proxy.core.ids import random_hex
 
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
@@ -46,7 +46,7 @@ STREAMED = ("reasoning_content", "reasoning", "content", "refusal")
 
 
 def new_completion_id() -> str:
-    return f"chatcmpl-{os.urandom(16).hex()}"
+    return f"chatcmpl-{random_hex(16)}"
 
 
 def str_or_none(value: Any) -> str | None:
@@ -76,7 +76,7 @@ class Removed:
             return None
         given = self.ids.get(value)
         if given is None:
-            given = self.ids[value] = f"{prefix}{os.urandom(16).hex()}"
+            given = self.ids[value] = f"{prefix}{random_hex(16)}"
         return given
 
     def extra(self, data: dict[str, Any], known: frozenset[str]) -> None:

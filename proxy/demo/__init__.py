@@ -187,7 +187,11 @@ async def serve(options: Options) -> int:
         runners.append(runner)
         print(banner(options, f"http://{options.host}:{port}", guard_url, upstream_url,
                      f"http://127.0.0.1:{admin_port}/console"), flush=True)
-        await _until_stopped()
+        log.write_in_batches(asyncio.get_running_loop())
+        try:
+            await _until_stopped()
+        finally:
+            log.flush_each_line()
         return 0
     except ConfigError as exc:
         for error in exc.errors:

@@ -2,16 +2,22 @@
 
 Configured once at start-up: JSON lines on stdout, stdlib (aiohttp) records routed
 through the same renderer.  Both chains render a traceback as text, then redact every
-field of the event (``redact_event``), then write it.  Each request fills one
+field of the event (``redact_event``), then write it.  While ``serve`` runs, lines are
+written in batches, each within ``FLUSH_AFTER_S`` (``LineWriter``): under load a line
+costs no system call of its own.  Each request fills one
 ``RequestRecord`` as it goes; the envelope middleware emits it as exactly one ``request``
 event at the end.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -67,6 +73,38 @@ def redact_event(logger: Any, name: str, event: structlog.typing.EventDict
     return redacted_fields(cast(dict[str, Any], fields))
 
 
+#: The request being served: the fields every line logged while it runs carries (its id,
+#: then its tenant).  Each request runs in a task of its own, with a copy of the context:
+#: what one request sets here no other request sees.
+_REQUEST: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "guardproxy_request", default=None)
+
+
+def start_request(**fields: Any) -> None:
+    """A new request: the lines logged from now on in this task carry ``fields``."""
+    _REQUEST.set(fields)
+
+
+def add_to_request(**fields: Any) -> None:
+    """More fields for every line of the request being served."""
+    current = _REQUEST.get()
+    if current is None:
+        _REQUEST.set(fields)
+    else:
+        current.update(fields)
+
+
+def merge_request(logger: Any, name: str, event: structlog.typing.EventDict
+                  ) -> structlog.typing.EventDict:
+    """A processor: the request's fields (``start_request``), where the event has none
+    of its own of that name."""
+    fields = _REQUEST.get()
+    if fields:
+        for key, value in fields.items():
+            event.setdefault(key, value)
+    return event
+
+
 def _shared() -> list[structlog.typing.Processor]:
     """What every line carries: the request's context, the level, the pid, the time."""
     pid = os.getpid()  # configured in each worker, so every line says which one wrote it
@@ -77,7 +115,7 @@ def _shared() -> list[structlog.typing.Processor]:
         return event
 
     return [
-        structlog.contextvars.merge_contextvars,
+        merge_request,
         structlog.processors.add_log_level,
         add_pid,
         add_timestamp,
@@ -128,12 +166,90 @@ def _log_uncaught(kind: type[BaseException], value: BaseException,
     logger.critical("uncaught_error", exc_info=(kind, value, trace))
 
 
+#: How long a line may wait before it is written (``LineWriter``), and how many bytes.
+FLUSH_AFTER_S = 0.01
+FLUSH_AT_BYTES = 64 * 1024
+
+
+class LineWriter:
+    """structlog's logger: each rendered line, and a newline, onto a byte stream.
+
+    By default every line is written and flushed as it comes.  Once
+    ``write_in_batches(loop)`` has been called, a line logged on the loop's thread waits
+    until ``FLUSH_AFTER_S`` has passed or ``FLUSH_AT_BYTES`` are waiting, whichever comes
+    first (as a web server's buffered access log does), and the lines waiting go out in
+    one write: under load, one system call carries the lines of many requests.  The
+    stream may be unbuffered (``PYTHONUNBUFFERED``): the batch is this writer's own.  A
+    line from any other thread, or after ``flush_each_line()``, goes out at once, with
+    everything waiting before it."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._lines: list[bytes] = []
+        self._size = 0
+
+    def write_in_batches(self, loop: asyncio.AbstractEventLoop) -> None:
+        """From now on, lines logged on ``loop``'s thread are written in batches."""
+        self._loop, self._thread = loop, threading.get_ident()
+
+    def flush_each_line(self) -> None:
+        """Back to one write per line (the loop is stopping); what waits goes now."""
+        self._loop = None
+        self._flush()
+
+    def msg(self, message: bytes) -> None:
+        self._lines.append(message)
+        self._size += len(message) + 1
+        if (self._loop is None or self._size >= FLUSH_AT_BYTES
+                or threading.get_ident() != self._thread):
+            self._flush()
+        elif self._timer is None:
+            self._timer = self._loop.call_later(FLUSH_AFTER_S, self._flush)
+
+    def _flush(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()  # a no-op when it is the timer that called
+        if not self._lines or self.stream is None:
+            return
+        data = memoryview(b"\n".join(self._lines) + b"\n")
+        self._lines.clear()
+        self._size = 0
+        with contextlib.suppress(OSError, ValueError):  # stdout closed: nowhere to write
+            while data:  # a raw stream may take part of it
+                data = data[self.stream.write(data) or len(data):]
+            self.stream.flush()
+
+    log = debug = info = warn = warning = error = err = critical = exception = msg
+    fatal = failure = msg
+
+
+#: Every configured line's logger: one for the process, so that a logger cached before
+#: a second ``configure`` writes where the last one said, in the same batches.
+_WRITER = LineWriter()
+
+
+def write_in_batches(loop: asyncio.AbstractEventLoop) -> None:
+    """The configured lines are written in batches while ``loop`` runs (``LineWriter``)."""
+    _WRITER.write_in_batches(loop)
+
+
+def flush_each_line() -> None:
+    """The configured lines go out one by one again; what is pending goes now."""
+    _WRITER.flush_each_line()
+
+
 def configure(level: str = "info") -> None:
     install_redaction()  # for handlers other than this one too
+    _WRITER.flush_each_line()  # what an earlier configuration's stream holds goes there
+    _WRITER.stream = sys.stdout.buffer
     structlog.configure(
         processors=processors(),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.BytesLoggerFactory(sys.stdout.buffer),
+        logger_factory=lambda *args: _WRITER,
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stdout)

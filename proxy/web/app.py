@@ -133,6 +133,7 @@ def _clients(config: Config) -> Callable[[web.Application], AsyncIterator[None]]
         upstream_sessions = {name: _session() for name in config.server.upstreams}
         sessions = [guard_session, *upstream_sessions.values()]
         metrics = Metrics()
+        metrics.count_in_batches(asyncio.get_running_loop())
         guard = make_guard(config.server.guard, guard_session, metrics)
         upstreams = {
             name: Upstream(config=upstream, session=upstream_sessions[name])
@@ -169,6 +170,7 @@ def _clients(config: Config) -> Callable[[web.Application], AsyncIterator[None]]
             for upstream in upstreams.values():
                 upstream.close()
             await _close(sessions, shared)
+            metrics.count_in_batches(None)
 
     return ctx
 

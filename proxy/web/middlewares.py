@@ -3,16 +3,16 @@ error envelope, and tenant authentication."""
 
 from __future__ import annotations
 
-import os
 import re
 
-import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from proxy.apis import BY_PATH, CHAT, Api
+from proxy.core.ids import random_hex
 from proxy.core.protocol import error_body
 from proxy.errors import ProxyError, Unauthorized
+from proxy.obs import log
 from proxy.obs.log import RequestRecord, logger
 from proxy.web.state import POLICY, RECORD, RUNTIME
 
@@ -32,9 +32,7 @@ async def envelope(request: web.Request, handler: Handler) -> web.StreamResponse
     record = request[RECORD] = RequestRecord(request_id=request_id, path=request.path,
                                              keep_texts=runtime.audit is not None)
     status = 499  # unless an answer is made: the client went away first
-    # Requests on one connection share a task: start each with a clean log context.
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id)
+    log.start_request(request_id=request_id)
     try:
         response = await _answer(request, handler)
         status = record.client_gone or response.status
@@ -74,7 +72,7 @@ def _request_id(request: web.Request) -> str:
 
 def new_request_id() -> str:
     """32 random hex digits."""
-    return os.urandom(16).hex()
+    return random_hex(16)
 
 
 def _api(request: web.Request) -> Api:
@@ -111,7 +109,7 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     request[POLICY] = policy
     record = request[RECORD]
     record.tenant, record.log_content = policy.tenant, policy.log_content
-    structlog.contextvars.bind_contextvars(tenant=policy.tenant)
+    log.add_to_request(tenant=policy.tenant)
     return await handler(request)
 
 

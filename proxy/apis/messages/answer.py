@@ -5,7 +5,6 @@ shape. No I/O.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -13,6 +12,7 @@ import orjson
 
 from proxy.apis.messages.request import ID
 from proxy.core.fields import is_token
+from proxy.core.ids import random_hex
 from proxy.core.request import ChatRequest
 from proxy.errors import (
     ShapeError,
@@ -71,7 +71,7 @@ def tool_use_id(given: Any, ids: dict[str, str]) -> Json:
         return {"id": given}
     replaced = None
     if isinstance(given, str):
-        replaced = ids.setdefault(given, f"toolu_{os.urandom(12).hex()}")
+        replaced = ids.setdefault(given, f"toolu_{random_hex(12)}")
     return {"id": replaced, "upstream_id": given}
 
 
@@ -82,7 +82,7 @@ def message_of_chat(chat: Json, request: ChatRequest, moderation: Json) -> Json:
     content: list[Json] = []
     if message.get("reasoning_content"):
         content.append({"type": "thinking", "thinking": message["reasoning_content"],
-                        "signature": os.urandom(16).hex()})
+                        "signature": random_hex(16)})
     if message.get("content") or message.get("refusal"):
         content.append({"type": "text", "text": message.get("content") or message["refusal"]})
     for call in message.get("tool_calls") or []:
@@ -99,12 +99,12 @@ def _tool_use_block(call_id: Any, name: str, arguments: str) -> Json:
         raise ShapeError("upstream tool call input is not JSON") from exc
     if not isinstance(given, dict):
         raise ShapeError("upstream tool call input is not an object")
-    return {"type": "tool_use", "id": call_id or f"toolu_{os.urandom(12).hex()}",
+    return {"type": "tool_use", "id": call_id or f"toolu_{random_hex(12)}",
             "name": name, "input": given}
 
 
 def blocked_message(model: str, text: str, moderation: Json) -> Json:
-    return message_object(f"msg_{os.urandom(12).hex()}", model,
+    return message_object(f"msg_{random_hex(12)}", model,
                           [{"type": "text", "text": text}], "content_filter",
                           {"prompt_tokens": 0, "completion_tokens": 0}, moderation)
 
@@ -112,7 +112,7 @@ def blocked_message(model: str, text: str, moderation: Json) -> Json:
 def message_object(message_id: str, model: str, content: list[Json], finish: str | None,
                    usage: Any, moderation: Json | None) -> Json:
     if not (message_id.startswith("msg_") and is_token(message_id)):  # a chat id: its own
-        message_id = f"msg_{os.urandom(12).hex()}"
+        message_id = f"msg_{random_hex(12)}"
     body: Json = {"id": message_id, "type": "message", "role": "assistant", "model": model,
                   "content": content, "stop_reason": STOP_BACK.get(finish or "", "end_turn"),
                   "stop_sequence": None, "usage": usage_of(usage)}

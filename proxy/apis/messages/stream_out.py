@@ -4,7 +4,6 @@ API's stream events (``MessagesEncoder``).  No I/O.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +11,7 @@ import orjson
 
 from proxy.apis.messages.answer import STOP_BACK, message_object, usage_of
 from proxy.core.events import ChoicesEncoder
+from proxy.core.ids import random_hex
 from proxy.core.protocol import StreamHead
 
 Json = dict[str, Any]
@@ -77,7 +77,7 @@ class MessagesEncoder(ChoicesEncoder):
         out = []
         if self.open == "thinking":
             out.append(_event("content_block_delta", index=self.blocks - 1, delta={
-                "type": "signature_delta", "signature": os.urandom(16).hex()}))
+                "type": "signature_delta", "signature": random_hex(16)}))
         out.append(_event("content_block_stop", index=self.blocks - 1))
         self.open = None
         return out
@@ -89,7 +89,7 @@ class MessagesEncoder(ChoicesEncoder):
         if index not in self.calls:
             out.extend(self._stop())
             out.append(self._begin("tool", {
-                "type": "tool_use", "id": call.get("id") or f"toolu_{os.urandom(12).hex()}",
+                "type": "tool_use", "id": call.get("id") or f"toolu_{random_hex(12)}",
                 "name": function.get("name") or "", "input": {}}))
             self.calls[index] = self.blocks - 1
         arguments = function.get("arguments") or ""

@@ -4,13 +4,13 @@ completion written back in the API's shape, and its block answer. No I/O.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.core.fields import is_token
+from proxy.core.ids import random_hex
 from proxy.core.request import ChatRequest
 from proxy.errors import (
     ShapeError,
@@ -138,7 +138,7 @@ def _count(usage: Json, key: str) -> int:
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}_{os.urandom(16).hex()}"
+    return f"{prefix}_{random_hex(16)}"
 
 
 @dataclass

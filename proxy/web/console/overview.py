@@ -74,6 +74,7 @@ def block_rates(metrics: Metrics | None) -> dict[str, str]:
     """Blocked requests over requests, per tenant, since this process started."""
     if metrics is None:
         return {}
+    metrics.flush()  # the requests that finished in the last moment too
     requests = _by_tenant(metrics.requests, "prompt")
     blocked = _by_tenant(metrics.blocked)
     return {tenant: f"{blocked.get(tenant, 0.0) / total:.1%}"
