@@ -22,7 +22,6 @@ from typing import cast
 import yarl
 
 from proxy.clients.http1wire import Answer, Body, WholeReader, final_head
-from proxy.clients.runloop import running_loop
 from proxy.errors import HTTPFormatError, StaleConnection, StreamCut
 
 MAX_RESPONSE_BYTES = 4 << 20
@@ -31,7 +30,7 @@ MAX_RESPONSE_BYTES = 4 << 20
 class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         # the loop, once: asking for the running loop costs a system call on Python 3.11
-        self.loop = running_loop()
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._reader: WholeReader | None = None
@@ -116,7 +115,7 @@ class Origin:
         whole exchange (``TimeoutError``); cancelling it closes the connection."""
         request = head + extra + b"Content-Length: %d\r\n\r\n" % len(body) + body
         connection = self._idle_connection()
-        loop = running_loop() if connection is None else connection.loop
+        loop = asyncio.get_running_loop() if connection is None else connection.loop
         deadline = None if within_s is None else loop.time() + within_s
         if connection is not None:
             try:
@@ -154,7 +153,7 @@ class Origin:
         return answer
 
     async def _connect(self) -> _Connection:
-        loop = running_loop()
+        loop = asyncio.get_running_loop()
         _, connection = await loop.create_connection(
             _Connection, self._host, self._port, ssl=self._ssl,
             server_hostname=self._host if self._ssl else None)
@@ -172,7 +171,7 @@ class Origin:
                 return answer
             except StaleConnection:
                 pass  # closed by the server while idle: once more, on a new connection
-        loop = running_loop()
+        loop = asyncio.get_running_loop()
         _, answer = await loop.create_connection(
             lambda: StreamedAnswer(self), self._host, self._port, ssl=self._ssl,
             server_hostname=self._host if self._ssl else None)
@@ -218,7 +217,7 @@ class StreamedAnswer(asyncio.Protocol):
     cleanly finished keep-alive connection to its origin, or closes it."""
 
     def __init__(self, origin: Origin) -> None:
-        self.loop = running_loop()  # once (see _Connection)
+        self.loop = asyncio.get_running_loop()  # once (see _Connection)
         self.status = 0
         self.content_type = ""
         self.retry_after = b""

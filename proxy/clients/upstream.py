@@ -19,7 +19,6 @@ import orjson
 import yarl
 
 from proxy.clients.http1 import Origin, StreamedAnswer
-from proxy.clients.runloop import running_loop, timeout
 from proxy.config import UpstreamConfig
 from proxy.core.protocol import upstream_error
 from proxy.errors import (
@@ -81,7 +80,7 @@ class Upstream:
         caller reads the body and releases it), or raises with the upstream's error."""
         extra = b"X-Request-Id: %s\r\n" % request_id.encode()
         try:
-            async with timeout(self._config.timeout_s):
+            async with asyncio.timeout(self._config.timeout_s):
                 answer = await self._origin.stream(self._heads[api][1], body, extra)
                 try:
                     await self._raise_for_answer(answer)
@@ -155,7 +154,7 @@ class UpstreamCall:
             return
         self.started = time.perf_counter()
         call = self._upstream.open_stream if self._stream else self._upstream.complete
-        self._task = running_loop().create_task(call(*self._args), name="guardproxy-upstream")
+        self._task = asyncio.create_task(call(*self._args), name="guardproxy-upstream")
 
     async def whole(self) -> bytes:
         assert not self._stream

@@ -19,7 +19,6 @@ import structlog
 from aiohttp import web
 
 from proxy.clients.http1 import StreamedAnswer
-from proxy.clients.runloop import running_loop, settled
 from proxy.core.ledger import Ticket
 from proxy.core.policy import Outcome
 from proxy.core.protocol import stream_error
@@ -95,7 +94,7 @@ class StreamRelay:
             if self._check is None and state.check_due():
                 self._start_check()
         if self._check is not None:  # the last window, before the final check
-            await settled(self._check)
+            await asyncio.wait([self._check])
             return await self._check_ended()
         return False
 
@@ -114,8 +113,7 @@ class StreamRelay:
 
     def _start_check(self) -> None:
         ticket, texts = self.state.start_check()
-        self._check = running_loop().create_task(self._judge(ticket, texts),
-                                                 name="guardproxy-window")
+        self._check = asyncio.create_task(self._judge(ticket, texts), name="guardproxy-window")
         self._check.add_done_callback(self._interrupt)
 
     def _interrupt(self, _: object) -> None:
