@@ -111,6 +111,39 @@ async def test_a_line_from_another_thread_goes_out_at_once_after_those_waiting()
     assert sink.lines() == [b"first", b"from a thread"]
 
 
+async def test_lines_from_threads_and_the_loop_at_once_are_all_written_whole() -> None:
+    """Threads log while the loop's own lines wait in their batch: every line is written
+    once, whole, in its own thread's order."""
+    sink = Sink()
+    writer = LineWriter(sink)
+    writer.write_in_batches(asyncio.get_running_loop())
+
+    def log_from(name: str) -> None:
+        for n in range(500):
+            writer.msg(b"%s %d" % (name.encode(), n))
+
+    threads = [threading.Thread(target=log_from, args=(f"t{k}",)) for k in range(4)]
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often: a write and an append interleave
+    try:
+        for thread in threads:
+            thread.start()
+        for n in range(2000):
+            writer.msg(b"loop %d" % n)
+            if n % 100 == 0:
+                await asyncio.sleep(0)  # the threads run between
+        for thread in threads:
+            await asyncio.to_thread(thread.join)
+    finally:
+        sys.setswitchinterval(switching)
+    writer.flush_each_line()
+    lines = sink.lines()
+    assert len(lines) == 4000 and len(set(lines)) == 4000
+    for name in ("loop", "t0", "t1", "t2", "t3"):
+        mine = [int(line.split()[1]) for line in lines if line.split()[0] == name.encode()]
+        assert mine == sorted(mine)
+
+
 async def test_stopping_writes_what_waits_and_each_line_after() -> None:
     sink = Sink()
     writer = LineWriter(sink)

@@ -30,4 +30,5 @@ def _forget() -> None:
     _pool, _used = b"", 0
 
 
-os.register_at_fork(after_in_child=_forget)
+if hasattr(os, "register_at_fork"):  # no fork, nothing to forget, where it is missing
+    os.register_at_fork(after_in_child=_forget)

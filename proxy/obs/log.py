@@ -187,37 +187,46 @@ class LineWriter:
         self.stream = stream
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # armed on the loop's thread only
         self._lines: list[bytes] = []
         self._size = 0
+        self._lock = threading.Lock()  # the waiting lines, whichever thread logs
 
     def write_in_batches(self, loop: asyncio.AbstractEventLoop) -> None:
         """From now on, lines logged on ``loop``'s thread are written in batches."""
-        self._loop, self._thread = loop, threading.get_ident()
+        with self._lock:
+            self._loop, self._thread = loop, threading.get_ident()
 
     def flush_each_line(self) -> None:
         """Back to one write per line (the loop is stopping); what waits goes now."""
-        self._loop = None
-        self._flush()
+        with self._lock:
+            if self._timer is not None and threading.get_ident() == self._thread:
+                self._timer.cancel()
+                self._timer = None
+            self._loop = None
+            self._write_waiting()
 
     def msg(self, message: bytes) -> None:
-        self._lines.append(message)
-        self._size += len(message) + 1
-        if (self._loop is None or self._size >= FLUSH_AT_BYTES
-                or threading.get_ident() != self._thread):
-            self._flush()
-        elif self._timer is None:
-            self._timer = self._loop.call_later(FLUSH_AFTER_S, self._flush)
+        with self._lock:
+            self._lines.append(message)
+            self._size += len(message) + 1
+            if (self._loop is None or self._size >= FLUSH_AT_BYTES
+                    or threading.get_ident() != self._thread):
+                self._write_waiting()  # a timer armed before fires later with nothing to do
+            elif self._timer is None:
+                self._timer = self._loop.call_later(FLUSH_AFTER_S, self._on_timer)
 
-    def _flush(self) -> None:
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.cancel()  # a no-op when it is the timer that called
+    def _on_timer(self) -> None:
+        with self._lock:
+            self._timer = None
+            self._write_waiting()
+
+    def _write_waiting(self) -> None:
+        """The waiting lines in one write (the lock held)."""
         if not self._lines or self.stream is None:
             return
         data = memoryview(b"\n".join(self._lines) + b"\n")
-        self._lines.clear()
-        self._size = 0
+        self._lines, self._size = [], 0
         with contextlib.suppress(OSError, ValueError):  # stdout closed: nowhere to write
             while data:  # a raw stream may take part of it
                 data = data[self.stream.write(data) or len(data):]
