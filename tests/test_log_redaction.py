@@ -1,8 +1,9 @@
 """Redaction on every path: no credential reaches a log line, whichever way it is written.
 
 The proxy writes its lines through two chains (``proxy.obs.log``): structlog's own, and the
-stdlib bridge that aiohttp's and asyncio's records take.  Both render a traceback as text,
-then redact every field of the event (``redact_event``), then write one JSON line.  The
+stdlib bridge that aiohttp's and asyncio's records take.  Both render a traceback as text
+and write one JSON line with every field of the event redacted (``redact_event``; structlog's
+chain only when the rendered line may hold a credential, see ``test_log_render``).  The
 ``chain`` fixture installs both exactly as ``configure`` builds them, keeping the lines in
 memory, and turns off the second layer (the record factory of ``install_redaction``, there
 for handlers of others): what is tested is the chain alone.

@@ -23,6 +23,8 @@ import itertools
 import re
 from typing import Any
 
+import orjson
+
 from proxy.config.model import on_secret
 
 REDACTED = "[redacted]"
@@ -40,16 +42,37 @@ _SK_TOKEN = re.compile(r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_\-]{6,}")
 
 _secrets: tuple[str, ...] = ()  # the longest first, so that a longer one wins
 _secret_pattern = re.compile(r"(?!)")  # matches nothing until a secret is registered
+#: each secret as it is and, when JSON writes it otherwise, as a JSON string spells it
+_secret_forms: tuple[str, ...] = ()
 
 
 def register_secret(value: str) -> None:
     """``value`` is redacted from now on, wherever it occurs (see ``MIN_SECRET_CHARS``)."""
-    global _secrets, _secret_pattern
+    global _secrets, _secret_pattern, _secret_forms
     if len(value) < MIN_SECRET_CHARS or value in _secrets:
         return
     secrets = tuple(sorted((*_secrets, value), key=len, reverse=True))
     _secret_pattern = re.compile("|".join(map(re.escape, secrets)))
+    escaped = orjson.dumps(value)[1:-1].decode()
+    _secret_forms = (*_secret_forms, value, *([escaped] if escaped != value else []))
     _secrets = secrets  # after the pattern: whoever sees a secret finds it in the pattern
+
+
+def may_hold_credentials(text: str) -> bool:
+    """Whether ``text`` holds one of the substrings every match of ``redact`` holds: a
+    secret, ``sk-``, or (in any case) a credential header's or a bearer's name.  False
+    means ``redact`` leaves ``text`` as it is — and leaves as they are the strings of any
+    value that JSON rendered as ``text``: JSON spells each character of a string alone,
+    these substrings hold none it escapes, and a secret is also looked for as JSON spells
+    it.  A line rendered without them needs no redaction."""
+    for secret in _secret_forms:
+        if secret in text:
+            return True
+    if "sk-" in text:
+        return True
+    lowered = text.lower()
+    return ("authoriz" in lowered or "api-key" in lowered or "api_key" in lowered
+            or "bearer" in lowered)
 
 
 def redact(text: str) -> str:
