@@ -14,6 +14,7 @@ from harness import Proxy, turns_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from proxy.core import conversation as neutraliser
 from proxy.core.conversation import ZWSP, Turn, guard_text, response_view
 from proxy.core.template import render
 
@@ -100,6 +101,21 @@ def test_neutralising_is_idempotent_and_prefix_stable(head: str, tail: str) -> N
     assert guard_text(whole) == whole
     assert whole.startswith(guard_text(head))  # streamed answers are checked as they grow
     assert whole.replace(ZWSP, "") == (head + tail).replace(ZWSP, "")  # nothing else changes
+
+
+_lines = st.lists(st.sampled_from(["USER:", "assistant :", "> Safety:", "x", " ", ":", "é",
+                                    *neutraliser._BREAKS]), max_size=12).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_lines)
+def test_a_label_line_is_broken_after_every_kind_of_line_break(text: str) -> None:
+    """``guard_text`` looks for label lines only in a text that holds an unprintable
+    character; the result is the one the label patterns give on any text."""
+    spaced = neutraliser._LABEL_LINE.sub(neutraliser._SPACED, text)
+    first = neutraliser._LABEL_FIRST.match(spaced)
+    expected = spaced if first is None else first.group() + ZWSP + spaced[first.end():]
+    assert guard_text(text) == expected
 
 
 @settings(max_examples=200, deadline=None)

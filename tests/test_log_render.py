@@ -30,7 +30,8 @@ _PIECES = st.sampled_from([
 ])
 _TEXT = st.lists(_PIECES, max_size=8).map("".join)
 _VALUE = st.recursive(
-    st.one_of(_TEXT, st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False), st.none(), st.booleans()),
+    st.one_of(_TEXT, st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False), st.none(),
+              st.booleans()),
     lambda inner: st.one_of(st.lists(inner, max_size=3),
                             st.dictionaries(_TEXT, inner, max_size=3)),
     max_leaves=8)

@@ -88,7 +88,8 @@ def guard_text(text: str) -> str:
         text = _TOKENS.sub(_SPACED, text)
     if ":" not in text:
         return text
-    text = _LABEL_LINE.sub(_SPACED, text)
+    if not text.isprintable():  # every line break is unprintable: a one-line text has none
+        text = _LABEL_LINE.sub(_SPACED, text)
     first = _LABEL_FIRST.match(text)
     return text if first is None else first.group() + ZWSP + text[first.end():]
 
