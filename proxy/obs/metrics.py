@@ -15,11 +15,11 @@ and ``/metrics`` from any worker reports the sum over all of them.
 
 Finished requests are counted in batches: ``observe`` keeps the record, and ``flush``
 counts every record kept, in one pass (a request then costs a list append, not a dozen
-metric updates between its I/O).  A batch is counted when ``MAX_WAITING`` records wait,
-``FLUSH_AFTER_S`` after its first record once ``count_in_batches(loop)`` has been
-called, and before anything reads the metrics in this process (``render``, the console).
-So this process's ``/metrics`` is always exact; another worker's shows a request at most
-``FLUSH_AFTER_S`` late.
+metric updates between its I/O), each counter increased once by the batch's sum.  A
+batch is counted when ``MAX_WAITING`` records wait, ``FLUSH_AFTER_S`` after its first
+record once ``count_in_batches(loop)`` has been called, and before anything reads the
+metrics in this process (``render``, the console).  So this process's ``/metrics`` is
+always exact; another worker's shows a request at most ``FLUSH_AFTER_S`` late.
 """
 
 from __future__ import annotations
@@ -107,12 +107,15 @@ class Metrics:
         if timer is not None:
             timer.cancel()  # a no-op when it is the timer that called
         waiting, self._waiting = self._waiting, []
+        tally: dict[Any, float] = {}  # each counter's increase over the batch
         for record, status, api in waiting:
-            self._count(record, status, api)
+            self._count(record, status, api, tally)
         steps, self._steps = self._steps, {}
         children = self._of["guard_requests"]
         for (api, step), times in steps.items():
-            children(api, step).inc(times)
+            _add(tally, children(api, step), times)
+        for counter, increase in tally.items():
+            counter.inc(increase)
 
     def _waits(self) -> None:
         """Something more waits: count the batch if it is full, else see it is counted
@@ -238,48 +241,52 @@ class Metrics:
         self._waiting.append((record, status, api))
         self._waits()
 
-    def _count(self, record: RequestRecord, status: int, api: str) -> None:
+    def _count(self, record: RequestRecord, status: int, api: str, tally: dict[Any, float]
+               ) -> None:
+        """One record: its histograms observed, its counters' increases added to
+        ``tally`` (a counter is increased once a batch, by the batch's sum)."""
         tenant, of = self.tenant(record.tenant), self._of
-        of["responses"](tenant, f"{status // 100}xx").inc()
+        _add(tally, of["responses"](tenant, f"{status // 100}xx"))
         if record.tenant is None:
             return
         for stage, outcomes in (("prompt", record.input), ("response", record.output)):
             if outcomes:
-                self._stage(tenant, stage, outcomes)
+                self._stage(tenant, stage, outcomes, tally)
         for check, seconds in record.guard_timings:
-            of["guard_calls"](check, api).inc()
+            _add(tally, of["guard_calls"](check, api))
             of["guard_latency"](check, api).observe(seconds)
         if record.cache_hits:
-            self.cache_hits.inc(record.cache_hits)
+            _add(tally, self.cache_hits, record.cache_hits)
         if record.upstream_ms is not None:
             of["upstream_latency"](tenant, str(record.stream).lower()).observe(
                 record.upstream_ms / 1000)
         if record.stream and record.ttft_ms is not None:
             of["ttft"](tenant).observe(record.ttft_ms / 1000)
-        self._tokens(tenant, record)
+        self._tokens(tenant, record, tally)
         if record.leaked_chars:
-            of["leaked_chars"](tenant).inc(record.leaked_chars)
+            _add(tally, of["leaked_chars"](tenant), record.leaked_chars)
         if record.removed_fields:
-            of["removed_fields"](tenant).inc(record.removed_fields)
+            _add(tally, of["removed_fields"](tenant), record.removed_fields)
         if record.guard_waits:
-            self.guard_waits.labels(tenant).inc(record.guard_waits)
+            _add(tally, self.guard_waits.labels(tenant), record.guard_waits)
         if record.guard_rejected:
-            self.guard_rejections.labels(tenant).inc()
+            _add(tally, self.guard_rejections.labels(tenant))
 
-    def _stage(self, tenant: str, stage: str, outcomes: list[Outcome]) -> None:
+    def _stage(self, tenant: str, stage: str, outcomes: list[Outcome],
+               tally: dict[Any, float]) -> None:
         shown = worst(outcomes)
-        self._of["requests"](tenant, stage, _action_label(shown)).inc()
+        _add(tally, self._of["requests"](tenant, stage, _action_label(shown)))
         for outcome in outcomes:
             if outcome.error_kind is not None:
-                self.guard_errors.labels(stage, outcome.error_kind).inc()
+                _add(tally, self.guard_errors.labels(stage, outcome.error_kind))
         if shown.action is Action.BLOCK:
-            self._of["blocked"](tenant, stage).inc()
+            _add(tally, self._of["blocked"](tenant, stage))
 
-    def _tokens(self, tenant: str, record: RequestRecord) -> None:
+    def _tokens(self, tenant: str, record: RequestRecord, tally: dict[Any, float]) -> None:
         if any(o.action is Action.BLOCK for o in record.input):
-            self._of["blocked_tokens"](tenant, "saved").inc(record.prompt_chars // 4)
+            _add(tally, self._of["blocked_tokens"](tenant, "saved"), record.prompt_chars // 4)
         elif any(o.action is Action.BLOCK for o in record.output):
-            self._of["blocked_tokens"](tenant, "cost").inc(_total_tokens(record.usage))
+            _add(tally, self._of["blocked_tokens"](tenant, "cost"), _total_tokens(record.usage))
 
     def render(self) -> bytes:
         """The exposition text: this process's registry, or all workers' files."""
@@ -290,6 +297,10 @@ class Metrics:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=folder)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
+
+
+def _add(tally: dict[Any, float], counter: Any, amount: float = 1) -> None:
+    tally[counter] = tally.get(counter, 0) + amount
 
 
 def _action_label(outcome: Outcome) -> str:
