@@ -150,11 +150,10 @@ class RedactedJSON:
         self._render = structlog.processors.JSONRenderer(serializer=orjson.dumps)
 
     def __call__(self, logger: Any, name: str, event: structlog.typing.EventDict) -> bytes:
-        line: bytes = self._render(logger, name, event)
+        line = cast(bytes, self._render(logger, name, event))  # orjson's: bytes
         if not may_hold_credentials(line.decode()):
             return line
-        clean: bytes = self._render(logger, name, redact_event(logger, name, event))
-        return clean
+        return cast(bytes, self._render(logger, name, redact_event(logger, name, event)))
 
 
 def processors() -> list[structlog.typing.Processor]:
