@@ -455,7 +455,7 @@ def write_proxy_config(root: Path, *, port: int, guard: int, upstream: int, api:
 
 @dataclass(frozen=True)
 class System:
-    key: str  # baseline1 | baseline2 | proxy | proxy2 | proxy-audit
+    key: str  # baseline1 | baseline2 | floor | proxy | proxy2 | proxy-audit
     label: str
     #: guardproxy ``serve --workers N``; N > 1 runs on both CPUs (shared with the load)
     workers: int = 1
@@ -473,7 +473,8 @@ SYSTEMS = (System("baseline1", "baseline, 1 guard hop"),
            System("baseline2", "baseline, 2 guard hops"),
            System("proxy", "guardproxy, prompt + response checked"),
            System("proxy2", "guardproxy, 2 workers (CPUs 0+1, shared with the load)",
-                  workers=2))
+                  workers=2),
+           System("floor", "guardproxy's I/O alone (bench/floor.py), no moderation"))
 #: the ``audit`` mode's pair, whatever --systems says: guardproxy with its audit trail off
 #: and on, the admin listener (/metrics) on in both
 AUDIT_OFF = System("proxy", "guardproxy, audit trail off")
@@ -512,6 +513,11 @@ class Env:
             argv = [python, "-m", "proxy", "serve", "-c", str(self.proxy_config)]
             if system.workers > 1:
                 argv += ["--workers", str(system.workers)]
+            ready = "/healthz"
+        elif system.key == "floor":
+            argv = [python, str(BENCH / "floor.py"), "--port", str(port),
+                    "--guard", f"http://127.0.0.1:{self.guard.port}",
+                    "--upstream", f"http://127.0.0.1:{self.upstream.port}/v1"]
             ready = "/healthz"
         else:
             guards = "2" if system.key == "baseline2" else "1"
@@ -964,7 +970,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="rounds over all runs; rows report medians (and the rps range)")
     parser.add_argument("--systems", default="baseline1,baseline2,proxy,proxy2",
                         help="comma-separated subset of baseline1, baseline2, proxy, proxy2 "
-                        "(guardproxy serve --workers 2, on both CPUs)")
+                        "(guardproxy serve --workers 2, on both CPUs), and floor (not by "
+                        "default: guardproxy's I/O alone, bench/floor.py, whole chat only)")
     parser.add_argument("--modes", default=",".join(m.key for m in MODES if not m.mix),
                         help="comma-separated subset of non-stream, stream (chat completions), "
                         "responses, responses-stream (/v1/responses), messages, "
@@ -1123,7 +1130,8 @@ def one_round(env: Env, mode: Mode, rows: list[Row], c1: list[Row], direct: list
     worker scaling and a second guard hop do not depend on the API."""
     args = env.args
     systems = [s for s in SYSTEMS if s.key in args.systems.split(",")
-               and (mode.api == "chat" or s.key in CHAT_ONLY)]
+               and (mode.api == "chat" or s.key in CHAT_ONLY)
+               and (s.key != "floor" or not mode.stream)]  # whole chat answers only
     for system in systems:
         code = proxy_fingerprint()
         server = env.start(system)
