@@ -90,7 +90,7 @@ class Metrics:
             "upstream_latency", "ttft", "blocked", "blocked_tokens", "leaked_chars",
             "removed_fields")}
         self._waiting: list[tuple[RequestRecord, int, str]] = []
-        self._steps: dict[tuple[str, str], int] = {}  # guard requests by (api, step)
+        self._steps: dict[Any, float] = {}  # guard requests waiting, by their counter
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -107,13 +107,9 @@ class Metrics:
         if timer is not None:
             timer.cancel()  # a no-op when it is the timer that called
         waiting, self._waiting = self._waiting, []
-        tally: dict[Any, float] = {}  # each counter's increase over the batch
+        tally, self._steps = self._steps, {}  # each counter's increase over the batch
         for record, status, api in waiting:
             self._count(record, status, api, tally)
-        steps, self._steps = self._steps, {}
-        children = self._of["guard_requests"]
-        for (api, step), times in steps.items():
-            _add(tally, children(api, step), times)
         for counter, increase in tally.items():
             counter.inc(increase)
 
@@ -223,9 +219,10 @@ class Metrics:
 
     def guard_requests_by(self, api: str) -> Callable[[str], None]:
         """What counts one guard request of ``api``, given its step."""
+        children = self._of["guard_requests"]
+
         def count(step: str) -> None:
-            key = (api, step)
-            self._steps[key] = self._steps.get(key, 0) + 1
+            _add(self._steps, children(api, step))
             self._waits()
         return count
 
