@@ -79,6 +79,20 @@ def messages_text(answer: dict[str, Any]) -> str:
     return "".join(block["text"] for block in answer["content"] if block["type"] == "text")
 
 
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def server_arguments(description: str) -> argparse.ArgumentParser:
+    """The options every bench server takes: where it listens, its guard, its upstream."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--guard", required=True, help="guard server root")
+    parser.add_argument("--upstream", required=True, help="OpenAI base URL (…/v1)")
+    return parser
+
+
 Conversation = Callable[[dict[str, Any]], list[dict[str, Any]]]
 AnswerText = Callable[[dict[str, Any]], str]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -125,9 +139,6 @@ def make_app(*, guard: str, upstream: str, guards: int) -> web.Application:
 
         return handler
 
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
     async def session_ctx(app: web.Application) -> Any:
         app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         yield
@@ -146,11 +157,7 @@ def make_app(*, guard: str, upstream: str, guards: int) -> web.Application:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--guard", required=True, help="guard server root")
-    parser.add_argument("--upstream", required=True, help="OpenAI base URL (…/v1)")
+    parser = server_arguments(__doc__.split("\n")[0])
     parser.add_argument("--guards", type=int, default=1, choices=(1, 2),
                         help="guard POSTs per request: 1 (prompt) or 2 (prompt + response)")
     parser.add_argument("--loop", choices=("auto", "uvloop", "asyncio"), default="auto",

@@ -6,7 +6,7 @@
 Per ``POST /v1/chat/completions`` (whole answers only), what guardproxy's network does for
 one request: aiohttp's server reads the request, the body is parsed (orjson), then through
 guardproxy's own HTTP/1.1 client (``proxy.clients.http1.Origin``, keep-alive) a guard POST
-shaped like guardproxy's chat guard request (the messages, one token, log-probabilities),
+shaped like guardproxy's chat guard request (``baseline.guard_payload``, as the baseline's),
 the body upstream byte for byte, a second guard POST with the answer's text, and the
 upstream's answer re-serialised to the client.  No validation, no policy, no verdict read,
 no log line, no metrics: the difference between guardproxy and this is the cost of
@@ -15,17 +15,16 @@ does."""
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import orjson
 import uvloop
 import yarl
 from aiohttp import web
+from baseline import guard_payload, healthz, server_arguments
 
 from proxy.clients.http1 import Origin
 
-GUARD_MODEL = "Qwen/Qwen3Guard-Gen-0.6B"
 JSON = {"Content-Type": "application/json", "Accept": "application/json"}
 
 
@@ -35,28 +34,20 @@ def make_app(*, guard: str, upstream: str) -> web.Application:
     upstream_head = upstream_origin.head(
         yarl.URL(upstream.rstrip("/") + "/chat/completions").raw_path, JSON)
 
-    async def check(messages: list[dict[str, Any]]) -> None:
-        body = orjson.dumps({"model": GUARD_MODEL, "messages": messages, "temperature": 0,
-                             "max_tokens": 1, "stream": False, "logprobs": True,
-                             "top_logprobs": 5})
-        answer = await guard_origin.post(guard_head, body)
+    async def check(messages: list[dict[str, Any]], text: str | None) -> None:
+        answer = await guard_origin.post(guard_head, guard_payload(messages, text))
         if answer.status != 200 or "choices" not in orjson.loads(answer.body):
             raise web.HTTPBadGateway(text="guard failed")
 
     async def chat(request: web.Request) -> web.Response:
         raw = await request.read()
         messages = orjson.loads(raw)["messages"]
-        await check(messages)
+        await check(messages, None)
         answer = await upstream_origin.post(upstream_head, raw)
         data = orjson.loads(answer.body)
-        text = data["choices"][0]["message"]["content"]
-        await check([*messages, {"role": "assistant", "content": text},
-                     {"role": "tool", "content": ""}])
+        await check(messages, data["choices"][0]["message"]["content"])
         return web.Response(body=orjson.dumps(data), status=answer.status,
                             content_type="application/json")
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
@@ -65,12 +56,7 @@ def make_app(*, guard: str, upstream: str) -> web.Application:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--guard", required=True, help="guard server root")
-    parser.add_argument("--upstream", required=True, help="OpenAI base URL (…/v1)")
-    args = parser.parse_args()
+    args = server_arguments(__doc__.split("\n")[0]).parse_args()
     uvloop.install()
     web.run_app(make_app(guard=args.guard, upstream=args.upstream),
                 host=args.host, port=args.port, access_log=None, print=None)
