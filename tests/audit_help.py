@@ -3,8 +3,7 @@ wrote (read back through a store of the test's own, as the console and CLI read 
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import aiohttp
 from emulators.guard import GuardEmulator
 from emulators.upstream import UpstreamEmulator
-from harness import Proxy, running_proxy
+from harness import Proxy, eventually, running_proxy
 
 from proxy.audit.records import Decision
 from proxy.audit.schema import Filters
@@ -39,13 +38,6 @@ async def audited_proxy(root: Path, guard: GuardEmulator, upstream: UpstreamEmul
     async with running_proxy(root, guard, upstream, extra=audit_yaml(url, **audit),
                              env=env, **options) as proxy:
         yield proxy
-
-
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    """Wait (10 s at most) until ``check`` holds: the trail is written in the background."""
-    async with asyncio.timeout(10):
-        while not await check():  # noqa: ASYNC110 - the store has no events
-            await asyncio.sleep(0.01)
 
 
 async def decisions_when(store: Store, count: int, filters: Filters | None = None

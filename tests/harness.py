@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +199,14 @@ async def wait_until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(5):
         while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0.005)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
+    """Wait (10 s at most) until ``check`` holds, for what has no events: a store written
+    in the background, another process's files."""
+    async with asyncio.timeout(10):
+        while not await check():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
 
 
 def write_config(root: Path, *, guard: str, upstream: str, stream: str = "buffer",

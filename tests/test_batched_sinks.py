@@ -20,7 +20,7 @@ import orjson
 import pytest
 from emulators.guard import GuardEmulator
 from emulators.upstream import Reply, UpstreamEmulator
-from harness import KEYS, UPSTREAM_KEY, write_config
+from harness import KEYS, UPSTREAM_KEY, wait_until, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import Action
@@ -57,12 +57,6 @@ class Sink:
         return bytes(self.data).splitlines()
 
 
-async def until(condition: Any) -> None:
-    async with asyncio.timeout(10):
-        while not condition():  # noqa: ASYNC110 - a timer of the loop's, no event
-            await asyncio.sleep(0.001)
-
-
 # -- the log's lines --------------------------------------------------------------------
 
 
@@ -82,7 +76,7 @@ async def test_on_the_loop_the_lines_of_many_requests_go_out_in_one_write() -> N
     for n in range(50):
         writer.msg(b'{"n":%d}' % n)
     assert sink.writes == 0  # nothing yet: the batch waits for its delay
-    await until(lambda: sink.writes)
+    await wait_until(lambda: sink.writes)
     assert sink.writes == 1
     assert sink.lines() == [b'{"n":%d}' % n for n in range(50)]
 
@@ -357,7 +351,7 @@ async def test_on_the_loop_a_batch_is_counted_within_its_delay(
     m.count_in_batches(asyncio.get_running_loop())
     m.observe(_record(), 200, "chat")
     assert _counted(m) == 0
-    await until(lambda: _counted(m) == 1)
+    await wait_until(lambda: _counted(m) == 1)
     m.observe(_record(), 200, "chat")
     m.count_in_batches(None)  # stopping: what waits is counted now
     assert _counted(m) == 2

@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from emulators.guard import GuardEmulator
 from emulators.upstream import Reply, UpstreamEmulator
-from harness import KEYS, UPSTREAM_KEY, Proxy, write_config
+from harness import KEYS, UPSTREAM_KEY, Proxy, eventually, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.config import load
@@ -193,16 +193,14 @@ async def test_metrics_cover_all_workers(tmp_path: Path, guard_emulator: GuardEm
 
         assert await asyncio.gather(*(one(n) for n in range(20))) == [200] * 20
 
-        async def prompts() -> float:
+        async def all_counted() -> bool:
             m = await _scrape(f"http://127.0.0.1:{admin}")  # the admin listener
             return _value(m, "guardproxy_requests_total",
-                          tenant="strict", stage="prompt", action="pass")
+                          tenant="strict", stage="prompt", action="pass") >= 20
 
         # a worker counts its finished requests in batches (metrics.FLUSH_AFTER_S): the
         # other worker's reach the sums within that
-        async with asyncio.timeout(10):
-            while await prompts() < 20:  # noqa: ASYNC110 - another process's files
-                await asyncio.sleep(0.05)
+        await eventually(all_counted)
         for _ in range(4):  # whichever worker answers the scrape reports the same sums
             m = await _scrape(f"http://127.0.0.1:{admin}")
             assert _value(m, "guardproxy_requests_total",
