@@ -44,7 +44,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -1026,6 +1026,7 @@ def run(args: argparse.Namespace) -> int:
     git_before = git_state()
     uvloop = subprocess.run([args.python, "-c", "import uvloop"], capture_output=True,
                             check=False).returncode == 0
+    python_facts = interpreter(args.python)
     rows: list[Row] = []
     c1: list[Row] = []
     direct_runs: list[Row] = []
@@ -1069,7 +1070,7 @@ def run(args: argparse.Namespace) -> int:
         "pinning": asdict(pinning),
         "machine": {"cpus": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
                     "platform": platform.platform(), "python": args.python,
-                    "wrk": _wrk_version()},
+                    "interpreter": python_facts, "wrk": _wrk_version()},
         "git": {"before": git_before, "after": git_after},
         "event_loop": {"uvloop_installed": uvloop, "baseline": args.baseline_loop,
                        "guardproxy": "uvloop when installed (proxy/cli.py)"},
@@ -1090,7 +1091,8 @@ def run(args: argparse.Namespace) -> int:
           f"guardproxy guard.api {args.guard_api}; uvloop "
           f"{'installed' if uvloop else 'not installed'}, baseline loop {args.baseline_loop}; "
           f"proxy/ at {git_before['commit'][:8]}"
-          f"{' + uncommitted changes' if git_before['dirty_paths'] else ''}\n")
+          f"{' + uncommitted changes' if git_before['dirty_paths'] else ''}; "
+          f"{interpreter_note(python_facts)}\n")
     print(throughput_table(rows, ratios))
     scaling = {mode: r["proxy2/proxy"] for mode, r in ratios.items() if "proxy2/proxy" in r}
     if scaling:
@@ -1442,6 +1444,44 @@ def _latency(c1: list[Row], direct: dict[str, Row]) -> dict[str, Any]:
             "added_p50_ms_2_hops": proxy.p50_ms - (2 * guard.p50_ms + upstream.p50_ms),
         }
     return out
+
+
+#: What the servers' interpreter is and how it was built: every system's rps depends on it
+#: (see "Interpreter" in bench/README.md).
+_INTERPRETER_PROBE = """
+import json, sys, sysconfig
+config = sysconfig.get_config_var("CONFIG_ARGS") or ""
+with open("/proc/self/maps") as maps:
+    shared = any("libpython" in line for line in maps)
+print(json.dumps({"version": sys.version.split()[0], "base": sys._base_executable,
+                  "libpython_shared": shared,
+                  "configured_optimizations": "--enable-optimizations" in config,
+                  "configured_lto": "--with-lto" in config}))
+"""
+
+
+def interpreter(python: str) -> dict[str, Any]:
+    """The servers' interpreter: its version, the executable behind a venv, whether its
+    libpython is a shared library in the process, and whether its configure options name
+    PGO (``--enable-optimizations``) and LTO (``--with-lto``) (Debian's packages are built
+    with both without naming them there)."""
+    done = subprocess.run([python, "-c", _INTERPRETER_PROBE], capture_output=True,
+                          text=True, check=False)
+    try:
+        return cast(dict[str, Any], json.loads(done.stdout))
+    except ValueError:
+        return {"error": (done.stderr or done.stdout).strip()[-300:]}
+
+
+def interpreter_note(facts: dict[str, Any]) -> str:
+    if "error" in facts:
+        return f"interpreter unknown ({facts['error']})"
+    named = ", ".join(f"{option} {'yes' if facts[key] else 'no'}" for option, key in (
+        ("--enable-optimizations", "configured_optimizations"),
+        ("--with-lto", "configured_lto")))
+    return (f"servers on Python {facts['version']} ({facts['base']}; libpython "
+            f"{'shared' if facts['libpython_shared'] else 'in the executable'}; "
+            f"configure: {named})")
 
 
 def _wrk_version() -> str:

@@ -1,0 +1,45 @@
+"""``bench/run.py`` says which interpreter its servers ran on and how it was built: the
+figures depend on it (see Interpreter in ``bench/README.md``)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import sysconfig
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench_run() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_probe_reports_this_interpreter_as_it_is() -> None:
+    run = _bench_run()
+    facts = run.interpreter(sys.executable)
+    assert facts["version"] == sys.version.split()[0]
+    assert facts["base"] == sys._base_executable
+    with open("/proc/self/maps") as maps:
+        assert facts["libpython_shared"] == any("libpython" in line for line in maps)
+    config = sysconfig.get_config_var("CONFIG_ARGS") or ""
+    assert facts["configured_optimizations"] == ("--enable-optimizations" in config)
+    assert facts["configured_lto"] == ("--with-lto" in config)
+    note = run.interpreter_note(facts)
+    assert f"Python {facts['version']}" in note and facts["base"] in note
+
+
+def test_an_interpreter_that_does_not_start_is_reported_not_guessed(tmp_path: Path) -> None:
+    run = _bench_run()
+    missing = tmp_path / "no-python"
+    missing.write_text("#!/bin/sh\necho broken >&2\nexit 3\n")
+    missing.chmod(0o755)
+    facts = run.interpreter(str(missing))
+    assert facts == {"error": "broken"}
+    assert run.interpreter_note(facts) == "interpreter unknown (broken)"
