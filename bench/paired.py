@@ -11,7 +11,7 @@ so that interpreters can be compared side by side::
     python bench/paired.py .@.venv/bin/python .@/tmp/bench-venv/bin/python \
         baseline@.venv/bin/python baseline@/tmp/bench-venv/bin/python
 
-Every variant runs as ``--processes`` guardproxy processes, all up at
+Every variant runs as ``--processes`` processes, all up at
 once on the system-under-test CPU, against one set of fast emulators (``run.py``'s config,
 pinning and wrk script); then ``--slices`` rounds of short ``wrk`` runs go through every
 process, in turn, forwards and backwards.  Reported per variant: its median CPU per
