@@ -158,14 +158,16 @@ async def test_workers_share_one_port(config: Path, upstream_emulator: UpstreamE
             os.kill(pid, 0)
 
 
-def test_settling_the_heap_freezes_what_start_up_made() -> None:
+def test_settling_the_heap_freezes_what_start_up_made_and_spaces_young_collections() -> None:
     """In a process of its own: the collector's state is the process's."""
-    script = ("import gc; from proxy.serving import settle_heap\n"
+    script = ("import gc; from proxy.serving import YOUNG_COLLECTION_EVERY, settle_heap\n"
               "assert gc.get_freeze_count() == 0\n"
               "thresholds = gc.get_threshold()\n"
               "frozen = settle_heap()\n"
               "assert frozen == gc.get_freeze_count() > 0, frozen\n"
-              "assert gc.get_threshold() == thresholds and gc.isenabled()\n")
+              "assert YOUNG_COLLECTION_EVERY > thresholds[0]\n"
+              "assert gc.get_threshold() == (YOUNG_COLLECTION_EVERY, *thresholds[1:])\n"
+              "assert gc.isenabled()\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                           text=True, check=False)
     assert done.returncode == 0, done.stderr
