@@ -53,9 +53,7 @@ class Variant:
 
     def argv(self, config: Path, port: int, env: run.Env) -> list[str]:
         if self.folder is None:
-            return [self.python, str(run.BENCH / "baseline.py"), "--port", str(port),
-                    "--guard", f"http://127.0.0.1:{env.guard.port}",
-                    "--upstream", f"http://127.0.0.1:{env.upstream.port}/v1",
+            return [*env.bench_server(self.python, "baseline.py", port),
                     "--guards", "1", "--loop", "auto"]
         os.environ["PYTHONPATH"] = str(self.folder)  # this variant's proxy/
         run.ROOT = self.folder  # start_server's working directory: python -m finds it first

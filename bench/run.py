@@ -490,6 +490,13 @@ class Env:
     guard: Server
     proxy_config: Path | None = None
 
+    def bench_server(self, python: str, script: str, port: int) -> list[str]:
+        """The command of one of bench/'s own servers (``baseline.server_arguments``),
+        listening on ``port`` in front of these emulators."""
+        return [python, str(BENCH / script), "--port", str(port),
+                "--guard", f"http://127.0.0.1:{self.guard.port}",
+                "--upstream", f"http://127.0.0.1:{self.upstream.port}/v1"]
+
     def start(self, system: System, mode: Mode | None = None) -> Server:
         """``system`` in a fresh process; for a mix (``mode.mix``) guardproxy's admin
         listener is on, and with ``system.audit`` its audit trail, in a new SQLite file."""
@@ -515,15 +522,11 @@ class Env:
                 argv += ["--workers", str(system.workers)]
             ready = "/healthz"
         elif system.key == "floor":
-            argv = [python, str(BENCH / "floor.py"), "--port", str(port),
-                    "--guard", f"http://127.0.0.1:{self.guard.port}",
-                    "--upstream", f"http://127.0.0.1:{self.upstream.port}/v1"]
+            argv = self.bench_server(python, "floor.py", port)
             ready = "/healthz"
         else:
             guards = "2" if system.key == "baseline2" else "1"
-            argv = [python, str(BENCH / "baseline.py"), "--port", str(port),
-                    "--guard", f"http://127.0.0.1:{self.guard.port}",
-                    "--upstream", f"http://127.0.0.1:{self.upstream.port}/v1",
+            argv = [*self.bench_server(python, "baseline.py", port),
                     "--guards", guards, "--loop", self.args.baseline_loop]
             ready = "/healthz"
         # the harness runs on the load CPU only, and children inherit that: a multi-process

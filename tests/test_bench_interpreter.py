@@ -37,9 +37,9 @@ def test_the_probe_reports_this_interpreter_as_it_is() -> None:
 
 def test_an_interpreter_that_does_not_start_is_reported_not_guessed(tmp_path: Path) -> None:
     run = _bench_run()
-    missing = tmp_path / "no-python"
-    missing.write_text("#!/bin/sh\necho broken >&2\nexit 3\n")
-    missing.chmod(0o755)
-    facts = run.interpreter(str(missing))
+    broken = tmp_path / "broken-python"
+    broken.write_text("#!/bin/sh\necho broken >&2\nexit 3\n")
+    broken.chmod(0o755)
+    facts = run.interpreter(str(broken))
     assert facts == {"error": "broken"}
     assert run.interpreter_note(facts) == "interpreter unknown (broken)"
