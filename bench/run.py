@@ -747,6 +747,8 @@ class Row:
     #: proxy2: per process of the tree (supervisor, workers, ...): pid, cmd, CPU %, peak RSS
     sut_processes: list[dict[str, Any]] = field(default_factory=list)
     round: int = 1  # of --repeat
+    #: the c=32 slices this row merges (``merge_slices``): rps, seconds, CPU per request
+    slices: list[dict[str, float]] = field(default_factory=list)
     #: proxy-audit: what its trail holds after the run (``audit_round``)
     audit: dict[str, Any] = field(default_factory=dict)
 
@@ -969,6 +971,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline-loop", choices=("auto", "uvloop", "asyncio"),
                         default="auto", help="the baseline's event loop (auto: uvloop when "
                         "installed, as guardproxy does)")
+    parser.add_argument("--slices", type=int, default=3,
+                        help="c=32 runs of a round, per system, interleaved: each of "
+                        "--duration / --slices seconds (see bench/README.md, Noise)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds over all runs; rows report medians (and the rps range)")
     parser.add_argument("--systems", default="baseline1,baseline2,proxy,proxy2",
@@ -995,6 +1000,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unknown --modes {', '.join(sorted(unknown))}")
     if args.quick:
         args.duration, args.warmup = 3.0, 1.0
+    if args.slices < 1 or args.duration / args.slices < 1:
+        parser.error("--slices must be at least 1 and leave at least 1 s per slice")
     return args
 
 
@@ -1044,12 +1051,14 @@ def run(args: argparse.Namespace) -> int:
                 if mode.mix:
                     audit_round(env, mode, rows, repeat)
                 else:
-                    one_round(env, mode, rows, c1, direct_runs, guard=mode == first)
+                    one_round(env, mode, rows, c1, direct_runs, guard=mode == first,
+                              round_=repeat)
     codes = sorted({r.proxy_code for r in [*rows, *c1]})
     audit, audit_errors = audit_report(rows, args.connections)
+    runs = rows
     rows, c1 = combine(rows), combine(c1)
     direct = {f"{r.system}/{r.mode}": r for r in combine(direct_runs)}
-    ratios = _ratios(rows)
+    ratios = _ratios(runs, rows)
     apis = _apis(rows, ratios)
     latency = _latency(c1, direct)
     errors = [f"{r.system} {r.mode} c={r.connections}: {e}"
@@ -1079,6 +1088,10 @@ def run(args: argparse.Namespace) -> int:
                        "guardproxy": "uvloop when installed (proxy/cli.py)"},
         "throughput": [asdict(r) for r in rows],
         "ratios": ratios,
+        "round_ratios": (by_round := {
+            mode.key: {base: round_ratios(runs, mode.key, base) for base in ratios[mode.key]
+                       if base.startswith("baseline")}
+            for mode in MODES if mode.key in ratios}),
         "apis": apis,
         "audit": audit,
         "latency_c1": latency,
@@ -1097,6 +1110,11 @@ def run(args: argparse.Namespace) -> int:
           f"{' + uncommitted changes' if git_before['dirty_paths'] else ''}; "
           f"{interpreter_note(python_facts)}\n")
     print(throughput_table(rows, ratios))
+    if args.repeat > 1:
+        print("\nRound by round, guardproxy / baseline (the table's ratio is their median): "
+              + "; ".join(f"{mode} vs {base}: " + ", ".join(f"{x:.2f}" for x in values)
+                          for mode, bases in by_round.items() for base, values in bases.items()
+                          if values))
     scaling = {mode: r["proxy2/proxy"] for mode, r in ratios.items() if "proxy2/proxy" in r}
     if scaling:
         print(f"\nWorker scaling (proxy2 rps / proxy rps; proxy2's 2 workers run on CPUs "
@@ -1127,36 +1145,56 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def slice_order(systems: list[System], slices: int, round_: int) -> list[System]:
+    """The c=32 runs of one round: every system ``slices`` times, forwards then backwards
+    (A B, B A, A B, ...), starting backwards on even rounds, so that a drift of the
+    machine over the round falls on every system alike."""
+    order = systems if round_ % 2 else systems[::-1]
+    return [s for i in range(slices) for s in (order if i % 2 == 0 else order[::-1])]
+
+
 def one_round(env: Env, mode: Mode, rows: list[Row], c1: list[Row], direct: list[Row],
-              *, guard: bool) -> None:
-    """Every system in one mode, each in a fresh process; then the direct c=1 runs (the
-    guard's only with ``guard``: its answer does not depend on the mode).
-    ``/v1/responses`` and ``/v1/messages`` are not run on proxy2 nor on the 2-hop baseline:
-    worker scaling and a second guard hop do not depend on the API."""
+              *, guard: bool, round_: int = 1) -> None:
+    """Every system in one mode, each in a fresh process, all up at once; their c=32 runs
+    interleaved in ``--slices`` slices (``slice_order``), then each one's c=1 run; then
+    the direct c=1 runs (the guard's only with ``guard``: its answer does not depend on
+    the mode).  ``/v1/responses`` and ``/v1/messages`` are not run on proxy2 nor on the
+    2-hop baseline: worker scaling and a second guard hop do not depend on the API."""
     args = env.args
     systems = [s for s in SYSTEMS if s.key in args.systems.split(",")
                and (mode.api == "chat" or s.key in CHAT_ONLY)
                and (s.key != "floor" or not mode.stream)]  # whole chat answers only
-    for system in systems:
-        code = proxy_fingerprint()
-        server = env.start(system)
-        try:
-            sanity(server, system.key, mode, chunks=args.chunks)
-            print(f"# {system.key} {mode.key}: c={args.connections} …", file=sys.stderr)
-            row = measure(env, server.port, system, mode=mode,
-                          connections=args.connections, seconds=args.duration,
-                          warmup=args.warmup, sut=server)
-            row.proxy_code = code
+    servers: dict[str, tuple[Server, str]] = {}
+    try:
+        for system in systems:
+            code = proxy_fingerprint()
+            servers[system.key] = env.start(system), code
+            sanity(servers[system.key][0], system.key, mode, chunks=args.chunks)
+        parts: dict[str, list[Row]] = {system.key: [] for system in systems}
+        for system in slice_order(systems, args.slices, round_):
+            server = servers[system.key][0]
+            print(f"# {system.key} {mode.key}: c={args.connections}, slice "
+                  f"{len(parts[system.key]) + 1} of {args.slices} …", file=sys.stderr)
+            parts[system.key].append(measure(
+                env, server.port, system, mode=mode, connections=args.connections,
+                seconds=args.duration / args.slices, sut=server,
+                warmup=0.0 if parts[system.key] else args.warmup))
+        for system in systems:
+            row = merge_slices(parts[system.key])
+            row.proxy_code, row.round = servers[system.key][1], round_
             rows.append(row)
             _progress(row)
-            # proxy2 at c=1: one connection reaches one worker, as for proxy; skipped
-            if not args.no_latency and system.workers == 1:
+        # proxy2 at c=1: one connection reaches one worker, as for proxy; skipped
+        for system in systems if not args.no_latency else []:
+            if system.workers == 1:
+                server, code = servers[system.key]
                 row = measure(env, server.port, system, mode=mode, connections=1,
                               seconds=args.duration, warmup=min(args.warmup, 1.0), sut=server)
-                row.proxy_code = code
+                row.proxy_code, row.round = code, round_
                 c1.append(row)
                 _progress(row)
-        finally:
+    finally:
+        for server, _ in servers.values():
             server.stop()
     if args.no_latency:
         return
@@ -1170,6 +1208,46 @@ def one_round(env: Env, mode: Mode, rows: list[Row], c1: list[Row], direct: list
                       sut=None)
         direct.append(row)
         _progress(row)
+
+
+def _weighted(parts: list[Row], field_: str, weights: list[float]) -> float | None:
+    values = [(getattr(r, field_), w) for r, w in zip(parts, weights, strict=True)
+              if getattr(r, field_) is not None]
+    total = sum(w for _, w in values)
+    return sum(v * w for v, w in values) / total if values and total else None
+
+
+def merge_slices(parts: list[Row]) -> Row:
+    """One system's slices of one round as one run: rps, the requests and the CPU per
+    request over all of them (time- and request-weighted), the slices' median p50, p99,
+    p75 and p90 (wrk reports no histogram to merge), the largest peak RSS and
+    disturbance, every error."""
+    if len(parts) == 1:
+        return parts[0]
+    seconds = [r.wrk["seconds"] or r.requests / max(r.rps, 1e-9) for r in parts]
+    requests = [float(r.requests) for r in parts]
+    merged = replace(parts[-1], rps=sum(requests) / sum(seconds), requests=int(sum(requests)),
+                     p50_ms=statistics.median(r.p50_ms for r in parts),
+                     p99_ms=statistics.median(r.p99_ms for r in parts),
+                     attempts=max(r.attempts for r in parts),
+                     errors=[e for r in parts for e in r.errors])
+    for name in ("guard_calls_per_request", "upstream_calls_per_request",
+                 "sut_cpu_ms_per_request"):
+        setattr(merged, name, _weighted(parts, name, requests))
+    for name in ("sut_cpu_percent", "load_cpu_percent", "sut_core_percent", "wrk_cpu_percent",
+                 "guard_cpu_percent", "upstream_cpu_percent"):
+        setattr(merged, name, _weighted(parts, name, seconds))
+    for name in ("peak_rss_mib", "other_load_cpu_percent", "other_sut_cpu_percent",
+                 "idle_before_percent"):
+        values = [getattr(r, name) for r in parts if getattr(r, name) is not None]
+        setattr(merged, name, max(values) if values else None)
+    merged.wrk = {**{key: statistics.median(r.wrk[key] for r in parts)
+                     for key in ("p75_ms", "p90_ms")},
+                  **{key: sum(r.wrk.get(key, 0) for r in parts)
+                     for key in {k for r in parts for k in r.wrk} - {"p75_ms", "p90_ms"}}}
+    merged.slices = [{"rps": r.rps, "seconds": s, "sut_cpu_ms_per_request":
+                      r.sut_cpu_ms_per_request} for r, s in zip(parts, seconds, strict=True)]
+    return merged
 
 
 def audit_round(env: Env, mode: Mode, rows: list[Row], round_: int) -> None:
@@ -1377,19 +1455,35 @@ def _progress(row: Row) -> None:
           + (f"  ERRORS: {', '.join(row.errors)}" if row.errors else ""), file=sys.stderr)
 
 
-def _ratios(rows: list[Row]) -> dict[str, dict[str, float]]:
+def _ratios(runs: list[Row], rows: list[Row]) -> dict[str, dict[str, float]]:
+    """Per mode, guardproxy over each baseline: the median over the rounds of each round's
+    ratio (the two measured in the same interleaved slices, ``one_round``), and proxy2
+    and proxy-audit over proxy, of the median rps (``rows``, ``combine``d)."""
     out: dict[str, dict[str, float]] = {}
     for mode in MODES:
         by = {r.system: r.rps for r in rows if r.mode == mode.key}
         if by.get("proxy"):
             ratios = out[mode.key] = {
-                base: by["proxy"] / by[base] for base in ("baseline1", "baseline2")
-                if by.get(base)}
+                base: _round_ratio(runs, mode.key, base) or by["proxy"] / by[base]
+                for base in ("baseline1", "baseline2") if by.get(base)}
             if "proxy2" in by:  # worker scaling: 2 processes on both CPUs / 1 on one
                 ratios["proxy2/proxy"] = by["proxy2"] / by["proxy"]
             if "proxy-audit" in by:  # the audit trail on / off (of the median rps)
                 ratios["proxy-audit/proxy"] = by["proxy-audit"] / by["proxy"]
     return out
+
+
+def round_ratios(runs: list[Row], mode: str, base: str) -> list[float]:
+    """Each round's guardproxy rps over ``base``'s, in ``mode``, at --connections."""
+    top = max((r.connections for r in runs), default=0)
+    by = {(r.system, r.round): r.rps for r in runs if r.mode == mode and r.connections == top}
+    return [by["proxy", n] / by[base, n] for system, n in sorted(by)
+            if system == base and by.get(("proxy", n)) and by[base, n]]
+
+
+def _round_ratio(runs: list[Row], mode: str, base: str) -> float | None:
+    ratios = round_ratios(runs, mode, base)
+    return statistics.median(ratios) if ratios else None
 
 
 def _apis(rows: list[Row], ratios: dict[str, dict[str, float]]) -> dict[str, float]:

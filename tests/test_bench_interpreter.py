@@ -3,22 +3,11 @@ figures depend on it (see Interpreter in ``bench/README.md``)."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import sysconfig
 from pathlib import Path
-from types import ModuleType
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _bench_run() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+from benchmod import bench_run as _bench_run
 
 
 def test_the_probe_reports_this_interpreter_as_it_is() -> None:
