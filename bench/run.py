@@ -1059,6 +1059,8 @@ def run(args: argparse.Namespace) -> int:
     rows, c1 = combine(rows), combine(c1)
     direct = {f"{r.system}/{r.mode}": r for r in combine(direct_runs)}
     ratios = _ratios(runs, rows)
+    by_round = {mode: {base: round_ratios(runs, mode, base) for base in bases
+                       if base.startswith("baseline")} for mode, bases in ratios.items()}
     apis = _apis(rows, ratios)
     latency = _latency(c1, direct)
     errors = [f"{r.system} {r.mode} c={r.connections}: {e}"
@@ -1088,10 +1090,7 @@ def run(args: argparse.Namespace) -> int:
                        "guardproxy": "uvloop when installed (proxy/cli.py)"},
         "throughput": [asdict(r) for r in rows],
         "ratios": ratios,
-        "round_ratios": (by_round := {
-            mode.key: {base: round_ratios(runs, mode.key, base) for base in ratios[mode.key]
-                       if base.startswith("baseline")}
-            for mode in MODES if mode.key in ratios}),
+        "round_ratios": by_round,
         "apis": apis,
         "audit": audit,
         "latency_c1": latency,
@@ -1185,14 +1184,13 @@ def one_round(env: Env, mode: Mode, rows: list[Row], c1: list[Row], direct: list
             rows.append(row)
             _progress(row)
         # proxy2 at c=1: one connection reaches one worker, as for proxy; skipped
-        for system in systems if not args.no_latency else []:
-            if system.workers == 1:
-                server, code = servers[system.key]
-                row = measure(env, server.port, system, mode=mode, connections=1,
-                              seconds=args.duration, warmup=min(args.warmup, 1.0), sut=server)
-                row.proxy_code, row.round = code, round_
-                c1.append(row)
-                _progress(row)
+        for system in [] if args.no_latency else [s for s in systems if s.workers == 1]:
+            server, code = servers[system.key]
+            row = measure(env, server.port, system, mode=mode, connections=1,
+                          seconds=args.duration, warmup=min(args.warmup, 1.0), sut=server)
+            row.proxy_code, row.round = code, round_
+            c1.append(row)
+            _progress(row)
     finally:
         for server, _ in servers.values():
             server.stop()
@@ -1464,8 +1462,8 @@ def _ratios(runs: list[Row], rows: list[Row]) -> dict[str, dict[str, float]]:
         by = {r.system: r.rps for r in rows if r.mode == mode.key}
         if by.get("proxy"):
             ratios = out[mode.key] = {
-                base: _round_ratio(runs, mode.key, base) or by["proxy"] / by[base]
-                for base in ("baseline1", "baseline2") if by.get(base)}
+                base: statistics.median(pairs) for base in ("baseline1", "baseline2")
+                if (pairs := round_ratios(runs, mode.key, base))}
             if "proxy2" in by:  # worker scaling: 2 processes on both CPUs / 1 on one
                 ratios["proxy2/proxy"] = by["proxy2"] / by["proxy"]
             if "proxy-audit" in by:  # the audit trail on / off (of the median rps)
@@ -1474,16 +1472,11 @@ def _ratios(runs: list[Row], rows: list[Row]) -> dict[str, dict[str, float]]:
 
 
 def round_ratios(runs: list[Row], mode: str, base: str) -> list[float]:
-    """Each round's guardproxy rps over ``base``'s, in ``mode``, at --connections."""
-    top = max((r.connections for r in runs), default=0)
-    by = {(r.system, r.round): r.rps for r in runs if r.mode == mode and r.connections == top}
+    """Each round's guardproxy rps over ``base``'s, in ``mode`` (``runs``: the rounds' rows
+    at --connections, before ``combine``)."""
+    by = {(r.system, r.round): r.rps for r in runs if r.mode == mode}
     return [by["proxy", n] / by[base, n] for system, n in sorted(by)
             if system == base and by.get(("proxy", n)) and by[base, n]]
-
-
-def _round_ratio(runs: list[Row], mode: str, base: str) -> float | None:
-    ratios = round_ratios(runs, mode, base)
-    return statistics.median(ratios) if ratios else None
 
 
 def _apis(rows: list[Row], ratios: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -7,11 +7,11 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from benchmod import bench_run as _bench_run
+from benchmod import bench_run
 
 
 def test_the_probe_reports_this_interpreter_as_it_is() -> None:
-    run = _bench_run()
+    run = bench_run()
     facts = run.interpreter(sys.executable)
     assert facts["version"] == sys.version.split()[0]
     assert facts["base"] == sys._base_executable
@@ -25,7 +25,7 @@ def test_the_probe_reports_this_interpreter_as_it_is() -> None:
 
 
 def test_an_interpreter_that_does_not_start_is_reported_not_guessed(tmp_path: Path) -> None:
-    run = _bench_run()
+    run = bench_run()
     broken = tmp_path / "broken-python"
     broken.write_text("#!/bin/sh\necho broken >&2\nexit 3\n")
     broken.chmod(0o755)
